@@ -1,0 +1,771 @@
+//! The loop: sync -> take -> validate -> route -> lock -> run -> record -> push.
+//!
+//! One thread owns the Git repository and makes every decision; each handler runs on a worker thread
+//! of its own and reports back on the event channel, as do the signal thread and the watcher of a
+//! local remote. Outcomes are committed locally as soon as they are known and pushed in batches (at
+//! most [`RunConfig::push_batch`] old while a backlog drains, at once when the queue is idle), so
+//! draining a backlog does not cost one push per request.
+//!
+//! Shutdown is an event like any other: it stops the taking of new requests, never the recording of
+//! one that ran.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use git2::Oid;
+use notify::Watcher;
+use thiserror::Error;
+
+use crate::config::{Mode, RunConfig, local_path};
+use crate::inbox::{Inbox, InboxEntry};
+use crate::lock::{LockError, ResourceLock};
+use crate::outcome::{AttemptLog, Outcome, PROCESSED, State, free_key, sanitize};
+use crate::request::{self, Candidate, Rejection, Request, request_stem};
+use crate::sandbox::{self, Finished, Job, Limits, SandboxError, Termination};
+use crate::snapshot::{HandlersDir, Snapshot};
+use crate::sync::{Sync, SyncError};
+
+/// Backoff for fetches and pushes: first retry after this, doubling, with jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub(crate) enum DaemonError {
+    /// The remote could not be reached or pushed to after all attempts (exit 3).
+    #[error("{0}")]
+    Remote(String),
+    /// The dispatcher cannot do its job at all: configuration, workdir, lock directory (exit 2).
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
+    let context = context.into();
+    move |source| DaemonError::Io { context, source }
+}
+
+enum Event {
+    Finished(Box<Done>),
+    RemoteChanged,
+    Signal(i32),
+}
+
+/// A request that is running: what the outcome needs besides the run's result.
+struct Running {
+    entry: InboxEntry,
+    request: Request,
+    run_dir: PathBuf,
+    log_file: PathBuf,
+    /// Keeps the handler on disk while it runs.
+    _handlers: Arc<HandlersDir>,
+}
+
+struct Done {
+    key: String,
+    result: Result<Finished, WorkerError>,
+}
+
+#[derive(Debug, Error)]
+enum WorkerError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// Counts of what a run recorded, for the closing line.
+#[derive(Debug, Default)]
+pub(crate) struct Summary {
+    pub recorded: usize,
+    pub by_state: std::collections::BTreeMap<String, usize>,
+}
+
+pub(crate) struct Daemon {
+    cfg: RunConfig,
+    sync: Sync,
+    inbox: Inbox,
+    snapshot: Option<Snapshot>,
+    /// Requests whose handler runs now, by key. Their files are still in `requests/` at the tip.
+    running: HashMap<String, Running>,
+    /// Where handlers and their run folders live on disk; removed at exit.
+    scratch: tempfile::TempDir,
+    events: Receiver<Event>,
+    sender: Sender<Event>,
+    /// Set by the first SIGTERM/SIGINT: take nothing new, finish, record, push, exit.
+    shutting_down: bool,
+    /// Set once `--once` has taken its request.
+    took_one: bool,
+    next_sync: Instant,
+    sync_failures: u32,
+    /// Whether the remote was looked at since the inbox was last found empty (`--until-empty`).
+    checked_when_empty: bool,
+    /// When the oldest unpushed outcome was recorded; `None` when everything is pushed.
+    unpushed_since: Option<Instant>,
+    next_push: Instant,
+    push_failures: u32,
+    summary: Summary,
+}
+
+impl Daemon {
+    pub(crate) fn open(cfg: RunConfig) -> Result<Self, DaemonError> {
+        fs::create_dir_all(&cfg.workdir).map_err(io_err(format!(
+            "workdir `{}` could not be created",
+            cfg.workdir.display()
+        )))?;
+        fs::create_dir_all(&cfg.lock_dir).map_err(io_err(format!(
+            "lock directory `{}` could not be created",
+            cfg.lock_dir.display()
+        )))?;
+        let probe = cfg.lock_dir.join(".git-dispatch-write-test");
+        fs::write(&probe, b"").map_err(io_err(format!(
+            "lock directory `{}` is not writable",
+            cfg.lock_dir.display()
+        )))?;
+        let _ = fs::remove_file(&probe);
+        let sync = Sync::open(
+            &cfg.workdir.join("repo.git"),
+            &cfg.remote,
+            &cfg.branch,
+            &cfg.dispatcher_id,
+        )?;
+        let scratch = tempfile::Builder::new()
+            .prefix("git-dispatch-")
+            .tempdir()
+            .map_err(io_err("could not create a scratch directory"))?;
+        // Handlers may run as another user: they must be able to reach their files, not list them.
+        fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o711))
+            .map_err(io_err("scratch directory"))?;
+        let (sender, events) = mpsc::channel();
+        let now = Instant::now();
+        Ok(Self {
+            cfg,
+            sync,
+            inbox: Inbox::default(),
+            snapshot: None,
+            running: HashMap::new(),
+            scratch,
+            events,
+            sender,
+            shutting_down: false,
+            took_one: false,
+            next_sync: now,
+            sync_failures: 0,
+            checked_when_empty: false,
+            unpushed_since: None,
+            next_push: now,
+            push_failures: 0,
+            summary: Summary::default(),
+        })
+    }
+
+    /// Runs until the mode says to stop, or SIGTERM/SIGINT.
+    pub(crate) fn serve(mut self) -> Result<Summary, DaemonError> {
+        self.listen_for_signals();
+        let _watcher = self.watch_remote();
+        say(&format!(
+            "serving `{}` (branch `{}`) from `{}`",
+            self.cfg.remote,
+            self.cfg.branch,
+            self.cfg.workdir.display()
+        ));
+        if !self.sync.unpushed_commits()?.is_empty() {
+            self.unpushed_since = Some(Instant::now());
+        }
+        loop {
+            self.handle_pending_events()?;
+            if self.shutting_down && self.running.is_empty() {
+                self.flush()?;
+                return Ok(self.summary);
+            }
+            if !self.shutting_down && Instant::now() >= self.next_sync {
+                self.sync_step()?;
+            }
+            let backlog = if self.sync.tip().is_some() && !self.shutting_down {
+                self.take()?
+            } else {
+                0
+            };
+            if self.push_due(backlog) {
+                self.push_step()?;
+            }
+            if self.running.is_empty() && backlog == 0 && self.sync.tip().is_some() {
+                let done = match self.cfg.mode {
+                    Mode::Serve => false,
+                    Mode::Once => true,
+                    Mode::UntilEmpty => {
+                        if self.checked_when_empty {
+                            true
+                        } else {
+                            self.checked_when_empty = true;
+                            self.next_sync = Instant::now();
+                            continue;
+                        }
+                    }
+                };
+                if done {
+                    self.flush()?;
+                    return Ok(self.summary);
+                }
+            }
+            self.wait()?;
+        }
+    }
+
+    /// Blocks until an event or the next deadline.
+    fn wait(&mut self) -> Result<(), DaemonError> {
+        let mut deadline = self.next_sync;
+        if let Some(since) = self.unpushed_since {
+            deadline = deadline.min((since + self.cfg.push_batch).max(self.next_push));
+        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match self.events.recv_timeout(timeout) {
+            Ok(event) => self.handle(event),
+            Err(RecvTimeoutError::Timeout) => Ok(()),
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the daemon holds a sender"),
+        }
+    }
+
+    fn handle_pending_events(&mut self) -> Result<(), DaemonError> {
+        while let Ok(event) = self.events.try_recv() {
+            self.handle(event)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), DaemonError> {
+        match event {
+            Event::Finished(done) => self.finish(*done),
+            Event::RemoteChanged => {
+                self.next_sync = Instant::now();
+                Ok(())
+            }
+            Event::Signal(signal) => {
+                if self.shutting_down && signal == signal_hook::consts::SIGINT {
+                    say("second interrupt: exiting at once");
+                    std::process::exit(130);
+                }
+                if !self.shutting_down {
+                    say(&format!(
+                        "signal {signal}: taking no new request; finishing {} running, then pushing",
+                        self.running.len()
+                    ));
+                }
+                self.shutting_down = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Looks at the remote's head; fetches and reconciles only when it moved.
+    fn sync_step(&mut self) -> Result<(), DaemonError> {
+        let result = (|| {
+            let head = self.sync.probe()?;
+            if head.is_none() || head != self.sync.remote_tip() || self.sync.tip().is_none() {
+                self.sync.fetch()?;
+            }
+            self.sync.reconcile()
+        })();
+        match result {
+            Ok(reconciled) => {
+                if reconciled.replayed > 0 {
+                    say(&format!(
+                        "the remote moved: re-created {} unpushed outcome(s) on its tip",
+                        reconciled.replayed
+                    ));
+                }
+                self.sync_failures = 0;
+                self.next_sync = Instant::now() + self.cfg.poll_interval;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.sync_failures += 1;
+                let delay = backoff(self.sync_failures);
+                say(&format!("{e} (attempt {}; next in {delay:.1?})", self.sync_failures));
+                if self.cfg.mode != Mode::Serve && self.sync_failures >= self.cfg.push_attempts {
+                    return Err(DaemonError::Remote(format!(
+                        "{e}: gave up after {} attempts{}",
+                        self.sync_failures,
+                        self.unpushed_note()
+                    )));
+                }
+                self.next_sync = Instant::now() + delay;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes requests in arrival order while there is room: records rejections at once, starts the
+    /// rest. Returns how many requests wait (not counting running ones).
+    fn take(&mut self) -> Result<usize, DaemonError> {
+        let tip = self.sync.tip().expect("take runs after the first sync");
+        self.refresh_snapshot(tip)?;
+        let entries = self.inbox.list(&self.sync.repo, tip).map_err(SyncError::from)?;
+        let mut waiting = 0;
+        let mut busy: Vec<String> = self.running.values().map(|r| r.request.resource.clone()).collect();
+        for (i, entry) in entries.iter().enumerate() {
+            if self.running.values().any(|r| r.entry.path == entry.path) {
+                continue;
+            }
+            if self.cfg.mode == Mode::Once && self.took_one {
+                break;
+            }
+            if self.running.len() >= self.cfg.jobs {
+                waiting += entries[i..].len();
+                break;
+            }
+            match self.check(entry) {
+                Err(rejection) => {
+                    self.took_one = true;
+                    self.reject(entry, rejection)?;
+                }
+                Ok(request) if busy.contains(&request.resource) => waiting += 1,
+                Ok(request) => {
+                    self.took_one = true;
+                    busy.push(request.resource.clone());
+                    self.start(entry.clone(), request)?;
+                }
+            }
+        }
+        Ok(waiting)
+    }
+
+    fn check(&self, entry: &InboxEntry) -> Result<Request, Rejection> {
+        let repo = &self.sync.repo;
+        let size = repo
+            .odb()
+            .and_then(|odb| odb.read_header(entry.oid))
+            .map(|(size, _)| size as u64)
+            .unwrap_or(0);
+        let candidate = Candidate {
+            path: &entry.path,
+            entry: entry.kind,
+            size,
+            max_size: self.cfg.max_request_size,
+        };
+        let catalog = &self
+            .snapshot
+            .as_ref()
+            .expect("refresh_snapshot ran")
+            .catalog;
+        request::check(
+            &candidate,
+            || {
+                repo.find_blob(entry.oid)
+                    .map(|b| b.content().to_vec())
+                    .map_err(io::Error::other)
+            },
+            catalog,
+            &|id| self.is_taken(id),
+        )
+    }
+
+    /// Whether `key` has an outcome at the tip or is running.
+    fn is_taken(&self, key: &str) -> bool {
+        if self.running.contains_key(key) {
+            return true;
+        }
+        let path = format!("{PROCESSED}/{key}.status.json");
+        self.sync
+            .tip()
+            .and_then(|tip| self.sync.repo.find_commit(tip).ok())
+            .and_then(|c| c.tree().ok())
+            .is_some_and(|t| t.get_path(Path::new(&path)).is_ok())
+    }
+
+    fn refresh_snapshot(&mut self, tip: Oid) -> Result<(), DaemonError> {
+        let trees = Snapshot::trees_of(&self.sync.repo, tip).map_err(SyncError::from)?;
+        if self.snapshot.as_ref().is_none_or(|s| s.trees != trees) {
+            let snapshot = Snapshot::load(&self.sync.repo, tip, self.scratch.path())
+                .map_err(io_err("could not write out the handlers"))?;
+            for problem in snapshot.catalog.problems() {
+                say(&format!("configuration: {problem}"));
+            }
+            self.snapshot = Some(snapshot);
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, entry: &InboxEntry, rejection: Rejection) -> Result<(), DaemonError> {
+        let key = match &rejection.id {
+            Some(id) if !self.is_taken(id) => id.clone(),
+            Some(id) => free_key(id, |k| self.is_taken(k)),
+            None => {
+                let stem = request_stem(&entry.name).unwrap_or(&entry.name);
+                free_key(&sanitize(stem), |k| self.is_taken(k))
+            }
+        };
+        say(&format!("{key}: rejected: {}", rejection.error));
+        let mut outcome = self.outcome(entry, key, rejection.kind, State::Rejected);
+        outcome.logs.push(AttemptLog {
+            summary: crate::capture::LogSummary {
+                bytes: rejection.error.len() as u64 + 1,
+                truncated: false,
+                sha256: crate::capture::hex(&sha2_digest(format!("{}\n", rejection.error).as_bytes())),
+            },
+            bytes: format!("{}\n", rejection.error).into_bytes(),
+        });
+        outcome.error = Some(rejection.error);
+        self.record(&outcome)
+    }
+
+    fn outcome(&self, entry: &InboxEntry, key: String, kind: Option<String>, state: State) -> Outcome {
+        Outcome {
+            key,
+            kind,
+            state,
+            error: None,
+            exit_code: None,
+            signal: None,
+            attempts: 0,
+            request_path: entry.path.clone(),
+            request_blob: entry.oid,
+            request_is_file: matches!(entry.kind, crate::view::EntryType::File { .. }),
+            submitted_in: entry.arrival.commit,
+            submitted_at: entry.arrival.time,
+            started_at: None,
+            finished_at: SystemTime::now(),
+            duration: None,
+            handler: None,
+            handler_blob: None,
+            dispatcher: self.cfg.dispatcher_id.clone(),
+            logs: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, entry: InboxEntry, request: Request) -> Result<(), DaemonError> {
+        let key = request.id.clone();
+        let handlers = self
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.handlers.clone())
+            .expect("a routed handler exists in handlers/");
+        let run_dir = self.scratch.path().join("runs").join(&key);
+        let work = run_dir.join("work");
+        let request_copy = run_dir.join("request.yml");
+        let log_file = run_dir.join("log");
+        if run_dir.exists() {
+            fs::remove_dir_all(&run_dir).map_err(io_err("stale run directory"))?;
+        }
+        fs::create_dir_all(&work).map_err(io_err("run directory"))?;
+        fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o711))
+            .map_err(io_err("run directory"))?;
+        let bytes = self
+            .sync
+            .repo
+            .find_blob(entry.oid)
+            .map_err(SyncError::from)?
+            .content()
+            .to_vec();
+        fs::write(&request_copy, &bytes).map_err(io_err("request copy"))?;
+        fs::set_permissions(&request_copy, fs::Permissions::from_mode(0o444))
+            .map_err(io_err("request copy"))?;
+        let program = handlers.path.join(&request.route.spec.handler);
+        let env = handler_env(&request, 1);
+        let stdin = serde_json::to_vec(&request.json).expect("JSON values serialise");
+        let lock_dir = self.cfg.lock_dir.clone();
+        let log_limit = self.cfg.log_limit;
+        let sender = self.sender.clone();
+        let spec = request.route.spec.clone();
+        let timeout = request.timeout;
+        let resource = request.resource.clone();
+        let (thread_key, thread_work, thread_log) = (key.clone(), work.clone(), log_file.clone());
+        say(&format!(
+            "{key}: running `{}` (kind `{}`, resource `{resource}`)",
+            request.route.handler_path, request.kind
+        ));
+        thread::spawn(move || {
+            let result = (|| {
+                let _lock = ResourceLock::acquire(&lock_dir, &resource)?;
+                let finished = sandbox::run(Job {
+                    program: &program,
+                    args: vec![request_copy.into_os_string()],
+                    stdin,
+                    env,
+                    cwd: &thread_work,
+                    timeout,
+                    grace: spec.grace,
+                    limits: Limits {
+                        address_space: spec.memory,
+                        ..Limits::default()
+                    },
+                    user: None,
+                    log_path: &thread_log,
+                    log_limit,
+                })?;
+                Ok(finished)
+            })();
+            let _ = sender.send(Event::Finished(Box::new(Done {
+                key: thread_key,
+                result,
+            })));
+        });
+        self.running.insert(
+            key,
+            Running {
+                entry,
+                request,
+                run_dir,
+                log_file,
+                _handlers: handlers,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records the outcome of a run that ended.
+    fn finish(&mut self, done: Done) -> Result<(), DaemonError> {
+        let running = self
+            .running
+            .remove(&done.key)
+            .expect("every finished run was started");
+        let request = &running.request;
+        let mut outcome = self.outcome(
+            &running.entry,
+            done.key.clone(),
+            Some(request.kind.clone()),
+            State::Failed,
+        );
+        outcome.handler = Some(request.route.handler_path.clone());
+        outcome.handler_blob = request.route.handler_blob;
+        outcome.attempts = 1;
+        match done.result {
+            Ok(finished) => {
+                outcome.started_at = Some(finished.started);
+                outcome.duration = Some(finished.duration);
+                match finished.termination {
+                    Termination::Exited(code) => outcome.exit_code = Some(code),
+                    Termination::Signaled(signal) => outcome.signal = Some(signal),
+                }
+                outcome.state = if finished.timed_out {
+                    outcome.error = Some(format!(
+                        "timed out after {}",
+                        humantime::format_duration(request.timeout)
+                    ));
+                    State::TimedOut
+                } else if finished.termination == Termination::Exited(0) {
+                    State::Succeeded
+                } else {
+                    State::Failed
+                };
+                let bytes = fs::read(&running.log_file).map_err(io_err("handler log"))?;
+                outcome.logs.push(AttemptLog {
+                    bytes,
+                    summary: finished.log,
+                });
+            }
+            Err(WorkerError::Sandbox(e)) => {
+                outcome.error = Some(e.to_string());
+            }
+            Err(WorkerError::Lock(e)) => {
+                // The handler never ran and the request is still in the inbox: nothing is lost.
+                return Err(e.into());
+            }
+        }
+        say(&format!("{}: {}", outcome.key, outcome.state));
+        let _ = fs::remove_dir_all(&running.run_dir);
+        self.record(&outcome)
+    }
+
+    fn record(&mut self, outcome: &Outcome) -> Result<(), DaemonError> {
+        outcome.record(&self.sync)?;
+        self.summary.recorded += 1;
+        *self
+            .summary
+            .by_state
+            .entry(outcome.state.to_string())
+            .or_default() += 1;
+        self.unpushed_since.get_or_insert_with(Instant::now);
+        self.checked_when_empty = false;
+        Ok(())
+    }
+
+    /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window.
+    fn push_due(&self, backlog: usize) -> bool {
+        let Some(since) = self.unpushed_since else {
+            return false;
+        };
+        let now = Instant::now();
+        now >= self.next_push
+            && (backlog == 0 && self.running.is_empty()
+                || now >= since + self.cfg.push_batch
+                || backlog == 0)
+    }
+
+    fn push_step(&mut self) -> Result<(), DaemonError> {
+        let pending = self.sync.unpushed_commits()?.len();
+        if pending == 0 {
+            self.unpushed_since = None;
+            return Ok(());
+        }
+        match self.sync.push() {
+            Ok(()) => {
+                say(&format!("pushed {pending} outcome(s)"));
+                self.push_failures = 0;
+                self.unpushed_since = None;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.push_failures += 1;
+                let delay = if self.push_failures == 1 && matches!(e, SyncError::Rejected { .. }) {
+                    Duration::ZERO
+                } else {
+                    backoff(self.push_failures)
+                };
+                say(&format!(
+                    "{e} (attempt {}; next in {delay:.1?})",
+                    self.push_failures
+                ));
+                if matches!(e, SyncError::Rejected { .. }) {
+                    // Most often the remote moved: re-create the outcomes on its new tip.
+                    if let Err(e) = self.sync.fetch().and_then(|_| self.sync.reconcile()) {
+                        say(&format!("after a rejected push: {e}"));
+                    }
+                }
+                if self.cfg.mode != Mode::Serve || self.shutting_down {
+                    if self.push_failures >= self.cfg.push_attempts {
+                        return Err(DaemonError::Remote(format!(
+                            "{e}: gave up after {} attempts{}",
+                            self.push_failures,
+                            self.unpushed_note()
+                        )));
+                    }
+                }
+                self.next_push = Instant::now() + delay;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Pushes until everything is out, or the attempts run out.
+    fn flush(&mut self) -> Result<(), DaemonError> {
+        while self.unpushed_since.is_some() {
+            let wait = self.next_push.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                match self.events.recv_timeout(wait) {
+                    Ok(Event::Signal(signal)) => self.handle(Event::Signal(signal))?,
+                    Ok(_) | Err(_) => {}
+                }
+                continue;
+            }
+            self.push_step()?;
+        }
+        Ok(())
+    }
+
+    fn unpushed_note(&self) -> String {
+        let Ok(commits) = self.sync.unpushed_commits() else {
+            return String::new();
+        };
+        if commits.is_empty() {
+            return String::new();
+        }
+        let subjects: Vec<String> = commits
+            .iter()
+            .filter_map(|oid| self.sync.repo.find_commit(*oid).ok())
+            .filter_map(|c| c.summary().ok().flatten().map(str::to_owned))
+            .collect();
+        format!(
+            "; {} outcome(s) are recorded in `{}` but not pushed (the next run pushes them): {}",
+            subjects.len(),
+            self.cfg.workdir.display(),
+            subjects.join("; ")
+        )
+    }
+
+    fn listen_for_signals(&self) {
+        let sender = self.sender.clone();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])
+        .expect("signal handlers can be installed at start-up");
+        thread::spawn(move || {
+            for signal in signals.forever() {
+                if sender.send(Event::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// For a remote on a local path, wakes the loop as soon as its refs change.
+    fn watch_remote(&self) -> Option<notify::RecommendedWatcher> {
+        let path = local_path(&self.cfg.remote)?;
+        let git_dir = if path.join(".git").is_dir() {
+            path.join(".git")
+        } else {
+            path
+        };
+        let sender = self.sender.clone();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = sender.send(Event::RemoteChanged);
+            }
+        })
+        .ok()?;
+        let refs = git_dir.join("refs/heads");
+        watcher.watch(&refs, notify::RecursiveMode::Recursive).ok()?;
+        // Packed refs change `packed-refs` in the repository's top folder.
+        let _ = watcher.watch(&git_dir, notify::RecursiveMode::NonRecursive);
+        Some(watcher)
+    }
+}
+
+/// The handler's whole environment: the SPEC's variables, PATH, and the kind's `env` names.
+fn handler_env(request: &Request, attempt: u32) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("DISPATCH_ID".to_owned(), request.id.clone()),
+        ("DISPATCH_KIND".to_owned(), request.kind.clone()),
+        ("DISPATCH_ATTEMPT".to_owned(), attempt.to_string()),
+        ("DISPATCH_RESOURCE".to_owned(), request.resource.clone()),
+        (
+            "DISPATCH_PARAMS".to_owned(),
+            serde_json::to_string(&request.params).expect("JSON values serialise"),
+        ),
+        (
+            "PATH".to_owned(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ),
+    ];
+    for name in &request.route.spec.env {
+        if let Ok(value) = std::env::var(name) {
+            env.push((name.clone(), value));
+        }
+    }
+    env
+}
+
+/// Exponential backoff with full jitter: a random delay up to `base * 2^(n-1)`, capped.
+fn backoff(failures: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+/// One line of the dispatcher's own log, on standard error.
+pub(crate) fn say(line: &str) {
+    eprintln!("git-dispatch: {line}");
+}

@@ -1,0 +1,137 @@
+//! The inbox: the entries of `requests/` at a commit, in arrival order.
+//!
+//! A request arrives with the first commit on the branch's first-parent history whose `requests/`
+//! holds it (the same name with the same blob) while that commit's first parent does not. Order is
+//! that commit's time, ties by name. Arrivals are cached by name and blob, so the history is walked
+//! once per request, not once per look at the inbox; only `requests/` is read, never `processed/`
+//! or `logs/`, so the cost does not grow with the number of recorded outcomes.
+
+use std::collections::HashMap;
+
+use git2::{Commit, Oid, Repository, Tree};
+
+use crate::request::INBOX;
+use crate::view::{EntryType, entry_type};
+
+/// The commit a request arrived with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Arrival {
+    pub commit: Oid,
+    /// Committer time, seconds since the epoch.
+    pub time: i64,
+}
+
+/// One entry of `requests/`.
+#[derive(Debug, Clone)]
+pub(crate) struct InboxEntry {
+    pub name: String,
+    /// `requests/<name>`.
+    pub path: String,
+    pub kind: EntryType,
+    pub oid: Oid,
+    pub arrival: Arrival,
+}
+
+#[derive(Default)]
+pub(crate) struct Inbox {
+    /// Arrival of each (name, blob) seen in the inbox; pruned to what the inbox holds now.
+    arrivals: HashMap<(String, Oid), Arrival>,
+}
+
+impl Inbox {
+    /// The entries of `requests/` at `tip`, dotfiles left out, oldest arrival first.
+    pub(crate) fn list(&mut self, repo: &Repository, tip: Oid) -> Result<Vec<InboxEntry>, git2::Error> {
+        let commit = repo.find_commit(tip)?;
+        let Some(tree) = requests_tree(repo, &commit)? else {
+            self.arrivals.clear();
+            return Ok(Vec::new());
+        };
+        let present: Vec<(String, Oid, EntryType)> = tree
+            .iter()
+            .filter_map(|e| {
+                let name = String::from_utf8_lossy(e.name_bytes()).into_owned();
+                (!name.starts_with('.')).then(|| (name, e.id(), entry_type(e.filemode(), e.kind())))
+            })
+            .collect();
+        let pending: Vec<(String, Oid)> = present
+            .iter()
+            .filter(|(name, oid, _)| !self.arrivals.contains_key(&(name.clone(), *oid)))
+            .map(|(name, oid, _)| (name.clone(), *oid))
+            .collect();
+        if !pending.is_empty() {
+            self.resolve(repo, commit, pending)?;
+        }
+        self.arrivals
+            .retain(|(name, oid), _| present.iter().any(|(n, o, _)| n == name && o == oid));
+        let mut entries: Vec<InboxEntry> = present
+            .into_iter()
+            .map(|(name, oid, kind)| {
+                let arrival = self.arrivals[&(name.clone(), oid)];
+                InboxEntry {
+                    path: format!("{INBOX}/{name}"),
+                    name,
+                    kind,
+                    oid,
+                    arrival,
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| (a.arrival.time, &a.name).cmp(&(b.arrival.time, &b.name)));
+        Ok(entries)
+    }
+
+    /// Walks the first-parent history from `commit` until every pending entry's arrival is found.
+    fn resolve(
+        &mut self,
+        repo: &Repository,
+        mut commit: Commit<'_>,
+        mut pending: Vec<(String, Oid)>,
+    ) -> Result<(), git2::Error> {
+        let mut here = requests_tree(repo, &commit)?;
+        loop {
+            let parent = commit.parent(0).ok();
+            let there = match &parent {
+                Some(p) => requests_tree(repo, p)?,
+                None => None,
+            };
+            let arrival = Arrival {
+                commit: commit.id(),
+                time: commit.time().seconds(),
+            };
+            if here.as_ref().map(Tree::id) != there.as_ref().map(Tree::id) {
+                pending.retain(|(name, oid)| {
+                    let in_parent = there
+                        .as_ref()
+                        .and_then(|t| t.get_name(name).map(|e| e.id()))
+                        == Some(*oid);
+                    if !in_parent {
+                        self.arrivals.insert((name.clone(), *oid), arrival);
+                    }
+                    in_parent
+                });
+            }
+            match parent {
+                Some(p) if !pending.is_empty() => {
+                    commit = p;
+                    here = there;
+                }
+                _ => {
+                    for key in pending {
+                        self.arrivals.insert(key, arrival);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn requests_tree<'r>(repo: &'r Repository, commit: &Commit<'r>) -> Result<Option<Tree<'r>>, git2::Error> {
+    let tree = commit.tree()?;
+    match tree.get_name(INBOX) {
+        Some(entry) if entry.kind() == Some(git2::ObjectType::Tree) => {
+            Ok(Some(repo.find_tree(entry.id())?))
+        }
+        _ => Ok(None),
+    }
+}

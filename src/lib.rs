@@ -1,0 +1,63 @@
+//! git-dispatch: a Git-backed file-inbox dispatcher.
+//!
+//! The life of a request, and the module that handles each step:
+//! 1. [`sync`]: fetch the inbox repository into a bare clone and reconcile unpushed outcomes.
+//! 2. [`inbox`]: list `requests/` in arrival order (first in, first out; ties by name).
+//! 3. [`request`]: bytes -> a checked request (YAML without duplicate keys, the envelope schema).
+//! 4. [`router`]: `kind` -> its handler and limits, from `handlers/index.yml` at the fetched commit
+//!    ([`snapshot`] compiles it and writes the handlers out).
+//! 5. [`lock`]: an exclusive flock on the request's resource.
+//! 6. [`sandbox`]: run the handler confined, time- and memory-boxed; [`capture`] caps its log.
+//! 7. [`outcome`]: one commit that moves the request to `processed/` with its status and log.
+//! 8. [`sync`] again: push in batches, with backoff; [`daemon`] is the loop that strings it together.
+//!
+//! A failure that belongs to one request becomes its outcome and the loop goes on; only a failure of
+//! the dispatcher itself stops it.
+
+mod capture;
+mod cli;
+mod commands;
+mod config;
+mod daemon;
+pub mod error;
+mod inbox;
+mod lock;
+mod outcome;
+mod request;
+mod router;
+mod sandbox;
+mod schema;
+mod snapshot;
+mod sync;
+mod view;
+
+use std::ffi::OsString;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::{CommandError, exit_code};
+
+/// Runs the command line `args` and returns the process exit code.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let result = run(&cli);
+    if let Err(e) = &result {
+        eprintln!("git-dispatch: error: {e}");
+    }
+    exit_code(&result)
+}
+
+fn run(cli: &Cli) -> Result<(), CommandError> {
+    match &cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Validate(args) => commands::validate::run(args),
+        Command::Demo(args) => commands::demo::run(args),
+    }
+}

@@ -1,0 +1,234 @@
+//! [`Outcome`]: what became of one request, and how it is written down: `processed/KEY.yml` (the
+//! request's own blob, so byte for byte by construction), `processed/KEY.status.json`, `logs/KEY.log`,
+//! and the removal of the request from `requests/`, all in one commit whose trailers make the history
+//! queryable (`git log --format='%(trailers:key=Dispatch-State)'`).
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use git2::{FileMode, Oid};
+use serde::Serialize;
+
+use crate::capture::LogSummary;
+use crate::sync::{Edit, ID_TRAILER, Sync, SyncError};
+
+pub(crate) const PROCESSED: &str = "processed";
+pub(crate) const LOGS: &str = "logs";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum State {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Rejected,
+    Abandoned,
+    Cancelled,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::TimedOut => "timed_out",
+            State::Rejected => "rejected",
+            State::Abandoned => "abandoned",
+            State::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// The log of one attempt.
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptLog {
+    /// The log's bytes as they go into the repository (capped already).
+    pub bytes: Vec<u8>,
+    pub summary: LogSummary,
+}
+
+/// What became of one request.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    /// The name it is recorded under: the request's id, or for a request whose id cannot be used, a
+    /// name with `~` that no id can take.
+    pub key: String,
+    pub kind: Option<String>,
+    pub state: State,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub attempts: u32,
+    /// `requests/<name>`: removed by the outcome commit.
+    pub request_path: String,
+    /// The request's blob; copied to `processed/KEY.yml` when `request_is_file`.
+    pub request_blob: Oid,
+    pub request_is_file: bool,
+    pub submitted_in: Oid,
+    /// Committer time of `submitted_in`, seconds since the epoch.
+    pub submitted_at: i64,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: SystemTime,
+    pub duration: Option<Duration>,
+    pub handler: Option<String>,
+    pub handler_blob: Option<Oid>,
+    pub dispatcher: String,
+    /// One per attempt, in order.
+    pub logs: Vec<AttemptLog>,
+}
+
+/// `processed/ID.status.json`. Fields may be added, never removed.
+#[derive(Serialize)]
+struct StatusFile<'a> {
+    id: &'a str,
+    kind: Option<&'a str>,
+    state: State,
+    error: Option<&'a str>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    attempts: u32,
+    request: &'a str,
+    submitted_at: String,
+    started_at: Option<String>,
+    finished_at: String,
+    duration_ms: Option<u64>,
+    handler: Option<&'a str>,
+    request_blob: String,
+    handler_blob: Option<String>,
+    submitted_in: String,
+    dispatcher: &'a str,
+    log: Option<String>,
+    log_bytes: Option<u64>,
+    log_truncated: Option<bool>,
+    log_sha256: Option<&'a str>,
+}
+
+impl Outcome {
+    /// `logs/KEY.log` for the first attempt, `logs/KEY.N.log` for attempt N.
+    pub(crate) fn log_path(&self, attempt: usize) -> String {
+        if attempt <= 1 {
+            format!("{LOGS}/{}.log", self.key)
+        } else {
+            format!("{LOGS}/{}.{attempt}.log", self.key)
+        }
+    }
+
+    pub(crate) fn status_json(&self) -> String {
+        let last = self.logs.last();
+        let status = StatusFile {
+            id: &self.key,
+            kind: self.kind.as_deref(),
+            state: self.state,
+            error: self.error.as_deref(),
+            exit_code: self.exit_code,
+            signal: self.signal,
+            attempts: self.attempts,
+            request: &self.request_path,
+            submitted_at: rfc3339_seconds(self.submitted_at),
+            started_at: self.started_at.map(rfc3339),
+            finished_at: rfc3339(self.finished_at),
+            duration_ms: self
+                .duration
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            handler: self.handler.as_deref(),
+            request_blob: self.request_blob.to_string(),
+            handler_blob: self.handler_blob.map(|o| o.to_string()),
+            submitted_in: self.submitted_in.to_string(),
+            dispatcher: &self.dispatcher,
+            log: last.map(|_| self.log_path(self.logs.len())),
+            log_bytes: last.map(|l| l.summary.bytes),
+            log_truncated: last.map(|l| l.summary.truncated),
+            log_sha256: last.map(|l| l.summary.sha256.as_str()),
+        };
+        let mut json =
+            serde_json::to_string_pretty(&status).expect("a status of plain fields serialises");
+        json.push('\n');
+        json
+    }
+
+    /// The commit message: a subject, the error as the body, the `Dispatch-*` trailers.
+    pub(crate) fn message(&self) -> String {
+        let mut detail = vec![self.kind.clone().unwrap_or_else(|| "no kind".to_owned())];
+        if let Some(code) = self.exit_code {
+            detail.push(format!("exit {code}"));
+        }
+        if let Some(signal) = self.signal {
+            detail.push(format!("signal {signal}"));
+        }
+        if self.attempts > 1 {
+            detail.push(format!("{} attempts", self.attempts));
+        }
+        if let Some(d) = self.duration {
+            detail.push(format!("{}ms", d.as_millis()));
+        }
+        let mut message = format!("dispatch: {} {} ({})\n\n", self.key, self.state, detail.join(", "));
+        if let Some(error) = &self.error {
+            message.push_str(error.trim());
+            message.push_str("\n\n");
+        }
+        message.push_str(&format!("{ID_TRAILER}: {}\n", self.key));
+        if let Some(kind) = &self.kind {
+            message.push_str(&format!("Dispatch-Kind: {kind}\n"));
+        }
+        message.push_str(&format!("Dispatch-State: {}\n", self.state));
+        message.push_str(&format!("Dispatch-Attempts: {}\n", self.attempts));
+        message
+    }
+
+    /// Writes the outcome as one commit on the local branch; returns the commit.
+    pub(crate) fn record(&self, sync: &Sync) -> Result<Oid, SyncError> {
+        let mut edits = vec![Edit::Remove {
+            path: self.request_path.clone(),
+        }];
+        if self.request_is_file {
+            edits.push(Edit::Upsert {
+                path: format!("{PROCESSED}/{}.yml", self.key),
+                oid: self.request_blob,
+                mode: FileMode::Blob,
+            });
+        }
+        edits.push(Edit::Upsert {
+            path: format!("{PROCESSED}/{}.status.json", self.key),
+            oid: sync.blob(self.status_json().as_bytes())?,
+            mode: FileMode::Blob,
+        });
+        for (i, log) in self.logs.iter().enumerate() {
+            edits.push(Edit::Upsert {
+                path: self.log_path(i + 1),
+                oid: sync.blob(&log.bytes)?,
+                mode: FileMode::Blob,
+            });
+        }
+        sync.commit(&edits, &self.message())
+    }
+}
+
+/// A name under which nothing is recorded yet: `base~1`, `base~2`, ... `~` never occurs in an id.
+pub(crate) fn free_key(base: &str, taken: impl Fn(&str) -> bool) -> String {
+    (1..)
+        .map(|n| format!("{base}~{n}"))
+        .find(|key| !taken(key))
+        .expect("some suffix is free")
+}
+
+/// A file stem made safe to use in a file name: characters outside `[A-Za-z0-9._-]` become `_`.
+pub(crate) fn sanitize(stem: &str) -> String {
+    let mut s: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .take(100)
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        s.insert(0, 'x');
+    }
+    s
+}
+
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn rfc3339_seconds(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -1,0 +1,246 @@
+//! Runs one handler: its own process group, a cleared environment, a fresh working directory, resource
+//! limits, `no_new_privs`, death with the dispatcher, an unprivileged user where the dispatcher is
+//! root, and a timeout that sends SIGTERM to the whole group and SIGKILL after a grace period.
+//!
+//! Standard output and error share one pipe, so the log interleaves them in the order they were
+//! written. When the handler exits, whatever is left of its process group is killed before the
+//! outcome is recorded.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::{Gid, Pid, Uid};
+use thiserror::Error;
+
+use crate::capture::{CappedLog, LogSummary};
+
+/// How long the output pipe is drained after the handler's group is gone, in case an escaped
+/// descendant still holds it open.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Error)]
+pub(crate) enum SandboxError {
+    #[error("could not start handler `{program}`: {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("log `{path}`: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The user a handler runs as.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
+}
+
+/// Resource limits applied in the child before it executes the handler.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Limits {
+    /// `RLIMIT_AS`, bytes.
+    pub address_space: Option<u64>,
+    /// `RLIMIT_NPROC`: processes of the handler's user.
+    pub processes: Option<u64>,
+    /// `RLIMIT_NOFILE`.
+    pub open_files: Option<u64>,
+    /// `RLIMIT_FSIZE`, bytes.
+    pub file_size: Option<u64>,
+}
+
+/// Everything one run needs.
+pub(crate) struct Job<'a> {
+    pub program: &'a Path,
+    pub args: Vec<OsString>,
+    pub stdin: Vec<u8>,
+    pub env: Vec<(String, String)>,
+    pub cwd: &'a Path,
+    pub timeout: Duration,
+    pub grace: Duration,
+    pub limits: Limits,
+    /// `None`: run as the dispatcher's own user.
+    pub user: Option<Identity>,
+    pub log_path: &'a Path,
+    pub log_limit: u64,
+}
+
+/// How the handler's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Termination {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    pub termination: Termination,
+    pub timed_out: bool,
+    pub log: LogSummary,
+    pub started: SystemTime,
+    pub duration: Duration,
+}
+
+/// Runs `job` to its end. An error means the handler never ran (or its log could not be written).
+pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
+    let log_err = |source| SandboxError::Log {
+        path: job.log_path.to_owned(),
+        source,
+    };
+    let mut log = CappedLog::create(job.log_path, job.log_limit).map_err(log_err)?;
+    let (reader, writer) = io::pipe().map_err(log_err)?;
+    let mut command = Command::new(job.program);
+    command
+        .args(&job.args)
+        .env_clear()
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(job.cwd)
+        .stdin(Stdio::piped())
+        .stdout(writer.try_clone().map_err(log_err)?)
+        .stderr(writer)
+        .process_group(0);
+    let limits = job.limits.clone();
+    let user = job.user.clone();
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system calls
+    // (setrlimit, setgroups, setgid, setuid, prctl, getppid); everything it reads was allocated before
+    // the fork.
+    unsafe {
+        command.pre_exec(move || confine(&limits, user.as_ref(), parent));
+    }
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let spawned = command.spawn();
+    // The write ends must be closed here, or the pipe never reaches end-of-file.
+    drop(command);
+    let mut child = spawned.map_err(|source| SandboxError::Spawn {
+        program: job.program.to_owned(),
+        source,
+    })?;
+    let pgid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+
+    let stdin = child.stdin.take();
+    let input = job.stdin;
+    let feeder = thread::spawn(move || {
+        if let Some(mut stdin) = stdin {
+            // A handler that does not read its input closes the pipe early: not an error.
+            let _ = stdin.write_all(&input);
+        }
+    });
+    let (drain_tx, drain_rx) = mpsc::channel::<Instant>();
+    let drainer = thread::spawn(move || drain(reader, &mut log, &drain_rx).and_then(|()| log.finish()));
+    let (exit_tx, exit_rx) = mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let status = child.wait();
+        let _ = exit_tx.send(status);
+    });
+
+    let mut timed_out = false;
+    let status = match exit_rx.recv_timeout(job.timeout) {
+        Ok(status) => status,
+        Err(_) => {
+            timed_out = true;
+            let _ = killpg(pgid, Signal::SIGTERM);
+            match exit_rx.recv_timeout(job.grace) {
+                Ok(status) => status,
+                Err(_) => {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    exit_rx.recv().expect("the waiter thread always sends")
+                }
+            }
+        }
+    };
+    let duration = clock.elapsed();
+    // Whatever the handler left behind in its group goes with it.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = drain_tx.send(Instant::now() + DRAIN_AFTER_EXIT);
+    let _ = waiter.join();
+    let _ = feeder.join();
+    let summary = drainer
+        .join()
+        .expect("the drain thread does not panic")
+        .map_err(log_err)?;
+    let status = status.map_err(log_err)?;
+    let termination = match (status.code(), status.signal()) {
+        (Some(code), _) => Termination::Exited(code),
+        (None, Some(signal)) => Termination::Signaled(signal),
+        (None, None) => Termination::Exited(-1),
+    };
+    Ok(Finished {
+        termination,
+        timed_out,
+        log: summary,
+        started,
+        duration,
+    })
+}
+
+/// Copies the pipe into the log until end-of-file, or until the deadline sent on `stop` passes.
+fn drain(mut reader: io::PipeReader, log: &mut CappedLog, stop: &mpsc::Receiver<Instant>) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if deadline.is_none() {
+            deadline = stop.try_recv().ok();
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(());
+        }
+        let ready = {
+            let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::from(100u16)).map_err(io::Error::from)?
+        };
+        if ready == 0 {
+            continue;
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => log.write(&buf[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// In the child, between fork and exec.
+fn confine(limits: &Limits, user: Option<&Identity>, parent: Pid) -> io::Result<()> {
+    let set = |resource, value: Option<u64>| match value {
+        Some(v) => setrlimit(resource, v, v).map_err(io::Error::from),
+        None => Ok(()),
+    };
+    set(Resource::RLIMIT_CORE, Some(0))?;
+    set(Resource::RLIMIT_AS, limits.address_space)?;
+    set(Resource::RLIMIT_NPROC, limits.processes)?;
+    set(Resource::RLIMIT_NOFILE, limits.open_files)?;
+    set(Resource::RLIMIT_FSIZE, limits.file_size)?;
+    if let Some(user) = user {
+        nix::unistd::setgroups(&user.groups)?;
+        nix::unistd::setgid(user.gid)?;
+        nix::unistd::setuid(user.uid)?;
+    }
+    nix::sys::prctl::set_no_new_privs()?;
+    // Set after the user change, which clears it. If the dispatcher died before this point, the signal
+    // would never come: leave at once instead.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if nix::unistd::getppid() != parent {
+        return Err(io::Error::other("the dispatcher exited"));
+    }
+    Ok(())
+}

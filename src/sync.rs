@@ -1,0 +1,424 @@
+//! The dispatcher's side of Git: a bare clone in the workdir, fetch, reconcile, commit, push.
+//!
+//! Nothing is ever checked out: requests are read from the fetched commit's tree and outcomes are
+//! written as new trees built in memory, so there is no index, no working tree and no lock file to go
+//! stale. The local branch is the remote's tip plus the dispatcher's own outcome commits that are not
+//! pushed yet; [`Sync::reconcile`] re-creates those on whatever the remote holds now (never a force
+//! push, never a rewrite of anyone else's commit).
+
+use std::cell::{Cell, RefCell};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use git2::build::TreeUpdateBuilder;
+use git2::{
+    Commit, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode, Oid, PushOptions,
+    RemoteCallbacks, Repository, Signature, Sort,
+};
+use thiserror::Error;
+
+const REMOTE: &str = "origin";
+/// A trailer every outcome commit carries: how the dispatcher recognises its own commits.
+pub(crate) const ID_TRAILER: &str = "Dispatch-Id";
+/// Credential callbacks are asked again after every failure; past this many, give up.
+const MAX_CREDENTIAL_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Error)]
+pub(crate) enum SyncError {
+    #[error("workdir `{path}`: {source}")]
+    Workdir {
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error(
+        "workdir `{path}` belongs to remote `{found}`, not `{wanted}`; use another --workdir or remove it"
+    )]
+    OtherRemote {
+        path: PathBuf,
+        found: String,
+        wanted: String,
+    },
+    #[error("remote `{url}` could not be reached: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("remote `{url}` has no branch `{branch}`; is it an inbox repository?")]
+    NoBranch { url: String, branch: String },
+    #[error("remote `{url}` rejected the push of `{refname}`: {reason}")]
+    Rejected {
+        url: String,
+        refname: String,
+        reason: String,
+    },
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+}
+
+impl SyncError {
+    /// Whether trying again later may help (as opposed to a configuration problem).
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, SyncError::Unreachable { .. } | SyncError::Rejected { .. })
+    }
+}
+
+/// One change to a tree.
+#[derive(Debug, Clone)]
+pub(crate) enum Edit {
+    Upsert {
+        path: String,
+        oid: Oid,
+        mode: FileMode,
+    },
+    Remove {
+        path: String,
+    },
+}
+
+/// What [`Sync::reconcile`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reconciled {
+    /// Outcome commits re-created on a remote tip that moved.
+    pub replayed: usize,
+    /// Local commits that were not the dispatcher's own and were dropped (the remote is the truth).
+    pub dropped: usize,
+}
+
+pub(crate) struct Sync {
+    pub repo: Repository,
+    pub url: String,
+    branch: String,
+    signature_name: String,
+    signature_email: String,
+}
+
+impl Sync {
+    /// Opens the bare clone at `path`, creating it on first use.
+    pub(crate) fn open(path: &Path, url: &str, branch: &str, host: &str) -> Result<Self, SyncError> {
+        let workdir_err = |source| SyncError::Workdir {
+            path: path.to_owned(),
+            source,
+        };
+        let repo = if path.join("HEAD").exists() {
+            Repository::open_bare(path).map_err(workdir_err)?
+        } else {
+            fs::create_dir_all(path).map_err(|e| workdir_err(git2::Error::from_str(&e.to_string())))?;
+            let repo = Repository::init_bare(path).map_err(workdir_err)?;
+            repo.remote_with_fetch(
+                REMOTE,
+                url,
+                &format!("+refs/heads/{branch}:refs/remotes/{REMOTE}/{branch}"),
+            )
+            .map_err(workdir_err)?;
+            repo
+        };
+        let found = repo
+            .find_remote(REMOTE)
+            .map_err(workdir_err)?
+            .url()
+            .unwrap_or_default()
+            .to_owned();
+        if found != url {
+            return Err(SyncError::OtherRemote {
+                path: path.to_owned(),
+                found,
+                wanted: url.to_owned(),
+            });
+        }
+        Ok(Self {
+            repo,
+            url: url.to_owned(),
+            branch: branch.to_owned(),
+            signature_name: "git-dispatch".to_owned(),
+            signature_email: format!("git-dispatch@{host}"),
+        })
+    }
+
+    fn local_ref(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+
+    fn remote_ref(&self) -> String {
+        format!("refs/remotes/{REMOTE}/{}", self.branch)
+    }
+
+    /// The local tip: the remote's tip plus unpushed outcomes. `None` before the first fetch.
+    pub(crate) fn tip(&self) -> Option<Oid> {
+        self.repo.refname_to_id(&self.local_ref()).ok()
+    }
+
+    /// The remote's tip as last fetched or pushed.
+    pub(crate) fn remote_tip(&self) -> Option<Oid> {
+        self.repo.refname_to_id(&self.remote_ref()).ok()
+    }
+
+    /// Looks at the remote's head without fetching anything: cheap enough to poll.
+    pub(crate) fn probe(&self) -> Result<Option<Oid>, SyncError> {
+        let mut remote = self.repo.find_remote(REMOTE)?;
+        let tries = Cell::new(0);
+        let connection = remote
+            .connect_auth(Direction::Fetch, Some(callbacks(&tries)), None)
+            .map_err(|e| self.unreachable(&e))?;
+        let wanted = format!("refs/heads/{}", self.branch);
+        let head = connection
+            .list()
+            .map_err(|e| self.unreachable(&e))?
+            .iter()
+            .find(|h| h.name() == wanted)
+            .map(git2::RemoteHead::oid);
+        Ok(head)
+    }
+
+    /// Fetches the branch into `refs/remotes/origin/<branch>`; returns the remote's tip.
+    pub(crate) fn fetch(&self) -> Result<Oid, SyncError> {
+        let mut remote = self.repo.find_remote(REMOTE)?;
+        let tries = Cell::new(0);
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(callbacks(&tries));
+        let refspec = format!("+refs/heads/{0}:refs/remotes/{REMOTE}/{0}", self.branch);
+        remote
+            .fetch(&[&refspec], Some(&mut options), None)
+            .map_err(|e| self.unreachable(&e))?;
+        self.remote_tip().ok_or_else(|| SyncError::NoBranch {
+            url: self.url.clone(),
+            branch: self.branch.clone(),
+        })
+    }
+
+    fn unreachable(&self, e: &git2::Error) -> SyncError {
+        SyncError::Unreachable {
+            url: self.url.clone(),
+            message: e.message().to_owned(),
+        }
+    }
+
+    /// Brings the local branch onto the remote's tip, re-creating the dispatcher's own unpushed
+    /// outcome commits on top of it in their order. Anything else that is only local is dropped.
+    pub(crate) fn reconcile(&self) -> Result<Reconciled, SyncError> {
+        let Some(remote) = self.remote_tip() else {
+            return Err(SyncError::NoBranch {
+                url: self.url.clone(),
+                branch: self.branch.clone(),
+            });
+        };
+        let Some(local) = self.tip() else {
+            self.set_tip(remote, "git-dispatch: start from the remote")?;
+            return Ok(Reconciled::default());
+        };
+        if local == remote || self.repo.graph_descendant_of(local, remote)? {
+            return Ok(Reconciled::default());
+        }
+        let mut result = Reconciled::default();
+        let mut base = remote;
+        for oid in self.unpushed_commits()? {
+            let commit = self.repo.find_commit(oid)?;
+            if !is_outcome_commit(&commit) {
+                result.dropped += 1;
+                continue;
+            }
+            let edits = self.edits_of(&commit)?;
+            let base_commit = self.repo.find_commit(base)?;
+            let tree = self.apply(&base_commit, &edits)?;
+            base = self.repo.commit(
+                None,
+                &commit.author(),
+                &commit.committer(),
+                commit.message_raw().unwrap_or_default(),
+                &self.repo.find_tree(tree)?,
+                &[&base_commit],
+            )?;
+            result.replayed += 1;
+        }
+        self.set_tip(base, "git-dispatch: re-create unpushed outcomes on the remote's tip")?;
+        Ok(result)
+    }
+
+    /// The local commits the remote does not have, oldest first.
+    pub(crate) fn unpushed_commits(&self) -> Result<Vec<Oid>, SyncError> {
+        let Some(local) = self.tip() else {
+            return Ok(Vec::new());
+        };
+        let mut walk = self.repo.revwalk()?;
+        walk.set_sorting(Sort::TOPOLOGICAL | Sort::REVERSE)?;
+        walk.push(local)?;
+        if let Some(remote) = self.remote_tip() {
+            walk.hide(remote)?;
+        }
+        Ok(walk.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn set_tip(&self, oid: Oid, why: &str) -> Result<(), SyncError> {
+        self.repo.reference(&self.local_ref(), oid, true, why)?;
+        Ok(())
+    }
+
+    /// What a commit changed against its first parent, as edits that can be applied elsewhere.
+    fn edits_of(&self, commit: &Commit<'_>) -> Result<Vec<Edit>, SyncError> {
+        let new = commit.tree()?;
+        let old = match commit.parent(0) {
+            Ok(parent) => Some(parent.tree()?),
+            Err(_) => None,
+        };
+        let diff = self
+            .repo
+            .diff_tree_to_tree(old.as_ref(), Some(&new), None)?;
+        let mut edits = Vec::new();
+        for delta in diff.deltas() {
+            let file = delta.new_file();
+            let path = |f: &git2::DiffFile<'_>| {
+                f.path()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            if delta.status() == git2::Delta::Deleted {
+                edits.push(Edit::Remove {
+                    path: path(&delta.old_file()),
+                });
+            } else {
+                let mode = match file.mode() {
+                    git2::FileMode::BlobExecutable => FileMode::BlobExecutable,
+                    git2::FileMode::Link => FileMode::Link,
+                    _ => FileMode::Blob,
+                };
+                edits.push(Edit::Upsert {
+                    path: path(&file),
+                    oid: file.id(),
+                    mode,
+                });
+            }
+        }
+        Ok(edits)
+    }
+
+    fn apply(&self, base: &Commit<'_>, edits: &[Edit]) -> Result<Oid, SyncError> {
+        let mut builder = TreeUpdateBuilder::new();
+        for edit in edits {
+            match edit {
+                Edit::Upsert { path, oid, mode } => {
+                    builder.upsert(path.as_str(), *oid, *mode);
+                }
+                Edit::Remove { path } => {
+                    builder.remove(path.as_str());
+                }
+            }
+        }
+        match builder.create_updated(&self.repo, &base.tree()?) {
+            Ok(tree) => Ok(tree),
+            // Removing a path that is already gone is not an error for us: the goal is its absence.
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                let present: Vec<Edit> = edits
+                    .iter()
+                    .filter(|e| match e {
+                        Edit::Remove { path } => base
+                            .tree()
+                            .is_ok_and(|t| t.get_path(Path::new(path)).is_ok()),
+                        Edit::Upsert { .. } => true,
+                    })
+                    .cloned()
+                    .collect();
+                if present.len() == edits.len() {
+                    return Err(e.into());
+                }
+                self.apply(base, &present)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `bytes` as a blob.
+    pub(crate) fn blob(&self, bytes: &[u8]) -> Result<Oid, SyncError> {
+        Ok(self.repo.blob(bytes)?)
+    }
+
+    /// Commits `edits` on the local tip with `message`; returns the new tip.
+    pub(crate) fn commit(&self, edits: &[Edit], message: &str) -> Result<Oid, SyncError> {
+        let parent_oid = self.tip().ok_or_else(|| SyncError::NoBranch {
+            url: self.url.clone(),
+            branch: self.branch.clone(),
+        })?;
+        let parent = self.repo.find_commit(parent_oid)?;
+        let tree = self.repo.find_tree(self.apply(&parent, edits)?)?;
+        let signature = Signature::now(&self.signature_name, &self.signature_email)?;
+        let oid = self
+            .repo
+            .commit(None, &signature, &signature, message, &tree, &[&parent])?;
+        self.set_tip(oid, "git-dispatch: record an outcome")?;
+        Ok(oid)
+    }
+
+    /// One push of the local branch. A ref the server refuses is an error even though libgit2 reports
+    /// success for it.
+    pub(crate) fn push(&self) -> Result<(), SyncError> {
+        let Some(local) = self.tip() else {
+            return Ok(());
+        };
+        let mut remote = self.repo.find_remote(REMOTE)?;
+        let tries = Cell::new(0);
+        let refused: RefCell<Option<(String, String)>> = RefCell::new(None);
+        let mut cbs = callbacks(&tries);
+        cbs.push_update_reference(|refname, status| {
+            if let Some(status) = status {
+                *refused.borrow_mut() = Some((refname.to_owned(), status.to_owned()));
+            }
+            Ok(())
+        });
+        let mut options = PushOptions::new();
+        options.remote_callbacks(cbs);
+        let refspec = format!("{0}:{0}", self.local_ref());
+        let result = remote.push(&[&refspec], Some(&mut options));
+        drop(options);
+        if let Some((refname, reason)) = refused.into_inner() {
+            return Err(SyncError::Rejected {
+                url: self.url.clone(),
+                refname,
+                reason,
+            });
+        }
+        if let Err(e) = result {
+            return Err(if e.code() == ErrorCode::NotFastForward {
+                SyncError::Rejected {
+                    url: self.url.clone(),
+                    refname: self.local_ref(),
+                    reason: e.message().to_owned(),
+                }
+            } else {
+                self.unreachable(&e)
+            });
+        }
+        self.repo
+            .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
+        Ok(())
+    }
+}
+
+/// Whether a commit is one of the dispatcher's outcome commits (it carries the `Dispatch-Id` trailer).
+pub(crate) fn is_outcome_commit(commit: &Commit<'_>) -> bool {
+    commit
+        .message_raw()
+        .ok()
+        .and_then(|m| git2::message_trailers_strs(m).ok())
+        .is_some_and(|trailers| trailers.iter().any(|(k, _)| k == ID_TRAILER))
+}
+
+/// Callbacks with a bounded credentials callback: libgit2 calls it again after every failure, forever.
+fn callbacks(tries: &Cell<u32>) -> RemoteCallbacks<'_> {
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.credentials(move |url, username, allowed| {
+        let n = tries.get() + 1;
+        tries.set(n);
+        if n > MAX_CREDENTIAL_ATTEMPTS {
+            return Err(git2::Error::from_str(&format!(
+                "authentication to `{url}` failed after {MAX_CREDENTIAL_ATTEMPTS} attempts (allowed methods: {allowed:?})"
+            )));
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            Cred::ssh_key_from_agent(username.unwrap_or("git"))
+        } else if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            let config = git2::Config::open_default()?;
+            Cred::credential_helper(&config, url, username)
+        } else if allowed.contains(CredentialType::USERNAME) {
+            Cred::username(username.unwrap_or("git"))
+        } else {
+            Cred::default()
+        }
+    });
+    callbacks
+}

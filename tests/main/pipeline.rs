@@ -1,0 +1,309 @@
+//! The happy path and the shape of an outcome: a request committed to `requests/` comes back, after
+//! `run --until-empty`, as one commit that moves it to `processed/` with its status file and log; handler
+//! failures and timeouts are outcomes too; the inbox is drained first in, first out.
+
+use std::time::Duration;
+
+use crate::support::{DEFAULT_INDEX, GitDaemon, World, sha256_hex, utc_rfc3339};
+
+const HELLO: &str = "kind: echo\nparams:\n  name: world\n";
+
+#[test]
+fn succeeded_request_is_recorded_with_its_bytes_status_and_log() {
+    let world = World::new().build();
+    let daemon = GitDaemon::serve(&world);
+    let submitted_in = world.submit("hello.yml", HELLO);
+
+    world.run_via(&daemon.url(), &[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.ls("requests"), [".gitkeep"], "the inbox is drained");
+    assert_eq!(
+        clone.read("processed/hello.yml").as_deref(),
+        Some(HELLO.as_bytes()),
+        "the request is kept byte for byte"
+    );
+    let status = clone.status("hello");
+    assert_eq!(status["id"], "hello", "the id defaults to the file stem");
+    assert_eq!(status["kind"], "echo");
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["exit_code"], 0);
+    assert!(status["signal"].is_null(), "signal: {}", status["signal"]);
+    assert_eq!(status["attempts"], 1);
+    assert_eq!(status["handler"], "handlers/echo.sh");
+    assert_eq!(status["submitted_in"], submitted_in.as_str());
+    let request_blob = clone.git(&["rev-parse", &format!("{submitted_in}:requests/hello.yml")]);
+    assert_eq!(status["request_blob"], request_blob.as_str());
+    assert_eq!(
+        clone.git(&["hash-object", "processed/hello.yml"]),
+        request_blob,
+        "what was recorded is the blob that was read"
+    );
+    let handler_blob = clone.git(&["rev-parse", "HEAD:handlers/echo.sh"]);
+    assert_eq!(status["handler_blob"], handler_blob.as_str());
+    assert!(
+        status["dispatcher"].as_str().is_some_and(|d| !d.is_empty()),
+        "dispatcher: {}",
+        status["dispatcher"]
+    );
+
+    let submitted_secs: i64 = clone
+        .git(&["show", "-s", "--format=%ct", &submitted_in])
+        .parse()
+        .expect("commit time is a number");
+    let submitted_at = status["submitted_at"]
+        .as_str()
+        .expect("submitted_at is a string");
+    assert_eq!(
+        submitted_at.get(..19),
+        utc_rfc3339(submitted_secs).get(..19),
+        "submitted_at is the time of the commit that added the request: {submitted_at}"
+    );
+    let started_at = status["started_at"]
+        .as_str()
+        .expect("started_at is a string");
+    let finished_at = status["finished_at"]
+        .as_str()
+        .expect("finished_at is a string");
+    assert!(
+        started_at[..19] <= finished_at[..19],
+        "started {started_at} after finished {finished_at}"
+    );
+    assert!(
+        status["duration_ms"].is_u64(),
+        "duration_ms: {}",
+        status["duration_ms"]
+    );
+
+    assert_eq!(status["log"], "logs/hello.log");
+    let log = clone.read("logs/hello.log").expect("the log is committed");
+    assert!(
+        String::from_utf8_lossy(&log).contains("echo handler ran for hello"),
+        "log: {}",
+        String::from_utf8_lossy(&log)
+    );
+    assert_eq!(status["log_bytes"], log.len());
+    assert_eq!(status["log_truncated"], false);
+    assert_eq!(status["log_sha256"], sha256_hex(&log).as_str());
+}
+
+#[test]
+fn outcome_is_one_commit_with_subject_and_dispatch_trailers() {
+    let world = World::new().build();
+    let submitted_in = world.submit("hello.yml", HELLO);
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(
+        clone.git(&["rev-parse", "HEAD^"]),
+        submitted_in,
+        "exactly one commit records the outcome"
+    );
+    let subjects = clone.log_subjects();
+    let subject = subjects.last().expect("history is not empty");
+    assert!(
+        subject.starts_with("dispatch: hello succeeded (echo"),
+        "subject: {subject}"
+    );
+    let trailer = |key: &str| {
+        clone.git(&[
+            "log",
+            "-1",
+            &format!("--format=%(trailers:key={key},valueonly)"),
+        ])
+    };
+    assert_eq!(trailer("Dispatch-Id"), "hello");
+    assert_eq!(trailer("Dispatch-Kind"), "echo");
+    assert_eq!(trailer("Dispatch-State"), "succeeded");
+    let mut changes: Vec<String> = clone
+        .git(&["show", "--no-renames", "--name-status", "--format=", "HEAD"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    changes.sort();
+    assert_eq!(
+        changes,
+        [
+            "A\tlogs/hello.log",
+            "A\tprocessed/hello.status.json",
+            "A\tprocessed/hello.yml",
+            "D\trequests/hello.yml",
+        ]
+    );
+}
+
+#[test]
+fn log_interleaves_stdout_and_stderr_in_the_order_written() {
+    let world = World::new()
+        .handler(
+            "echo.sh",
+            "#!/bin/sh\necho out-1\necho err-2 >&2\necho out-3\necho err-4 >&2\necho out-5\n",
+        )
+        .build();
+    world.submit("mixed.yml", "kind: echo\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let log = world
+        .fresh_clone()
+        .read_string("logs/mixed.log")
+        .expect("the log is committed");
+    let positions: Vec<usize> = ["out-1", "err-2", "out-3", "err-4", "out-5"]
+        .iter()
+        .map(|line| {
+            log.find(line)
+                .unwrap_or_else(|| panic!("`{line}` missing from log:\n{log}"))
+        })
+        .collect();
+    assert!(positions.is_sorted(), "lines out of order in log:\n{log}");
+}
+
+#[test]
+fn nonzero_exit_is_recorded_as_failed_and_run_still_exits_zero() {
+    let world = World::new()
+        .handler("fail.sh", "#!/bin/sh\necho about to fail\nexit 3\n")
+        .index(&format!(
+            "{DEFAULT_INDEX}fail:\n  handler: fail.sh\n  retries: 0\n  timeout: 30s\n  grace: 1s\n"
+        ))
+        .build();
+    world.submit("doomed.yml", "kind: fail\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.ls("requests"), [".gitkeep"]);
+    let status = clone.status("doomed");
+    assert_eq!(status["state"], "failed");
+    assert_eq!(status["exit_code"], 3);
+    assert_eq!(status["attempts"], 1);
+    assert!(
+        clone
+            .read_string("logs/doomed.log")
+            .is_some_and(|log| log.contains("about to fail")),
+        "the failed run's log is committed"
+    );
+    assert_eq!(clone.trailers("Dispatch-State"), ["failed"]);
+}
+
+#[test]
+fn handler_running_past_its_timeout_is_killed_and_recorded_as_timed_out() {
+    let world = World::new()
+        .handler("slow.sh", "#!/bin/sh\necho started\nsleep 30\necho never\n")
+        .index(&format!(
+            "{DEFAULT_INDEX}slow:\n  handler: slow.sh\n  timeout: 1s\n  grace: 1s\n  retries: 0\n"
+        ))
+        .build();
+    world.submit("nap.yml", "kind: slow\n");
+
+    let run = world.run(&[]);
+    run.assert_exit(0);
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "the handler was not cut short: {run}"
+    );
+
+    let clone = world.fresh_clone();
+    let status = clone.status("nap");
+    assert_eq!(status["state"], "timed_out");
+    let log = clone
+        .read_string("logs/nap.log")
+        .expect("the log is committed");
+    assert!(
+        log.contains("started") && !log.contains("never"),
+        "log:\n{log}"
+    );
+}
+
+#[test]
+fn handler_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let world = World::new()
+        .handler(
+            "stubborn.sh",
+            "#!/bin/sh\ntrap '' TERM\necho ignoring TERM\nsleep 30\necho never\n",
+        )
+        .index(&format!(
+            "{DEFAULT_INDEX}stubborn:\n  handler: stubborn.sh\n  timeout: 1s\n  grace: 1s\n  retries: 0\n"
+        ))
+        .build();
+    world.submit("mule.yml", "kind: stubborn\n");
+
+    let run = world.run(&[]);
+    run.assert_exit(0);
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "SIGKILL did not follow the grace period: {run}"
+    );
+
+    let status = world.fresh_clone().status("mule");
+    assert_eq!(status["state"], "timed_out");
+}
+
+#[test]
+fn inbox_is_drained_in_arrival_order_then_by_name_not_by_file_name() {
+    let world = World::new().build();
+    // Arrival (commit time) order: c, a, b, then y and z in one commit (a tie broken by name).
+    world.submit("c.yml", "kind: echo\n");
+    world.submit("a.yml", "kind: echo\n");
+    world.submit("b.yml", "kind: echo\n");
+    world.submit_many(&[("z.yml", b"kind: echo\n"), ("y.yml", b"kind: echo\n")]);
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let expected = ["c", "a", "b", "y", "z"];
+    assert_eq!(
+        clone.trailers("Dispatch-Id"),
+        expected,
+        "outcome commits in history order"
+    );
+    let started: Vec<String> = expected
+        .iter()
+        .map(|id| {
+            clone.status(id)["started_at"]
+                .as_str()
+                .expect("started_at")
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        started.is_sorted(),
+        "started_at not in arrival order: {expected:?} -> {started:?}"
+    );
+}
+
+#[test]
+fn dotfiles_in_the_inbox_are_left_alone() {
+    let world = World::new().build();
+    world.submit(".notes", "not a request\n");
+    world.submit("real.yml", "kind: echo\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.ls("requests"), [".gitkeep", ".notes"]);
+    assert_eq!(
+        clone.read("requests/.notes").as_deref(),
+        Some(&b"not a request\n"[..])
+    );
+    let keys: Vec<String> = clone.statuses().into_iter().map(|(key, _)| key).collect();
+    assert_eq!(keys, ["real"], "only the request was recorded");
+}
+
+#[test]
+fn drained_inbox_runs_again_to_exit_zero_without_pushing() {
+    let world = World::new().build();
+    world.submit("only.yml", "kind: echo\n");
+    world.run(&[]).assert_exit(0);
+    let drained = world.fresh_clone();
+    assert_eq!(drained.status("only")["state"], "succeeded");
+    let tip = drained.git(&["rev-parse", "HEAD"]);
+
+    world.run(&[]).assert_exit(0);
+
+    assert_eq!(
+        world.fresh_clone().git(&["rev-parse", "HEAD"]),
+        tip,
+        "a run over an empty inbox pushed something"
+    );
+}

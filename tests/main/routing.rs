@@ -1,0 +1,155 @@
+//! Routing: a request's `kind` is looked up in the `handlers/index.yml` of the commit the dispatcher
+//! fetched, so a handler added (or remapped) by a later push is used by the next run or the next poll,
+//! with no restart and no rebuild; a broken index does not leave queued requests unrecorded.
+
+use std::time::Duration;
+
+use crate::support::{DEFAULT_INDEX, World, wait_until};
+
+const LATE_HANDLER: &str = "#!/bin/sh\necho \"late handler ran for $DISPATCH_ID\"\n";
+
+fn index_with_late_kind() -> String {
+    format!("{DEFAULT_INDEX}late:\n  handler: late.sh\n  timeout: 30s\n  grace: 1s\n")
+}
+
+/// The later kind's params schema: `who` is a required string.
+const LATE_SCHEMA: &str = r#"{
+  "type": "object",
+  "required": ["who"],
+  "properties": { "who": { "type": "string" } }
+}
+"#;
+
+#[test]
+fn kind_added_by_a_later_push_is_routed_by_the_next_run() {
+    let world = World::new().build();
+    world.submit("early.yml", "kind: echo\n");
+    world.run(&[]).assert_exit(0);
+
+    world.handler("late.sh", LATE_HANDLER);
+    world.schema("late.schema.json", LATE_SCHEMA);
+    world.index(&format!(
+        "{DEFAULT_INDEX}late:\n  handler: late.sh\n  schema: late.schema.json\n  timeout: 30s\n  grace: 1s\n"
+    ));
+    world.publish("add the late kind");
+    world.submit("newcomer.yml", "kind: late\nparams:\n  who: newcomer\n");
+    world.submit("anonymous.yml", "kind: late\nparams: {}\n");
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let status = clone.status("newcomer");
+    assert_eq!(status["state"], "succeeded", "status: {status:#}");
+    assert_eq!(status["handler"], "handlers/late.sh");
+    assert!(
+        clone
+            .read_string("logs/newcomer.log")
+            .is_some_and(|log| log.contains("late handler ran for newcomer")),
+        "the new handler did not run"
+    );
+    let (_, rejected) = clone.rejected_for("anonymous.yml");
+    assert!(
+        rejected["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("who")),
+        "the new kind's params schema was not applied: {rejected:#}"
+    );
+}
+
+#[test]
+fn remapping_a_kind_in_the_index_takes_effect_on_the_next_run() {
+    let world = World::new().build();
+    world.submit("before.yml", "kind: echo\n");
+    world.run(&[]).assert_exit(0);
+
+    world.handler("echo2.sh", "#!/bin/sh\necho \"second echo handler\"\n");
+    world.index(&DEFAULT_INDEX.replace("handler: echo.sh", "handler: echo2.sh"));
+    world.publish("route echo to echo2.sh");
+    world.submit("after.yml", "kind: echo\n");
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.status("before")["handler"], "handlers/echo.sh");
+    let status = clone.status("after");
+    assert_eq!(status["handler"], "handlers/echo2.sh");
+    assert_eq!(
+        status["handler_blob"],
+        clone.git(&["rev-parse", "HEAD:handlers/echo2.sh"]).as_str()
+    );
+    assert!(
+        clone
+            .read_string("logs/after.log")
+            .is_some_and(|log| log.contains("second echo handler")),
+        "the remapped handler did not run"
+    );
+}
+
+#[test]
+fn polling_loop_routes_a_kind_pushed_while_it_runs_and_exits_zero_on_sigterm() {
+    let world = World::new().build();
+    let mut dispatcher =
+        world.spawn(world.run_command(world.remote_arg(), &["--poll-interval", "200ms"]));
+    let clone = world.fresh_clone();
+    let processed = |clone: &crate::support::Checkout, key: &str| {
+        clone.sync();
+        clone
+            .read(&format!("processed/{key}.status.json"))
+            .is_some()
+    };
+
+    // First prove the loop is up and has read the old index.
+    world.submit("warmup.yml", "kind: echo\n");
+    let warm = wait_until(Duration::from_secs(20), || {
+        processed(&clone, "warmup") || !dispatcher.running()
+    });
+    assert!(
+        warm && processed(&clone, "warmup"),
+        "the polling dispatcher did not process `warmup`: {}",
+        dispatcher.output_so_far()
+    );
+
+    world.handler("late.sh", LATE_HANDLER);
+    world.index(&index_with_late_kind());
+    world.publish("add the late kind");
+    world.submit("late-1.yml", "kind: late\n");
+    let seen = wait_until(Duration::from_secs(20), || {
+        processed(&clone, "late-1") || !dispatcher.running()
+    });
+    assert!(
+        seen && processed(&clone, "late-1"),
+        "the polling dispatcher did not process `late-1`: {}",
+        dispatcher.output_so_far()
+    );
+    assert_eq!(clone.status("late-1")["state"], "succeeded");
+    assert_eq!(clone.status("late-1")["handler"], "handlers/late.sh");
+
+    dispatcher.terminate();
+    dispatcher.wait(Duration::from_secs(15)).assert_exit(0);
+}
+
+#[test]
+fn broken_index_still_records_queued_requests() {
+    let world = World::new().build();
+    world.index("echo: [this is: not, a valid index\n");
+    world.publish("break the index");
+    world.submit("queued.yml", "kind: echo\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(
+        clone.ls("requests"),
+        [".gitkeep"],
+        "the queued request is stuck"
+    );
+    let status = clone.status("queued");
+    assert!(
+        status["state"] == "rejected" || status["state"] == "abandoned",
+        "status: {status:#}"
+    );
+    assert!(
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("handlers/index.yml")),
+        "the error does not point at the index: {status:#}"
+    );
+}

@@ -1,0 +1,238 @@
+//! The handler's side of the contract: what it is given (argv, stdin, environment, working directory), the
+//! resource it runs under (`DISPATCH_RESOURCE` and the flock on `<lock-dir>/<resource>.lock`). Each handler
+//! prints what it sees into its log, and the test reads the log from a fresh clone.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::support::{DEFAULT_INDEX, World, between, line_value};
+
+const PROBE: &str = r#"#!/bin/sh
+echo "ARGV1-MODE=$(stat -c %A "$1")"
+echo "ARGV1-BEGIN"
+cat "$1"
+echo "ARGV1-END"
+echo "STDIN-BEGIN"
+cat
+echo
+echo "STDIN-END"
+echo "PARAMS-BEGIN"
+printf '%s\n' "$DISPATCH_PARAMS"
+echo "PARAMS-END"
+echo "DISPATCH_ID=$DISPATCH_ID"
+echo "DISPATCH_KIND=$DISPATCH_KIND"
+echo "DISPATCH_ATTEMPT=$DISPATCH_ATTEMPT"
+echo "DISPATCH_RESOURCE=$DISPATCH_RESOURCE"
+echo "CWD=$(pwd)"
+echo "CWD-ENTRIES=$(ls -A | wc -l)"
+echo "NAMES-BEGIN"
+env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' | sort
+echo "NAMES-END"
+"#;
+
+/// The `probe` kind's params schema: both params typed, nothing else allowed.
+const PROBE_SCHEMA: &str = r#"{
+  "type": "object",
+  "required": ["count", "name"],
+  "additionalProperties": false,
+  "properties": { "count": { "type": "integer" }, "name": { "type": "string" } }
+}
+"#;
+
+const PROBE_REQUEST: &str =
+    "kind: probe\nid: nightly-1\nresource: printer\nparams:\n  count: 3\n  name: world\n";
+
+#[test]
+fn handler_gets_a_read_only_request_copy_json_stdin_a_cleared_env_and_an_empty_cwd() {
+    let world = World::new()
+        .handler("probe.sh", PROBE)
+        .schema("probe.schema.json", PROBE_SCHEMA)
+        .index(&format!(
+            "{DEFAULT_INDEX}probe:\n  handler: probe.sh\n  schema: probe.schema.json\n  timeout: 30s\n  grace: 1s\n"
+        ))
+        .build();
+    world.submit("nightly.yml", PROBE_REQUEST);
+
+    let mut run = world.run_command(world.remote_arg(), &["--until-empty"]);
+    run.env("CANARY", "must-not-reach-the-handler");
+    world.output(run).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let status = clone.status("nightly-1");
+    assert_eq!(status["state"], "succeeded", "status: {status:#}");
+    assert_eq!(
+        status["id"], "nightly-1",
+        "the request's `id` names the outcome"
+    );
+    let log = clone
+        .read_string("logs/nightly-1.log")
+        .expect("the log is committed");
+
+    let mode = line_value(&log, "ARGV1-MODE");
+    assert!(!mode.contains('w'), "argv[1] is writable ({mode})");
+    assert_eq!(between(&log, "ARGV1-BEGIN", "ARGV1-END"), PROBE_REQUEST);
+
+    let params = json!({ "count": 3, "name": "world" });
+    let stdin: serde_json::Value = serde_json::from_str(between(&log, "STDIN-BEGIN", "STDIN-END"))
+        .unwrap_or_else(|e| panic!("stdin is not JSON ({e}):\n{log}"));
+    assert_eq!(stdin["kind"], "probe");
+    assert_eq!(stdin["params"], params);
+    let env_params: serde_json::Value =
+        serde_json::from_str(between(&log, "PARAMS-BEGIN", "PARAMS-END"))
+            .unwrap_or_else(|e| panic!("DISPATCH_PARAMS is not JSON ({e}):\n{log}"));
+    assert_eq!(env_params, params);
+
+    assert_eq!(line_value(&log, "DISPATCH_ID"), "nightly-1");
+    assert_eq!(line_value(&log, "DISPATCH_KIND"), "probe");
+    assert_eq!(line_value(&log, "DISPATCH_ATTEMPT"), "1");
+    assert_eq!(line_value(&log, "DISPATCH_RESOURCE"), "printer");
+
+    let names: BTreeSet<&str> = between(&log, "NAMES-BEGIN", "NAMES-END").lines().collect();
+    let required = [
+        "DISPATCH_ID",
+        "DISPATCH_KIND",
+        "DISPATCH_ATTEMPT",
+        "DISPATCH_RESOURCE",
+        "DISPATCH_PARAMS",
+        "PATH",
+    ];
+    // What `/bin/sh` itself exports on top of what it was given.
+    let shell_own = ["PWD", "OLDPWD", "SHLVL", "_"];
+    for name in required {
+        assert!(
+            names.contains(name),
+            "`{name}` missing from the handler's env: {names:?}"
+        );
+    }
+    let extra: Vec<&&str> = names
+        .iter()
+        .filter(|n| !required.contains(n) && !shell_own.contains(n))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "the handler's env was not cleared, it also has {extra:?}"
+    );
+
+    assert_eq!(
+        line_value(&log, "CWD-ENTRIES").trim(),
+        "0",
+        "cwd is not empty"
+    );
+    let cwd = line_value(&log, "CWD");
+    assert!(
+        !Path::new(cwd).exists(),
+        "the working directory `{cwd}` was not removed"
+    );
+}
+
+#[test]
+fn declared_env_names_pass_through_and_nothing_else() {
+    let world = World::new()
+        .handler(
+            "greet.sh",
+            "#!/bin/sh\necho \"GREETING=${GREETING-unset}\"\necho \"OTHER=${OTHER-unset}\"\n",
+        )
+        .index(&format!(
+            "{DEFAULT_INDEX}greet:\n  handler: greet.sh\n  env: [GREETING]\n  timeout: 30s\n  grace: 1s\n"
+        ))
+        .build();
+    world.submit("hi.yml", "kind: greet\n");
+
+    let mut run = world.run_command(world.remote_arg(), &["--until-empty"]);
+    run.env("GREETING", "bonjour").env("OTHER", "undeclared");
+    world.output(run).assert_exit(0);
+
+    let log = world
+        .fresh_clone()
+        .read_string("logs/hi.log")
+        .expect("the log is committed");
+    assert_eq!(line_value(&log, "GREETING"), "bonjour");
+    assert_eq!(line_value(&log, "OTHER"), "unset");
+}
+
+#[test]
+fn resource_comes_from_the_request_else_the_index_else_the_kind() {
+    let script = "#!/bin/sh\necho \"DISPATCH_RESOURCE=$DISPATCH_RESOURCE\"\n";
+    let world = World::new()
+        .handler("res.sh", script)
+        .index(&format!(
+            "{DEFAULT_INDEX}\
+with-index:\n  handler: res.sh\n  resource: index-lock\n  timeout: 30s\n  grace: 1s\n\
+bare-kind:\n  handler: res.sh\n  timeout: 30s\n  grace: 1s\n"
+        ))
+        .build();
+    world.submit(
+        "from-request.yml",
+        "kind: with-index\nresource: request-lock\n",
+    );
+    world.submit("from-index.yml", "kind: with-index\n");
+    world.submit("from-kind.yml", "kind: bare-kind\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    for (id, expected) in [
+        ("from-request", "request-lock"),
+        ("from-index", "index-lock"),
+        ("from-kind", "bare-kind"),
+    ] {
+        let log = clone
+            .read_string(&format!("logs/{id}.log"))
+            .unwrap_or_else(|| panic!("no log for `{id}`"));
+        assert_eq!(
+            line_value(&log, "DISPATCH_RESOURCE"),
+            expected,
+            "request `{id}`"
+        );
+    }
+}
+
+#[test]
+fn handler_runs_under_an_exclusive_flock_on_its_resource_lock_file() {
+    let world = World::new().build();
+    let lock = world.locks.join("printer.lock");
+    // Created by "the admin" beforehand, readable by anyone, so an unprivileged handler can open it.
+    fs::write(&lock, "").expect("create lock file");
+    fs::set_permissions(&lock, fs::Permissions::from_mode(0o666)).expect("chmod lock file");
+    world.handler(
+        "locked.sh",
+        &format!(
+            "#!/bin/sh\nflock -n -E 42 '{}' true\necho \"FLOCK_EXIT=$?\"\n",
+            lock.display()
+        ),
+    );
+    world.index(&format!(
+        "{DEFAULT_INDEX}locked:\n  handler: locked.sh\n  resource: printer\n  timeout: 30s\n  grace: 1s\n"
+    ));
+    world.publish("add the locked kind");
+    world.submit("print.yml", "kind: locked\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let log = world
+        .fresh_clone()
+        .read_string("logs/print.log")
+        .expect("the log is committed");
+    assert_eq!(
+        line_value(&log, "FLOCK_EXIT"),
+        "42",
+        "`{}` was not locked while the handler ran",
+        lock.display()
+    );
+    let after = Command::new("flock")
+        .args(["-n", "-E", "42"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .expect("spawn flock");
+    assert_eq!(
+        after.code(),
+        Some(0),
+        "the lock was not released after the run"
+    );
+}
