@@ -2,9 +2,10 @@
 //!
 //! A request arrives with the first commit on the branch's first-parent history whose `requests/`
 //! holds it (the same name with the same blob) while that commit's first parent does not. Order is
-//! that commit's time, ties by name. Arrivals are cached by name and blob, so the history is walked
-//! once per request, not once per look at the inbox; only `requests/` is read, never `processed/`
-//! or `logs/`, so the cost does not grow with the number of recorded outcomes.
+//! that commit's time; commits of the same second in their order on the first-parent chain; ties
+//! (one commit adding several requests) by name. Arrivals are cached by name and blob, so the history
+//! is walked once per request, not once per look at the inbox; only `requests/` is read, never
+//! `processed/` or `logs/`, so the cost does not grow with the number of recorded outcomes.
 
 use std::collections::HashMap;
 
@@ -36,6 +37,8 @@ pub(crate) struct InboxEntry {
 pub(crate) struct Inbox {
     /// Arrival of each (name, blob) seen in the inbox; pruned to what the inbox holds now.
     arrivals: HashMap<(String, Oid), Arrival>,
+    /// Distance from the root along first parents, of arrival commits whose order was needed.
+    generations: HashMap<Oid, u64>,
 }
 
 impl Inbox {
@@ -77,7 +80,49 @@ impl Inbox {
             })
             .collect();
         entries.sort_by(|a, b| (a.arrival.time, &a.name).cmp(&(b.arrival.time, &b.name)));
+        self.order_same_second(repo, &mut entries)?;
         Ok(entries)
+    }
+
+    /// Commit times have a resolution of one second: requests that arrived in different commits of
+    /// the same second are put in the order of those commits in the history.
+    fn order_same_second(&mut self, repo: &Repository, entries: &mut [InboxEntry]) -> Result<(), git2::Error> {
+        let mut start = 0;
+        while start < entries.len() {
+            let time = entries[start].arrival.time;
+            let end = start + entries[start..].iter().take_while(|e| e.arrival.time == time).count();
+            let group = &mut entries[start..end];
+            if group.iter().any(|e| e.arrival.commit != group[0].arrival.commit) {
+                for entry in group.iter() {
+                    self.generation(repo, entry.arrival.commit)?;
+                }
+                group.sort_by(|a, b| {
+                    (self.generations[&a.arrival.commit], &a.name)
+                        .cmp(&(self.generations[&b.arrival.commit], &b.name))
+                });
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// The first-parent distance of `oid` from the root, memoised.
+    fn generation(&mut self, repo: &Repository, oid: Oid) -> Result<u64, git2::Error> {
+        let mut chain = Vec::new();
+        let mut next = Some(oid);
+        let mut base = 0;
+        while let Some(oid) = next {
+            if let Some(g) = self.generations.get(&oid) {
+                base = *g + 1;
+                break;
+            }
+            chain.push(oid);
+            next = repo.find_commit(oid)?.parent_id(0).ok();
+        }
+        for (i, oid) in chain.iter().rev().enumerate() {
+            self.generations.insert(*oid, base + i as u64);
+        }
+        Ok(self.generations[&oid])
     }
 
     /// Walks the first-parent history from `commit` until every pending entry's arrival is found.

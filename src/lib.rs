@@ -26,6 +26,7 @@ mod outcome;
 mod request;
 mod router;
 mod sandbox;
+mod scaffold;
 mod schema;
 mod snapshot;
 mod sync;
