@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::{DEFAULT_INDEX, GitDaemon, World, sha256_hex, utc_rfc3339};
+use crate::support::{DEFAULT_INDEX, GitDaemon, World, instant_key, sha256_hex, utc_rfc3339};
 
 const HELLO: &str = "kind: echo\nparams:\n  name: world\n";
 
@@ -66,7 +66,7 @@ fn succeeded_request_is_recorded_with_its_bytes_status_and_log() {
         .as_str()
         .expect("finished_at is a string");
     assert!(
-        started_at[..19] <= finished_at[..19],
+        instant_key(started_at) <= instant_key(finished_at),
         "started {started_at} after finished {finished_at}"
     );
     assert!(

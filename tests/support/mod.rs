@@ -167,13 +167,32 @@ pub fn utc_rfc3339(secs: i64) -> String {
     )
 }
 
+/// A sortable key for an RFC 3339 timestamp of one dispatcher (same offset): the date-time to the second,
+/// then the fraction in nanoseconds, so `12:00:01Z` sorts before `12:00:01.5Z` whatever the precision.
+pub fn instant_key(rfc3339: &str) -> (String, u32) {
+    let (seconds, rest) = rfc3339.split_at_checked(19).unwrap_or((rfc3339, ""));
+    let digits: String = rest
+        .strip_prefix('.')
+        .unwrap_or("")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .take(9)
+        .collect();
+    let nanos = format!("{digits:0<9}").parse().unwrap_or(0);
+    (seconds.to_owned(), nanos)
+}
+
 /// Lowercase hex SHA-256 (sha2 is a normal dependency of the crate, so tests may use it).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
     Sha256::digest(bytes)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            // Writing to a String cannot fail.
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 /// The text between a line `begin` and a line `end` in `log` (exclusive, with its trailing newline).
@@ -856,4 +875,6 @@ fn harness_formats_unix_times_as_rfc3339_utc() {
     assert_eq!(utc_rfc3339(EPOCH), "2023-11-14T22:13:20Z");
     assert_eq!(utc_rfc3339(0), "1970-01-01T00:00:00Z");
     assert_eq!(utc_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    assert!(instant_key("2026-01-01T12:00:01Z") < instant_key("2026-01-01T12:00:01.5Z"));
+    assert!(instant_key("2026-01-01T12:00:01.25+00:00") < instant_key("2026-01-01T12:00:01.3Z"));
 }
