@@ -73,6 +73,25 @@ pub struct RunArgs {
     /// The name this host records in `dispatcher` [default: the host name]
     #[arg(long, env = "GIT_DISPATCH_DISPATCHER_ID")]
     pub dispatcher_id: Option<String>,
+
+    /// The user handlers run as when the dispatcher is started as root [default: nobody]. Running
+    /// them as root needs `--run-as root`.
+    #[arg(long, env = "GIT_DISPATCH_RUN_AS")]
+    pub run_as: Option<String>,
+
+    /// `NAME=value` lines on this host, mode 600, owned by the dispatcher's user; a kind gets the
+    /// names it lists under `secrets:`.
+    #[arg(long, env = "GIT_DISPATCH_SECRETS_FILE")]
+    pub secrets_file: Option<PathBuf>,
+
+    /// Take `index.yml` and the handlers from this directory on the host instead of the repository's
+    /// `handlers/`, so pushing to the repository cannot change what code runs.
+    #[arg(long, env = "GIT_DISPATCH_HANDLERS_DIR")]
+    pub handlers_dir: Option<PathBuf>,
+
+    /// Bytes of each handler's output kept in its log (head and tail); a kind may set `log_limit`.
+    #[arg(long, env = "GIT_DISPATCH_LOG_LIMIT", default_value = "1MiB")]
+    pub log_limit: String,
 }
 
 #[derive(Debug, Args)]

@@ -1,13 +1,19 @@
 //! Raw command-line arguments -> a validated [`RunConfig`]: durations parsed, paths absolute, limits
 //! in bytes. Every problem here is a configuration error (exit 2).
 
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use nix::unistd::{User, geteuid, getgrouplist};
 
 use crate::cli::RunArgs;
+use crate::daemon::say;
 use crate::router::{parse_duration, parse_size};
+use crate::sandbox::Identity;
+use crate::secrets::{Redactor, Secrets};
 
 /// When `run` stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +43,13 @@ pub(crate) struct RunConfig {
     pub log_limit: u64,
     /// Outcomes are pushed in batches at most this old while a backlog drains.
     pub push_batch: Duration,
+    /// The user handlers run as; `None`: the dispatcher's own.
+    pub run_as: Option<Identity>,
+    pub secrets: Arc<Secrets>,
+    /// Built from every secret: applied to logs, errors and the dispatcher's own lines.
+    pub redactor: Redactor,
+    /// Handlers and their index from the host instead of the repository.
+    pub handlers_dir: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -67,6 +80,18 @@ impl RunConfig {
                 .to_string_lossy()
                 .into_owned(),
         };
+        let log_limit =
+            parse_size(&args.log_limit).map_err(|e| anyhow::anyhow!("--log-limit: {e}"))?;
+        let secrets = match &args.secrets_file {
+            Some(path) => Secrets::load(&absolute(path)?)?,
+            None => Secrets::default(),
+        };
+        let redactor = secrets.redactor();
+        let handlers_dir = match &args.handlers_dir {
+            Some(dir) if dir.is_dir() => Some(absolute(dir)?),
+            Some(dir) => bail!("--handlers-dir: `{}` is not a directory", dir.display()),
+            None => None,
+        };
         let mode = if args.once {
             Mode::Once
         } else if args.until_empty {
@@ -85,10 +110,49 @@ impl RunConfig {
             push_attempts: args.push_attempts,
             dispatcher_id,
             jobs: 1,
-            log_limit: 1024 * 1024,
+            log_limit,
             push_batch: Duration::from_secs(1),
+            run_as: resolve_run_as(args.run_as.as_deref())?,
+            secrets: Arc::new(secrets),
+            redactor,
+            handlers_dir,
         })
     }
+}
+
+/// Started as root, handlers run as `--run-as` (default `nobody`); root itself only when asked by
+/// name. Started as anyone else, handlers run as that user.
+pub(crate) fn resolve_run_as(run_as: Option<&str>) -> anyhow::Result<Option<Identity>> {
+    let euid = geteuid();
+    let lookup = |name: &str| -> anyhow::Result<User> {
+        User::from_name(name)
+            .with_context(|| format!("--run-as: could not look up user `{name}`"))?
+            .with_context(|| format!("--run-as: there is no user `{name}` on this host"))
+    };
+    if !euid.is_root() {
+        if let Some(name) = run_as
+            && lookup(name)?.uid != euid
+        {
+            bail!(
+                "--run-as {name}: only a dispatcher started as root can run handlers as another user \
+                 (this one runs as uid {euid})"
+            );
+        }
+        return Ok(None);
+    }
+    let name = run_as.unwrap_or("nobody");
+    let user = lookup(name)?;
+    if user.uid.is_root() {
+        say("warning: handlers run as root (`--run-as root`): they can do anything on this host");
+    }
+    let c_name = CString::new(name).context("--run-as: the user name holds a NUL byte")?;
+    let groups = getgrouplist(&c_name, user.gid)
+        .with_context(|| format!("--run-as: could not list the groups of `{name}`"))?;
+    Ok(Some(Identity {
+        uid: user.uid,
+        gid: user.gid,
+        groups,
+    }))
 }
 
 /// A local path becomes absolute (the dispatcher may change directory); URLs stay as they are.

@@ -21,8 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use git2::Oid;
 use notify::Watcher;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::capture::{LogSummary, hex};
 use crate::config::{Mode, RunConfig, local_path};
 use crate::inbox::{Inbox, InboxEntry};
 use crate::lock::{LockError, ResourceLock};
@@ -150,6 +152,12 @@ impl Daemon {
         // Handlers may run as another user: they must be able to reach their files, not list them.
         fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o711))
             .map_err(io_err("scratch directory"))?;
+        // Descendants that escape a handler's process group are re-parented to the dispatcher, where
+        // they can be found and killed when their run ends.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            say(&format!("warning: could not become a child subreaper: {e}"));
+        }
+        crate::secrets::install_global(cfg.redactor.clone());
         let (sender, events) = mpsc::channel();
         let now = Instant::now();
         Ok(Self {
@@ -329,16 +337,19 @@ impl Daemon {
                 waiting += entries[i..].len();
                 break;
             }
-            match self.check(entry) {
+            let checked = self
+                .check(entry)
+                .and_then(|request| self.secret_env(entry, &request).map(|env| (request, env)));
+            match checked {
                 Err(rejection) => {
                     self.took_one = true;
                     self.reject(entry, rejection)?;
                 }
-                Ok(request) if busy.contains(&request.resource) => waiting += 1,
-                Ok(request) => {
+                Ok((request, _)) if busy.contains(&request.resource) => waiting += 1,
+                Ok((request, secrets)) => {
                     self.took_one = true;
                     busy.push(request.resource.clone());
-                    self.start(entry.clone(), request)?;
+                    self.start(entry.clone(), request, secrets)?;
                 }
             }
         }
@@ -375,6 +386,33 @@ impl Daemon {
         )
     }
 
+    /// The kind's `secrets`, as environment variables; naming one the host lacks rejects the request.
+    fn secret_env(&self, entry: &InboxEntry, request: &Request) -> Result<Vec<(String, String)>, Rejection> {
+        request
+            .route
+            .spec
+            .secrets
+            .iter()
+            .map(|name| match self.cfg.secrets.get(name) {
+                Some(value) => Ok((name.clone(), value.to_owned())),
+                None => Err(Rejection {
+                    id: Some(request.id.clone()),
+                    kind: Some(request.kind.clone()),
+                    error: format!(
+                        "request `{}`: kind `{}` needs the secret `{name}`, which {}",
+                        entry.path,
+                        request.kind,
+                        if self.cfg.secrets.is_empty() {
+                            "is not defined: the dispatcher has no --secrets-file".to_owned()
+                        } else {
+                            "the dispatcher's --secrets-file does not define".to_owned()
+                        }
+                    ),
+                }),
+            })
+            .collect()
+    }
+
     /// Whether `key` has an outcome at the tip or is running.
     fn is_taken(&self, key: &str) -> bool {
         if self.running.contains_key(key) {
@@ -391,7 +429,12 @@ impl Daemon {
     fn refresh_snapshot(&mut self, tip: Oid) -> Result<(), DaemonError> {
         let trees = Snapshot::trees_of(&self.sync.repo, tip).map_err(SyncError::from)?;
         if self.snapshot.as_ref().is_none_or(|s| s.trees != trees) {
-            let snapshot = Snapshot::load(&self.sync.repo, tip, self.scratch.path())
+            let snapshot = Snapshot::load(
+                &self.sync.repo,
+                tip,
+                self.scratch.path(),
+                self.cfg.handlers_dir.as_deref(),
+            )
                 .map_err(io_err("could not write out the handlers"))?;
             for problem in snapshot.catalog.problems() {
                 say(&format!("configuration: {problem}"));
@@ -410,17 +453,19 @@ impl Daemon {
                 free_key(&sanitize(stem), |k| self.is_taken(k))
             }
         };
-        say(&format!("{key}: rejected: {}", rejection.error));
+        let error = self.cfg.redactor.redact(&rejection.error);
+        say(&format!("{key}: rejected: {error}"));
         let mut outcome = self.outcome(entry, key, rejection.kind, State::Rejected);
+        let log = format!("{error}\n").into_bytes();
         outcome.logs.push(AttemptLog {
-            summary: crate::capture::LogSummary {
-                bytes: rejection.error.len() as u64 + 1,
+            summary: LogSummary {
+                bytes: log.len() as u64,
                 truncated: false,
-                sha256: crate::capture::hex(&sha2_digest(format!("{}\n", rejection.error).as_bytes())),
+                sha256: hex(&Sha256::digest(&log)),
             },
-            bytes: format!("{}\n", rejection.error).into_bytes(),
+            bytes: log,
         });
-        outcome.error = Some(rejection.error);
+        outcome.error = Some(error);
         self.record(&outcome)
     }
 
@@ -448,7 +493,12 @@ impl Daemon {
         }
     }
 
-    fn start(&mut self, entry: InboxEntry, request: Request) -> Result<(), DaemonError> {
+    fn start(
+        &mut self,
+        entry: InboxEntry,
+        request: Request,
+        secrets: Vec<(String, String)>,
+    ) -> Result<(), DaemonError> {
         let key = request.id.clone();
         let handlers = self
             .snapshot
@@ -465,6 +515,14 @@ impl Daemon {
         fs::create_dir_all(&work).map_err(io_err("run directory"))?;
         fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o711))
             .map_err(io_err("run directory"))?;
+        if let Some(user) = &self.cfg.run_as {
+            // The working directory is the handler's own; everything around it stays the dispatcher's.
+            nix::unistd::chown(&work, Some(user.uid), Some(user.gid))
+                .map_err(|e| DaemonError::Io {
+                    context: format!("could not give `{}` to the handler's user", work.display()),
+                    source: e.into(),
+                })?;
+        }
         let bytes = self
             .sync
             .repo
@@ -476,10 +534,13 @@ impl Daemon {
         fs::set_permissions(&request_copy, fs::Permissions::from_mode(0o444))
             .map_err(io_err("request copy"))?;
         let program = handlers.path.join(&request.route.spec.handler);
-        let env = handler_env(&request, 1);
+        let mut env = handler_env(&request, 1);
+        env.extend(secrets);
+        let user = self.cfg.run_as.clone();
+        let redactor = self.cfg.redactor.clone();
         let stdin = serde_json::to_vec(&request.json).expect("JSON values serialise");
         let lock_dir = self.cfg.lock_dir.clone();
-        let log_limit = self.cfg.log_limit;
+        let log_limit = request.route.spec.log_limit.unwrap_or(self.cfg.log_limit);
         let sender = self.sender.clone();
         let spec = request.route.spec.clone();
         let timeout = request.timeout;
@@ -502,11 +563,15 @@ impl Daemon {
                     grace: spec.grace,
                     limits: Limits {
                         address_space: spec.memory,
-                        ..Limits::default()
+                        processes: Some(spec.nproc),
+                        open_files: Some(spec.nofile),
+                        file_size: Some(spec.fsize),
                     },
-                    user: None,
+                    user,
                     log_path: &thread_log,
                     log_limit,
+                    redactor,
+                    marker: ("DISPATCH_ID".to_owned(), thread_key.clone()),
                 })?;
                 Ok(finished)
             })();
@@ -583,6 +648,10 @@ impl Daemon {
     }
 
     fn record(&mut self, outcome: &Outcome) -> Result<(), DaemonError> {
+        let mut outcome = outcome.clone();
+        if let Some(error) = &outcome.error {
+            outcome.error = Some(self.cfg.redactor.redact(error));
+        }
         outcome.record(&self.sync)?;
         self.summary.recorded += 1;
         *self
@@ -760,12 +829,7 @@ fn backoff(failures: u32) -> Duration {
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).to_vec()
-}
-
 /// One line of the dispatcher's own log, on standard error.
 pub(crate) fn say(line: &str) {
-    eprintln!("git-dispatch: {line}");
+    eprintln!("git-dispatch: {}", crate::secrets::redact_global(line));
 }

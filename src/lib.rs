@@ -27,6 +27,7 @@ mod request;
 mod router;
 mod sandbox;
 mod scaffold;
+mod secrets;
 mod schema;
 mod snapshot;
 mod sync;

@@ -43,7 +43,16 @@ struct RawKind {
     secrets: Vec<String>,
     #[serde(default)]
     idempotent: bool,
+    log_limit: Option<String>,
+    nproc: Option<u64>,
+    nofile: Option<u64>,
+    fsize: Option<String>,
 }
+
+/// Defaults for the limits a kind may override.
+const DEFAULT_NPROC: u64 = 1024;
+const DEFAULT_NOFILE: u64 = 1024;
+const DEFAULT_FSIZE: u64 = 4 << 30;
 
 /// One kind, validated.
 #[derive(Debug, Clone)]
@@ -64,6 +73,12 @@ pub(crate) struct KindSpec {
     pub env: Vec<String>,
     pub secrets: Vec<String>,
     pub idempotent: bool,
+    /// Bytes of output kept in the log; `None`: the dispatcher's `--log-limit`.
+    pub log_limit: Option<u64>,
+    /// `RLIMIT_NPROC`, `RLIMIT_NOFILE`, `RLIMIT_FSIZE`.
+    pub nproc: u64,
+    pub nofile: u64,
+    pub fsize: u64,
 }
 
 /// The parsed index: kind name -> spec, or the reason that kind cannot be used.
@@ -246,11 +261,14 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
             ));
         }
     }
-    let memory = raw
-        .memory
-        .as_deref()
-        .map(|m| parse_size(m).map_err(|e| format!("{}: {e}", field("memory"))))
-        .transpose()?;
+    let size = |f: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|m| parse_size(m).map_err(|e| format!("{}: {e}", field(f))))
+            .transpose()
+    };
+    let memory = size("memory", &raw.memory)?;
+    let log_limit = size("log_limit", &raw.log_limit)?;
+    let fsize = size("fsize", &raw.fsize)?.unwrap_or(DEFAULT_FSIZE);
     Ok(KindSpec {
         name: name.to_owned(),
         timeout: duration("timeout", &raw.timeout, DEFAULT_TIMEOUT)?,
@@ -264,6 +282,10 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
         env: raw.env,
         secrets: raw.secrets,
         idempotent: raw.idempotent,
+        log_limit,
+        nproc: raw.nproc.unwrap_or(DEFAULT_NPROC),
+        nofile: raw.nofile.unwrap_or(DEFAULT_NOFILE),
+        fsize,
     })
 }
 

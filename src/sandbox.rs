@@ -23,6 +23,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use thiserror::Error;
 
 use crate::capture::{CappedLog, LogSummary};
+use crate::secrets::Redactor;
 
 /// How long the output pipe is drained after the handler's group is gone, in case an escaped
 /// descendant still holds it open.
@@ -79,6 +80,12 @@ pub(crate) struct Job<'a> {
     pub user: Option<Identity>,
     pub log_path: &'a Path,
     pub log_limit: u64,
+    /// Applied to the output before any byte of it is written.
+    pub redactor: Redactor,
+    /// A `NAME=value` of the handler's environment unique to this run (`DISPATCH_ID`): it marks the
+    /// descendants that escape the process group (and are re-parented to the dispatcher, a child
+    /// subreaper), so they can be found and killed.
+    pub marker: (String, String),
 }
 
 /// How the handler's process ended.
@@ -145,7 +152,10 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         }
     });
     let (drain_tx, drain_rx) = mpsc::channel::<Instant>();
-    let drainer = thread::spawn(move || drain(reader, &mut log, &drain_rx).and_then(|()| log.finish()));
+    let redactor = job.redactor;
+    let drainer = thread::spawn(move || {
+        drain(reader, &mut log, &redactor, &drain_rx).and_then(|()| log.finish())
+    });
     let (exit_tx, exit_rx) = mpsc::channel();
     let waiter = thread::spawn(move || {
         let status = child.wait();
@@ -168,8 +178,10 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         }
     };
     let duration = clock.elapsed();
-    // Whatever the handler left behind in its group goes with it.
+    // Whatever the handler left behind goes with it: its group, and descendants that left the group
+    // but were re-parented to the dispatcher (a child subreaper).
     let _ = killpg(pgid, Signal::SIGKILL);
+    kill_escapees(&job.marker);
     let _ = drain_tx.send(Instant::now() + DRAIN_AFTER_EXIT);
     let _ = waiter.join();
     let _ = feeder.join();
@@ -193,15 +205,24 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
 }
 
 /// Copies the pipe into the log until end-of-file, or until the deadline sent on `stop` passes.
-fn drain(mut reader: io::PipeReader, log: &mut CappedLog, stop: &mpsc::Receiver<Instant>) -> io::Result<()> {
+/// Secrets are redacted before anything reaches the log.
+fn drain(
+    mut reader: io::PipeReader,
+    log: &mut CappedLog,
+    redactor: &Redactor,
+    stop: &mpsc::Receiver<Instant>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut redacted = Vec::with_capacity(buf.len());
+    let mut stream = redactor.stream();
     let mut deadline: Option<Instant> = None;
     loop {
         if deadline.is_none() {
             deadline = stop.try_recv().ok();
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(());
+            stream.finish(&mut redacted);
+            return log.write(&redacted);
         }
         let ready = {
             let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
@@ -211,8 +232,15 @@ fn drain(mut reader: io::PipeReader, log: &mut CappedLog, stop: &mpsc::Receiver<
             continue;
         }
         match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => log.write(&buf[..n])?,
+            Ok(0) => {
+                stream.finish(&mut redacted);
+                return log.write(&redacted);
+            }
+            Ok(n) => {
+                redacted.clear();
+                stream.feed(&buf[..n], &mut redacted);
+                log.write(&redacted)?;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -243,4 +271,35 @@ fn confine(limits: &Limits, user: Option<&Identity>, parent: Pid) -> io::Result<
         return Err(io::Error::other("the dispatcher exited"));
     }
     Ok(())
+}
+
+/// Kills the processes re-parented to the dispatcher whose environment carries `marker`, and reaps them.
+fn kill_escapees(marker: &(String, String)) {
+    let me = std::process::id().to_string();
+    let needle = format!("\0{}={}\0", marker.0, marker.1).into_bytes();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; the last `)` ends it.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if ppid != Some(me.as_str()) {
+            continue;
+        }
+        let mut environ = vec![0u8];
+        environ.extend(std::fs::read(entry.path().join("environ")).unwrap_or_default());
+        if environ.windows(needle.len()).any(|w| w == needle.as_slice()) {
+            let pid = Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+    }
 }

@@ -14,17 +14,22 @@ use std::sync::Arc;
 use git2::{ObjectType, Oid, Repository, Tree};
 
 use crate::router::Catalog;
-use crate::view::TreeView;
+use crate::view::{DirView, HostHandlers, TreeView};
 
 /// The `handlers/` tree of a commit, written to disk; removed on drop.
 #[derive(Debug)]
 pub(crate) struct HandlersDir {
     pub path: PathBuf,
+    /// Whether the folder was written out by the dispatcher (and so is removed), or is the host's
+    /// `--handlers-dir`.
+    written: bool,
 }
 
 impl Drop for HandlersDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        if self.written {
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
 }
 
@@ -44,7 +49,14 @@ impl Snapshot {
         Ok((id("handlers"), id("schemas")))
     }
 
-    pub(crate) fn load(repo: &Repository, commit: Oid, scratch: &Path) -> io::Result<Self> {
+    /// Loads the configuration of `commit`; with `host_handlers`, the index and the handlers come
+    /// from that folder instead of the commit's `handlers/`.
+    pub(crate) fn load(
+        repo: &Repository,
+        commit: Oid,
+        scratch: &Path,
+        host_handlers: Option<&Path>,
+    ) -> io::Result<Self> {
         let tree = repo
             .find_commit(commit)
             .and_then(|c| c.tree())
@@ -55,6 +67,22 @@ impl Snapshot {
             tree,
             commit,
         };
+        if let Some(dir) = host_handlers {
+            let view = HostHandlers {
+                dir: DirView {
+                    root: dir.to_owned(),
+                },
+                rest: &view,
+            };
+            return Ok(Self {
+                trees,
+                catalog: Catalog::load(&view),
+                handlers: Some(Arc::new(HandlersDir {
+                    path: dir.to_owned(),
+                    written: false,
+                })),
+            });
+        }
         let catalog = Catalog::load(&view);
         let handlers = match trees.0 {
             Some(oid) => {
@@ -64,7 +92,10 @@ impl Snapshot {
                 }
                 let tree = repo.find_tree(oid).map_err(io::Error::other)?;
                 write_tree(repo, &tree, &path)?;
-                Some(Arc::new(HandlersDir { path }))
+                Some(Arc::new(HandlersDir {
+                    path,
+                    written: true,
+                }))
             }
             None => None,
         };

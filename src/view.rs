@@ -181,6 +181,47 @@ impl RepoView for DirView {
     }
 }
 
+/// A commit's view with `handlers/` replaced by a folder on the host (`run --handlers-dir`).
+pub(crate) struct HostHandlers<'a> {
+    pub dir: DirView,
+    pub rest: &'a dyn RepoView,
+}
+
+impl HostHandlers<'_> {
+    /// The path inside the host folder, for a path under `handlers/`.
+    fn on_host(path: &str) -> Option<&str> {
+        path.strip_prefix("handlers/")
+            .or_else(|| (path == "handlers").then_some("."))
+    }
+}
+
+impl RepoView for HostHandlers<'_> {
+    fn entry(&self, path: &str) -> io::Result<Option<EntryType>> {
+        match Self::on_host(path) {
+            Some(p) => self.dir.entry(p),
+            None => self.rest.entry(path),
+        }
+    }
+
+    fn read(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
+        match Self::on_host(path) {
+            Some(p) => self.dir.read(p),
+            None => self.rest.read(path),
+        }
+    }
+
+    fn oid(&self, path: &str) -> Option<Oid> {
+        match Self::on_host(path) {
+            Some(_) => None,
+            None => self.rest.oid(path),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{} with handlers from `{}`", self.rest.describe(), self.dir.describe())
+    }
+}
+
 /// The seven-character abbreviation Git shows.
 pub(crate) fn short(oid: Oid) -> String {
     let mut s = oid.to_string();

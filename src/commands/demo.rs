@@ -4,13 +4,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::cli::DemoArgs;
-use crate::config::{Mode, RunConfig};
+use crate::cli::{DemoArgs, RunArgs};
+use crate::config::RunConfig;
 use crate::daemon::Daemon;
 use crate::error::CommandError;
 use crate::scaffold;
@@ -57,20 +56,22 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CommandError> {
     }
 
     println!("3. the dispatcher drains the inbox (`git-dispatch run --until-empty`):\n");
-    let config = RunConfig {
+    let config = RunConfig::from_args(&RunArgs {
         remote: path(&remote).to_owned(),
         branch: "main".into(),
-        workdir: root.join("work"),
-        lock_dir: root.join("work/locks"),
-        poll_interval: Duration::from_secs(15),
-        mode: Mode::UntilEmpty,
-        max_request_size: 64 * 1024,
+        workdir: Some(root.join("work")),
+        lock_dir: None,
+        poll_interval: "15s".into(),
+        once: false,
+        until_empty: true,
+        max_request_size: "64KiB".into(),
         push_attempts: 3,
-        dispatcher_id: "demo".into(),
-        jobs: 1,
-        log_limit: 1024 * 1024,
-        push_batch: Duration::from_secs(1),
-    };
+        dispatcher_id: Some("demo".into()),
+        run_as: None,
+        secrets_file: None,
+        handlers_dir: None,
+        log_limit: "1MiB".into(),
+    })?;
     Daemon::open(config)
         .and_then(Daemon::serve)
         .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
