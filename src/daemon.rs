@@ -670,10 +670,7 @@ impl Daemon {
             return false;
         };
         let now = Instant::now();
-        now >= self.next_push
-            && (backlog == 0 && self.running.is_empty()
-                || now >= since + self.cfg.push_batch
-                || backlog == 0)
+        now >= self.next_push && (backlog == 0 || now >= since + self.cfg.push_batch)
     }
 
     fn push_step(&mut self) -> Result<(), DaemonError> {

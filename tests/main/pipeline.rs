@@ -267,7 +267,7 @@ fn inbox_is_drained_in_arrival_order_then_by_name_not_by_file_name() {
         })
         .collect();
     assert!(
-        started.is_sorted(),
+        started.iter().map(|s| instant_key(s)).is_sorted(),
         "started_at not in arrival order: {expected:?} -> {started:?}"
     );
 }
