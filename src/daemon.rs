@@ -21,16 +21,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use git2::Oid;
 use notify::Watcher;
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::capture::{LogSummary, hex};
 use crate::config::{Mode, RunConfig, local_path};
 use crate::inbox::{Inbox, InboxEntry};
-use crate::lock::{LockError, ResourceLock};
+use crate::journal::Journal;
+use crate::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::outcome::{AttemptLog, Outcome, PROCESSED, State, free_key, sanitize};
 use crate::request::{self, Candidate, Rejection, Request, request_stem};
-use crate::sandbox::{self, Finished, Job, Limits, SandboxError, Termination};
+use crate::sandbox::Termination;
 use crate::snapshot::{HandlersDir, Snapshot};
 use crate::sync::{Sync, SyncError};
 
@@ -47,7 +46,11 @@ pub(crate) enum DaemonError {
     #[error(transparent)]
     Sync(#[from] SyncError),
     #[error(transparent)]
-    Lock(#[from] LockError),
+    Runner(#[from] RunnerError),
+    #[error(
+        "workdir `{0}` is in use by another dispatcher; each dispatcher needs a workdir of its own"
+    )]
+    WorkdirInUse(PathBuf),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -62,32 +65,23 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
 }
 
 enum Event {
-    Finished(Box<Done>),
+    Finished(Box<Report>),
     RemoteChanged,
     Signal(i32),
 }
 
-/// A request that is running: what the outcome needs besides the run's result.
+/// A request that is running: what the outcome needs besides the run's report.
 struct Running {
     entry: InboxEntry,
     request: Request,
-    run_dir: PathBuf,
-    log_file: PathBuf,
-    /// Keeps the handler on disk while it runs.
-    _handlers: Arc<HandlersDir>,
+    /// Logs of attempts before a crash, for a run resumed as a later attempt.
+    prior_logs: Vec<AttemptLog>,
 }
 
-struct Done {
-    key: String,
-    result: Result<Finished, WorkerError>,
-}
-
-#[derive(Debug, Error)]
-enum WorkerError {
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
-    #[error(transparent)]
-    Lock(#[from] LockError),
+/// A run a crash interrupted, to be resumed as its next attempt (idempotent kinds with retries left).
+struct Resume {
+    next_attempt: u32,
+    logs: Vec<AttemptLog>,
 }
 
 /// Counts of what a run recorded, for the closing line.
@@ -108,6 +102,15 @@ pub(crate) struct Daemon {
     scratch: tempfile::TempDir,
     events: Receiver<Event>,
     sender: Sender<Event>,
+    journal: Arc<Journal>,
+    /// Told to every run: stop retrying when shutdown begins.
+    stop: Arc<Stop>,
+    /// Runs interrupted by a crash that continue as a next attempt, by request path.
+    resume: HashMap<String, Resume>,
+    /// Whether the journal of a previous process was reconciled (after the first sync).
+    recovered: bool,
+    /// Held for its flock: one dispatcher per workdir.
+    _workdir_lock: fs::File,
     /// Set by the first SIGTERM/SIGINT: take nothing new, finish, record, push, exit.
     shutting_down: bool,
     /// Set once `--once` has taken its request.
@@ -139,6 +142,20 @@ impl Daemon {
             cfg.lock_dir.display()
         )))?;
         let _ = fs::remove_file(&probe);
+        let workdir_lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(cfg.workdir.join("dispatcher.lock"))
+            .map_err(io_err("workdir lock"))?;
+        match workdir_lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(DaemonError::WorkdirInUse(cfg.workdir.clone()));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("workdir lock")(e)),
+        }
+        let journal = Journal::open(&cfg.workdir).map_err(io_err("journal"))?;
         let sync = Sync::open(
             &cfg.workdir.join("repo.git"),
             &cfg.remote,
@@ -169,6 +186,11 @@ impl Daemon {
             scratch,
             events,
             sender,
+            journal: Arc::new(journal),
+            stop: Arc::new(Stop::default()),
+            resume: HashMap::new(),
+            _workdir_lock: workdir_lock,
+            recovered: false,
             shutting_down: false,
             took_one: false,
             next_sync: now,
@@ -202,6 +224,10 @@ impl Daemon {
             }
             if !self.shutting_down && Instant::now() >= self.next_sync {
                 self.sync_step()?;
+            }
+            if !self.recovered && self.sync.tip().is_some() {
+                self.recover()?;
+                self.recovered = true;
             }
             let backlog = if self.sync.tip().is_some() && !self.shutting_down {
                 self.take()?
@@ -257,7 +283,7 @@ impl Daemon {
 
     fn handle(&mut self, event: Event) -> Result<(), DaemonError> {
         match event {
-            Event::Finished(done) => self.finish(*done),
+            Event::Finished(report) => self.finish(*report),
             Event::RemoteChanged => {
                 self.next_sync = Instant::now();
                 Ok(())
@@ -274,9 +300,94 @@ impl Daemon {
                     ));
                 }
                 self.shutting_down = true;
+                self.stop.request();
                 Ok(())
             }
         }
+    }
+
+    /// Reconciles the runs a previous process left in the journal: an outcome already committed is
+    /// forgotten; a request still in the inbox is recorded `abandoned` with its partial log, or, for an
+    /// idempotent kind with retries left, runs again as its next attempt.
+    fn recover(&mut self) -> Result<(), DaemonError> {
+        let tip = self.sync.tip().expect("recover runs after the first sync");
+        self.refresh_snapshot(tip)?;
+        let inbox = self.inbox.list(&self.sync.repo, tip).map_err(SyncError::from)?;
+        for item in self.journal.entries().map_err(io_err("journal"))? {
+            let entry = match item {
+                Ok(entry) => entry,
+                Err((path, e)) => {
+                    say(&format!("journal entry `{}` is unreadable ({e}); removing it", path.display()));
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+            };
+            let waiting = inbox
+                .iter()
+                .find(|e| e.path == entry.request_path && e.oid.to_string() == entry.request_blob);
+            let Some(waiting) = waiting.filter(|_| !self.is_taken(&entry.key)) else {
+                // Recorded before the crash (or the request was withdrawn): nothing is in flight.
+                self.journal.finish(&entry.key).map_err(io_err("journal"))?;
+                continue;
+            };
+            let mut logs = Vec::new();
+            for attempt in 1..=entry.attempt {
+                let mut bytes = fs::read(self.journal.log_path(&entry.key, attempt)).unwrap_or_default();
+                if attempt == entry.attempt {
+                    bytes.extend_from_slice(
+                        format!(
+                            "\n[git-dispatch: the dispatcher stopped while attempt {attempt} ran (started {}); \
+                             the output ends here]\n",
+                            entry.started_at
+                        )
+                        .as_bytes(),
+                    );
+                }
+                logs.push(AttemptLog::from_bytes(bytes));
+            }
+            let checked = self.check(waiting);
+            let retry = checked.as_ref().ok().filter(|r| {
+                r.id == entry.key && r.route.spec.idempotent && entry.attempt < 1 + r.route.spec.retries
+            });
+            if retry.is_some() {
+                say(&format!(
+                    "{}: attempt {} was interrupted by a crash; the kind is idempotent: running attempt {}",
+                    entry.key,
+                    entry.attempt,
+                    entry.attempt + 1
+                ));
+                self.resume.insert(
+                    entry.request_path.clone(),
+                    Resume {
+                        next_attempt: entry.attempt + 1,
+                        logs,
+                    },
+                );
+                continue;
+            }
+            let kind = checked.as_ref().ok().map(|r| r.kind.clone());
+            let mut outcome = self.outcome(waiting, entry.key.clone(), kind, State::Abandoned);
+            if let Ok(request) = &checked {
+                outcome.handler = Some(request.route.handler_path.clone());
+                outcome.handler_blob = request.route.handler_blob;
+            }
+            outcome.attempts = entry.attempt;
+            outcome.error = Some(format!(
+                "the dispatcher stopped while attempt {} ran (started {}); {}",
+                entry.attempt,
+                entry.started_at,
+                match &checked {
+                    Ok(r) if !r.route.spec.idempotent =>
+                        format!("kind `{}` is not `idempotent: true`, so it is not run again", r.kind),
+                    Ok(_) => "no retries are left".to_owned(),
+                    Err(_) => "the request no longer passes its checks".to_owned(),
+                }
+            ));
+            outcome.logs = logs;
+            say(&format!("{}: abandoned: {}", entry.key, outcome.error.as_deref().unwrap_or("")));
+            self.record(&outcome)?;
+        }
+        Ok(())
     }
 
     /// Looks at the remote's head; fetches and reconciles only when it moved.
@@ -290,6 +401,11 @@ impl Daemon {
         })();
         match result {
             Ok(reconciled) => {
+                for key in &reconciled.already_recorded {
+                    say(&format!(
+                        "{key}: the remote already records an outcome; the local one is dropped"
+                    ));
+                }
                 if reconciled.replayed > 0 {
                     say(&format!(
                         "the remote moved: re-created {} unpushed outcome(s) on its tip",
@@ -456,15 +572,7 @@ impl Daemon {
         let error = self.cfg.redactor.redact(&rejection.error);
         say(&format!("{key}: rejected: {error}"));
         let mut outcome = self.outcome(entry, key, rejection.kind, State::Rejected);
-        let log = format!("{error}\n").into_bytes();
-        outcome.logs.push(AttemptLog {
-            summary: LogSummary {
-                bytes: log.len() as u64,
-                truncated: false,
-                sha256: hex(&Sha256::digest(&log)),
-            },
-            bytes: log,
-        });
+        outcome.logs.push(AttemptLog::text(&format!("{error}\n")));
         outcome.error = Some(error);
         self.record(&outcome)
     }
@@ -506,144 +614,126 @@ impl Daemon {
             .and_then(|s| s.handlers.clone())
             .expect("a routed handler exists in handlers/");
         let run_dir = self.scratch.path().join("runs").join(&key);
-        let work = run_dir.join("work");
-        let request_copy = run_dir.join("request.yml");
-        let log_file = run_dir.join("log");
         if run_dir.exists() {
             fs::remove_dir_all(&run_dir).map_err(io_err("stale run directory"))?;
         }
-        fs::create_dir_all(&work).map_err(io_err("run directory"))?;
+        fs::create_dir_all(&run_dir).map_err(io_err("run directory"))?;
         fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o711))
             .map_err(io_err("run directory"))?;
-        if let Some(user) = &self.cfg.run_as {
-            // The working directory is the handler's own; everything around it stays the dispatcher's.
-            nix::unistd::chown(&work, Some(user.uid), Some(user.gid))
-                .map_err(|e| DaemonError::Io {
-                    context: format!("could not give `{}` to the handler's user", work.display()),
-                    source: e.into(),
-                })?;
-        }
-        let bytes = self
+        let request_bytes = self
             .sync
             .repo
             .find_blob(entry.oid)
             .map_err(SyncError::from)?
             .content()
             .to_vec();
-        fs::write(&request_copy, &bytes).map_err(io_err("request copy"))?;
-        fs::set_permissions(&request_copy, fs::Permissions::from_mode(0o444))
-            .map_err(io_err("request copy"))?;
-        let program = handlers.path.join(&request.route.spec.handler);
-        let mut env = handler_env(&request, 1);
-        env.extend(secrets);
-        let user = self.cfg.run_as.clone();
-        let redactor = self.cfg.redactor.clone();
-        let stdin = serde_json::to_vec(&request.json).expect("JSON values serialise");
-        let lock_dir = self.cfg.lock_dir.clone();
-        let log_limit = request.route.spec.log_limit.unwrap_or(self.cfg.log_limit);
-        let sender = self.sender.clone();
-        let spec = request.route.spec.clone();
-        let timeout = request.timeout;
-        let resource = request.resource.clone();
-        let (thread_key, thread_work, thread_log) = (key.clone(), work.clone(), log_file.clone());
+        let resumed = self.resume.remove(&entry.path);
+        let (first_attempt, prior_logs) = match resumed {
+            Some(r) => (r.next_attempt, r.logs),
+            None => (1, Vec::new()),
+        };
         say(&format!(
-            "{key}: running `{}` (kind `{}`, resource `{resource}`)",
-            request.route.handler_path, request.kind
+            "{key}: running `{}` (kind `{}`, resource `{}`{})",
+            request.route.handler_path,
+            request.kind,
+            request.resource,
+            if first_attempt > 1 {
+                format!(", attempt {first_attempt}")
+            } else {
+                String::new()
+            }
         ));
-        thread::spawn(move || {
-            let result = (|| {
-                let _lock = ResourceLock::acquire(&lock_dir, &resource)?;
-                let finished = sandbox::run(Job {
-                    program: &program,
-                    args: vec![request_copy.into_os_string()],
-                    stdin,
-                    env,
-                    cwd: &thread_work,
-                    timeout,
-                    grace: spec.grace,
-                    limits: Limits {
-                        address_space: spec.memory,
-                        processes: Some(spec.nproc),
-                        open_files: Some(spec.nofile),
-                        file_size: Some(spec.fsize),
-                    },
-                    user,
-                    log_path: &thread_log,
-                    log_limit,
-                    redactor,
-                    marker: ("DISPATCH_ID".to_owned(), thread_key.clone()),
-                })?;
-                Ok(finished)
-            })();
-            let _ = sender.send(Event::Finished(Box::new(Done {
-                key: thread_key,
-                result,
-            })));
+        let plan = Plan {
+            key: key.clone(),
+            request_path: entry.path.clone(),
+            request_blob: entry.oid,
+            request_bytes,
+            handlers,
+            run_dir,
+            first_attempt,
+            secrets,
+            lock_dir: self.cfg.lock_dir.clone(),
+            log_limit: request.route.spec.log_limit.unwrap_or(self.cfg.log_limit),
+            user: self.cfg.run_as.clone(),
+            redactor: self.cfg.redactor.clone(),
+            journal: Arc::clone(&self.journal),
+            stop: Arc::clone(&self.stop),
+            request: request.clone(),
+        };
+        let sender = self.sender.clone();
+        runner::spawn(plan, move |report| {
+            let _ = sender.send(Event::Finished(Box::new(report)));
         });
         self.running.insert(
             key,
             Running {
                 entry,
                 request,
-                run_dir,
-                log_file,
-                _handlers: handlers,
+                prior_logs,
             },
         );
         Ok(())
     }
 
     /// Records the outcome of a run that ended.
-    fn finish(&mut self, done: Done) -> Result<(), DaemonError> {
+    fn finish(&mut self, report: Report) -> Result<(), DaemonError> {
         let running = self
             .running
-            .remove(&done.key)
+            .remove(&report.key)
             .expect("every finished run was started");
+        if let Some(fatal) = report.fatal {
+            // The dispatcher could not carry the run. Attempts that did run are in the journal, and
+            // the request is still in the inbox: the next start records them.
+            return Err(DaemonError::Runner(fatal));
+        }
         let request = &running.request;
         let mut outcome = self.outcome(
             &running.entry,
-            done.key.clone(),
+            report.key.clone(),
             Some(request.kind.clone()),
             State::Failed,
         );
         outcome.handler = Some(request.route.handler_path.clone());
         outcome.handler_blob = request.route.handler_blob;
-        outcome.attempts = 1;
-        match done.result {
-            Ok(finished) => {
-                outcome.started_at = Some(finished.started);
-                outcome.duration = Some(finished.duration);
-                match finished.termination {
-                    Termination::Exited(code) => outcome.exit_code = Some(code),
-                    Termination::Signaled(signal) => outcome.signal = Some(signal),
+        outcome.logs = running.prior_logs;
+        for attempt in report.attempts {
+            outcome.attempts = attempt.number;
+            outcome.error = None;
+            outcome.exit_code = None;
+            outcome.signal = None;
+            match attempt.result {
+                Ok(finished) => {
+                    outcome.started_at.get_or_insert(finished.started);
+                    outcome.duration = Some(finished.duration);
+                    match finished.termination {
+                        Termination::Exited(code) => outcome.exit_code = Some(code),
+                        Termination::Signaled(signal) => outcome.signal = Some(signal),
+                    }
+                    outcome.state = if finished.timed_out {
+                        outcome.error = Some(format!(
+                            "timed out after {}",
+                            humantime::format_duration(request.timeout)
+                        ));
+                        State::TimedOut
+                    } else if finished.termination == Termination::Exited(0) {
+                        State::Succeeded
+                    } else {
+                        State::Failed
+                    };
+                    let bytes = fs::read(&attempt.log_file).map_err(io_err("handler log"))?;
+                    outcome.logs.push(AttemptLog {
+                        bytes,
+                        summary: finished.log,
+                    });
                 }
-                outcome.state = if finished.timed_out {
-                    outcome.error = Some(format!(
-                        "timed out after {}",
-                        humantime::format_duration(request.timeout)
-                    ));
-                    State::TimedOut
-                } else if finished.termination == Termination::Exited(0) {
-                    State::Succeeded
-                } else {
-                    State::Failed
-                };
-                let bytes = fs::read(&running.log_file).map_err(io_err("handler log"))?;
-                outcome.logs.push(AttemptLog {
-                    bytes,
-                    summary: finished.log,
-                });
-            }
-            Err(WorkerError::Sandbox(e)) => {
-                outcome.error = Some(e.to_string());
-            }
-            Err(WorkerError::Lock(e)) => {
-                // The handler never ran and the request is still in the inbox: nothing is lost.
-                return Err(e.into());
+                Err(e) => {
+                    outcome.state = State::Failed;
+                    outcome.error = Some(e.to_string());
+                    outcome.logs.push(AttemptLog::text(&format!("{e}\n")));
+                }
             }
         }
         say(&format!("{}: {}", outcome.key, outcome.state));
-        let _ = fs::remove_dir_all(&running.run_dir);
         self.record(&outcome)
     }
 
@@ -653,6 +743,10 @@ impl Daemon {
             outcome.error = Some(self.cfg.redactor.redact(error));
         }
         outcome.record(&self.sync)?;
+        crate::failpoint::hit("committed");
+        self.journal
+            .finish(&outcome.key)
+            .map_err(io_err("journal"))?;
         self.summary.recorded += 1;
         *self
             .summary
@@ -792,30 +886,6 @@ impl Daemon {
         let _ = watcher.watch(&git_dir, notify::RecursiveMode::NonRecursive);
         Some(watcher)
     }
-}
-
-/// The handler's whole environment: the SPEC's variables, PATH, and the kind's `env` names.
-fn handler_env(request: &Request, attempt: u32) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("DISPATCH_ID".to_owned(), request.id.clone()),
-        ("DISPATCH_KIND".to_owned(), request.kind.clone()),
-        ("DISPATCH_ATTEMPT".to_owned(), attempt.to_string()),
-        ("DISPATCH_RESOURCE".to_owned(), request.resource.clone()),
-        (
-            "DISPATCH_PARAMS".to_owned(),
-            serde_json::to_string(&request.params).expect("JSON values serialise"),
-        ),
-        (
-            "PATH".to_owned(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
-        ),
-    ];
-    for name in &request.route.spec.env {
-        if let Ok(value) = std::env::var(name) {
-            env.push((name.clone(), value));
-        }
-    }
-    env
 }
 
 /// Exponential backoff with full jitter: a random delay up to `base * 2^(n-1)`, capped.

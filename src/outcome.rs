@@ -47,6 +47,26 @@ pub(crate) struct AttemptLog {
     pub summary: LogSummary,
 }
 
+impl AttemptLog {
+    /// A log the dispatcher writes itself (a rejection, a run that could not start).
+    pub(crate) fn text(text: &str) -> Self {
+        Self::from_bytes(text.as_bytes().to_vec())
+    }
+
+    /// A log kept whole, as it is.
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Self {
+        use sha2::Digest;
+        Self {
+            summary: LogSummary {
+                bytes: bytes.len() as u64,
+                truncated: false,
+                sha256: crate::capture::hex(&sha2::Sha256::digest(&bytes)),
+            },
+            bytes,
+        }
+    }
+}
+
 /// What became of one request.
 #[derive(Debug, Clone)]
 pub(crate) struct Outcome {

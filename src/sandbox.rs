@@ -142,6 +142,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         source,
     })?;
     let pgid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+    crate::failpoint::hit("running");
 
     let stdin = child.stdin.take();
     let input = job.stdin;

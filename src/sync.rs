@@ -80,6 +80,8 @@ pub(crate) struct Reconciled {
     pub replayed: usize,
     /// Local commits that were not the dispatcher's own and were dropped (the remote is the truth).
     pub dropped: usize,
+    /// Keys of unpushed outcomes left out because the remote already records an outcome for them.
+    pub already_recorded: Vec<String>,
 }
 
 pub(crate) struct Sync {
@@ -175,8 +177,13 @@ impl Sync {
         options.remote_callbacks(callbacks(&tries));
         let refspec = format!("+refs/heads/{0}:refs/remotes/{REMOTE}/{0}", self.branch);
         remote
-            .fetch(&[&refspec], Some(&mut options), None)
+            .download(&[&refspec], Some(&mut options))
             .map_err(|e| self.unreachable(&e))?;
+        crate::failpoint::hit("fetch");
+        remote
+            .update_tips(None, git2::RemoteUpdateFlags::UPDATE_FETCHHEAD, git2::AutotagOption::None, None)
+            .map_err(|e| self.unreachable(&e))?;
+        remote.disconnect()?;
         self.remote_tip().ok_or_else(|| SyncError::NoBranch {
             url: self.url.clone(),
             branch: self.branch.clone(),
@@ -210,12 +217,18 @@ impl Sync {
         let mut base = remote;
         for oid in self.unpushed_commits()? {
             let commit = self.repo.find_commit(oid)?;
-            if !is_outcome_commit(&commit) {
+            let Some(key) = outcome_key(&commit) else {
                 result.dropped += 1;
+                continue;
+            };
+            let base_commit = self.repo.find_commit(base)?;
+            let status = format!("processed/{key}.status.json");
+            if base_commit.tree()?.get_path(Path::new(&status)).is_ok() {
+                // The remote already holds an outcome for this key: recording ours would be a second one.
+                result.already_recorded.push(key);
                 continue;
             }
             let edits = self.edits_of(&commit)?;
-            let base_commit = self.repo.find_commit(base)?;
             let tree = self.apply(&base_commit, &edits)?;
             base = self.repo.commit(
                 None,
@@ -355,8 +368,9 @@ impl Sync {
         let refused: RefCell<Option<(String, String)>> = RefCell::new(None);
         let mut cbs = callbacks(&tries);
         cbs.push_update_reference(|refname, status| {
-            if let Some(status) = status {
-                *refused.borrow_mut() = Some((refname.to_owned(), status.to_owned()));
+            match status {
+                Some(status) => *refused.borrow_mut() = Some((refname.to_owned(), status.to_owned())),
+                None => crate::failpoint::hit("push"),
             }
             Ok(())
         });
@@ -389,13 +403,14 @@ impl Sync {
     }
 }
 
-/// Whether a commit is one of the dispatcher's outcome commits (it carries the `Dispatch-Id` trailer).
-pub(crate) fn is_outcome_commit(commit: &Commit<'_>) -> bool {
-    commit
-        .message_raw()
-        .ok()
-        .and_then(|m| git2::message_trailers_strs(m).ok())
-        .is_some_and(|trailers| trailers.iter().any(|(k, _)| k == ID_TRAILER))
+/// The key an outcome commit records (its `Dispatch-Id` trailer); `None` for any other commit.
+pub(crate) fn outcome_key(commit: &Commit<'_>) -> Option<String> {
+    let message = commit.message_raw().ok()?;
+    let trailers = git2::message_trailers_strs(message).ok()?;
+    trailers
+        .iter()
+        .find(|(k, _)| *k == ID_TRAILER)
+        .map(|(_, v)| v.to_owned())
 }
 
 /// Callbacks with a bounded credentials callback: libgit2 calls it again after every failure, forever.

@@ -1,0 +1,19 @@
+//! Test-only fail points: `GIT_DISPATCH_FAILPOINT=<stage>` makes the dispatcher SIGKILL itself at that
+//! stage, so tests can crash it deterministically where a real crash could happen. Release builds
+//! compile this to nothing and ignore the variable.
+//!
+//! Stages: `fetch` (a fetch has downloaded but not updated the branch), `taken` (a run is journaled,
+//! its handler not started), `running` (the handler runs), `committed` (an outcome is committed
+//! locally, not pushed), `push` (the remote has updated its ref, the push has not returned).
+
+/// Dies here if the fail point `stage` is armed.
+#[inline]
+pub(crate) fn hit(stage: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("GIT_DISPATCH_FAILPOINT").is_ok_and(|armed| armed == stage) {
+        crate::daemon::say(&format!("fail point `{stage}`: killing the dispatcher"));
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = stage;
+}

@@ -1,0 +1,235 @@
+//! One request's run, on a worker thread: take the resource lock, then for each attempt journal it,
+//! prepare a fresh working directory, run the handler in the sandbox, and retry a `failed` or
+//! `timed_out` attempt with exponential backoff while the kind has retries left. The report goes back
+//! to the daemon, which alone records outcomes.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use git2::Oid;
+use thiserror::Error;
+
+use crate::journal::{self, Journal};
+use crate::lock::{LockError, ResourceLock};
+use crate::outcome::rfc3339;
+use crate::request::Request;
+use crate::sandbox::{self, Finished, Identity, Job, Limits, SandboxError, Termination};
+use crate::secrets::Redactor;
+use crate::snapshot::HandlersDir;
+
+/// Set once shutdown begins: no new attempt starts, a retry's backoff ends early.
+#[derive(Default)]
+pub(crate) struct Stop {
+    requested: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Stop {
+    pub(crate) fn request(&self) {
+        *self.requested.lock().expect("no thread panics holding it") = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `timeout`; true when stopping was requested.
+    fn wait(&self, timeout: Duration) -> bool {
+        let guard = self.requested.lock().expect("no thread panics holding it");
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |stop| !*stop)
+            .expect("no thread panics holding it");
+        *guard
+    }
+}
+
+/// Everything a run needs, owned so it can move to the worker thread.
+pub(crate) struct Plan {
+    pub key: String,
+    pub request: Request,
+    pub request_path: String,
+    pub request_blob: Oid,
+    pub request_bytes: Vec<u8>,
+    /// Keeps the handler on disk while it runs.
+    pub handlers: Arc<HandlersDir>,
+    /// The run's own folder under the scratch directory.
+    pub run_dir: PathBuf,
+    /// 1, or the attempt after one a crash interrupted.
+    pub first_attempt: u32,
+    pub secrets: Vec<(String, String)>,
+    pub lock_dir: PathBuf,
+    pub log_limit: u64,
+    pub user: Option<Identity>,
+    pub redactor: Redactor,
+    pub journal: Arc<Journal>,
+    pub stop: Arc<Stop>,
+}
+
+/// One attempt's result and where its log was captured.
+pub(crate) struct Attempt {
+    pub number: u32,
+    pub result: Result<Finished, SandboxError>,
+    pub log_file: PathBuf,
+}
+
+impl Attempt {
+    /// Whether another attempt may help.
+    fn failed(&self) -> bool {
+        match &self.result {
+            Ok(finished) => finished.timed_out || finished.termination != Termination::Exited(0),
+            Err(_) => false,
+        }
+    }
+}
+
+/// A failure of the dispatcher itself, not of the request: the run cannot go on.
+#[derive(Debug, Error)]
+pub(crate) enum RunnerError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("journal or run directory `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub(crate) struct Report {
+    pub key: String,
+    pub attempts: Vec<Attempt>,
+    /// Set when the dispatcher could not carry the run; the request stays in the inbox.
+    pub fatal: Option<RunnerError>,
+}
+
+/// Starts the run on a thread of its own; `done` receives the report.
+pub(crate) fn spawn(plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
+    thread::spawn(move || {
+        let mut attempts = Vec::new();
+        let fatal = run(&plan, &mut attempts).err();
+        let _ = fs::remove_dir_all(&plan.run_dir);
+        done(Report {
+            key: plan.key,
+            attempts,
+            fatal,
+        });
+    });
+}
+
+fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
+    let spec = &plan.request.route.spec;
+    let _lock = ResourceLock::acquire(&plan.lock_dir, &plan.request.resource)?;
+    let request_copy = plan.run_dir.join("request.yml");
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| RunnerError::Io { path, source }
+    };
+    write_read_only(&request_copy, &plan.request_bytes).map_err(io(&request_copy))?;
+    let last = 1 + spec.retries;
+    let mut number = plan.first_attempt;
+    loop {
+        plan.journal
+            .begin(&journal::Entry {
+                key: plan.key.clone(),
+                request_path: plan.request_path.clone(),
+                request_blob: plan.request_blob.to_string(),
+                attempt: number,
+                started_at: rfc3339(SystemTime::now()),
+                dispatcher_pid: std::process::id(),
+            })
+            .map_err(io(&plan.run_dir))?;
+        crate::failpoint::hit("taken");
+        let work = plan.run_dir.join(format!("work.{number}"));
+        fresh_dir(&work, plan.user.as_ref()).map_err(io(&work))?;
+        let log_file = plan.journal.log_path(&plan.key, number);
+        let mut env = handler_env(&plan.request, number);
+        env.extend(plan.secrets.iter().cloned());
+        let result = sandbox::run(Job {
+            program: &plan.handlers.path.join(&spec.handler),
+            args: vec![request_copy.clone().into_os_string()],
+            stdin: serde_json::to_vec(&plan.request.json).expect("JSON values serialise"),
+            env,
+            cwd: &work,
+            timeout: plan.request.timeout,
+            grace: spec.grace,
+            limits: Limits {
+                address_space: spec.memory,
+                processes: Some(spec.nproc),
+                open_files: Some(spec.nofile),
+                file_size: Some(spec.fsize),
+            },
+            user: plan.user.clone(),
+            log_path: &log_file,
+            log_limit: plan.log_limit,
+            redactor: plan.redactor.clone(),
+            marker: ("DISPATCH_ID".to_owned(), plan.key.clone()),
+        });
+        let _ = fs::remove_dir_all(&work);
+        let attempt = Attempt {
+            number,
+            result,
+            log_file,
+        };
+        let again = attempt.failed() && number < last;
+        attempts.push(attempt);
+        if !again {
+            return Ok(());
+        }
+        let delay = spec
+            .retry_backoff
+            .saturating_mul(1 << (number - plan.first_attempt).min(16));
+        crate::daemon::say(&format!(
+            "{}: attempt {number} of {last} did not succeed; next in {}",
+            plan.key,
+            humantime::format_duration(delay)
+        ));
+        if plan.stop.wait(delay) {
+            return Ok(());
+        }
+        number += 1;
+    }
+}
+
+/// The handler's whole environment: the SPEC's variables, PATH, and the kind's `env` names.
+fn handler_env(request: &Request, attempt: u32) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("DISPATCH_ID".to_owned(), request.id.clone()),
+        ("DISPATCH_KIND".to_owned(), request.kind.clone()),
+        ("DISPATCH_ATTEMPT".to_owned(), attempt.to_string()),
+        ("DISPATCH_RESOURCE".to_owned(), request.resource.clone()),
+        (
+            "DISPATCH_PARAMS".to_owned(),
+            serde_json::to_string(&request.params).expect("JSON values serialise"),
+        ),
+        (
+            "PATH".to_owned(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ),
+    ];
+    for name in &request.route.spec.env {
+        if let Ok(value) = std::env::var(name) {
+            env.push((name.clone(), value));
+        }
+    }
+    env
+}
+
+fn write_read_only(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    fs::write(path, bytes)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o444))
+}
+
+/// An empty folder owned by the handler's user; everything around it stays the dispatcher's.
+fn fresh_dir(path: &Path, user: Option<&Identity>) -> io::Result<()> {
+    if path.exists() {
+        fs::remove_dir_all(path)?;
+    }
+    fs::create_dir_all(path)?;
+    if let Some(user) = user {
+        nix::unistd::chown(path, Some(user.uid), Some(user.gid))?;
+    }
+    Ok(())
+}
