@@ -94,10 +94,12 @@ impl CappedLog {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -127,7 +129,10 @@ mod tests {
     fn output_over_the_cap_keeps_head_and_tail_with_a_marker() {
         let (bytes, summary) = capture(6, &[b"0123456789", b"abcdef"]);
         let text = String::from_utf8(bytes).unwrap();
-        assert!(text.starts_with("012\n[git-dispatch: 10 bytes left out here"), "{text}");
+        assert!(
+            text.starts_with("012\n[git-dispatch: 10 bytes left out here"),
+            "{text}"
+        );
         assert!(text.ends_with("def"), "{text}");
         assert!(summary.truncated);
         assert_eq!(summary.bytes, 16);

@@ -22,7 +22,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         git-dispatch run --remote git@example.org:ops/inbox.git --until-empty\n  \
         GIT_DISPATCH_REMOTE=/srv/git/inbox.git git-dispatch run --poll-interval 30s")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check request files (and the index) against the repository's index and schemas.
     #[command(after_help = "Examples:\n  \
         git-dispatch validate requests/backup-db.yml\n  \

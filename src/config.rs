@@ -188,7 +188,13 @@ fn default_workdir(remote: &str) -> anyhow::Result<PathBuf> {
         .context("neither XDG_STATE_HOME nor HOME is set; pass --workdir")?;
     let name: String = remote
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     Ok(state.join("git-dispatch").join(name.trim_matches('_')))
 }

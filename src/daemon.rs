@@ -26,11 +26,11 @@ use thiserror::Error;
 use crate::config::{Mode, RunConfig, local_path};
 use crate::inbox::{Inbox, InboxEntry};
 use crate::journal::Journal;
-use crate::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::outcome::{AttemptLog, Outcome, PROCESSED, State, free_key, sanitize};
 use crate::request::{self, Candidate, Rejection, Request, request_stem};
+use crate::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::sandbox::Termination;
-use crate::snapshot::{HandlersDir, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::sync::{Sync, SyncError};
 
 /// Backoff for fetches and pushes: first retry after this, doubling, with jitter.
@@ -312,12 +312,18 @@ impl Daemon {
     fn recover(&mut self) -> Result<(), DaemonError> {
         let tip = self.sync.tip().expect("recover runs after the first sync");
         self.refresh_snapshot(tip)?;
-        let inbox = self.inbox.list(&self.sync.repo, tip).map_err(SyncError::from)?;
+        let inbox = self
+            .inbox
+            .list(&self.sync.repo, tip)
+            .map_err(SyncError::from)?;
         for item in self.journal.entries().map_err(io_err("journal"))? {
             let entry = match item {
                 Ok(entry) => entry,
                 Err((path, e)) => {
-                    say(&format!("journal entry `{}` is unreadable ({e}); removing it", path.display()));
+                    say(&format!(
+                        "journal entry `{}` is unreadable ({e}); removing it",
+                        path.display()
+                    ));
                     let _ = fs::remove_file(&path);
                     continue;
                 }
@@ -332,7 +338,8 @@ impl Daemon {
             };
             let mut logs = Vec::new();
             for attempt in 1..=entry.attempt {
-                let mut bytes = fs::read(self.journal.log_path(&entry.key, attempt)).unwrap_or_default();
+                let mut bytes =
+                    fs::read(self.journal.log_path(&entry.key, attempt)).unwrap_or_default();
                 if attempt == entry.attempt {
                     bytes.extend_from_slice(
                         format!(
@@ -347,7 +354,9 @@ impl Daemon {
             }
             let checked = self.check(waiting);
             let retry = checked.as_ref().ok().filter(|r| {
-                r.id == entry.key && r.route.spec.idempotent && entry.attempt < 1 + r.route.spec.retries
+                r.id == entry.key
+                    && r.route.spec.idempotent
+                    && entry.attempt < 1 + r.route.spec.retries
             });
             if retry.is_some() {
                 say(&format!(
@@ -377,14 +386,20 @@ impl Daemon {
                 entry.attempt,
                 entry.started_at,
                 match &checked {
-                    Ok(r) if !r.route.spec.idempotent =>
-                        format!("kind `{}` is not `idempotent: true`, so it is not run again", r.kind),
+                    Ok(r) if !r.route.spec.idempotent => format!(
+                        "kind `{}` is not `idempotent: true`, so it is not run again",
+                        r.kind
+                    ),
                     Ok(_) => "no retries are left".to_owned(),
                     Err(_) => "the request no longer passes its checks".to_owned(),
                 }
             ));
             outcome.logs = logs;
-            say(&format!("{}: abandoned: {}", entry.key, outcome.error.as_deref().unwrap_or("")));
+            say(&format!(
+                "{}: abandoned: {}",
+                entry.key,
+                outcome.error.as_deref().unwrap_or("")
+            ));
             self.record(&outcome)?;
         }
         Ok(())
@@ -419,7 +434,10 @@ impl Daemon {
             Err(e) if e.is_transient() => {
                 self.sync_failures += 1;
                 let delay = backoff(self.sync_failures);
-                say(&format!("{e} (attempt {}; next in {delay:.1?})", self.sync_failures));
+                say(&format!(
+                    "{e} (attempt {}; next in {delay:.1?})",
+                    self.sync_failures
+                ));
                 if self.cfg.mode != Mode::Serve && self.sync_failures >= self.cfg.push_attempts {
                     return Err(DaemonError::Remote(format!(
                         "{e}: gave up after {} attempts{}",
@@ -439,9 +457,16 @@ impl Daemon {
     fn take(&mut self) -> Result<usize, DaemonError> {
         let tip = self.sync.tip().expect("take runs after the first sync");
         self.refresh_snapshot(tip)?;
-        let entries = self.inbox.list(&self.sync.repo, tip).map_err(SyncError::from)?;
+        let entries = self
+            .inbox
+            .list(&self.sync.repo, tip)
+            .map_err(SyncError::from)?;
         let mut waiting = 0;
-        let mut busy: Vec<String> = self.running.values().map(|r| r.request.resource.clone()).collect();
+        let mut busy: Vec<String> = self
+            .running
+            .values()
+            .map(|r| r.request.resource.clone())
+            .collect();
         for (i, entry) in entries.iter().enumerate() {
             if self.running.values().any(|r| r.entry.path == entry.path) {
                 continue;
@@ -503,7 +528,11 @@ impl Daemon {
     }
 
     /// The kind's `secrets`, as environment variables; naming one the host lacks rejects the request.
-    fn secret_env(&self, entry: &InboxEntry, request: &Request) -> Result<Vec<(String, String)>, Rejection> {
+    fn secret_env(
+        &self,
+        entry: &InboxEntry,
+        request: &Request,
+    ) -> Result<Vec<(String, String)>, Rejection> {
         request
             .route
             .spec
@@ -551,7 +580,7 @@ impl Daemon {
                 self.scratch.path(),
                 self.cfg.handlers_dir.as_deref(),
             )
-                .map_err(io_err("could not write out the handlers"))?;
+            .map_err(io_err("could not write out the handlers"))?;
             for problem in snapshot.catalog.problems() {
                 say(&format!("configuration: {problem}"));
             }
@@ -577,7 +606,13 @@ impl Daemon {
         self.record(&outcome)
     }
 
-    fn outcome(&self, entry: &InboxEntry, key: String, kind: Option<String>, state: State) -> Outcome {
+    fn outcome(
+        &self,
+        entry: &InboxEntry,
+        key: String,
+        kind: Option<String>,
+        state: State,
+    ) -> Outcome {
         Outcome {
             key,
             kind,
@@ -797,14 +832,14 @@ impl Daemon {
                         say(&format!("after a rejected push: {e}"));
                     }
                 }
-                if self.cfg.mode != Mode::Serve || self.shutting_down {
-                    if self.push_failures >= self.cfg.push_attempts {
-                        return Err(DaemonError::Remote(format!(
-                            "{e}: gave up after {} attempts{}",
-                            self.push_failures,
-                            self.unpushed_note()
-                        )));
-                    }
+                if (self.cfg.mode != Mode::Serve || self.shutting_down)
+                    && self.push_failures >= self.cfg.push_attempts
+                {
+                    return Err(DaemonError::Remote(format!(
+                        "{e}: gave up after {} attempts{}",
+                        self.push_failures,
+                        self.unpushed_note()
+                    )));
                 }
                 self.next_push = Instant::now() + delay;
                 Ok(())
@@ -818,9 +853,9 @@ impl Daemon {
         while self.unpushed_since.is_some() {
             let wait = self.next_push.saturating_duration_since(Instant::now());
             if !wait.is_zero() {
-                match self.events.recv_timeout(wait) {
-                    Ok(Event::Signal(signal)) => self.handle(Event::Signal(signal))?,
-                    Ok(_) | Err(_) => {}
+                // Runs have all ended here; only a second interrupt matters while waiting to push.
+                if let Ok(Event::Signal(signal)) = self.events.recv_timeout(wait) {
+                    self.handle(Event::Signal(signal))?;
                 }
                 continue;
             }
@@ -874,14 +909,17 @@ impl Daemon {
             path
         };
         let sender = self.sender.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = sender.send(Event::RemoteChanged);
-            }
-        })
-        .ok()?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = sender.send(Event::RemoteChanged);
+                }
+            })
+            .ok()?;
         let refs = git_dir.join("refs/heads");
-        watcher.watch(&refs, notify::RecursiveMode::Recursive).ok()?;
+        watcher
+            .watch(&refs, notify::RecursiveMode::Recursive)
+            .ok()?;
         // Packed refs change `packed-refs` in the repository's top folder.
         let _ = watcher.watch(&git_dir, notify::RecursiveMode::NonRecursive);
         Some(watcher)

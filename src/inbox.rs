@@ -43,7 +43,11 @@ pub(crate) struct Inbox {
 
 impl Inbox {
     /// The entries of `requests/` at `tip`, dotfiles left out, oldest arrival first.
-    pub(crate) fn list(&mut self, repo: &Repository, tip: Oid) -> Result<Vec<InboxEntry>, git2::Error> {
+    pub(crate) fn list(
+        &mut self,
+        repo: &Repository,
+        tip: Oid,
+    ) -> Result<Vec<InboxEntry>, git2::Error> {
         let commit = repo.find_commit(tip)?;
         let Some(tree) = requests_tree(repo, &commit)? else {
             self.arrivals.clear();
@@ -86,13 +90,24 @@ impl Inbox {
 
     /// Commit times have a resolution of one second: requests that arrived in different commits of
     /// the same second are put in the order of those commits in the history.
-    fn order_same_second(&mut self, repo: &Repository, entries: &mut [InboxEntry]) -> Result<(), git2::Error> {
+    fn order_same_second(
+        &mut self,
+        repo: &Repository,
+        entries: &mut [InboxEntry],
+    ) -> Result<(), git2::Error> {
         let mut start = 0;
         while start < entries.len() {
             let time = entries[start].arrival.time;
-            let end = start + entries[start..].iter().take_while(|e| e.arrival.time == time).count();
+            let end = start
+                + entries[start..]
+                    .iter()
+                    .take_while(|e| e.arrival.time == time)
+                    .count();
             let group = &mut entries[start..end];
-            if group.iter().any(|e| e.arrival.commit != group[0].arrival.commit) {
+            if group
+                .iter()
+                .any(|e| e.arrival.commit != group[0].arrival.commit)
+            {
                 for entry in group.iter() {
                     self.generation(repo, entry.arrival.commit)?;
                 }
@@ -171,7 +186,10 @@ impl Inbox {
     }
 }
 
-fn requests_tree<'r>(repo: &'r Repository, commit: &Commit<'r>) -> Result<Option<Tree<'r>>, git2::Error> {
+fn requests_tree<'r>(
+    repo: &'r Repository,
+    commit: &Commit<'r>,
+) -> Result<Option<Tree<'r>>, git2::Error> {
     let tree = commit.tree()?;
     match tree.get_name(INBOX) {
         Some(entry) if entry.kind() == Some(git2::ObjectType::Tree) => {

@@ -23,7 +23,6 @@ pub(crate) struct LockError {
 pub(crate) struct ResourceLock {
     // Held for its flock, released on drop.
     _file: File,
-    pub path: PathBuf,
 }
 
 impl ResourceLock {
@@ -46,6 +45,6 @@ impl ResourceLock {
             .open(&path)
             .map_err(err)?;
         file.lock().map_err(err)?;
-        Ok(Self { _file: file, path })
+        Ok(Self { _file: file })
     }
 }

@@ -23,7 +23,6 @@ pub(crate) enum State {
     TimedOut,
     Rejected,
     Abandoned,
-    Cancelled,
 }
 
 impl fmt::Display for State {
@@ -34,7 +33,6 @@ impl fmt::Display for State {
             State::TimedOut => "timed_out",
             State::Rejected => "rejected",
             State::Abandoned => "abandoned",
-            State::Cancelled => "cancelled",
         })
     }
 }
@@ -181,7 +179,12 @@ impl Outcome {
         if let Some(d) = self.duration {
             detail.push(format!("{}ms", d.as_millis()));
         }
-        let mut message = format!("dispatch: {} {} ({})\n\n", self.key, self.state, detail.join(", "));
+        let mut message = format!(
+            "dispatch: {} {} ({})\n\n",
+            self.key,
+            self.state,
+            detail.join(", ")
+        );
         if let Some(error) = &self.error {
             message.push_str(error.trim());
             message.push_str("\n\n");
@@ -235,7 +238,13 @@ pub(crate) fn free_key(base: &str, taken: impl Fn(&str) -> bool) -> String {
 pub(crate) fn sanitize(stem: &str) -> String {
     let mut s: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(100)
         .collect();
     if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {

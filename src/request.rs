@@ -102,9 +102,8 @@ pub(crate) fn check(
     }
     let bytes = bytes().map_err(|e| reject(None, None, format!("could not be read: {e}")))?;
     let mapping = parse_request_yaml(&bytes).map_err(|e| reject(None, None, e))?;
-    let envelope = Envelope::from_mapping(mapping).map_err(|e| {
-        reject(None, e.kind.as_deref(), e.errors.join("; "))
-    })?;
+    let envelope = Envelope::from_mapping(mapping)
+        .map_err(|e| reject(None, e.kind.as_deref(), e.errors.join("; ")))?;
     let id = envelope.id.clone().unwrap_or_else(|| stem.to_owned());
     let kind = envelope.kind.as_str();
     let mut errors = match &catalog.request_schema {
@@ -175,8 +174,8 @@ pub(crate) fn check(
     let timeout = match &envelope.timeout {
         None => route.spec.timeout,
         Some(text) => {
-            let timeout =
-                parse_duration(text).map_err(|e| reject(valid_id, Some(kind), format!("`timeout`: {e}")))?;
+            let timeout = parse_duration(text)
+                .map_err(|e| reject(valid_id, Some(kind), format!("`timeout`: {e}")))?;
             if timeout > route.spec.timeout {
                 return Err(reject(
                     valid_id,
@@ -280,10 +279,15 @@ impl Envelope {
         if let Some(p) = &params
             && !p.is_object()
         {
-            errors.push(format!("`params` must be a mapping (got {})", describe_json(p)));
+            errors.push(format!(
+                "`params` must be a mapping (got {})",
+                describe_json(p)
+            ));
         }
         if kind.is_none() && !json.contains_key("kind") {
-            errors.push("`kind` is required (the kind of request, a key of `handlers/index.yml`)".into());
+            errors.push(
+                "`kind` is required (the kind of request, a key of `handlers/index.yml`)".into(),
+            );
         }
         match (kind, errors.is_empty()) {
             (Some(kind), true) => Ok(Self {
@@ -307,7 +311,10 @@ fn parse_request_yaml(bytes: &[u8]) -> Result<Mapping, String> {
 /// Bytes -> a YAML mapping, refusing duplicate keys (parsing straight into JSON would keep the last).
 pub(crate) fn parse_yaml_mapping(bytes: &[u8]) -> Result<Mapping, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        format!("is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to())
+        format!(
+            "is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        )
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {

@@ -57,7 +57,6 @@ const DEFAULT_FSIZE: u64 = 4 << 30;
 /// One kind, validated.
 #[derive(Debug, Clone)]
 pub(crate) struct KindSpec {
-    pub name: String,
     /// Path of the handler inside `handlers/`.
     pub handler: String,
     /// File name of the params schema inside `schemas/`.
@@ -126,9 +125,8 @@ impl Catalog {
                         ),
                     };
                     let handler_path = format!("handlers/{}", spec.handler);
-                    check_handler(view, &handler_path).map_err(|e| {
-                        format!("kind `{name}`: handler `{handler_path}` {e}")
-                    })?;
+                    check_handler(view, &handler_path)
+                        .map_err(|e| format!("kind `{name}`: handler `{handler_path}` {e}"))?;
                     Ok(Route {
                         handler_blob: view.oid(&handler_path),
                         handler_path,
@@ -174,7 +172,11 @@ impl Catalog {
         if let Err(e) = &self.request_schema {
             problems.push(e.clone());
         }
-        problems.extend(self.routes.values().filter_map(|r| r.as_ref().err().cloned()));
+        problems.extend(
+            self.routes
+                .values()
+                .filter_map(|r| r.as_ref().err().cloned()),
+        );
         problems
     }
 }
@@ -199,7 +201,10 @@ fn check_handler(view: &dyn RepoView, path: &str) -> Result<(), String> {
         EntryType::File { executable: false } => {
             Err("is not executable (set its executable bit: `git update-index --chmod=+x`)".into())
         }
-        other => Err(format!("is {}, not a regular executable file", other.describe())),
+        other => Err(format!(
+            "is {}, not a regular executable file",
+            other.describe()
+        )),
     }
 }
 
@@ -234,8 +239,7 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
             "kind `{name}` is not a valid name (expected [A-Za-z0-9][A-Za-z0-9._-]{{0,127}})"
         ));
     }
-    let raw: RawKind =
-        serde_yaml::from_value(value).map_err(|e| format!("kind `{name}`: {e}"))?;
+    let raw: RawKind = serde_yaml::from_value(value).map_err(|e| format!("kind `{name}`: {e}"))?;
     let field = |f: &str| format!("`{name}.{f}`");
     let duration = |f: &str, v: &Option<String>, default| match v {
         None => Ok(default),
@@ -270,7 +274,6 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
     let log_limit = size("log_limit", &raw.log_limit)?;
     let fsize = size("fsize", &raw.fsize)?.unwrap_or(DEFAULT_FSIZE);
     Ok(KindSpec {
-        name: name.to_owned(),
         timeout: duration("timeout", &raw.timeout, DEFAULT_TIMEOUT)?,
         grace: duration("grace", &raw.grace, DEFAULT_GRACE)?,
         retry_backoff: duration("retry_backoff", &raw.retry_backoff, DEFAULT_RETRY_BACKOFF)?,
@@ -292,7 +295,9 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
 /// A path that stays inside its folder: relative, no `.`/`..`/empty components.
 fn check_relative_path(path: &str) -> Result<(), String> {
     if path.is_empty() || path.starts_with('/') {
-        return Err(format!("`{path}` must be a relative path inside its folder"));
+        return Err(format!(
+            "`{path}` must be a relative path inside its folder"
+        ));
     }
     if path
         .split('/')

@@ -282,7 +282,11 @@ fn kill_escapees(marker: &(String, String)) {
         return;
     };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -297,7 +301,10 @@ fn kill_escapees(marker: &(String, String)) {
         }
         let mut environ = vec![0u8];
         environ.extend(std::fs::read(entry.path().join("environ")).unwrap_or_default());
-        if environ.windows(needle.len()).any(|w| w == needle.as_slice()) {
+        if environ
+            .windows(needle.len())
+            .any(|w| w == needle.as_slice())
+        {
             let pid = Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);

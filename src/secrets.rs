@@ -22,7 +22,11 @@ use thiserror::Error;
 /// Encoded forms shorter than this are not redacted: they would match ordinary text.
 const MIN_ENCODED_LEN: usize = 4;
 /// Percent-encoding as URLs do it: everything but the unreserved characters.
-const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 #[derive(Debug, Error)]
 pub(crate) enum SecretsError {
@@ -78,7 +82,10 @@ impl Secrets {
             };
             let key = key.trim();
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(refused(format!("line {}: `{key}` is not a variable name", n + 1)));
+                return Err(refused(format!(
+                    "line {}: `{key}` is not a variable name",
+                    n + 1
+                )));
             }
             values.insert(key.to_owned(), value.to_owned());
         }
@@ -207,7 +214,7 @@ fn encodings(value: &[u8]) -> Vec<Vec<u8>> {
     let mut forms = vec![value.to_vec()];
     if let Ok(text) = std::str::from_utf8(value) {
         let json = serde_json::to_string(text).expect("strings serialise");
-        forms.push(json[1..json.len() - 1].as_bytes().to_vec());
+        forms.push(json.as_bytes()[1..json.len() - 1].to_vec());
         for set in [NON_ALPHANUMERIC, URL_COMPONENT] {
             let encoded = utf8_percent_encode(text, set).to_string();
             forms.push(encoded.to_ascii_lowercase().into_bytes());
@@ -266,7 +273,10 @@ mod tests {
 
     #[test]
     fn plain_value_is_replaced_with_its_name() {
-        assert_eq!(redactor().redact(&format!("token={SECRET}.")), "token=[REDACTED:TOKEN].");
+        assert_eq!(
+            redactor().redact(&format!("token={SECRET}.")),
+            "token=[REDACTED:TOKEN]."
+        );
     }
 
     #[test]
@@ -299,7 +309,11 @@ mod tests {
             stream.feed(&text.as_bytes()[..cut], &mut out);
             stream.feed(&text.as_bytes()[cut..], &mut out);
             stream.finish(&mut out);
-            assert_eq!(String::from_utf8(out).unwrap(), "a[REDACTED:TOKEN]b", "cut at {cut}");
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "a[REDACTED:TOKEN]b",
+                "cut at {cut}"
+            );
         }
     }
 

@@ -43,7 +43,10 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// The trees a snapshot of `commit` depends on.
-    pub(crate) fn trees_of(repo: &Repository, commit: Oid) -> Result<(Option<Oid>, Option<Oid>), git2::Error> {
+    pub(crate) fn trees_of(
+        repo: &Repository,
+        commit: Oid,
+    ) -> Result<(Option<Oid>, Option<Oid>), git2::Error> {
         let tree = repo.find_commit(commit)?.tree()?;
         let id = |name| tree.get_name(name).map(|e| e.id());
         Ok((id("handlers"), id("schemas")))
@@ -62,11 +65,7 @@ impl Snapshot {
             .and_then(|c| c.tree())
             .map_err(io::Error::other)?;
         let trees = Self::trees_of(repo, commit).map_err(io::Error::other)?;
-        let view = TreeView {
-            repo,
-            tree,
-            commit,
-        };
+        let view = TreeView { repo, tree, commit };
         if let Some(dir) = host_handlers {
             let view = HostHandlers {
                 dir: DirView {

@@ -56,7 +56,10 @@ pub(crate) enum SyncError {
 impl SyncError {
     /// Whether trying again later may help (as opposed to a configuration problem).
     pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, SyncError::Unreachable { .. } | SyncError::Rejected { .. })
+        matches!(
+            self,
+            SyncError::Unreachable { .. } | SyncError::Rejected { .. }
+        )
     }
 }
 
@@ -94,7 +97,12 @@ pub(crate) struct Sync {
 
 impl Sync {
     /// Opens the bare clone at `path`, creating it on first use.
-    pub(crate) fn open(path: &Path, url: &str, branch: &str, host: &str) -> Result<Self, SyncError> {
+    pub(crate) fn open(
+        path: &Path,
+        url: &str,
+        branch: &str,
+        host: &str,
+    ) -> Result<Self, SyncError> {
         let workdir_err = |source| SyncError::Workdir {
             path: path.to_owned(),
             source,
@@ -102,7 +110,8 @@ impl Sync {
         let repo = if path.join("HEAD").exists() {
             Repository::open_bare(path).map_err(workdir_err)?
         } else {
-            fs::create_dir_all(path).map_err(|e| workdir_err(git2::Error::from_str(&e.to_string())))?;
+            fs::create_dir_all(path)
+                .map_err(|e| workdir_err(git2::Error::from_str(&e.to_string())))?;
             let repo = Repository::init_bare(path).map_err(workdir_err)?;
             repo.remote_with_fetch(
                 REMOTE,
@@ -181,7 +190,12 @@ impl Sync {
             .map_err(|e| self.unreachable(&e))?;
         crate::failpoint::hit("fetch");
         remote
-            .update_tips(None, git2::RemoteUpdateFlags::UPDATE_FETCHHEAD, git2::AutotagOption::None, None)
+            .update_tips(
+                None,
+                git2::RemoteUpdateFlags::UPDATE_FETCHHEAD,
+                git2::AutotagOption::None,
+                None,
+            )
             .map_err(|e| self.unreachable(&e))?;
         remote.disconnect()?;
         self.remote_tip().ok_or_else(|| SyncError::NoBranch {
@@ -240,7 +254,10 @@ impl Sync {
             )?;
             result.replayed += 1;
         }
-        self.set_tip(base, "git-dispatch: re-create unpushed outcomes on the remote's tip")?;
+        self.set_tip(
+            base,
+            "git-dispatch: re-create unpushed outcomes on the remote's tip",
+        )?;
         Ok(result)
     }
 
@@ -369,7 +386,9 @@ impl Sync {
         let mut cbs = callbacks(&tries);
         cbs.push_update_reference(|refname, status| {
             match status {
-                Some(status) => *refused.borrow_mut() = Some((refname.to_owned(), status.to_owned())),
+                Some(status) => {
+                    *refused.borrow_mut() = Some((refname.to_owned(), status.to_owned()))
+                }
                 None => crate::failpoint::hit("push"),
             }
             Ok(())

@@ -15,7 +15,9 @@ use git2::{ObjectType, Oid, Repository, Tree};
 /// What kind of thing stands at a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EntryType {
-    File { executable: bool },
+    File {
+        executable: bool,
+    },
     Symlink,
     Dir,
     /// A Git submodule (gitlink), or on disk anything that is neither file, link nor folder.
@@ -31,15 +33,6 @@ impl EntryType {
             EntryType::Other => "neither a file nor a folder",
         }
     }
-}
-
-/// One entry of a folder, as listed by [`RepoView::list`].
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    pub name: String,
-    pub kind: EntryType,
-    /// The Git object id, for a view of a commit.
-    pub oid: Option<Oid>,
 }
 
 pub(crate) trait RepoView {
@@ -120,7 +113,10 @@ impl RepoView for TreeView<'_> {
         let Some(entry) = self.tree_entry(path) else {
             return Ok(None);
         };
-        if !matches!(entry_type(entry.filemode(), entry.kind()), EntryType::File { .. }) {
+        if !matches!(
+            entry_type(entry.filemode(), entry.kind()),
+            EntryType::File { .. }
+        ) {
             return Ok(None);
         }
         let blob = self.repo.find_blob(entry.id()).map_err(io::Error::other)?;
@@ -158,7 +154,12 @@ impl RepoView for DirView {
                     EntryType::Other
                 }))
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -218,7 +219,11 @@ impl RepoView for HostHandlers<'_> {
     }
 
     fn describe(&self) -> String {
-        format!("{} with handlers from `{}`", self.rest.describe(), self.dir.describe())
+        format!(
+            "{} with handlers from `{}`",
+            self.rest.describe(),
+            self.dir.describe()
+        )
     }
 }
 

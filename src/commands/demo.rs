@@ -15,11 +15,20 @@ use crate::error::CommandError;
 use crate::scaffold;
 
 const REQUESTS: &[(&str, &str)] = &[
-    ("hello.yml", "kind: echo\nparams:\n  message: hello from the demo\n"),
-    ("greet-ada.yml", "kind: greet\nparams:\n  name: Ada\n  times: 2\n"),
+    (
+        "hello.yml",
+        "kind: echo\nparams:\n  message: hello from the demo\n",
+    ),
+    (
+        "greet-ada.yml",
+        "kind: greet\nparams:\n  name: Ada\n  times: 2\n",
+    ),
     ("exit-3.yml", "kind: fail\nparams:\n  code: 3\n"),
     ("too-slow.yml", "kind: sleep\nparams:\n  seconds: 30\n"),
-    ("bad-params.yml", "kind: greet\nparams:\n  name: Bob\n  times: ten\n"),
+    (
+        "bad-params.yml",
+        "kind: greet\nparams:\n  name: Bob\n  times: ten\n",
+    ),
     ("no-such-kind.yml", "kind: reboot-the-world\n"),
     ("dup-keys.yml", "kind: echo\nkind: greet\n"),
 ];
@@ -39,9 +48,14 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CommandError> {
     git(&submit, &["checkout", "-q", "-b", "main"])?;
     scaffold::write(&submit).context("could not write the example inbox")?;
     git(&submit, &["add", "-A"])?;
-    git(&submit, &["commit", "-q", "-m", "an inbox: handlers, schemas, folders"])?;
+    git(
+        &submit,
+        &["commit", "-q", "-m", "an inbox: handlers, schemas, folders"],
+    )?;
     git(&submit, &["push", "-q", "origin", "main"])?;
-    println!("1. a bare remote seeded with the example inbox (handlers/index.yml: echo, greet, fail, sleep)");
+    println!(
+        "1. a bare remote seeded with the example inbox (handlers/index.yml: echo, greet, fail, sleep)"
+    );
 
     for (name, body) in REQUESTS {
         std::fs::write(submit.join("requests").join(name), body)
@@ -50,7 +64,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CommandError> {
         git(&submit, &["commit", "-q", "-m", &format!("request {name}")])?;
     }
     git(&submit, &["push", "-q", "origin", "main"])?;
-    println!("2. a submitter commits {} requests with plain git and pushes", REQUESTS.len());
+    println!(
+        "2. a submitter commits {} requests with plain git and pushes",
+        REQUESTS.len()
+    );
     for (name, body) in REQUESTS {
         println!("     requests/{name}: {}", body.trim().replace('\n', "; "));
     }
@@ -85,7 +102,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CommandError> {
     print!("{log}");
     let trailers = git_output(
         &check,
-        &["log", "--format=%(trailers:key=Dispatch-State,valueonly,separator=)"],
+        &[
+            "log",
+            "--format=%(trailers:key=Dispatch-State,valueonly,separator=)",
+        ],
     )?;
     let states: Vec<&str> = trailers.lines().filter(|l| !l.is_empty()).collect();
     println!(
@@ -109,7 +129,10 @@ fn print_outcomes(check: &Path) -> anyhow::Result<()> {
         }
     }
     rows.sort_by_key(|s| s["finished_at"].as_str().unwrap_or_default().to_owned());
-    println!("   {:<16} {:<8} {:<10} {:>5} {:>7}  error", "id", "kind", "state", "exit", "ms");
+    println!(
+        "   {:<16} {:<8} {:<10} {:>5} {:>7}  error",
+        "id", "kind", "state", "exit", "ms"
+    );
     for s in rows {
         let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
         let num = |k: &str| s[k].as_i64().map_or("-".to_owned(), |n| n.to_string());

@@ -58,7 +58,10 @@ fn check_file(root: &Path, view: &DirView, catalog: &Catalog, file: &Path) -> Re
         _ => format!(
             "{}/{}",
             request::INBOX,
-            shown.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            shown
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         ),
     };
     let meta = fs::symlink_metadata(&absolute)
@@ -93,7 +96,10 @@ fn check_file(root: &Path, view: &DirView, catalog: &Catalog, file: &Path) -> Re
 fn find_root() -> anyhow::Result<PathBuf> {
     let cwd = std::env::current_dir().context("no current directory")?;
     let repo = git2::Repository::discover(&cwd).with_context(|| {
-        format!("`{}` is not inside a Git repository; pass --repo DIR", cwd.display())
+        format!(
+            "`{}` is not inside a Git repository; pass --repo DIR",
+            cwd.display()
+        )
     })?;
     repo.workdir()
         .map(Path::to_path_buf)
