@@ -92,6 +92,37 @@ pub struct RunArgs {
     /// Bytes of each handler's output kept in its log (head and tail); a kind may set `log_limit`.
     #[arg(long, env = "GIT_DISPATCH_LOG_LIMIT", default_value = "1MiB")]
     pub log_limit: String,
+
+    /// Fetch, validate and route, and print what would run; run, commit and push nothing.
+    #[arg(long, env = "GIT_DISPATCH_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// The dispatcher's own log on standard error: human text, or JSON lines.
+    #[arg(
+        long,
+        env = "GIT_DISPATCH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::log::LogFormat,
+
+    /// Serve `/metrics` (Prometheus text format) and `/healthz` on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "GIT_DISPATCH_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// How to fetch and push: libgit2 in process, or the system `git` (so the user's SSH config,
+    /// known hosts and credential helpers apply).
+    #[arg(
+        long,
+        env = "GIT_DISPATCH_GIT_TRANSPORT",
+        value_enum,
+        default_value = "libgit2"
+    )]
+    pub git_transport: crate::sync::Transport,
+
+    /// With libgit2: the SSH private key to offer (otherwise the SSH agent).
+    #[arg(long, env = "GIT_DISPATCH_SSH_KEY")]
+    pub ssh_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -10,10 +10,11 @@ use anyhow::{Context, bail};
 use nix::unistd::{User, geteuid, getgrouplist};
 
 use crate::cli::RunArgs;
-use crate::daemon::say;
+use crate::log::say;
 use crate::router::{parse_duration, parse_size};
 use crate::sandbox::Identity;
 use crate::secrets::{Redactor, Secrets};
+use crate::sync::Access;
 
 /// When `run` stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,10 @@ pub(crate) struct RunConfig {
     pub redactor: Redactor,
     /// Handlers and their index from the host instead of the repository.
     pub handlers_dir: Option<PathBuf>,
+    pub access: Access,
+    /// Validate and route only: nothing runs, nothing is committed or pushed.
+    pub dry_run: bool,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl RunConfig {
@@ -116,6 +121,12 @@ impl RunConfig {
             secrets: Arc::new(secrets),
             redactor,
             handlers_dir,
+            access: Access {
+                transport: args.git_transport,
+                ssh_key: args.ssh_key.as_deref().map(absolute).transpose()?,
+            },
+            dry_run: args.dry_run,
+            metrics_addr: args.metrics_addr,
         })
     }
 }

@@ -26,6 +26,7 @@ use thiserror::Error;
 use crate::config::{Mode, RunConfig, local_path};
 use crate::inbox::{Inbox, InboxEntry};
 use crate::journal::Journal;
+use crate::log::{event, say};
 use crate::outcome::{AttemptLog, Outcome, PROCESSED, State, free_key, sanitize};
 use crate::request::{self, Candidate, Rejection, Request, request_stem};
 use crate::runner::{self, Plan, Report, RunnerError, Stop};
@@ -161,6 +162,7 @@ impl Daemon {
             &cfg.remote,
             &cfg.branch,
             &cfg.dispatcher_id,
+            cfg.access.clone(),
         )?;
         let scratch = tempfile::Builder::new()
             .prefix("git-dispatch-")
@@ -258,6 +260,44 @@ impl Daemon {
             }
             self.wait()?;
         }
+    }
+
+    /// Fetches, then validates and routes every waiting request and says what would happen to it, in
+    /// the order it would be taken. Nothing runs, nothing is committed or pushed.
+    pub(crate) fn dry_run(mut self) -> Result<Vec<String>, DaemonError> {
+        self.sync.fetch().map_err(|e| match e {
+            e if e.is_transient() => DaemonError::Remote(e.to_string()),
+            e => e.into(),
+        })?;
+        self.sync.reconcile()?;
+        let tip = self.sync.tip().expect("reconcile sets the local branch");
+        self.refresh_snapshot(tip)?;
+        let entries = self
+            .inbox
+            .list(&self.sync.repo, tip)
+            .map_err(SyncError::from)?;
+        let mut lines = Vec::new();
+        for entry in &entries {
+            let checked = self
+                .check(entry)
+                .and_then(|request| self.secret_env(entry, &request).map(|_| request));
+            lines.push(match checked {
+                Ok(r) => format!(
+                    "would run    {}  kind={} handler={} resource={} timeout={}",
+                    r.id,
+                    r.kind,
+                    r.route.handler_path,
+                    r.resource,
+                    humantime::format_duration(r.timeout)
+                ),
+                Err(rejection) => format!(
+                    "would reject {}  {}",
+                    entry.path,
+                    self.cfg.redactor.redact(&rejection.error)
+                ),
+            });
+        }
+        Ok(lines)
     }
 
     /// Blocks until an event or the next deadline.
@@ -359,12 +399,15 @@ impl Daemon {
                     && entry.attempt < 1 + r.route.spec.retries
             });
             if retry.is_some() {
-                say(&format!(
-                    "{}: attempt {} was interrupted by a crash; the kind is idempotent: running attempt {}",
-                    entry.key,
-                    entry.attempt,
-                    entry.attempt + 1
-                ));
+                event(
+                    "recover",
+                    Some(&entry.key),
+                    &format!(
+                        "attempt {} was interrupted by a crash; the kind is idempotent: running attempt {}",
+                        entry.attempt,
+                        entry.attempt + 1
+                    ),
+                );
                 self.resume.insert(
                     entry.request_path.clone(),
                     Resume {
@@ -395,11 +438,11 @@ impl Daemon {
                 }
             ));
             outcome.logs = logs;
-            say(&format!(
-                "{}: abandoned: {}",
-                entry.key,
-                outcome.error.as_deref().unwrap_or("")
-            ));
+            event(
+                "recover",
+                Some(&entry.key),
+                &format!("abandoned: {}", outcome.error.as_deref().unwrap_or("")),
+            );
             self.record(&outcome)?;
         }
         Ok(())
@@ -417,9 +460,11 @@ impl Daemon {
         match result {
             Ok(reconciled) => {
                 for key in &reconciled.already_recorded {
-                    say(&format!(
-                        "{key}: the remote already records an outcome; the local one is dropped"
-                    ));
+                    event(
+                        "sync",
+                        Some(key),
+                        "the remote already records an outcome; the local one is dropped",
+                    );
                 }
                 if reconciled.replayed > 0 {
                     say(&format!(
@@ -599,7 +644,7 @@ impl Daemon {
             }
         };
         let error = self.cfg.redactor.redact(&rejection.error);
-        say(&format!("{key}: rejected: {error}"));
+        event("reject", Some(&key), &format!("rejected: {error}"));
         let mut outcome = self.outcome(entry, key, rejection.kind, State::Rejected);
         outcome.logs.push(AttemptLog::text(&format!("{error}\n")));
         outcome.error = Some(error);
@@ -667,17 +712,21 @@ impl Daemon {
             Some(r) => (r.next_attempt, r.logs),
             None => (1, Vec::new()),
         };
-        say(&format!(
-            "{key}: running `{}` (kind `{}`, resource `{}`{})",
-            request.route.handler_path,
-            request.kind,
-            request.resource,
-            if first_attempt > 1 {
-                format!(", attempt {first_attempt}")
-            } else {
-                String::new()
-            }
-        ));
+        event(
+            "run",
+            Some(&key),
+            &format!(
+                "running `{}` (kind `{}`, resource `{}`{})",
+                request.route.handler_path,
+                request.kind,
+                request.resource,
+                if first_attempt > 1 {
+                    format!(", attempt {first_attempt}")
+                } else {
+                    String::new()
+                }
+            ),
+        );
         let plan = Plan {
             key: key.clone(),
             request_path: entry.path.clone(),
@@ -768,7 +817,7 @@ impl Daemon {
                 }
             }
         }
-        say(&format!("{}: {}", outcome.key, outcome.state));
+        event("record", Some(&outcome.key), &outcome.state.to_string());
         self.record(&outcome)
     }
 
@@ -810,7 +859,7 @@ impl Daemon {
         }
         match self.sync.push() {
             Ok(()) => {
-                say(&format!("pushed {pending} outcome(s)"));
+                event("push", None, &format!("pushed {pending} outcome(s)"));
                 self.push_failures = 0;
                 self.unpushed_since = None;
                 Ok(())
@@ -932,9 +981,4 @@ fn backoff(failures: u32) -> Duration {
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(BACKOFF_MAX);
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
-}
-
-/// One line of the dispatcher's own log, on standard error.
-pub(crate) fn say(line: &str) {
-    eprintln!("git-dispatch: {}", crate::secrets::redact_global(line));
 }

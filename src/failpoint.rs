@@ -11,7 +11,7 @@
 pub(crate) fn hit(stage: &str) {
     #[cfg(debug_assertions)]
     if std::env::var("GIT_DISPATCH_FAILPOINT").is_ok_and(|armed| armed == stage) {
-        crate::daemon::say(&format!("fail point `{stage}`: killing the dispatcher"));
+        crate::log::say(&format!("fail point `{stage}`: killing the dispatcher"));
         let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
     }
     #[cfg(not(debug_assertions))]

@@ -24,6 +24,7 @@ mod failpoint;
 mod inbox;
 mod journal;
 mod lock;
+pub mod log;
 mod outcome;
 mod request;
 mod router;

@@ -181,11 +181,14 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
         let delay = spec
             .retry_backoff
             .saturating_mul(1 << (number - plan.first_attempt).min(16));
-        crate::daemon::say(&format!(
-            "{}: attempt {number} of {last} did not succeed; next in {}",
-            plan.key,
-            humantime::format_duration(delay)
-        ));
+        crate::log::event(
+            "retry",
+            Some(&plan.key),
+            &format!(
+                "attempt {number} of {last} did not succeed; next in {}",
+                humantime::format_duration(delay)
+            ),
+        );
         if plan.stop.wait(delay) {
             return Ok(());
         }

@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use git2::build::TreeUpdateBuilder;
 use git2::{
@@ -63,6 +64,23 @@ impl SyncError {
     }
 }
 
+/// How fetches and pushes reach the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Transport {
+    /// libgit2, in process: SSH agent or `--ssh-key`, HTTPS through the credential helper.
+    #[default]
+    Libgit2,
+    /// The system `git`, so the user's SSH config, known hosts and credential helpers apply.
+    Cli,
+}
+
+/// What the dispatcher needs to reach the remote.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Access {
+    pub transport: Transport,
+    pub ssh_key: Option<PathBuf>,
+}
+
 /// One change to a tree.
 #[derive(Debug, Clone)]
 pub(crate) enum Edit {
@@ -90,6 +108,9 @@ pub(crate) struct Reconciled {
 pub(crate) struct Sync {
     pub repo: Repository,
     pub url: String,
+    access: Access,
+    /// The bare clone's folder, for the `git` command line transport.
+    path: PathBuf,
     branch: String,
     signature_name: String,
     signature_email: String,
@@ -102,6 +123,7 @@ impl Sync {
         url: &str,
         branch: &str,
         host: &str,
+        access: Access,
     ) -> Result<Self, SyncError> {
         let workdir_err = |source| SyncError::Workdir {
             path: path.to_owned(),
@@ -137,6 +159,8 @@ impl Sync {
         Ok(Self {
             repo,
             url: url.to_owned(),
+            access,
+            path: path.to_owned(),
             branch: branch.to_owned(),
             signature_name: "git-dispatch".to_owned(),
             signature_email: format!("git-dispatch@{host}"),
@@ -163,12 +187,19 @@ impl Sync {
 
     /// Looks at the remote's head without fetching anything: cheap enough to poll.
     pub(crate) fn probe(&self) -> Result<Option<Oid>, SyncError> {
+        let wanted = format!("refs/heads/{}", self.branch);
+        if self.access.transport == Transport::Cli {
+            let out = self.git(&["ls-remote", REMOTE, &wanted])?;
+            return Ok(out
+                .split_whitespace()
+                .next()
+                .and_then(|oid| Oid::from_str(oid).ok()));
+        }
         let mut remote = self.repo.find_remote(REMOTE)?;
         let tries = Cell::new(0);
         let connection = remote
-            .connect_auth(Direction::Fetch, Some(callbacks(&tries)), None)
+            .connect_auth(Direction::Fetch, Some(self.callbacks(&tries)), None)
             .map_err(|e| self.unreachable(&e))?;
-        let wanted = format!("refs/heads/{}", self.branch);
         let head = connection
             .list()
             .map_err(|e| self.unreachable(&e))?
@@ -180,11 +211,19 @@ impl Sync {
 
     /// Fetches the branch into `refs/remotes/origin/<branch>`; returns the remote's tip.
     pub(crate) fn fetch(&self) -> Result<Oid, SyncError> {
+        let refspec = format!("+refs/heads/{0}:refs/remotes/{REMOTE}/{0}", self.branch);
+        if self.access.transport == Transport::Cli {
+            self.git(&["fetch", "--quiet", "--no-tags", REMOTE, &refspec])?;
+            crate::failpoint::hit("fetch");
+            return self.remote_tip().ok_or_else(|| SyncError::NoBranch {
+                url: self.url.clone(),
+                branch: self.branch.clone(),
+            });
+        }
         let mut remote = self.repo.find_remote(REMOTE)?;
         let tries = Cell::new(0);
         let mut options = FetchOptions::new();
-        options.remote_callbacks(callbacks(&tries));
-        let refspec = format!("+refs/heads/{0}:refs/remotes/{REMOTE}/{0}", self.branch);
+        options.remote_callbacks(self.callbacks(&tries));
         remote
             .download(&[&refspec], Some(&mut options))
             .map_err(|e| self.unreachable(&e))?;
@@ -380,10 +419,13 @@ impl Sync {
         let Some(local) = self.tip() else {
             return Ok(());
         };
+        if self.access.transport == Transport::Cli {
+            return self.push_cli(local);
+        }
         let mut remote = self.repo.find_remote(REMOTE)?;
         let tries = Cell::new(0);
         let refused: RefCell<Option<(String, String)>> = RefCell::new(None);
-        let mut cbs = callbacks(&tries);
+        let mut cbs = self.callbacks(&tries);
         cbs.push_update_reference(|refname, status| {
             match status {
                 Some(status) => {
@@ -432,27 +474,109 @@ pub(crate) fn outcome_key(commit: &Commit<'_>) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Callbacks with a bounded credentials callback: libgit2 calls it again after every failure, forever.
-fn callbacks(tries: &Cell<u32>) -> RemoteCallbacks<'_> {
-    let mut callbacks = RemoteCallbacks::new();
-    callbacks.credentials(move |url, username, allowed| {
-        let n = tries.get() + 1;
-        tries.set(n);
-        if n > MAX_CREDENTIAL_ATTEMPTS {
-            return Err(git2::Error::from_str(&format!(
-                "authentication to `{url}` failed after {MAX_CREDENTIAL_ATTEMPTS} attempts (allowed methods: {allowed:?})"
-            )));
+impl Sync {
+    /// Callbacks with a bounded credentials callback (libgit2 calls it again after every failure,
+    /// forever otherwise); the error says which methods were tried.
+    fn callbacks<'a>(&'a self, tries: &'a Cell<u32>) -> RemoteCallbacks<'a> {
+        let tried: RefCell<Vec<&'static str>> = RefCell::new(Vec::new());
+        let mut callbacks = RemoteCallbacks::new();
+        callbacks.credentials(move |url, username, allowed| {
+            let n = tries.get() + 1;
+            tries.set(n);
+            if n > MAX_CREDENTIAL_ATTEMPTS {
+                return Err(git2::Error::from_str(&format!(
+                    "authentication to `{url}` failed after {MAX_CREDENTIAL_ATTEMPTS} attempts (tried: {}); \
+                     check the key, the agent or the credential helper, or use --git-transport cli",
+                    tried.borrow().join(", ")
+                )));
+            }
+            let user = username.unwrap_or("git");
+            if allowed.contains(CredentialType::SSH_KEY) {
+                if let Some(key) = &self.access.ssh_key {
+                    tried.borrow_mut().push("ssh key from --ssh-key");
+                    return Cred::ssh_key(user, None, key, None);
+                }
+                tried.borrow_mut().push("ssh agent");
+                Cred::ssh_key_from_agent(user)
+            } else if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+                tried.borrow_mut().push("git credential helper");
+                let config = git2::Config::open_default()?;
+                Cred::credential_helper(&config, url, username)
+            } else if allowed.contains(CredentialType::USERNAME) {
+                tried.borrow_mut().push("user name");
+                Cred::username(user)
+            } else {
+                tried.borrow_mut().push("default credentials");
+                Cred::default()
+            }
+        });
+        callbacks
+    }
+
+    /// Runs the system `git` on the bare clone; never prompts.
+    fn git(&self, args: &[&str]) -> Result<String, SyncError> {
+        let output = self
+            .git_command(args)
+            .output()
+            .map_err(|e| SyncError::Unreachable {
+                url: self.url.clone(),
+                message: format!("could not run `git`: {e}"),
+            })?;
+        if !output.status.success() {
+            return Err(SyncError::Unreachable {
+                url: self.url.clone(),
+                message: format!(
+                    "`git {}` failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
         }
-        if allowed.contains(CredentialType::SSH_KEY) {
-            Cred::ssh_key_from_agent(username.unwrap_or("git"))
-        } else if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-            let config = git2::Config::open_default()?;
-            Cred::credential_helper(&config, url, username)
-        } else if allowed.contains(CredentialType::USERNAME) {
-            Cred::username(username.unwrap_or("git"))
-        } else {
-            Cred::default()
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn git_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("git");
+        command
+            .arg("--git-dir")
+            .arg(&self.path)
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0");
+        command
+    }
+
+    /// A push with the system `git`; `--porcelain` says for each ref whether the server took it.
+    fn push_cli(&self, local: Oid) -> Result<(), SyncError> {
+        let refspec = format!("{0}:{0}", self.local_ref());
+        let output = self
+            .git_command(&["push", "--porcelain", REMOTE, &refspec])
+            .output()
+            .map_err(|e| SyncError::Unreachable {
+                url: self.url.clone(),
+                message: format!("could not run `git`: {e}"),
+            })?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // `!<tab>from:to<tab>[rejected] (fetch first)` for a ref the server refused.
+        if let Some(line) = stdout.lines().find(|l| l.starts_with('!')) {
+            let mut fields = line.split('\t').skip(1);
+            let refname = fields.next().unwrap_or_default().to_owned();
+            let reason = fields.next().unwrap_or_default();
+            return Err(SyncError::Rejected {
+                url: self.url.clone(),
+                refname,
+                reason: format!("{reason} {}", stderr.trim()).trim().to_owned(),
+            });
         }
-    });
-    callbacks
+        if !output.status.success() {
+            return Err(SyncError::Unreachable {
+                url: self.url.clone(),
+                message: stderr.trim().to_owned(),
+            });
+        }
+        crate::failpoint::hit("push");
+        self.repo
+            .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
+        Ok(())
+    }
 }

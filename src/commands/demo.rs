@@ -88,6 +88,11 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CommandError> {
         secrets_file: None,
         handlers_dir: None,
         log_limit: "1MiB".into(),
+        dry_run: false,
+        log_format: crate::log::LogFormat::Text,
+        metrics_addr: None,
+        git_transport: crate::sync::Transport::Libgit2,
+        ssh_key: None,
     })?;
     Daemon::open(config)
         .and_then(Daemon::serve)

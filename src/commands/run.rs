@@ -2,18 +2,28 @@
 
 use crate::cli::RunArgs;
 use crate::config::RunConfig;
-use crate::daemon::{Daemon, DaemonError, say};
+use crate::daemon::{Daemon, DaemonError};
 use crate::error::CommandError;
+use crate::log::say;
 
 pub(crate) fn run(args: &RunArgs) -> Result<(), CommandError> {
+    crate::log::set_format(args.log_format);
     let config = RunConfig::from_args(args).map_err(CommandError::config)?;
+    if config.dry_run {
+        let lines = Daemon::open(config)
+            .and_then(Daemon::dry_run)
+            .map_err(classify)?;
+        if lines.is_empty() {
+            println!("the inbox is empty");
+        }
+        for line in lines {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let summary = Daemon::open(config)
         .and_then(Daemon::serve)
-        .map_err(|e| match e {
-            DaemonError::Remote(_) => CommandError::remote(e),
-            DaemonError::Sync(ref s) if s.is_transient() => CommandError::remote(e),
-            _ => CommandError::config(e),
-        })?;
+        .map_err(classify)?;
     let counts: Vec<String> = summary
         .by_state
         .iter()
@@ -29,4 +39,13 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), CommandError> {
         }
     ));
     Ok(())
+}
+
+/// The exit code of a dispatcher failure: 3 for the remote, 2 for everything else.
+fn classify(e: DaemonError) -> CommandError {
+    match e {
+        DaemonError::Remote(_) => CommandError::remote(e),
+        DaemonError::Sync(ref s) if s.is_transient() => CommandError::remote(e),
+        _ => CommandError::config(e),
+    }
 }
