@@ -27,6 +27,7 @@ use crate::config::{Mode, RunConfig, local_path};
 use crate::inbox::{Inbox, InboxEntry};
 use crate::journal::Journal;
 use crate::log::{event, say};
+use crate::metrics::Metrics;
 use crate::outcome::{AttemptLog, Outcome, PROCESSED, State, free_key, sanitize};
 use crate::request::{self, Candidate, Rejection, Request, request_stem};
 use crate::runner::{self, Plan, Report, RunnerError, Stop};
@@ -110,6 +111,12 @@ pub(crate) struct Daemon {
     resume: HashMap<String, Resume>,
     /// Whether the journal of a previous process was reconciled (after the first sync).
     recovered: bool,
+    metrics: Arc<Metrics>,
+    /// Requests waiting at the last look at the inbox (for the progress line).
+    waiting: usize,
+    /// When the last progress line was shown (`--until-empty` on a terminal).
+    progress_shown: Option<Instant>,
+    started: Instant,
     /// Held for its flock: one dispatcher per workdir.
     _workdir_lock: fs::File,
     /// Set by the first SIGTERM/SIGINT: take nothing new, finish, record, push, exit.
@@ -179,6 +186,7 @@ impl Daemon {
         crate::secrets::install_global(cfg.redactor.clone());
         let (sender, events) = mpsc::channel();
         let now = Instant::now();
+        let cfg_poll = cfg.poll_interval;
         Ok(Self {
             cfg,
             sync,
@@ -192,6 +200,10 @@ impl Daemon {
             stop: Arc::new(Stop::default()),
             resume: HashMap::new(),
             _workdir_lock: workdir_lock,
+            metrics: Arc::new(Metrics::new(cfg_poll)),
+            progress_shown: None,
+            waiting: 0,
+            started: now,
             recovered: false,
             shutting_down: false,
             took_one: false,
@@ -209,6 +221,14 @@ impl Daemon {
     pub(crate) fn serve(mut self) -> Result<Summary, DaemonError> {
         self.listen_for_signals();
         let _watcher = self.watch_remote();
+        if let Some(addr) = self.cfg.metrics_addr {
+            self.metrics.serve(addr).map_err(io_err(format!(
+                "could not serve metrics on `{addr}`"
+            )))?;
+            say(&format!("metrics on http://{addr}/metrics, health on http://{addr}/healthz"));
+        }
+        let watchdog = sd_notify::watchdog_enabled();
+        let mut ready_sent = false;
         say(&format!(
             "serving `{}` (branch `{}`) from `{}`",
             self.cfg.remote,
@@ -219,6 +239,13 @@ impl Daemon {
             self.unpushed_since = Some(Instant::now());
         }
         loop {
+            if watchdog.is_some() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            if !ready_sent && self.sync.tip().is_some() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                ready_sent = true;
+            }
             self.handle_pending_events()?;
             if self.shutting_down && self.running.is_empty() {
                 self.flush()?;
@@ -236,6 +263,7 @@ impl Daemon {
             } else {
                 0
             };
+            self.waiting = backlog;
             if self.push_due(backlog) {
                 self.push_step()?;
             }
@@ -258,7 +286,7 @@ impl Daemon {
                     return Ok(self.summary);
                 }
             }
-            self.wait()?;
+            self.wait(watchdog.map(|w| w / 2))?;
         }
     }
 
@@ -301,8 +329,11 @@ impl Daemon {
     }
 
     /// Blocks until an event or the next deadline.
-    fn wait(&mut self) -> Result<(), DaemonError> {
+    fn wait(&mut self, at_most: Option<Duration>) -> Result<(), DaemonError> {
         let mut deadline = self.next_sync;
+        if let Some(limit) = at_most {
+            deadline = deadline.min(Instant::now() + limit);
+        }
         if let Some(since) = self.unpushed_since {
             deadline = deadline.min((since + self.cfg.push_batch).max(self.next_push));
         }
@@ -473,11 +504,13 @@ impl Daemon {
                     ));
                 }
                 self.sync_failures = 0;
+                self.metrics.synced();
                 self.next_sync = Instant::now() + self.cfg.poll_interval;
                 Ok(())
             }
             Err(e) if e.is_transient() => {
                 self.sync_failures += 1;
+                self.metrics.sync_failed(&e.to_string());
                 let delay = backoff(self.sync_failures);
                 say(&format!(
                     "{e} (attempt {}; next in {delay:.1?})",
@@ -506,6 +539,7 @@ impl Daemon {
             .inbox
             .list(&self.sync.repo, tip)
             .map_err(SyncError::from)?;
+        self.metrics.queue(entries.len());
         let mut waiting = 0;
         let mut busy: Vec<String> = self
             .running
@@ -828,6 +862,11 @@ impl Daemon {
         }
         outcome.record(&self.sync)?;
         crate::failpoint::hit("committed");
+        self.metrics.recorded(
+            outcome.kind.as_deref(),
+            &outcome.state.to_string(),
+            outcome.duration,
+        );
         self.journal
             .finish(&outcome.key)
             .map_err(io_err("journal"))?;
@@ -839,7 +878,24 @@ impl Daemon {
             .or_default() += 1;
         self.unpushed_since.get_or_insert_with(Instant::now);
         self.checked_when_empty = false;
+        self.show_progress();
         Ok(())
+    }
+
+    /// `--until-empty` on a terminal: done of total and the rate, at most once a second.
+    fn show_progress(&mut self) {
+        use std::io::IsTerminal;
+        if self.cfg.mode != Mode::UntilEmpty || !std::io::stderr().is_terminal() {
+            return;
+        }
+        if self.progress_shown.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.progress_shown = Some(Instant::now());
+        let done = self.summary.recorded;
+        let total = done + self.running.len() + self.waiting;
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        say(&format!("progress: {done} of {total} done ({rate:.1} requests/s)"));
     }
 
     /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window.
@@ -857,6 +913,9 @@ impl Daemon {
             self.unpushed_since = None;
             return Ok(());
         }
+        if self.push_failures > 0 {
+            self.metrics.push_retried();
+        }
         match self.sync.push() {
             Ok(()) => {
                 event("push", None, &format!("pushed {pending} outcome(s)"));
@@ -866,6 +925,7 @@ impl Daemon {
             }
             Err(e) if e.is_transient() => {
                 self.push_failures += 1;
+                self.metrics.push_failed();
                 let delay = if self.push_failures == 1 && matches!(e, SyncError::Rejected { .. }) {
                     Duration::ZERO
                 } else {

@@ -25,6 +25,7 @@ mod inbox;
 mod journal;
 mod lock;
 pub mod log;
+mod metrics;
 mod outcome;
 mod request;
 mod router;

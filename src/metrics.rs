@@ -1,0 +1,187 @@
+//! What an operator watches: `/metrics` in the Prometheus text format (outcomes by kind and state,
+//! run durations, queue depth, push retries and failures, time of the last successful sync, build
+//! info) and `/healthz` (200 while the last sync succeeded within three poll intervals, otherwise 503
+//! with the reason). Served on `--metrics-addr` by a thread of its own; the daemon only updates
+//! atomics and one small mutex.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    kind: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// The health `/healthz` reports.
+struct Health {
+    last_sync: Option<Instant>,
+    last_error: Option<String>,
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    outcomes: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    queue_depth: Gauge,
+    push_retries: Counter,
+    push_failures: Counter,
+    last_sync: Gauge<f64, AtomicU64>,
+    health: Mutex<Health>,
+    poll_interval: Duration,
+}
+
+impl Metrics {
+    pub(crate) fn new(poll_interval: Duration) -> Self {
+        let mut registry = Registry::with_prefix("git_dispatch");
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests recorded, by kind and final state",
+            outcomes.clone(),
+        );
+        let duration = Histogram::new(exponential_buckets(0.005, 4.0, 10));
+        registry.register(
+            "run_duration_seconds",
+            "Time handlers ran, last attempt",
+            duration.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register("queue_depth", "Requests waiting in the inbox", queue_depth.clone());
+        let push_retries = Counter::default();
+        registry.register("push_retries", "Pushes tried again after a failure", push_retries.clone());
+        let push_failures = Counter::default();
+        registry.register("push_failures", "Pushes that failed", push_failures.clone());
+        let last_sync = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_sync_timestamp_seconds",
+            "Unix time of the last successful look at the remote",
+            last_sync.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "The running build", build);
+        Self {
+            registry,
+            outcomes,
+            duration,
+            queue_depth,
+            push_retries,
+            push_failures,
+            last_sync,
+            health: Mutex::new(Health {
+                last_sync: None,
+                last_error: Some("no sync yet".to_owned()),
+            }),
+            poll_interval,
+        }
+    }
+
+    pub(crate) fn recorded(&self, kind: Option<&str>, state: &str, duration: Option<Duration>) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                kind: kind.unwrap_or("").to_owned(),
+                state: state.to_owned(),
+            })
+            .inc();
+        if let Some(d) = duration {
+            self.duration.observe(d.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn queue(&self, depth: usize) {
+        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn push_failed(&self) {
+        self.push_failures.inc();
+    }
+
+    pub(crate) fn push_retried(&self) {
+        self.push_retries.inc();
+    }
+
+    pub(crate) fn synced(&self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.last_sync.set(now.as_secs_f64());
+        let mut health = self.health.lock().expect("no thread panics holding it");
+        health.last_sync = Some(Instant::now());
+        health.last_error = None;
+    }
+
+    pub(crate) fn sync_failed(&self, error: &str) {
+        self.health.lock().expect("no thread panics holding it").last_error = Some(error.to_owned());
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// `Ok` while the last sync succeeded within three poll intervals; otherwise why not.
+    fn health(&self) -> Result<(), String> {
+        let health = self.health.lock().expect("no thread panics holding it");
+        let fresh = health
+            .last_sync
+            .is_some_and(|t| t.elapsed() <= self.poll_interval * 3);
+        if fresh {
+            return Ok(());
+        }
+        Err(match (&health.last_error, health.last_sync) {
+            (Some(e), _) => format!("the last sync failed: {e}"),
+            (None, Some(t)) => format!("no successful sync for {:.0?}", t.elapsed()),
+            (None, None) => "no sync yet".to_owned(),
+        })
+    }
+
+    /// Serves `/metrics` and `/healthz` on `addr` from a thread of its own.
+    pub(crate) fn serve(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<()> {
+        let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+        let metrics = Arc::clone(self);
+        thread::spawn(move || {
+            for request in server.incoming_requests() {
+                let (status, body, content_type) = match request.url() {
+                    "/metrics" => (
+                        200,
+                        metrics.text(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                    "/healthz" => match metrics.health() {
+                        Ok(()) => (200, "ok\n".to_owned(), "text/plain"),
+                        Err(reason) => (503, format!("{reason}\n"), "text/plain"),
+                    },
+                    _ => (404, "not found: try /metrics or /healthz\n".to_owned(), "text/plain"),
+                };
+                let header = tiny_http::Header::from_bytes("Content-Type", content_type)
+                    .expect("a static header is valid");
+                let _ = request.respond(
+                    tiny_http::Response::from_string(body)
+                        .with_status_code(status)
+                        .with_header(header),
+                );
+            }
+        });
+        Ok(())
+    }
+}
