@@ -23,7 +23,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use thiserror::Error;
 
 use crate::capture::{CappedLog, LogSummary};
-use crate::secrets::Redactor;
+use crate::secrets::{RedactStream, Redactor};
 
 /// How long the output pipe is drained after the handler's group is gone, in case an escaped
 /// descendant still holds it open.
@@ -222,8 +222,7 @@ fn drain(
             deadline = stop.try_recv().ok();
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            stream.finish(&mut redacted);
-            return log.write(&redacted);
+            return flush(&mut stream, &mut redacted, log);
         }
         let ready = {
             let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
@@ -233,10 +232,7 @@ fn drain(
             continue;
         }
         match reader.read(&mut buf) {
-            Ok(0) => {
-                stream.finish(&mut redacted);
-                return log.write(&redacted);
-            }
+            Ok(0) => return flush(&mut stream, &mut redacted, log),
             Ok(n) => {
                 redacted.clear();
                 stream.feed(&buf[..n], &mut redacted);
@@ -246,6 +242,17 @@ fn drain(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Writes what the redactor held back; `scratch` is emptied first (it holds the previous chunk).
+fn flush(
+    stream: &mut RedactStream<'_>,
+    scratch: &mut Vec<u8>,
+    log: &mut CappedLog,
+) -> io::Result<()> {
+    scratch.clear();
+    stream.finish(scratch);
+    log.write(scratch)
 }
 
 /// In the child, between fork and exec.

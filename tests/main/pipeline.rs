@@ -77,10 +77,10 @@ fn succeeded_request_is_recorded_with_its_bytes_status_and_log() {
 
     assert_eq!(status["log"], "logs/hello.log");
     let log = clone.read("logs/hello.log").expect("the log is committed");
-    assert!(
-        String::from_utf8_lossy(&log).contains("echo handler ran for hello"),
-        "log: {}",
-        String::from_utf8_lossy(&log)
+    assert_eq!(
+        String::from_utf8_lossy(&log),
+        "echo handler ran for hello\n",
+        "the log is the handler's output, exactly once"
     );
     assert_eq!(status["log_bytes"], log.len());
     assert_eq!(status["log_truncated"], false);
