@@ -27,6 +27,8 @@ const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+/// As in a URL path (and Python's `urllib.parse.quote` by default): `/` stays too.
+const URL_PATH: &AsciiSet = &URL_COMPONENT.remove(b'/');
 
 #[derive(Debug, Error)]
 pub(crate) enum SecretsError {
@@ -94,6 +96,10 @@ impl Secrets {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
@@ -215,7 +221,7 @@ fn encodings(value: &[u8]) -> Vec<Vec<u8>> {
     if let Ok(text) = std::str::from_utf8(value) {
         let json = serde_json::to_string(text).expect("strings serialise");
         forms.push(json.as_bytes()[1..json.len() - 1].to_vec());
-        for set in [NON_ALPHANUMERIC, URL_COMPONENT] {
+        for set in [NON_ALPHANUMERIC, URL_COMPONENT, URL_PATH] {
             let encoded = utf8_percent_encode(text, set).to_string();
             forms.push(encoded.to_ascii_lowercase().into_bytes());
             forms.push(encoded.into_bytes());
