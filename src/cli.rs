@@ -28,8 +28,73 @@ pub enum Command {
         git-dispatch validate requests/backup-db.yml\n  \
         git-dispatch validate --index")]
     Validate(ValidateArgs),
+    /// In a clone of an inbox: write a request, check it, commit it alone and push it; prints its id.
+    #[command(
+        after_help = "The request is written to `requests/ID.yml` and checked with the \
+        dispatcher's own checks against the clone's index and schemas; an invalid request is never \
+        committed. A push the remote refuses because it moved is retried after `git pull --rebase` \
+        (5 attempts).\n\n\
+        Examples:\n  \
+        git-dispatch submit backup --param database=main --param keep=7\n  \
+        git-dispatch submit greet --param name=Ada --param times=2 --id greet-ada\n  \
+        git-dispatch submit deploy --file deploy.yml --param db.name=main --no-push"
+    )]
+    Submit(SubmitArgs),
+    /// In a clone of an inbox: the queue, recent outcomes and the last 24 hours at the upstream's tip.
+    #[command(
+        after_help = "Reads the upstream's tip after a `git fetch`, without checking anything \
+        out. Which request is running cannot be known from Git: a request stays in `requests/` (and \
+        so in the queue) until its outcome is pushed.\n\n\
+        Examples:\n  \
+        git-dispatch status\n  \
+        git-dispatch status --json | jq '.counts_24h.failed'"
+    )]
+    Status(StatusArgs),
+    /// In a clone of an inbox: one request's outcome, the commit that recorded it, and its log.
+    #[command(after_help = "Examples:\n  \
+        git-dispatch show db-main-2026-11-20\n  \
+        git-dispatch show 01jd3k9x2m4q7r8s9t0v1w2x3y --log\n  \
+        git-dispatch show db-main-2026-11-20 --json")]
+    Show(ShowArgs),
+    /// Scaffold a new inbox repository: index, example handlers, schemas, folders, a README.
+    #[command(after_help = "Examples:\n  \
+        git-dispatch init ops-inbox\n  \
+        cd ops-inbox && git remote add origin git@example.org:ops/inbox.git && git push -u origin main")]
+    Init(InitArgs),
     /// A self-contained demonstration: a temporary remote, a few requests, the dispatcher, the outcomes.
     Demo(DemoArgs),
+    /// Run the golden request fixtures through the real pipeline and diff against their expectations.
+    #[command(
+        after_help = "A fixture is a folder DIR/NAME/ with request.yml, an optional fixture.yml \
+        (`env:` for the handler, `clock:` a fixed RFC 3339 time passed as DISPATCH_NOW and \
+        SOURCE_DATE_EPOCH) and the expectations expected.status.json and expected.log.\n\n\
+        Examples:\n  \
+        git-dispatch replay\n  \
+        git-dispatch replay --bless\n  \
+        git-dispatch replay tests/fixtures --filter greet -j 4"
+    )]
+    Replay(ReplayArgs),
+    /// Preflight before enabling a host: the same options as `run`; checks everything, changes nothing.
+    #[command(after_help = "Examples:\n  \
+        git-dispatch doctor --remote git@example.org:ops/inbox.git --secrets-file /etc/git-dispatch/secrets\n  \
+        GIT_DISPATCH_REMOTE=/srv/git/inbox.git git-dispatch doctor")]
+    Doctor(Box<RunArgs>),
+    /// An end-to-end run in a temporary directory; silent on success, exit 0 or 1.
+    Selftest,
+    /// Shell completions on standard output.
+    #[command(after_help = "Examples:\n  \
+        git-dispatch completions bash > /etc/bash_completion.d/git-dispatch\n  \
+        git-dispatch completions zsh > \"${fpath[1]}/_git-dispatch\"\n  \
+        git-dispatch completions fish > ~/.config/fish/completions/git-dispatch.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff) on standard output.
+    #[command(
+        after_help = "Example:\n  git-dispatch man > /usr/local/share/man/man1/git-dispatch.1"
+    )]
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -145,4 +210,96 @@ pub struct DemoArgs {
     /// Keep the demonstration's directory instead of removing it.
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The kind of request: a key of `handlers/index.yml`.
+    pub kind: String,
+
+    /// A params entry, KEY=VALUE; the value is a YAML scalar (`n=3` a number, `on=true` a boolean,
+    /// `x="3"` a string) and dots nest (`db.name=main`). Repeatable; overrides `--file`.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+
+    /// A YAML request to start from (its `kind`, if any, must be KIND).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// The request's id [default: the `id` in --file, else a new time-sortable ULID]
+    #[arg(long)]
+    pub id: Option<String>,
+
+    /// Commit only; push later with `git push`.
+    #[arg(long)]
+    pub no_push: bool,
+
+    /// The clone of the inbox [default: the repository around the current directory]
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One JSON object, `{"queue": [...], "recent": [...], "counts_24h": {...}}`, for scripts.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Do not `git fetch` first: show the upstream as last fetched.
+    #[arg(long)]
+    pub no_fetch: bool,
+
+    /// The clone of the inbox [default: the repository around the current directory]
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The request's id (as recorded: `processed/ID.status.json`).
+    pub id: String,
+
+    /// Also print the log of each attempt.
+    #[arg(long)]
+    pub log: bool,
+
+    /// One JSON object: the status file, the commit that recorded it and, with --log, the logs.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Do not `git fetch` first: show the upstream as last fetched.
+    #[arg(long)]
+    pub no_fetch: bool,
+
+    /// The clone of the inbox [default: the repository around the current directory]
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to create the inbox repository; must be empty or not exist.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The fixtures folder [default: tests/fixtures]
+    pub dir: Option<PathBuf>,
+
+    /// Write the expectations from this run instead of comparing.
+    #[arg(long)]
+    pub bless: bool,
+
+    /// Only fixtures whose name contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+
+    /// Fixtures run at once.
+    #[arg(short = 'j', long = "jobs", default_value_t = 1)]
+    pub jobs: usize,
+
+    /// The inbox repository whose `handlers/` and `schemas/` are used [default: the current directory]
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
 }

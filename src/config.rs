@@ -55,6 +55,8 @@ pub(crate) struct RunConfig {
     /// Validate and route only: nothing runs, nothing is committed or pushed.
     pub dry_run: bool,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Variables every handler gets on top of the SPEC's (`replay` fixtures set these).
+    pub fixed_env: Vec<(String, String)>,
 }
 
 impl RunConfig {
@@ -127,7 +129,36 @@ impl RunConfig {
             },
             dry_run: args.dry_run,
             metrics_addr: args.metrics_addr,
+            fixed_env: Vec::new(),
         })
+    }
+}
+
+impl RunConfig {
+    /// The defaults of `run --until-empty` against a remote on a local path, for the dispatcher's own
+    /// in-process uses (`demo`, `selftest`, `replay`).
+    pub(crate) fn until_empty_local(
+        remote: &Path,
+        workdir: &Path,
+        id: &str,
+    ) -> anyhow::Result<Self> {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "git-dispatch".as_ref(),
+            "run".as_ref(),
+            "--until-empty".as_ref(),
+            "--push-attempts=3".as_ref(),
+            "--remote".as_ref(),
+            remote.as_os_str(),
+            "--workdir".as_ref(),
+            workdir.as_os_str(),
+            "--dispatcher-id".as_ref(),
+            id.as_ref(),
+        ] as [&std::ffi::OsStr; 10])?;
+        match cli.command {
+            crate::cli::Command::Run(args) => Self::from_args(&args),
+            _ => unreachable!("parsed as `run`"),
+        }
     }
 }
 

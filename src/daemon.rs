@@ -222,10 +222,12 @@ impl Daemon {
         self.listen_for_signals();
         let _watcher = self.watch_remote();
         if let Some(addr) = self.cfg.metrics_addr {
-            self.metrics.serve(addr).map_err(io_err(format!(
-                "could not serve metrics on `{addr}`"
-            )))?;
-            say(&format!("metrics on http://{addr}/metrics, health on http://{addr}/healthz"));
+            self.metrics
+                .serve(addr)
+                .map_err(io_err(format!("could not serve metrics on `{addr}`")))?;
+            say(&format!(
+                "metrics on http://{addr}/metrics, health on http://{addr}/healthz"
+            ));
         }
         let watchdog = sd_notify::watchdog_enabled();
         let mut ready_sent = false;
@@ -769,7 +771,7 @@ impl Daemon {
             handlers,
             run_dir,
             first_attempt,
-            secrets,
+            extra_env: self.cfg.fixed_env.iter().cloned().chain(secrets).collect(),
             lock_dir: self.cfg.lock_dir.clone(),
             log_limit: request.route.spec.log_limit.unwrap_or(self.cfg.log_limit),
             user: self.cfg.run_as.clone(),
@@ -888,14 +890,19 @@ impl Daemon {
         if self.cfg.mode != Mode::UntilEmpty || !std::io::stderr().is_terminal() {
             return;
         }
-        if self.progress_shown.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if self
+            .progress_shown
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return;
         }
         self.progress_shown = Some(Instant::now());
         let done = self.summary.recorded;
         let total = done + self.running.len() + self.waiting;
         let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
-        say(&format!("progress: {done} of {total} done ({rate:.1} requests/s)"));
+        say(&format!(
+            "progress: {done} of {total} done ({rate:.1} requests/s)"
+        ));
     }
 
     /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window.

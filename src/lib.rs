@@ -11,22 +11,29 @@
 //! 7. [`outcome`]: one commit that moves the request to `processed/` with its status and log.
 //! 8. [`sync`] again: push in batches, with backoff; [`daemon`] is the loop that strings it together.
 //!
+//! On the submitter's side, in a clone: [`draft`] builds a request and [`checkout`] commits and pushes
+//! it (`submit`); [`history`] reads the queue and the recorded outcomes (`status`, `show`).
+//!
 //! A failure that belongs to one request becomes its outcome and the loop goes on; only a failure of
 //! the dispatcher itself stops it.
 
 mod capture;
+mod checkout;
 mod cli;
 mod commands;
 mod config;
 mod daemon;
+mod draft;
 pub mod error;
 mod failpoint;
+mod history;
 mod inbox;
 mod journal;
 mod lock;
 pub mod log;
 mod metrics;
 mod outcome;
+mod replay;
 mod request;
 mod router;
 mod runner;
@@ -65,6 +72,15 @@ fn run(cli: &Cli) -> Result<(), CommandError> {
     match &cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Validate(args) => commands::validate::run(args),
+        Command::Submit(args) => commands::submit::run(args),
+        Command::Status(args) => commands::status::run(args),
+        Command::Show(args) => commands::show::run(args),
+        Command::Init(args) => commands::init::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Replay(args) => commands::replay::run(args),
+        Command::Doctor(args) => commands::doctor::run(args),
+        Command::Selftest => commands::selftest::run(),
+        Command::Completions { shell } => commands::completions::completions(*shell),
+        Command::Man => commands::completions::man(),
     }
 }

@@ -15,6 +15,13 @@ pub enum LogFormat {
 }
 
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+/// Set by `selftest`, which is silent on success.
+static SILENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Drops every line from now on.
+pub(crate) fn silence() {
+    SILENT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Chooses the format; the first choice holds for the life of the process.
 pub(crate) fn set_format(format: LogFormat) {
@@ -37,6 +44,9 @@ pub(crate) fn say(message: &str) {
 
 /// A line about one stage (`sync`, `take`, `run`, `record`, `push`, ...) of request `id`.
 pub(crate) fn event(stage: &str, id: Option<&str>, message: &str) {
+    if SILENT.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let message = crate::secrets::redact_global(message);
     let line = match FORMAT.get().copied().unwrap_or(LogFormat::Text) {
         LogFormat::Text => match id {

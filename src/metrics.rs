@@ -62,9 +62,17 @@ impl Metrics {
             duration.clone(),
         );
         let queue_depth = Gauge::default();
-        registry.register("queue_depth", "Requests waiting in the inbox", queue_depth.clone());
+        registry.register(
+            "queue_depth",
+            "Requests waiting in the inbox",
+            queue_depth.clone(),
+        );
         let push_retries = Counter::default();
-        registry.register("push_retries", "Pushes tried again after a failure", push_retries.clone());
+        registry.register(
+            "push_retries",
+            "Pushes tried again after a failure",
+            push_retries.clone(),
+        );
         let push_failures = Counter::default();
         registry.register("push_failures", "Pushes that failed", push_failures.clone());
         let last_sync = Gauge::<f64, AtomicU64>::default();
@@ -109,7 +117,8 @@ impl Metrics {
     }
 
     pub(crate) fn queue(&self, depth: usize) {
-        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn push_failed(&self) {
@@ -121,7 +130,9 @@ impl Metrics {
     }
 
     pub(crate) fn synced(&self) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         self.last_sync.set(now.as_secs_f64());
         let mut health = self.health.lock().expect("no thread panics holding it");
         health.last_sync = Some(Instant::now());
@@ -129,7 +140,10 @@ impl Metrics {
     }
 
     pub(crate) fn sync_failed(&self, error: &str) {
-        self.health.lock().expect("no thread panics holding it").last_error = Some(error.to_owned());
+        self.health
+            .lock()
+            .expect("no thread panics holding it")
+            .last_error = Some(error.to_owned());
     }
 
     fn text(&self) -> String {
@@ -171,7 +185,11 @@ impl Metrics {
                         Ok(()) => (200, "ok\n".to_owned(), "text/plain"),
                         Err(reason) => (503, format!("{reason}\n"), "text/plain"),
                     },
-                    _ => (404, "not found: try /metrics or /healthz\n".to_owned(), "text/plain"),
+                    _ => (
+                        404,
+                        "not found: try /metrics or /healthz\n".to_owned(),
+                        "text/plain",
+                    ),
                 };
                 let header = tiny_http::Header::from_bytes("Content-Type", content_type)
                     .expect("a static header is valid");

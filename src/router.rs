@@ -163,6 +163,11 @@ impl Catalog {
         }
     }
 
+    /// The kinds the index lists (usable or not).
+    pub(crate) fn kinds(&self) -> Vec<&str> {
+        self.routes.keys().map(String::as_str).collect()
+    }
+
     /// Every problem of the index and the schemas, for `validate --index` and `doctor`.
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();

@@ -59,7 +59,8 @@ pub(crate) struct Plan {
     pub run_dir: PathBuf,
     /// 1, or the attempt after one a crash interrupted.
     pub first_attempt: u32,
-    pub secrets: Vec<(String, String)>,
+    /// Secrets and fixed variables (`replay`), added to the handler's environment.
+    pub extra_env: Vec<(String, String)>,
     pub lock_dir: PathBuf,
     pub log_limit: u64,
     pub user: Option<Identity>,
@@ -146,7 +147,7 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
         fresh_dir(&work, plan.user.as_ref()).map_err(io(&work))?;
         let log_file = plan.journal.log_path(&plan.key, number);
         let mut env = handler_env(&plan.request, number);
-        env.extend(plan.secrets.iter().cloned());
+        env.extend(plan.extra_env.iter().cloned());
         let result = sandbox::run(Job {
             program: &plan.handlers.path.join(&spec.handler),
             args: vec![request_copy.clone().into_os_string()],

@@ -9,10 +9,16 @@ mod support;
 mod cli;
 #[path = "main/concurrency.rs"]
 mod concurrency;
+#[path = "main/confinement.rs"]
+mod confinement;
+#[path = "main/everyday.rs"]
+mod everyday;
 #[path = "main/pipeline.rs"]
 mod pipeline;
 #[path = "main/rejected.rs"]
 mod rejected;
+#[path = "main/reliability.rs"]
+mod reliability;
 #[path = "main/routing.rs"]
 mod routing;
 #[path = "main/sandbox.rs"]

@@ -1,5 +1,14 @@
 //! One file per subcommand: the glue between the command line and the library.
 
+pub(crate) mod completions;
 pub(crate) mod demo;
+pub(crate) mod doctor;
+pub(crate) mod init;
+mod playground;
+pub(crate) mod replay;
 pub(crate) mod run;
+pub(crate) mod selftest;
+pub(crate) mod show;
+pub(crate) mod status;
+pub(crate) mod submit;
 pub(crate) mod validate;

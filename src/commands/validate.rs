@@ -45,7 +45,14 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<(), CommandError> {
     }
 }
 
-fn check_file(root: &Path, view: &DirView, catalog: &Catalog, file: &Path) -> Result<(), String> {
+/// Checks one request file on disk exactly as the dispatcher would check it in `requests/`; the error
+/// is the dispatcher's message. `submit` checks the file it writes with this too.
+pub(crate) fn check_file(
+    root: &Path,
+    view: &DirView,
+    catalog: &Catalog,
+    file: &Path,
+) -> Result<(), String> {
     let absolute = std::path::absolute(file).map_err(|e| format!("`{}`: {e}", file.display()))?;
     // Name the file as the dispatcher would: by its path in the repository where it is inside it.
     let shown = absolute

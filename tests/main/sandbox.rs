@@ -33,6 +33,9 @@ echo "CWD-ENTRIES=$(ls -A | wc -l)"
 echo "NAMES-BEGIN"
 env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' | sort
 echo "NAMES-END"
+echo "ENV-BEGIN"
+env
+echo "ENV-END"
 "#;
 
 /// The `probe` kind's params schema: both params typed, nothing else allowed.
@@ -59,7 +62,8 @@ fn handler_gets_a_read_only_request_copy_json_stdin_a_cleared_env_and_an_empty_c
     world.submit("nightly.yml", PROBE_REQUEST);
 
     let mut run = world.run_command(world.remote_arg(), &["--until-empty"]);
-    run.env("CANARY", "must-not-reach-the-handler");
+    run.env("CANARY", "must-not-reach-the-handler")
+        .env("SECRET_FROM_PARENT", "leak123");
     world.output(run).assert_exit(0);
 
     let clone = world.fresh_clone();
@@ -117,6 +121,15 @@ fn handler_gets_a_read_only_request_copy_json_stdin_a_cleared_env_and_an_empty_c
         extra.is_empty(),
         "the handler's env was not cleared, it also has {extra:?}"
     );
+    // No value of the dispatcher's environment (other than `PATH`) reaches the handler under any name.
+    let env = between(&log, "ENV-BEGIN", "ENV-END");
+    let home = world.home.to_str().expect("UTF-8 tempdir");
+    for value in ["must-not-reach-the-handler", "leak123", home] {
+        assert!(
+            !env.contains(value),
+            "`{value}` from the dispatcher's environment reached the handler:\n{env}"
+        );
+    }
 
     assert_eq!(
         line_value(&log, "CWD-ENTRIES").trim(),

@@ -216,6 +216,38 @@ pub fn line_value<'a>(log: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no `{key}=` line in log:\n{log}"))
 }
 
+/// Whether this test process runs with effective uid 0 (the `Uid:` line of `/proc/self/status`: real,
+/// effective, saved, filesystem). The sandbox only switches users when the dispatcher is root.
+pub fn running_as_root() -> bool {
+    let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .is_some_and(|euid| euid == "0")
+}
+
+/// For a test that means nothing unless the dispatcher runs as root: true when it may go on; otherwise
+/// says why it stops and returns false. (`sandbox_tests_ran_as_root_in_ci` keeps such skips out of CI.)
+#[must_use]
+pub fn root_or_skip(test: &str) -> bool {
+    let root = running_as_root();
+    if !root {
+        eprintln!(
+            "skipped `{test}`: it needs root (the dispatcher only switches handlers to another user when it \
+             runs as root); run the suite as root to exercise it"
+        );
+    }
+    root
+}
+
+/// The trimmed output of `id ARGS...` (e.g. `["-u", "nobody"]`), to compare with what a handler prints.
+pub fn id(args: &[&str]) -> String {
+    let mut cmd = Command::new("id");
+    cmd.env_clear().env("PATH", path_var()).args(args);
+    checked(cmd)
+}
+
 /// Writes `bytes` to `path`, creating parent directories.
 fn write_file(path: &Path, bytes: &[u8]) {
     if let Some(parent) = path.parent() {

@@ -1,0 +1,202 @@
+//! `git-dispatch doctor`: preflight before enabling a host. Takes the same options as `run` and checks
+//! everything `run` will need, changing nothing: the configuration (run-as user, secrets file, handlers
+//! dir), the remote (reachable, the branch exists, pushable), the index, each handler and each schema
+//! at the remote's tip, the workdir and the lock directory. Prints every problem with its fix; exit 1
+//! if there is any.
+
+use std::fs;
+use std::path::Path;
+
+use git2::{Direction, Repository};
+
+use crate::cli::RunArgs;
+use crate::config::RunConfig;
+use crate::error::CommandError;
+use crate::router::Catalog;
+use crate::view::{DirView, HostHandlers, TreeView};
+
+/// What one check found.
+enum Finding {
+    Ok(String),
+    Problem { what: String, fix: String },
+}
+
+pub(crate) fn run(args: &RunArgs) -> Result<(), CommandError> {
+    let findings = match RunConfig::from_args(args) {
+        Ok(config) => check(&config),
+        Err(e) => vec![Finding::Problem {
+            what: format!("configuration: {e:#}"),
+            fix: "correct the option named above (see `git-dispatch run --help`)".to_owned(),
+        }],
+    };
+    let mut problems = 0;
+    for finding in &findings {
+        match finding {
+            Finding::Ok(what) => println!("ok       {what}"),
+            Finding::Problem { what, fix } => {
+                problems += 1;
+                println!("PROBLEM  {what}\n         fix: {fix}");
+            }
+        }
+    }
+    if problems == 0 {
+        println!("\nall {} checks passed", findings.len());
+        Ok(())
+    } else {
+        Err(CommandError::subject(anyhow::anyhow!(
+            "{problems} problem(s) found"
+        )))
+    }
+}
+
+fn check(config: &RunConfig) -> Vec<Finding> {
+    let mut findings = vec![Finding::Ok(match &config.run_as {
+        Some(user) => format!("handlers run as uid {} gid {}", user.uid, user.gid),
+        None => format!(
+            "handlers run as the dispatcher's own user (uid {})",
+            nix::unistd::geteuid()
+        ),
+    })];
+    if !config.secrets.is_empty() {
+        findings.push(Finding::Ok(format!(
+            "secrets file readable by its owner only ({} secrets)",
+            config.secrets.len()
+        )));
+    }
+    findings.push(writable(&config.lock_dir, "lock directory"));
+    findings.push(workdir(config));
+    findings.extend(remote(config));
+    findings
+}
+
+fn writable(dir: &Path, what: &str) -> Finding {
+    let probe = dir.join(".git-dispatch-doctor");
+    let result = fs::create_dir_all(dir).and_then(|()| fs::write(&probe, b""));
+    let _ = fs::remove_file(&probe);
+    match result {
+        Ok(()) => Finding::Ok(format!("{what} `{}` is writable", dir.display())),
+        Err(e) => Finding::Problem {
+            what: format!("{what} `{}` is not writable: {e}", dir.display()),
+            fix: format!(
+                "create it and give it to the dispatcher's user, or choose another with --{}",
+                if what.starts_with("lock") {
+                    "lock-dir"
+                } else {
+                    "workdir"
+                }
+            ),
+        },
+    }
+}
+
+fn workdir(config: &RunConfig) -> Finding {
+    let lock = config.workdir.join("dispatcher.lock");
+    if let Ok(file) = fs::File::open(&lock)
+        && file.try_lock().is_err()
+    {
+        return Finding::Ok(format!(
+            "workdir `{}` is in use by a running dispatcher",
+            config.workdir.display()
+        ));
+    }
+    writable(&config.workdir, "workdir")
+}
+
+/// The remote, from a throw-away bare clone so that nothing of the dispatcher's is touched.
+fn remote(config: &RunConfig) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let problem = |what: String, fix: &str| Finding::Problem {
+        what,
+        fix: fix.to_owned(),
+    };
+    let Ok(scratch) = tempfile::tempdir() else {
+        return vec![problem("no temporary directory".into(), "check TMPDIR")];
+    };
+    let sync = match crate::sync::Sync::open(
+        &scratch.path().join("repo.git"),
+        &config.remote,
+        &config.branch,
+        &config.dispatcher_id,
+        config.access.clone(),
+    ) {
+        Ok(sync) => sync,
+        Err(e) => return vec![problem(e.to_string(), "check --remote")],
+    };
+    let tip = match sync.fetch() {
+        Ok(tip) => {
+            findings.push(Finding::Ok(format!(
+                "remote `{}` is reachable; branch `{}` is at {}",
+                config.remote,
+                config.branch,
+                crate::view::short(tip)
+            )));
+            tip
+        }
+        Err(e) => {
+            findings.push(problem(
+                e.to_string(),
+                "check the URL, the network and the credentials (SSH agent, --ssh-key, the credential \
+                 helper, or --git-transport cli)",
+            ));
+            return findings;
+        }
+    };
+    findings.push(pushable(&sync.repo, config));
+    let commit = match sync.repo.find_commit(tip) {
+        Ok(c) => c,
+        Err(e) => return vec![problem(e.to_string(), "re-run doctor")],
+    };
+    let Ok(tree) = commit.tree() else {
+        return findings;
+    };
+    let view = TreeView {
+        repo: &sync.repo,
+        tree,
+        commit: tip,
+    };
+    let catalog = match &config.handlers_dir {
+        Some(dir) => Catalog::load(&HostHandlers {
+            dir: DirView { root: dir.clone() },
+            rest: &view,
+        }),
+        None => Catalog::load(&view),
+    };
+    let problems = catalog.problems();
+    if problems.is_empty() {
+        findings.push(Finding::Ok(format!(
+            "index, handlers and schemas at {} are usable ({} kinds)",
+            crate::view::short(tip),
+            catalog.kinds().len()
+        )));
+    }
+    for p in problems {
+        findings.push(problem(
+            p,
+            "fix `handlers/index.yml`, the handler or the schema named, commit and push",
+        ));
+    }
+    findings
+}
+
+/// Connects for a push and lists the refs: proves the credentials are accepted for pushing without
+/// sending anything.
+fn pushable(repo: &Repository, config: &RunConfig) -> Finding {
+    let result = repo.find_remote("origin").and_then(|mut remote| {
+        remote.connect(Direction::Push)?;
+        remote.list().map(|_| ())
+    });
+    match result {
+        Ok(()) => Finding::Ok(format!(
+            "remote `{}` accepts a push connection",
+            config.remote
+        )),
+        Err(e) => Finding::Problem {
+            what: format!(
+                "remote `{}` refuses a push connection: {}",
+                config.remote,
+                e.message()
+            ),
+            fix: "give the dispatcher's key or token write access to the repository".to_owned(),
+        },
+    }
+}

@@ -1,0 +1,308 @@
+//! `git-dispatch status [--json] [--no-fetch]`: in a clone of an inbox, fetch the upstream and read its
+//! tip without checking anything out: the requests waiting (oldest first, with their age), the last
+//! outcomes recorded, and how many of each state the last 24 hours saw.
+//!
+//! Which request is running cannot be known from Git: it stays in `requests/`, and so in the queue,
+//! until its outcome is pushed.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value as Json, json};
+
+use crate::checkout::{Checkout, Tip};
+use crate::cli::StatusArgs;
+use crate::error::CommandError;
+use crate::history::{History, Recorded, Waiting};
+use crate::view::short;
+
+/// How many outcomes `recent` lists.
+const RECENT: usize = 20;
+/// The window of `counts_24h`.
+const DAY: i64 = 24 * 60 * 60;
+/// Every state an outcome can have, so `counts_24h` names each even when it is zero.
+const STATES: [&str; 6] = [
+    "succeeded",
+    "failed",
+    "timed_out",
+    "rejected",
+    "abandoned",
+    "cancelled",
+];
+
+pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
+    let checkout = Checkout::open(args.repo.as_deref()).map_err(CommandError::config)?;
+    let tip = fetched_tip(&checkout, args.no_fetch)?;
+    let history = History::new(&checkout.repo, tip.oid);
+    let now = now();
+    let queue = history.queue().map_err(CommandError::config)?;
+    let (recent, counts) = outcomes(&history, now)?;
+    if args.json {
+        let report = json!({
+            "tip": { "ref": tip.name, "commit": tip.oid.to_string() },
+            "queue": queue.iter().map(|w| waiting_json(w, now)).collect::<Vec<_>>(),
+            "recent": recent.iter().map(|(r, s)| recent_json(r, s.as_ref())).collect::<Vec<_>>(),
+            "counts_24h": counts,
+        });
+        println!("{report:#}");
+    } else {
+        print_report(&tip, &queue, &recent, &counts, now, Paint::stdout());
+    }
+    Ok(())
+}
+
+/// Fetches the upstream (unless `no_fetch`) and returns its tip; without an upstream, HEAD.
+pub(crate) fn fetched_tip(checkout: &Checkout, no_fetch: bool) -> Result<Tip, CommandError> {
+    match checkout.upstream() {
+        Ok(upstream) if !no_fetch => checkout.fetch(&upstream).map_err(|e| {
+            CommandError::remote(anyhow::anyhow!(e).context(format!(
+                "could not fetch `{}`; pass --no-fetch to see it as last fetched",
+                upstream.short()
+            )))
+        })?,
+        Ok(_) => {}
+        Err(_) => eprintln!("note: this branch has no upstream; showing HEAD"),
+    }
+    checkout.tip().map_err(CommandError::config)
+}
+
+/// The last [`RECENT`] outcomes (with their status files) and the counts of the last 24 hours.
+#[allow(clippy::type_complexity)]
+fn outcomes(
+    history: &History<'_>,
+    now: i64,
+) -> Result<(Vec<(Recorded, Option<Json>)>, BTreeMap<String, u64>), CommandError> {
+    let mut recent = Vec::new();
+    let mut counts: BTreeMap<String, u64> = STATES.iter().map(|s| ((*s).to_owned(), 0)).collect();
+    // The whole history is walked: commit times need not decrease along it (a submitter's clock may
+    // be behind the dispatcher's), so there is no safe place to stop early.
+    for recorded in history.outcomes().map_err(CommandError::config)? {
+        let recorded = recorded.map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
+        if now - recorded.time <= DAY {
+            *counts.entry(recorded.state.clone()).or_default() += 1;
+        }
+        if recent.len() < RECENT {
+            let status = history.status(&recorded.id, recorded.commit).ok().flatten();
+            recent.push((recorded, status));
+        }
+    }
+    Ok((recent, counts))
+}
+
+fn waiting_json(waiting: &Waiting, now: i64) -> Json {
+    json!({
+        "id": waiting.id,
+        "kind": waiting.kind,
+        "path": waiting.entry.path,
+        "arrived_at": rfc3339(waiting.entry.arrival.time),
+        "age_seconds": (now - waiting.entry.arrival.time).max(0),
+        "commit": waiting.entry.arrival.commit.to_string(),
+    })
+}
+
+fn recent_json(recorded: &Recorded, status: Option<&Json>) -> Json {
+    let field = |key: &str| status.map_or(Json::Null, |s| s[key].clone());
+    json!({
+        "id": recorded.id,
+        "kind": recorded.kind,
+        "state": recorded.state,
+        "duration_ms": field("duration_ms"),
+        "exit_code": field("exit_code"),
+        "finished_at": match field("finished_at") {
+            Json::Null => Json::String(rfc3339(recorded.time)),
+            at => at,
+        },
+        "commit": recorded.commit.to_string(),
+    })
+}
+
+fn print_report(
+    tip: &Tip,
+    queue: &[Waiting],
+    recent: &[(Recorded, Option<Json>)],
+    counts: &BTreeMap<String, u64>,
+    now: i64,
+    paint: Paint,
+) {
+    println!("{} at {}", tip.name, short(tip.oid));
+    println!();
+    if queue.is_empty() {
+        println!("queue: empty");
+    } else {
+        println!("queue: {} waiting, oldest first", queue.len());
+        let rows: Vec<Vec<String>> = queue
+            .iter()
+            .map(|w| {
+                vec![
+                    w.id.clone(),
+                    w.kind.clone().unwrap_or_else(|| "?".to_owned()),
+                    paint.state("queued"),
+                    format!("for {}", age(now - w.entry.arrival.time)),
+                ]
+            })
+            .collect();
+        print_table(&rows, paint);
+    }
+    println!();
+    if recent.is_empty() {
+        println!("recent outcomes: none yet");
+    } else {
+        println!("recent outcomes, newest first:");
+        let rows: Vec<Vec<String>> = recent
+            .iter()
+            .map(|(r, status)| {
+                let ms = status.as_ref().and_then(|s| s["duration_ms"].as_u64());
+                vec![
+                    r.id.clone(),
+                    r.kind.clone().unwrap_or_else(|| "-".to_owned()),
+                    paint.state(&r.state),
+                    ms.map_or_else(|| "-".to_owned(), duration),
+                    format!("{} ago", age(now - r.time)),
+                ]
+            })
+            .collect();
+        print_table(&rows, paint);
+    }
+    println!();
+    let seen: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(state, n)| format!("{n} {}", paint.state(state)))
+        .collect();
+    if seen.is_empty() {
+        println!("last 24 hours: no outcomes");
+    } else {
+        println!("last 24 hours: {}", seen.join(", "));
+    }
+}
+
+/// Prints rows in aligned columns; widths are measured without colour codes.
+fn print_table(rows: &[Vec<String>], paint: Paint) {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| paint.visible_len(&r[c]))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::from(" ");
+        for (cell, width) in row.iter().zip(&widths) {
+            line.push(' ');
+            line.push_str(cell);
+            line.push_str(&" ".repeat(width - paint.visible_len(cell)));
+            line.push(' ');
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// Colours state words, only on a terminal and only without `NO_COLOR`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Paint {
+    enabled: bool,
+}
+
+impl Paint {
+    pub(crate) fn stdout() -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Self {
+            enabled: std::io::stdout().is_terminal() && !no_color,
+        }
+    }
+
+    pub(crate) fn state(self, state: &str) -> String {
+        let code = match state {
+            "succeeded" => "32",
+            "failed" | "timed_out" => "31",
+            "rejected" | "abandoned" => "33",
+            "queued" => "36",
+            _ => "2",
+        };
+        if self.enabled {
+            format!("\x1b[{code}m{state}\x1b[0m")
+        } else {
+            state.to_owned()
+        }
+    }
+
+    fn visible_len(self, text: &str) -> usize {
+        if self.enabled {
+            // Only `state` adds escapes: `ESC[NNm` before and `ESC[0m` after.
+            let mut len = 0;
+            let mut in_escape = false;
+            for c in text.chars() {
+                match (in_escape, c) {
+                    (false, '\x1b') => in_escape = true,
+                    (true, 'm') => in_escape = false,
+                    (true, _) => {}
+                    (false, _) => len += 1,
+                }
+            }
+            len
+        } else {
+            text.chars().count()
+        }
+    }
+}
+
+/// Now, in seconds since the epoch.
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn rfc3339(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A coarse age: `45s`, `3m 20s`, `2h 5m`, `3d 4h`.
+pub(crate) fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// A handler's run time: `12ms`, `1.5s`, `3m 4s`.
+pub(crate) fn duration(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => format!("{}.{}s", ms / 1000, ms % 1000 / 100),
+        _ => age(i64::try_from(ms / 1000).unwrap_or(i64::MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_durations_read_coarsely() {
+        assert_eq!(age(-5), "0s");
+        assert_eq!(age(45), "45s");
+        assert_eq!(age(200), "3m 20s");
+        assert_eq!(age(7500), "2h 5m");
+        assert_eq!(age(3 * 86400 + 4 * 3600 + 5), "3d 4h");
+        assert_eq!(duration(12), "12ms");
+        assert_eq!(duration(1500), "1.5s");
+        assert_eq!(duration(184_000), "3m 4s");
+    }
+
+    #[test]
+    fn colour_codes_do_not_count_towards_column_widths() {
+        let on = Paint { enabled: true };
+        let off = Paint { enabled: false };
+        assert_eq!(on.state("failed"), "\x1b[31mfailed\x1b[0m");
+        assert_eq!(on.visible_len(&on.state("failed")), 6);
+        assert_eq!(off.state("failed"), "failed");
+    }
+}
