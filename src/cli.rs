@@ -188,6 +188,11 @@ pub struct RunArgs {
     /// With libgit2: the SSH private key to offer (otherwise the SSH agent).
     #[arg(long, env = "GIT_DISPATCH_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
+
+    /// Handlers that run at once, on different resources (each resource is still serialised by its
+    /// lock) [default: the number of CPUs]
+    #[arg(long, env = "GIT_DISPATCH_JOBS")]
+    pub jobs: Option<usize>,
 }
 
 #[derive(Debug, Args)]

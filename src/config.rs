@@ -116,7 +116,11 @@ impl RunConfig {
             max_request_size,
             push_attempts: args.push_attempts,
             dispatcher_id,
-            jobs: 1,
+            jobs: match args.jobs {
+                Some(0) => bail!("--jobs must be at least 1"),
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            },
             log_limit,
             push_batch: Duration::from_secs(1),
             run_as: resolve_run_as(args.run_as.as_deref())?,

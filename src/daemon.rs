@@ -38,6 +38,8 @@ use crate::sync::{Sync, SyncError};
 /// Backoff for fetches and pushes: first retry after this, doubling, with jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How many waiting requests on busy resources `take` looks past for one it can start.
+const LOOKAHEAD: usize = 64;
 
 #[derive(Debug, Error)]
 pub(crate) enum DaemonError {
@@ -543,6 +545,7 @@ impl Daemon {
             .map_err(SyncError::from)?;
         self.metrics.queue(entries.len());
         let mut waiting = 0;
+        let mut skipped = 0;
         let mut busy: Vec<String> = self
             .running
             .values()
@@ -567,7 +570,16 @@ impl Daemon {
                     self.took_one = true;
                     self.reject(entry, rejection)?;
                 }
-                Ok((request, _)) if busy.contains(&request.resource) => waiting += 1,
+                Ok((request, _)) if busy.contains(&request.resource) => {
+                    // Its resource is taken: look further, but only so far, so that a long queue on
+                    // one resource costs no more than a short one.
+                    skipped += 1;
+                    if skipped >= LOOKAHEAD {
+                        waiting += entries[i..].len();
+                        break;
+                    }
+                    waiting += 1;
+                }
                 Ok((request, secrets)) => {
                     self.took_one = true;
                     busy.push(request.resource.clone());

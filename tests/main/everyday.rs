@@ -326,11 +326,22 @@ fn status_json_after_a_drain_lists_the_outcomes_newest_first_and_counts_them() {
     out.assert_exit(0);
     let report = json(&out);
     assert_eq!(report["queue"], Value::Array(Vec::new()), "{out}");
-    assert_eq!(ids(&report["recent"]), ["bad-1", "ok-1"], "{out}");
-    assert_eq!(report["recent"][0]["state"], "rejected");
-    assert_eq!(report["recent"][1]["state"], "succeeded");
-    assert_eq!(report["recent"][1]["kind"], "echo");
-    assert!(report["recent"][1]["duration_ms"].is_u64(), "{out}");
+    // Newest first: the order of the outcome commits in the remote's history, whatever order the
+    // dispatcher finished them in.
+    let mut recorded = world.fresh_clone().trailers("Dispatch-Id");
+    recorded.reverse();
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert_eq!(ids(&report["recent"]), recorded, "{out}");
+    let recent = |id: &str| {
+        report["recent"]
+            .as_array()
+            .and_then(|list| list.iter().find(|item| item["id"] == id))
+            .unwrap_or_else(|| panic!("`{id}` is not among the recent outcomes:\n{out}"))
+    };
+    assert_eq!(recent("bad-1")["state"], "rejected");
+    assert_eq!(recent("ok-1")["state"], "succeeded");
+    assert_eq!(recent("ok-1")["kind"], "echo");
+    assert!(recent("ok-1")["duration_ms"].is_u64(), "{out}");
     let counts = &report["counts_24h"];
     assert_eq!(
         (&counts["succeeded"], &counts["rejected"], &counts["failed"]),

@@ -375,6 +375,35 @@ fn crash_after_a_local_remote_accepted_a_push_records_nothing_twice() {
 }
 
 #[test]
+fn stale_branch_lock_left_by_a_crash_does_not_stop_the_restart() {
+    // A SIGKILL while libgit2 moves the dispatcher's branch leaves `refs/heads/main.lock` in the bare
+    // clone (scripts/soak.sh hits this with random kills). No fail point stops exactly there, so the
+    // test crashes after a commit and then leaves the lock file such a kill leaves. Only the process
+    // holding `dispatcher.lock` may touch the workdir, so the lock cannot belong to anyone alive.
+    let world = World::new().build();
+    add_kinds(&world, &[("tally", &counting_handler(&world, ""), "")]);
+    world.submit("locked-a.yml", "kind: tally\n");
+    world.submit("locked-b.yml", "kind: tally\n");
+    let mut crashing = world.run_command(world.remote_arg(), &["--until-empty"]);
+    crashing.env("GIT_DISPATCH_FAILPOINT", "committed");
+    let (status, stderr) = run_to_end(&world, crashing, "crash-at-committed");
+    assert_eq!(status.signal(), Some(9), "{status}; stderr:\n{stderr}");
+    let repo = world.work.join("repo.git");
+    let tip = git_dir(&world, &repo, &["rev-parse", "refs/heads/main"]);
+    fs::write(repo.join("refs/heads/main.lock"), format!("{tip}\n")).expect("leave a stale lock");
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_each_recorded_once(&clone, &["locked-a.yml", "locked-b.yml"]);
+    for key in ["locked-a", "locked-b"] {
+        assert_eq!(clone.status(key)["state"], "succeeded");
+        assert_eq!(runs(&world, key), ["1"], "`{key}` did not run exactly once");
+    }
+    assert_local_branch_is_the_remote(&world);
+}
+
+#[test]
 fn idempotent_kind_interrupted_by_a_crash_runs_again_as_attempt_2() {
     let world = World::new().build();
     add_kinds(
