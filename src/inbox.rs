@@ -68,8 +68,10 @@ impl Inbox {
         if !pending.is_empty() {
             self.resolve(repo, commit, pending)?;
         }
+        let keep: std::collections::HashSet<(&str, Oid)> =
+            present.iter().map(|(n, o, _)| (n.as_str(), *o)).collect();
         self.arrivals
-            .retain(|(name, oid), _| present.iter().any(|(n, o, _)| n == name && o == oid));
+            .retain(|(name, oid), _| keep.contains(&(name.as_str(), *oid)));
         let mut entries: Vec<InboxEntry> = present
             .into_iter()
             .map(|(name, oid, kind)| {
