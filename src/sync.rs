@@ -125,6 +125,7 @@ impl Sync {
         host: &str,
         access: Access,
     ) -> Result<Self, SyncError> {
+        configure_libgit2();
         let workdir_err = |source| SyncError::Workdir {
             path: path.to_owned(),
             source,
@@ -462,6 +463,25 @@ impl Sync {
             .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
         Ok(())
     }
+}
+
+/// Process-wide libgit2 settings, made once: cache whole trees (the inbox, `processed/` and `logs/`
+/// trees are read on every request; libgit2 caches only trees under 4 KiB by default), skip
+/// re-hashing every object read from our own object store, and bound how long a silent server can
+/// hold a fetch or push.
+fn configure_libgit2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        git2::opts::strict_hash_verification(false);
+        // SAFETY: called once, before any repository is opened by this process.
+        unsafe {
+            let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 64 << 20);
+            let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Commit, 1 << 20);
+            let _ = git2::opts::set_cache_max_size(256 << 20);
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(15_000);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
+        }
+    });
 }
 
 /// The key an outcome commit records (its `Dispatch-Id` trailer); `None` for any other commit.
