@@ -282,39 +282,45 @@ fn confine(limits: &Limits, user: Option<&Identity>, parent: Pid) -> io::Result<
 }
 
 /// Kills the processes re-parented to the dispatcher whose environment carries `marker`, and reaps them.
+/// Only the dispatcher's own children are looked at (`/proc/self/task/*/children`), not every process.
+/// Killing one re-parents its own children to the dispatcher, so the search repeats until a pass
+/// finds nothing (a bounded number of times: a chain deeper than that is left to the process group
+/// kill and PR_SET_PDEATHSIG).
 fn kill_escapees(marker: &(String, String)) {
-    let me = std::process::id().to_string();
     let needle = format!("\0{}={}\0", marker.0, marker.1).into_bytes();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; the last `)` ends it.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
-        if ppid != Some(me.as_str()) {
-            continue;
+    for _ in 0..16 {
+        let mut killed = 0;
+        for pid in dispatcher_children() {
+            let mut environ = vec![0u8];
+            environ.extend(std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default());
+            if environ
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice())
+            {
+                let pid = Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+                killed += 1;
+            }
         }
-        let mut environ = vec![0u8];
-        environ.extend(std::fs::read(entry.path().join("environ")).unwrap_or_default());
-        if environ
-            .windows(needle.len())
-            .any(|w| w == needle.as_slice())
-        {
-            let pid = Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
+        if killed == 0 {
+            return;
         }
     }
+}
+
+/// The children of every thread of the dispatcher.
+fn dispatcher_children() -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }
