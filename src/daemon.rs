@@ -76,6 +76,8 @@ enum Event {
 
 /// A request that is running: what the outcome needs besides the run's report.
 struct Running {
+    /// Set when the handler's run ended; its outcome is not recorded yet.
+    ended: bool,
     entry: InboxEntry,
     request: Request,
     /// Logs of attempts before a crash, for a run resumed as a later attempt.
@@ -100,8 +102,11 @@ pub(crate) struct Daemon {
     sync: Sync,
     inbox: Inbox,
     snapshot: Option<Snapshot>,
-    /// Requests whose handler runs now, by key. Their files are still in `requests/` at the tip.
+    /// Requests whose handler runs now, or ran and waits in `finished` to be recorded, by key. Their
+    /// files are still in `requests/` at the tip.
     running: HashMap<String, Running>,
+    /// Reports of runs that ended, recorded once the next requests are started.
+    finished: Vec<Report>,
     /// Where handlers and their run folders live on disk; removed at exit.
     scratch: tempfile::TempDir,
     events: Receiver<Event>,
@@ -166,6 +171,9 @@ impl Daemon {
             Err(fs::TryLockError::Error(e)) => return Err(io_err("workdir lock")(e)),
         }
         let journal = Journal::open(&cfg.workdir).map_err(io_err("journal"))?;
+        // Holding the workdir lock, no other dispatcher can be writing here: a `.lock` file left in
+        // the bare clone is the remains of a crash and would block every update of its ref.
+        remove_stale_locks(&cfg.workdir.join("repo.git"));
         let sync = Sync::open(
             &cfg.workdir.join("repo.git"),
             &cfg.remote,
@@ -195,6 +203,7 @@ impl Daemon {
             inbox: Inbox::default(),
             snapshot: None,
             running: HashMap::new(),
+            finished: Vec::new(),
             scratch,
             events,
             sender,
@@ -268,6 +277,9 @@ impl Daemon {
                 0
             };
             self.waiting = backlog;
+            for report in std::mem::take(&mut self.finished) {
+                self.finish(report)?;
+            }
             if self.push_due(backlog) {
                 self.push_step()?;
             }
@@ -358,7 +370,15 @@ impl Daemon {
 
     fn handle(&mut self, event: Event) -> Result<(), DaemonError> {
         match event {
-            Event::Finished(report) => self.finish(*report),
+            Event::Finished(report) => {
+                // Recorded after the next request is started: its handler runs while this one's
+                // outcome is committed.
+                if let Some(run) = self.running.get_mut(&report.key) {
+                    run.ended = true;
+                }
+                self.finished.push(*report);
+                Ok(())
+            }
             Event::RemoteChanged => {
                 self.next_sync = Instant::now();
                 Ok(())
@@ -459,6 +479,7 @@ impl Daemon {
                 outcome.handler_blob = request.route.handler_blob;
             }
             outcome.attempts = entry.attempt;
+            outcome.started_at = humantime::parse_rfc3339(&entry.started_at).ok();
             outcome.error = Some(format!(
                 "the dispatcher stopped while attempt {} ran (started {}); {}",
                 entry.attempt,
@@ -549,6 +570,7 @@ impl Daemon {
         let mut busy: Vec<String> = self
             .running
             .values()
+            .filter(|r| !r.ended)
             .map(|r| r.request.resource.clone())
             .collect();
         for (i, entry) in entries.iter().enumerate() {
@@ -558,7 +580,7 @@ impl Daemon {
             if self.cfg.mode == Mode::Once && self.took_one {
                 break;
             }
-            if self.running.len() >= self.cfg.jobs {
+            if self.running.values().filter(|r| !r.ended).count() >= self.cfg.jobs {
                 waiting += entries[i..].len();
                 break;
             }
@@ -799,6 +821,7 @@ impl Daemon {
         self.running.insert(
             key,
             Running {
+                ended: false,
                 entry,
                 request,
                 prior_logs,
@@ -1037,20 +1060,62 @@ impl Daemon {
             path
         };
         let sender = self.sender.clone();
+        let refs = git_dir.join("refs/heads");
+        let packed = git_dir.join("packed-refs");
+        let watched = refs.clone();
+        // Only a change of a branch counts: reading the remote (our own fetches and probes) must not
+        // wake the loop, or every look at the remote would cause the next.
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                let Ok(event) = event else { return };
+                let changes = matches!(
+                    event.kind,
+                    notify::EventKind::Create(_)
+                        | notify::EventKind::Modify(_)
+                        | notify::EventKind::Remove(_)
+                );
+                if changes
+                    && event
+                        .paths
+                        .iter()
+                        .any(|p| p.starts_with(&watched) || *p == packed)
+                {
                     let _ = sender.send(Event::RemoteChanged);
                 }
             })
             .ok()?;
-        let refs = git_dir.join("refs/heads");
         watcher
             .watch(&refs, notify::RecursiveMode::Recursive)
             .ok()?;
         // Packed refs change `packed-refs` in the repository's top folder.
         let _ = watcher.watch(&git_dir, notify::RecursiveMode::NonRecursive);
         Some(watcher)
+    }
+}
+
+/// Removes `*.lock` files under `refs/` and the lock files of `packed-refs`, `config` and `HEAD`.
+fn remove_stale_locks(repo: &Path) {
+    fn walk(dir: &Path) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path);
+            } else if path.extension().is_some_and(|e| e == "lock") {
+                say(&format!("removing `{}`, left by a crash", path.display()));
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    walk(&repo.join("refs"));
+    for name in ["packed-refs.lock", "config.lock", "HEAD.lock"] {
+        let path = repo.join(name);
+        if path.exists() {
+            say(&format!("removing `{}`, left by a crash", path.display()));
+            let _ = fs::remove_file(&path);
+        }
     }
 }
 
