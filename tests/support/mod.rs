@@ -13,6 +13,7 @@ use std::fmt;
 use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
@@ -847,7 +848,10 @@ impl GitDaemon {
                 .arg(format!("--port={port}"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(log);
+                .stderr(log)
+                // `git daemon` starts the real `git-daemon` as a child: a group of their own lets
+                // drop kill both, so no daemon outlives its test.
+                .process_group(0);
             let mut child = cmd.spawn().expect("spawn git daemon");
             let mut exited = false;
             let ready = wait_until(Duration::from_secs(10), || {
@@ -857,8 +861,7 @@ impl GitDaemon {
             if ready && !exited {
                 return GitDaemon { child, port };
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
         }
         panic!(
             "git daemon did not start; see {}/daemon-*.log",
@@ -874,9 +877,15 @@ impl GitDaemon {
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
+}
+
+/// SIGKILL to the process group `child` leads, then reap it.
+fn kill_group(child: &mut Child) {
+    let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
 }
 
 #[test]
