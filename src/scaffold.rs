@@ -1,5 +1,5 @@
 //! The example inbox this repository itself is: its handlers and schemas, compiled into the binary so
-//! `demo` (and later `init`) can lay it out anywhere.
+//! `demo`, `selftest` and `init` can lay it out anywhere.
 
 /// A file of the example inbox: its path, contents and whether it is executable.
 pub(crate) struct File {
@@ -45,10 +45,28 @@ pub(crate) const EXAMPLE_INBOX: &[File] = &[
     },
 ];
 
+/// What `init` adds for the inbox's own CI: a golden fixture of the example kind, blessed, and a
+/// workflow that replays it.
+pub(crate) const INIT_EXTRAS: &[File] = &[
+    file!("tests/fixtures/echo-hello/request.yml", false),
+    file!("tests/fixtures/echo-hello/expected.status.json", false),
+    file!("tests/fixtures/echo-hello/expected.log", false),
+    File {
+        path: ".github/workflows/replay.yml",
+        contents: include_str!("../contrib/replay-workflow.yml"),
+        executable: false,
+    },
+];
+
 /// Writes the example inbox under `dir`.
 pub(crate) fn write(dir: &std::path::Path) -> std::io::Result<()> {
+    write_files(dir, EXAMPLE_INBOX)
+}
+
+/// Writes `files` under `dir`.
+pub(crate) fn write_files(dir: &std::path::Path, files: &[File]) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    for file in EXAMPLE_INBOX {
+    for file in files {
         let path = dir.join(file.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

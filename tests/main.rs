@@ -19,6 +19,8 @@ mod pipeline;
 mod rejected;
 #[path = "main/reliability.rs"]
 mod reliability;
+#[path = "main/replay.rs"]
+mod replay;
 #[path = "main/routing.rs"]
 mod routing;
 #[path = "main/sandbox.rs"]

@@ -56,6 +56,14 @@ error) and `logs/ID.log`.
     git-dispatch status           # the queue, recent outcomes, the last 24 hours
     git-dispatch show ID --log    # one request's outcome and log
 
+## Golden fixtures
+
+`tests/fixtures/NAME/` holds a request (`request.yml`) and the outcome it must have
+(`expected.status.json`, `expected.log`). `git-dispatch replay` runs every fixture through the real
+pipeline in a temporary copy of `handlers/` and `schemas/` and shows a diff where a handler's
+behaviour changed; `git-dispatch replay --bless` writes the expectations after an intended change.
+`.github/workflows/replay.yml` runs it on every push.
+
 ## History
 
 Outcome commits carry the trailers `Dispatch-Id`, `Dispatch-Kind` and `Dispatch-State`:
@@ -80,6 +88,7 @@ pub(crate) fn run(args: &InitArgs) -> Result<(), CommandError> {
         .map_err(CommandError::config)?;
     run_git(dir, &["init", "--quiet", "--initial-branch=main"]).map_err(CommandError::config)?;
     scaffold::write(dir)
+        .and_then(|()| scaffold::write_files(dir, scaffold::INIT_EXTRAS))
         .and_then(|()| fs::write(dir.join("README.md"), README))
         .with_context(|| format!("could not write the inbox into `{}`", dir.display()))
         .map_err(CommandError::config)?;
@@ -109,7 +118,8 @@ pub(crate) fn run(args: &InitArgs) -> Result<(), CommandError> {
     let shown = dir.display();
     println!(
         "an inbox repository in `{shown}` (branch `main`): `{INDEX_PATH}` with the example \
-         kinds {}, schemas/, requests/, processed/, logs/, README.md",
+         kinds {}, schemas/, requests/, processed/, logs/, README.md, a golden fixture in \
+         tests/fixtures/ and a CI workflow that replays it (.github/workflows/replay.yml)",
         kinds.join(", ")
     );
     println!(
