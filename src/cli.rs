@@ -250,6 +250,13 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 
+    #[command(flatten)]
+    pub clone: CloneArgs,
+}
+
+/// Which clone to read, and whether to fetch first.
+#[derive(Debug, Args)]
+pub struct CloneArgs {
     /// Do not `git fetch` first: show the upstream as last fetched.
     #[arg(long)]
     pub no_fetch: bool,
@@ -272,13 +279,8 @@ pub struct ShowArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Do not `git fetch` first: show the upstream as last fetched.
-    #[arg(long)]
-    pub no_fetch: bool,
-
-    /// The clone of the inbox [default: the repository around the current directory]
-    #[arg(long)]
-    pub repo: Option<PathBuf>,
+    #[command(flatten)]
+    pub clone: CloneArgs,
 }
 
 #[derive(Debug, Args)]

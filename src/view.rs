@@ -25,6 +25,22 @@ pub(crate) enum EntryType {
 }
 
 impl EntryType {
+    /// The type of a file on disk, from its `symlink_metadata` (links are not followed).
+    pub(crate) fn of(meta: &fs::Metadata) -> Self {
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            EntryType::Symlink
+        } else if ft.is_dir() {
+            EntryType::Dir
+        } else if ft.is_file() {
+            EntryType::File {
+                executable: meta.permissions().mode() & 0o111 != 0,
+            }
+        } else {
+            EntryType::Other
+        }
+    }
+
     pub(crate) fn describe(self) -> &'static str {
         match self {
             EntryType::File { .. } => "a regular file",
@@ -140,20 +156,7 @@ pub(crate) struct DirView {
 impl RepoView for DirView {
     fn entry(&self, path: &str) -> io::Result<Option<EntryType>> {
         match fs::symlink_metadata(self.root.join(path)) {
-            Ok(meta) => {
-                let ft = meta.file_type();
-                Ok(Some(if ft.is_symlink() {
-                    EntryType::Symlink
-                } else if ft.is_dir() {
-                    EntryType::Dir
-                } else if ft.is_file() {
-                    EntryType::File {
-                        executable: meta.permissions().mode() & 0o111 != 0,
-                    }
-                } else {
-                    EntryType::Other
-                }))
-            }
+            Ok(meta) => Ok(Some(EntryType::of(&meta))),
             Err(e)
                 if matches!(
                     e.kind(),

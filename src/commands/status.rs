@@ -32,8 +32,8 @@ const STATES: [&str; 6] = [
 ];
 
 pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
-    let checkout = Checkout::open(args.repo.as_deref()).map_err(CommandError::config)?;
-    let tip = fetched_tip(&checkout, args.no_fetch)?;
+    let checkout = Checkout::open(args.clone.repo.as_deref()).map_err(CommandError::config)?;
+    let tip = fetched_tip(&checkout, args.clone.no_fetch)?;
     let history = History::new(&checkout.repo, tip.oid);
     let now = now();
     let queue = history.queue().map_err(CommandError::config)?;

@@ -2,7 +2,6 @@
 //! index and schemas of the working tree the command runs in. Nothing is committed or run.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -73,17 +72,7 @@ pub(crate) fn check_file(
     };
     let meta = fs::symlink_metadata(&absolute)
         .map_err(|e| format!("request `{}`: {e}", file.display()))?;
-    let entry = if meta.file_type().is_symlink() {
-        EntryType::Symlink
-    } else if meta.is_dir() {
-        EntryType::Dir
-    } else if meta.is_file() {
-        EntryType::File {
-            executable: meta.permissions().mode() & 0o111 != 0,
-        }
-    } else {
-        EntryType::Other
-    };
+    let entry = EntryType::of(&meta);
     let candidate = Candidate {
         path: &inbox_path,
         entry,
