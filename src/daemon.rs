@@ -143,11 +143,14 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn open(cfg: RunConfig) -> Result<Self, DaemonError> {
-        fs::create_dir_all(&cfg.workdir).map_err(io_err(format!(
+        // Created with explicit modes, whatever the umask: the workdir (the bare clone, the journal,
+        // captured output) is the dispatcher's alone; the lock directory is readable by the admins
+        // and cron jobs that take the same locks, writable by the dispatcher only.
+        create_dir(&cfg.workdir, 0o700).map_err(io_err(format!(
             "workdir `{}` could not be created",
             cfg.workdir.display()
         )))?;
-        fs::create_dir_all(&cfg.lock_dir).map_err(io_err(format!(
+        create_dir(&cfg.lock_dir, 0o755).map_err(io_err(format!(
             "lock directory `{}` could not be created",
             cfg.lock_dir.display()
         )))?;
@@ -1091,6 +1094,16 @@ impl Daemon {
         let _ = watcher.watch(&git_dir, notify::RecursiveMode::NonRecursive);
         Some(watcher)
     }
+}
+
+/// Creates `path` (and its parents) if it does not exist; a folder it creates gets `mode`.
+fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new().recursive(true).mode(mode).create(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
 /// Removes `*.lock` files under `refs/` and the lock files of `packed-refs`, `config` and `HEAD`.
