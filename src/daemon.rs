@@ -29,7 +29,7 @@ use crate::journal::Journal;
 use crate::log::{event, say};
 use crate::metrics::Metrics;
 use crate::outcome::{AttemptLog, Outcome, PROCESSED, State, free_key, sanitize};
-use crate::request::{self, Candidate, Rejection, Request, request_stem};
+use crate::request::{self, Candidate, Rejection, Request, is_valid_name, request_stem};
 use crate::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::sandbox::Termination;
 use crate::snapshot::Snapshot;
@@ -711,10 +711,11 @@ impl Daemon {
         let key = match &rejection.id {
             Some(id) if !self.is_taken(id) => id.clone(),
             Some(id) => free_key(id, |k| self.is_taken(k)),
-            None => {
-                let stem = request_stem(&entry.name).unwrap_or(&entry.name);
-                free_key(&sanitize(stem), |k| self.is_taken(k))
-            }
+            // No id could be read: the default id, the file stem, where it is a valid unused one.
+            None => match request_stem(&entry.name) {
+                Some(stem) if is_valid_name(stem) && !self.is_taken(stem) => stem.to_owned(),
+                stem => free_key(&sanitize(stem.unwrap_or(&entry.name)), |k| self.is_taken(k)),
+            },
         };
         let error = self.cfg.redactor.redact(&rejection.error);
         event("reject", Some(&key), &format!("rejected: {error}"));
@@ -1102,7 +1103,10 @@ fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
     if path.is_dir() {
         return Ok(());
     }
-    fs::DirBuilder::new().recursive(true).mode(mode).create(path)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 

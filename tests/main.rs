@@ -13,6 +13,8 @@ mod concurrency;
 mod confinement;
 #[path = "main/everyday.rs"]
 mod everyday;
+#[path = "main/operations.rs"]
+mod operations;
 #[path = "main/pipeline.rs"]
 mod pipeline;
 #[path = "main/rejected.rs"]
