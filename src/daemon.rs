@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::outcome::{AttemptLog, Outcome, PROCESSED, State, free_key, sanitize};
 use crate::request::{self, Candidate, Rejection, Request, is_valid_name, request_stem};
 use crate::runner::{self, Plan, Report, RunnerError, Stop};
-use crate::sandbox::Termination;
+use crate::sandbox::{InFlight, Termination};
 use crate::snapshot::Snapshot;
 use crate::sync::{Sync, SyncError};
 
@@ -78,6 +78,8 @@ enum Event {
 struct Running {
     /// Set when the handler's run ended; its outcome is not recorded yet.
     ended: bool,
+    /// The handler process while one runs, for the watchdog.
+    in_flight: Arc<InFlight>,
     entry: InboxEntry,
     request: Request,
     /// Logs of attempts before a crash, for a run resumed as a later attempt.
@@ -107,6 +109,8 @@ pub(crate) struct Daemon {
     running: HashMap<String, Running>,
     /// Reports of runs that ended, recorded once the next requests are started.
     finished: Vec<Report>,
+    /// Runs the watchdog recorded `abandoned`: a report that still comes is ignored.
+    watchdogged: std::collections::HashSet<String>,
     /// Where handlers and their run folders live on disk; removed at exit.
     scratch: tempfile::TempDir,
     events: Receiver<Event>,
@@ -207,6 +211,7 @@ impl Daemon {
             snapshot: None,
             running: HashMap::new(),
             finished: Vec::new(),
+            watchdogged: std::collections::HashSet::new(),
             scratch,
             events,
             sender,
@@ -283,6 +288,7 @@ impl Daemon {
             for report in std::mem::take(&mut self.finished) {
                 self.finish(report)?;
             }
+            self.watchdog()?;
             if self.push_due(backlog) {
                 self.push_step()?;
             }
@@ -353,6 +359,19 @@ impl Daemon {
         if let Some(limit) = at_most {
             deadline = deadline.min(Instant::now() + limit);
         }
+        // Wake for the watchdog too: a stuck run sends no event. A run whose handler has not started
+        // yet has no deadline, so look again within a second while anything runs.
+        for run in self.running.values().filter(|r| !r.ended) {
+            deadline = deadline.min(match run.in_flight.get() {
+                Some((_, started)) => {
+                    started
+                        + run.request.timeout
+                        + run.request.route.spec.grace * 2
+                        + Duration::from_millis(50)
+                }
+                None => Instant::now() + Duration::from_secs(1),
+            });
+        }
         if let Some(since) = self.unpushed_since {
             deadline = deadline.min((since + self.cfg.push_batch).max(self.next_push));
         }
@@ -373,6 +392,14 @@ impl Daemon {
 
     fn handle(&mut self, event: Event) -> Result<(), DaemonError> {
         match event {
+            Event::Finished(report) if self.watchdogged.remove(&report.key) => {
+                crate::log::event(
+                    "watchdog",
+                    Some(&report.key),
+                    "a run recorded abandoned by the watchdog reported after all; its report is ignored",
+                );
+                Ok(())
+            }
             Event::Finished(report) => {
                 // Recorded after the next request is started: its handler runs while this one's
                 // outcome is committed.
@@ -505,6 +532,63 @@ impl Daemon {
             self.record(&outcome)?;
         }
         Ok(())
+    }
+
+    /// The stale-run watchdog: a run whose handler started longer ago than its timeout plus twice its
+    /// grace, and whose process is gone, while its worker never reported, is recorded `abandoned`
+    /// (with what its log holds and a line saying why). The sandbox kills every handler by then, so
+    /// this only fires when a worker is stuck; the request does not stay in flight for ever.
+    fn watchdog(&mut self) -> Result<(), DaemonError> {
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, run)| !run.ended)
+            .filter_map(|(key, run)| {
+                let (pid, started) = run.in_flight.get()?;
+                let limit = run.request.timeout + run.request.route.spec.grace * 2;
+                let alive = Path::new(&format!("/proc/{pid}")).exists();
+                (started.elapsed() > limit && !alive).then(|| key.clone())
+            })
+            .collect();
+        for key in stale {
+            let run = self.running.remove(&key).expect("listed from running");
+            let attempt = self.journal_attempt(&key);
+            let mut log = fs::read(self.journal.log_path(&key, attempt)).unwrap_or_default();
+            let why = format!(
+                "the run was in flight longer than its timeout plus grace ({}) with no live handler \
+                 process; the stale-run watchdog recorded it abandoned",
+                humantime::format_duration(run.request.timeout + run.request.route.spec.grace * 2)
+            );
+            log.extend_from_slice(format!("\n[git-dispatch: {why}]\n").as_bytes());
+            let mut outcome = self.outcome(
+                &run.entry,
+                key.clone(),
+                Some(run.request.kind.clone()),
+                State::Abandoned,
+            );
+            outcome.handler = Some(run.request.route.handler_path.clone());
+            outcome.handler_blob = run.request.route.handler_blob;
+            outcome.attempts = attempt;
+            outcome.logs = run.prior_logs;
+            outcome.logs.push(AttemptLog::from_bytes(log));
+            outcome.error = Some(why.clone());
+            event("watchdog", Some(&key), &format!("abandoned: {why}"));
+            self.watchdogged.insert(key);
+            self.record(&outcome)?;
+        }
+        Ok(())
+    }
+
+    /// The attempt the journal says a run is at (1 when it cannot tell).
+    fn journal_attempt(&self, key: &str) -> u32 {
+        self.journal
+            .entries()
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.key == key)
+            .map_or(1, |e| e.attempt)
     }
 
     /// Looks at the remote's head; fetches and reconciles only when it moved.
@@ -801,6 +885,7 @@ impl Daemon {
                 }
             ),
         );
+        let in_flight = Arc::new(InFlight::default());
         let plan = Plan {
             key: key.clone(),
             request_path: entry.path.clone(),
@@ -816,6 +901,7 @@ impl Daemon {
             redactor: self.cfg.redactor.clone(),
             journal: Arc::clone(&self.journal),
             stop: Arc::clone(&self.stop),
+            in_flight: Arc::clone(&in_flight),
             request: request.clone(),
         };
         let sender = self.sender.clone();
@@ -826,6 +912,7 @@ impl Daemon {
             key,
             Running {
                 ended: false,
+                in_flight,
                 entry,
                 request,
                 prior_logs,

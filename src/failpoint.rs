@@ -5,6 +5,8 @@
 //! Stages: `fetch` (a fetch has downloaded but not updated the branch), `taken` (a run is journaled,
 //! its handler not started), `running` (the handler runs), `committed` (an outcome is committed
 //! locally, not pushed), `push` (the remote has updated its ref, the push has not returned).
+//! One stage hangs instead of dying: `stuck` (a run's worker never reports after its handler ended),
+//! for the stale-run watchdog.
 
 /// Dies here if the fail point `stage` is armed.
 #[inline]
@@ -13,6 +15,20 @@ pub(crate) fn hit(stage: &str) {
     if std::env::var("GIT_DISPATCH_FAILPOINT").is_ok_and(|armed| armed == stage) {
         crate::log::say(&format!("fail point `{stage}`: killing the dispatcher"));
         let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = stage;
+}
+
+/// Blocks the calling thread for good if the fail point `stage` is armed.
+#[inline]
+pub(crate) fn hang(stage: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("GIT_DISPATCH_FAILPOINT").is_ok_and(|armed| armed == stage) {
+        crate::log::say(&format!("fail point `{stage}`: this run's worker hangs"));
+        loop {
+            std::thread::park();
+        }
     }
     #[cfg(not(debug_assertions))]
     let _ = stage;

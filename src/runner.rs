@@ -18,7 +18,7 @@ use crate::journal::{self, Journal};
 use crate::lock::{LockError, ResourceLock};
 use crate::outcome::rfc3339;
 use crate::request::Request;
-use crate::sandbox::{self, Finished, Identity, Job, Limits, SandboxError, Termination};
+use crate::sandbox::{self, Finished, Identity, InFlight, Job, Limits, SandboxError, Termination};
 use crate::secrets::Redactor;
 use crate::snapshot::HandlersDir;
 
@@ -67,6 +67,8 @@ pub(crate) struct Plan {
     pub redactor: Redactor,
     pub journal: Arc<Journal>,
     pub stop: Arc<Stop>,
+    /// The handler process while one runs, for the daemon's watchdog.
+    pub in_flight: Arc<InFlight>,
 }
 
 /// One attempt's result and where its log was captured.
@@ -167,7 +169,9 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
             log_limit: plan.log_limit,
             redactor: plan.redactor.clone(),
             marker: ("DISPATCH_ID".to_owned(), plan.key.clone()),
+            in_flight: &plan.in_flight,
         });
+        crate::failpoint::hang("stuck");
         let _ = fs::remove_dir_all(&work);
         let attempt = Attempt {
             number,
@@ -190,6 +194,8 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
                 humantime::format_duration(delay)
             ),
         );
+        // Waiting to retry is not a run in flight: nothing for the watchdog to judge.
+        plan.in_flight.set(None);
         if plan.stop.wait(delay) {
             return Ok(());
         }

@@ -66,6 +66,21 @@ pub(crate) struct Limits {
     pub file_size: Option<u64>,
 }
 
+/// The handler process of a run while it lives, and since when: what the daemon's watchdog looks at.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight(std::sync::Mutex<Option<(u32, Instant)>>);
+
+impl InFlight {
+    pub(crate) fn set(&self, value: Option<(u32, Instant)>) {
+        *self.0.lock().expect("no thread panics holding it") = value;
+    }
+
+    /// The handler's pid and when it started, while one runs.
+    pub(crate) fn get(&self) -> Option<(u32, Instant)> {
+        *self.0.lock().expect("no thread panics holding it")
+    }
+}
+
 /// Everything one run needs.
 pub(crate) struct Job<'a> {
     pub program: &'a Path,
@@ -86,6 +101,8 @@ pub(crate) struct Job<'a> {
     /// descendants that escape the process group (and are re-parented to the dispatcher, a child
     /// subreaper), so they can be found and killed.
     pub marker: (String, String),
+    /// Told the handler's pid when it starts (the runner clears it while it waits to retry).
+    pub in_flight: &'a InFlight,
 }
 
 /// How the handler's process ended.
@@ -142,6 +159,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         source,
     })?;
     let pgid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+    job.in_flight.set(Some((child.id(), clock)));
     crate::failpoint::hit("running");
 
     let stdin = child.stdin.take();

@@ -1018,3 +1018,38 @@ fn second_dispatcher_on_the_same_workdir_exits_2_in_use() {
     first.terminate();
     first.wait(DEADLINE).assert_exit(0);
 }
+
+#[test]
+fn a_stuck_run_is_recorded_abandoned_by_the_watchdog() {
+    // The `stuck` fail point makes the run's worker hang after its handler exited, so no report ever
+    // comes: only the stale-run watchdog (timeout plus twice the grace, no live handler process) can
+    // take the request out of flight.
+    let world = World::new().build();
+    world.handler("hangs.sh", "#!/bin/sh\necho 'handler done'\n");
+    world.index(&format!(
+        "{DEFAULT_INDEX}hangs:\n  handler: hangs.sh\n  timeout: 1s\n  grace: 500ms\n"
+    ));
+    world.publish("a kind whose runs get stuck");
+    world.submit("stuck-one.yml", "kind: hangs\n");
+    let mut cmd = world.run_command(world.remote_arg(), &["--until-empty"]);
+    cmd.env("GIT_DISPATCH_FAILPOINT", "stuck");
+    let out = world.output(cmd);
+    out.assert_exit(0);
+    assert!(out.stderr.contains("watchdog"), "{out}");
+
+    let clone = world.fresh_clone();
+    let status = clone.status("stuck-one");
+    assert_eq!(status["state"], "abandoned", "{status:#}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(error.contains("watchdog"), "{error}");
+    let log = clone.read_string("logs/stuck-one.log").expect("a log");
+    assert!(
+        log.starts_with("handler done\n"),
+        "the handler's output is kept: {log}"
+    );
+    assert!(
+        log.contains("stale-run watchdog"),
+        "the log says why: {log}"
+    );
+    assert_eq!(clone.ls("requests"), [".gitkeep"], "the inbox is empty");
+}
