@@ -28,7 +28,8 @@ use crate::inbox::{Inbox, InboxEntry};
 use crate::journal::Journal;
 use crate::log::{event, say};
 use crate::metrics::Metrics;
-use crate::outcome::{AttemptLog, Outcome, PROCESSED, State, free_key, sanitize};
+use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
+use crate::recorded::Recorded;
 use crate::request::{self, Candidate, Rejection, Request, is_valid_name, request_stem};
 use crate::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::sandbox::{InFlight, Termination};
@@ -109,6 +110,8 @@ pub(crate) struct Daemon {
     running: HashMap<String, Running>,
     /// Reports of runs that ended, recorded once the next requests are started.
     finished: Vec<Report>,
+    /// The keys with an outcome at the tip, kept in step with `processed/`.
+    recorded: std::cell::RefCell<Recorded>,
     /// Runs the watchdog recorded `abandoned`: a report that still comes is ignored.
     watchdogged: std::collections::HashSet<String>,
     /// Where handlers and their run folders live on disk; removed at exit.
@@ -212,6 +215,7 @@ impl Daemon {
             running: HashMap::new(),
             finished: Vec::new(),
             watchdogged: std::collections::HashSet::new(),
+            recorded: std::cell::RefCell::default(),
             scratch,
             events,
             sender,
@@ -765,12 +769,11 @@ impl Daemon {
         if self.running.contains_key(key) {
             return true;
         }
-        let path = format!("{PROCESSED}/{key}.status.json");
-        self.sync
-            .tip()
-            .and_then(|tip| self.sync.repo.find_commit(tip).ok())
-            .and_then(|c| c.tree().ok())
-            .is_some_and(|t| t.get_path(Path::new(&path)).is_ok())
+        self.sync.tip().is_some_and(|tip| {
+            self.recorded
+                .borrow_mut()
+                .contains(&self.sync.repo, tip, key)
+        })
     }
 
     fn refresh_snapshot(&mut self, tip: Oid) -> Result<(), DaemonError> {
@@ -988,7 +991,10 @@ impl Daemon {
         if let Some(error) = &outcome.error {
             outcome.error = Some(self.cfg.redactor.redact(error));
         }
-        outcome.record(&self.sync)?;
+        let tip = outcome.record(&self.sync)?;
+        self.recorded
+            .borrow_mut()
+            .add(&self.sync.repo, tip, &outcome.key);
         crate::failpoint::hit("committed");
         self.metrics.recorded(
             outcome.kind.as_deref(),

@@ -33,6 +33,7 @@ mod lock;
 pub mod log;
 mod metrics;
 mod outcome;
+mod recorded;
 mod replay;
 mod request;
 mod router;

@@ -475,9 +475,10 @@ fn configure_libgit2() {
         git2::opts::strict_hash_verification(false);
         // SAFETY: called once, before any repository is opened by this process.
         unsafe {
-            let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 64 << 20);
+            // Bounded: every outcome makes new trees, and a large cache only fills with dead ones.
+            let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 16 << 20);
             let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Commit, 1 << 20);
-            let _ = git2::opts::set_cache_max_size(256 << 20);
+            let _ = git2::opts::set_cache_max_size(24 << 20);
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(15_000);
             let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
         }
