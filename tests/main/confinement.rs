@@ -15,15 +15,14 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    DEFAULT_INDEX, World, git_command, id, line_value, root_or_skip, running_as_root, sha256_hex,
-    wait_until,
+    DEFAULT_INDEX, Strays, World, git_command, id, line_value, root_or_skip, running_as_root,
+    sha256_hex,
 };
 
 /// One entry of `handlers/index.yml`: `handler` and the given `key: value` settings.
@@ -40,73 +39,6 @@ fn entry(kind: &str, handler: &str, settings: &[&str]) -> String {
 /// The default index plus `entries`.
 fn index_with(entries: &[String]) -> String {
     format!("{DEFAULT_INDEX}{}", entries.concat())
-}
-
-/// `sleep` processes a run may leave behind, told apart by their argument: a whole number of seconds
-/// (hours: never done by the time a test looks) with this test process's pid as the fraction, so
-/// neither parallel tests nor another test run on the same host share it. Only live processes count
-/// (zombies are dead). Dropping it SIGKILLs them, so a failing test does not leave them on the host.
-struct Strays {
-    /// `sleep SECONDS.PID`, as a handler script writes it.
-    command: String,
-    /// The same as `/proc/PID/cmdline` shows it.
-    cmdline: Vec<u8>,
-}
-
-impl Strays {
-    fn sleeping(seconds: u32) -> Self {
-        let arg = format!("{seconds}.{}", std::process::id());
-        Self {
-            command: format!("sleep {arg}"),
-            cmdline: format!("sleep\0{arg}\0").into_bytes(),
-        }
-    }
-
-    fn pids(&self) -> Vec<i32> {
-        let Ok(procs) = fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        procs
-            .flatten()
-            .filter_map(|entry| {
-                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-                let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
-                // `pid (comm) state ...`: the last `)` ends comm.
-                let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-                let alive = state != "Z" && state != "X";
-                (alive && fs::read(entry.path().join("cmdline")).ok()? == self.cmdline)
-                    .then_some(pid)
-            })
-            .collect()
-    }
-
-    /// Panics if one is still alive. The run has ended, so anything killed was killed before: SIGKILL
-    /// is delivered at once, but a loaded machine may take a moment to schedule the exit, so half a
-    /// second is allowed (against a sleep of hours).
-    #[track_caller]
-    fn assert_gone(&self, what: &str) {
-        let mut left = Vec::new();
-        let gone = wait_until(Duration::from_millis(500), || {
-            left = self.pids();
-            left.is_empty()
-        });
-        assert!(
-            gone,
-            "{what}: `{}` still runs after the dispatcher exited (pids {left:?})",
-            self.command
-        );
-    }
-}
-
-impl Drop for Strays {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 /// Prints who the handler runs as.

@@ -21,7 +21,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::support::{
-    Background, DEFAULT_INDEX, GitDaemon, World, free_port, git_command, wait_until,
+    Background, DEFAULT_INDEX, GitDaemon, Strays, World, add_kinds, free_port, git_command,
+    wait_until,
 };
 
 /// How long a dispatcher process of these tests may run before the test gives up on it.
@@ -36,19 +37,6 @@ fn gated_handler(world: &World) -> String {
          while [ ! -e '{markers}/go' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n\
          echo \"gated run of $DISPATCH_ID done\"\n"
     )
-}
-
-/// Adds kinds to the seeded index (each `(kind, handler script, extra index lines)`), commits, pushes.
-fn add_kinds(world: &World, kinds: &[(&str, &str, &str)]) {
-    let mut index = DEFAULT_INDEX.to_owned();
-    for (kind, script, extra) in kinds {
-        world.handler(&format!("{kind}.sh"), script);
-        index.push_str(&format!(
-            "{kind}:\n  handler: {kind}.sh\n  timeout: 30s\n  grace: 1s\n{extra}"
-        ));
-    }
-    world.index(&index);
-    world.publish("add the kinds of this test");
 }
 
 /// `git --git-dir <the bare remote> args...`: trimmed stdout, `None` if git fails.
@@ -111,52 +99,6 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 fn send(dispatcher: &Background, signal: Signal) {
     let pid = Pid::from_raw(i32::try_from(dispatcher.pid()).expect("pids fit in i32"));
     kill(pid, signal).unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
-}
-
-/// Live processes whose command line is exactly `sleep SECONDS.PID` (this test process's pid as the
-/// fraction, so no other test or test run shares it). Dropping it SIGKILLs them, so a failing test
-/// leaves nothing running.
-struct Sleepers {
-    /// `sleep SECONDS.PID`, as the handler script writes it.
-    command: String,
-    /// The same as `/proc/PID/cmdline` shows it.
-    cmdline: Vec<u8>,
-}
-
-impl Sleepers {
-    fn of(seconds: u32) -> Self {
-        let arg = format!("{seconds}.{}", std::process::id());
-        Self {
-            command: format!("sleep {arg}"),
-            cmdline: format!("sleep\0{arg}\0").into_bytes(),
-        }
-    }
-
-    fn pids(&self) -> Vec<i32> {
-        let Ok(procs) = fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        procs
-            .flatten()
-            .filter_map(|entry| {
-                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-                let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
-                // `pid (comm) state ...`: the last `)` ends comm; zombies are dead.
-                let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-                let alive = state != "Z" && state != "X";
-                (alive && fs::read(entry.path().join("cmdline")).ok()? == self.cmdline)
-                    .then_some(pid)
-            })
-            .collect()
-    }
-}
-
-impl Drop for Sleepers {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
 }
 
 /// `git-dispatch doctor` with the options `run` would get.
@@ -542,7 +484,7 @@ fn sigterm_during_a_run_records_and_pushes_it_and_takes_nothing_new() {
 #[test]
 fn a_second_sigint_exits_130_at_once_and_the_handler_dies_with_the_dispatcher() {
     let world = World::new().build();
-    let sleepers = Sleepers::of(30);
+    let sleepers = Strays::sleeping(30);
     let long = format!(
         "#!/bin/sh\ntouch '{}/started-'\"$DISPATCH_ID\"\nexec {}\n",
         world.markers.display(),

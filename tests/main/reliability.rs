@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Checkout, DEFAULT_INDEX, World, free_port, git_command, wait_until};
+use crate::support::{
+    Checkout, DEFAULT_INDEX, World, add_kinds, free_port, git_command, wait_until,
+};
 
 /// How long a dispatcher process of these tests may run before it is killed and the test fails.
 const DEADLINE: Duration = Duration::from_secs(40);
@@ -35,19 +37,6 @@ fn counting_handler(world: &World, tail: &str) -> String {
          echo \"attempt $DISPATCH_ATTEMPT of $DISPATCH_ID\"\n{tail}",
         world.markers.display()
     )
-}
-
-/// Adds kinds to the seeded index (each `(kind, handler script, extra index lines)`), commits, pushes.
-fn add_kinds(world: &World, kinds: &[(&str, &str, &str)]) {
-    let mut index = DEFAULT_INDEX.to_owned();
-    for (kind, script, extra) in kinds {
-        world.handler(&format!("{kind}.sh"), script);
-        index.push_str(&format!(
-            "{kind}:\n  handler: {kind}.sh\n  timeout: 30s\n  grace: 1s\n{extra}"
-        ));
-    }
-    world.index(&index);
-    world.publish("add the kinds of this test");
 }
 
 /// How many times the counting handler ran for `id` (the attempt numbers it saw).

@@ -919,3 +919,83 @@ fn harness_formats_unix_times_as_rfc3339_utc() {
     assert!(instant_key("2026-01-01T12:00:01Z") < instant_key("2026-01-01T12:00:01.5Z"));
     assert!(instant_key("2026-01-01T12:00:01.25+00:00") < instant_key("2026-01-01T12:00:01.3Z"));
 }
+
+/// Adds kinds to the seeded index (each `(kind, handler script, extra index lines)`), commits, pushes.
+pub fn add_kinds(world: &World, kinds: &[(&str, &str, &str)]) {
+    let mut index = DEFAULT_INDEX.to_owned();
+    for (kind, script, extra) in kinds {
+        world.handler(&format!("{kind}.sh"), script);
+        index.push_str(&format!(
+            "{kind}:\n  handler: {kind}.sh\n  timeout: 30s\n  grace: 1s\n{extra}"
+        ));
+    }
+    world.index(&index);
+    world.publish("add the kinds of this test");
+}
+
+/// `sleep` processes a run may leave behind, told apart by their argument: a whole number of seconds
+/// (hours: never done by the time a test looks) with this test process's pid as the fraction, so
+/// neither parallel tests nor another test run on the same host share it. Only live processes count
+/// (zombies are dead). Dropping it SIGKILLs them, so a failing test does not leave them on the host.
+pub struct Strays {
+    /// `sleep SECONDS.PID`, as a handler script writes it.
+    pub command: String,
+    /// The same as `/proc/PID/cmdline` shows it.
+    cmdline: Vec<u8>,
+}
+
+impl Strays {
+    pub fn sleeping(seconds: u32) -> Self {
+        let arg = format!("{seconds}.{}", std::process::id());
+        Self {
+            command: format!("sleep {arg}"),
+            cmdline: format!("sleep\0{arg}\0").into_bytes(),
+        }
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+                // `pid (comm) state ...`: the last `)` ends comm.
+                let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+                let alive = state != "Z" && state != "X";
+                (alive && fs::read(entry.path().join("cmdline")).ok()? == self.cmdline)
+                    .then_some(pid)
+            })
+            .collect()
+    }
+
+    /// Panics if one is still alive. The run has ended, so anything killed was killed before: SIGKILL
+    /// is delivered at once, but a loaded machine may take a moment to schedule the exit, so half a
+    /// second is allowed (against a sleep of hours).
+    #[track_caller]
+    pub fn assert_gone(&self, what: &str) {
+        let mut left = Vec::new();
+        let gone = wait_until(Duration::from_millis(500), || {
+            left = self.pids();
+            left.is_empty()
+        });
+        assert!(
+            gone,
+            "{what}: `{}` still runs after the dispatcher exited (pids {left:?})",
+            self.command
+        );
+    }
+}
+
+impl Drop for Strays {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
