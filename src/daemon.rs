@@ -1230,7 +1230,7 @@ fn remove_stale_locks(repo: &Path) {
 }
 
 /// Exponential backoff with full jitter: a random delay up to `base * 2^(n-1)`, capped.
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     let ceiling = BACKOFF_BASE
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(BACKOFF_MAX);

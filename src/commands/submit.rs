@@ -8,7 +8,6 @@ use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
 
 use git2::Oid;
 
@@ -24,8 +23,6 @@ use crate::view::{DirView, RepoView, TreeView, short};
 
 /// Pushes tried before giving up (exit 3), each after a `git pull --rebase` when the remote moved.
 const PUSH_ATTEMPTS: u32 = 5;
-/// The wait after a push that failed for another reason (the remote unreachable), doubling.
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 pub(crate) fn run(args: &SubmitArgs) -> Result<(), CommandError> {
     let checkout = Checkout::open(args.repo.as_deref()).map_err(CommandError::config)?;
@@ -189,7 +186,6 @@ fn push(
     id: &str,
     commit: Oid,
 ) -> Result<Oid, CommandError> {
-    let mut backoff = FIRST_BACKOFF;
     let mut last_error = None;
     for attempt in 1..=PUSH_ATTEMPTS {
         let error = match checkout.push(upstream) {
@@ -223,8 +219,8 @@ fn push(
         };
         last_error = Some(error);
         if attempt < PUSH_ATTEMPTS {
-            thread::sleep(backoff);
-            backoff *= 2;
+            // The same backoff as the dispatcher's pushes: doubling, with jitter.
+            thread::sleep(crate::daemon::backoff(attempt));
         }
     }
     let last = last_error.map_or_else(String::new, |e| format!(": {e}"));
