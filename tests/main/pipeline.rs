@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::{
-    DEFAULT_INDEX, GitDaemon, World, git_command, instant_key, sha256_hex, utc_rfc3339,
-};
+use crate::support::{DEFAULT_INDEX, GitDaemon, World, instant_key, sha256_hex, utc_rfc3339};
 
 const HELLO: &str = "kind: echo\nparams:\n  name: world\n";
 
@@ -307,55 +305,5 @@ fn drained_inbox_runs_again_to_exit_zero_without_pushing() {
         world.fresh_clone().git(&["rev-parse", "HEAD"]),
         tip,
         "a run over an empty inbox pushed something"
-    );
-}
-
-#[test]
-fn workdir_holds_outcomes_in_merged_packs_and_no_loose_objects() {
-    // Each run fetches (a pack) and records (a pack): fourteen runs leave 28 packs unless the
-    // dispatcher merges them, which it does past 8.
-    let world = World::new().build();
-    let runs = 14;
-    for n in 1..=runs {
-        world.submit(&format!("r{n:02}.yml"), "kind: echo\n");
-        world.run(&[]).assert_exit(0);
-    }
-
-    let drained = world.fresh_clone();
-    for n in 1..=runs {
-        assert_eq!(drained.status(&format!("r{n:02}"))["state"], "succeeded");
-    }
-    let git = |args: &[&str]| {
-        let out = git_command(&world.home, &world.root)
-            .arg("--git-dir")
-            .arg(world.work.join("repo.git"))
-            .args(args)
-            .output()
-            .expect("git runs");
-        assert!(
-            out.status.success(),
-            "git {args:?} in the workdir failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let counts = git(&["count-objects", "-v"]);
-    let count = |key: &str| -> usize {
-        counts
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{key}: ")))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("no `{key}` in:\n{counts}"))
-    };
-    assert_eq!(count("count"), 0, "loose objects in the workdir:\n{counts}");
-    assert!(
-        count("packs") <= 9,
-        "the workdir's packs were not merged:\n{counts}"
-    );
-    // Every object the branch needs is there, and the branch is what the remote holds.
-    git(&["fsck", "--full", "--no-dangling", "refs/heads/main"]);
-    assert_eq!(
-        git(&["rev-parse", "refs/heads/main"]).trim(),
-        drained.git(&["rev-parse", "HEAD"])
     );
 }
