@@ -105,11 +105,6 @@ pub(crate) struct Daemon {
     sync: Sync,
     inbox: Inbox,
     snapshot: Option<Snapshot>,
-    /// Keys of outcomes committed in memory and not yet written out; their journal entries stay open
-    /// until they are (see [`Daemon::persist`]).
-    staged: Vec<String>,
-    /// Whether merging the workdir's packs failed once (said once, not tried again).
-    maintenance_failed: bool,
     /// Requests whose handler runs now, or ran and waits in `finished` to be recorded, by key. Their
     /// files are still in `requests/` at the tip.
     running: HashMap<String, Running>,
@@ -217,8 +212,6 @@ impl Daemon {
             sync,
             inbox: Inbox::default(),
             snapshot: None,
-            staged: Vec::new(),
-            maintenance_failed: false,
             running: HashMap::new(),
             finished: Vec::new(),
             watchdogged: std::collections::HashSet::new(),
@@ -604,8 +597,6 @@ impl Daemon {
 
     /// Looks at the remote's head; fetches and reconciles only when it moved.
     fn sync_step(&mut self) -> Result<(), DaemonError> {
-        // A reconcile may move the branch, which writes out what is staged.
-        self.persist()?;
         let result = (|| {
             let head = self.sync.probe()?;
             if head.is_none() || head != self.sync.remote_tip() || self.sync.tip().is_none() {
@@ -629,7 +620,6 @@ impl Daemon {
                     ));
                 }
                 self.sync_failures = 0;
-                self.maintain();
                 self.metrics.synced();
                 self.next_sync = Instant::now() + self.cfg.poll_interval;
                 Ok(())
@@ -1005,15 +995,15 @@ impl Daemon {
         self.recorded
             .borrow_mut()
             .add(&self.sync.repo, tip, &outcome.key);
-        self.staged.push(outcome.key.clone());
+        crate::failpoint::hit("committed");
         self.metrics.recorded(
             outcome.kind.as_deref(),
             &outcome.state.to_string(),
             outcome.duration,
         );
-        if self.sync.staging_full() {
-            self.persist()?;
-        }
+        self.journal
+            .finish(&outcome.key)
+            .map_err(io_err("journal"))?;
         self.summary.recorded += 1;
         *self
             .summary
@@ -1024,32 +1014,6 @@ impl Daemon {
         self.checked_when_empty = false;
         self.show_progress();
         Ok(())
-    }
-
-    /// Writes the outcomes committed in memory to the workdir, then closes their journal entries:
-    /// from here on a crash finds them committed, not interrupted.
-    fn persist(&mut self) -> Result<(), DaemonError> {
-        if self.sync.persist()? == 0 && self.staged.is_empty() {
-            return Ok(());
-        }
-        crate::failpoint::hit("committed");
-        for key in std::mem::take(&mut self.staged) {
-            self.journal.finish(&key).map_err(io_err("journal"))?;
-        }
-        Ok(())
-    }
-
-    /// Merges the workdir's packs when there are many; after a failure, says so and stops trying.
-    fn maintain(&mut self) {
-        if self.maintenance_failed {
-            return;
-        }
-        if let Err(e) = self.sync.maintain() {
-            say(&format!(
-                "{e}; the workdir's packs are no longer merged, which slows lookups over time"
-            ));
-            self.maintenance_failed = true;
-        }
     }
 
     /// `--until-empty` on a terminal: done of total and the rate, at most once a second.
@@ -1083,7 +1047,6 @@ impl Daemon {
     }
 
     fn push_step(&mut self) -> Result<(), DaemonError> {
-        self.persist()?;
         let pending = self.sync.unpushed_commits()?.len();
         if pending == 0 {
             self.unpushed_since = None;
@@ -1097,7 +1060,6 @@ impl Daemon {
                 event("push", None, &format!("pushed {pending} outcome(s)"));
                 self.push_failures = 0;
                 self.unpushed_since = None;
-                self.maintain();
                 Ok(())
             }
             Err(e) if e.is_transient() => {

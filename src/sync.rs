@@ -7,29 +7,20 @@
 //! push, never a rewrite of anyone else's commit).
 
 use std::cell::{Cell, RefCell};
-use std::ffi::{c_int, c_void};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use git2::build::TreeUpdateBuilder;
 use git2::{
-    Binding, Commit, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode, Oid,
-    PushOptions, RemoteCallbacks, Repository, Signature, Sort,
+    Commit, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode, Oid, PushOptions,
+    RemoteCallbacks, Repository, Signature, Sort,
 };
 use thiserror::Error;
 
 const REMOTE: &str = "origin";
 /// A trailer every outcome commit carries: how the dispatcher recognises its own commits.
 pub(crate) const ID_TRAILER: &str = "Dispatch-Id";
-/// Staged outcomes are written out once there are this many of them, or this many bytes of new
-/// objects, even when no push is due.
-const STAGE_MAX_COMMITS: usize = 256;
-const STAGE_MAX_BYTES: usize = 2 << 20;
-/// More packs than this in the workdir are merged (see [`Sync::maintain`]).
-const MAX_PACKS: usize = 8;
-/// Above the loose (1) and pack (2) backends: new objects go to memory first, and are found there.
-const STAGE_PRIORITY: i32 = 1000;
 /// Credential callbacks are asked again after every failure; past this many, give up.
 const MAX_CREDENTIAL_ATTEMPTS: u32 = 3;
 
@@ -116,8 +107,6 @@ pub(crate) struct Reconciled {
 
 pub(crate) struct Sync {
     pub repo: Repository,
-    /// Where new objects go until [`Sync::persist`] writes them out as one pack.
-    staging: Staging,
     pub url: String,
     access: Access,
     /// The bare clone's folder, for the `git` command line transport.
@@ -168,10 +157,8 @@ impl Sync {
                 wanted: url.to_owned(),
             });
         }
-        let staging = Staging::attach(&repo).map_err(workdir_err)?;
         Ok(Self {
             repo,
-            staging,
             url: url.to_owned(),
             access,
             path: path.to_owned(),
@@ -191,10 +178,7 @@ impl Sync {
 
     /// The local tip: the remote's tip plus unpushed outcomes. `None` before the first fetch.
     pub(crate) fn tip(&self) -> Option<Oid> {
-        self.staging
-            .tip
-            .get()
-            .or_else(|| self.repo.refname_to_id(&self.local_ref()).ok())
+        self.repo.refname_to_id(&self.local_ref()).ok()
     }
 
     /// The remote's tip as last fetched or pushed.
@@ -331,75 +315,8 @@ impl Sync {
         Ok(walk.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Points the local branch at `oid`, after writing out whatever is staged: a ref on disk never
-    /// names an object that is only in memory.
     fn set_tip(&self, oid: Oid, why: &str) -> Result<(), SyncError> {
-        self.write_staged()?;
-        self.staging.clear();
         self.repo.reference(&self.local_ref(), oid, true, why)?;
-        Ok(())
-    }
-
-    /// Whether the staged outcomes are many or large enough to be written out now, whatever the
-    /// push schedule: this bounds both the memory they take and what a crash can lose.
-    pub(crate) fn staging_full(&self) -> bool {
-        self.staging.commits.get() >= STAGE_MAX_COMMITS
-            || self.staging.bytes.get() >= STAGE_MAX_BYTES
-    }
-
-    /// Writes the outcomes committed in memory to the workdir as one pack and moves the local branch
-    /// to them. Returns how many outcome commits were written.
-    pub(crate) fn persist(&self) -> Result<usize, SyncError> {
-        let Some(tip) = self.staging.tip.get() else {
-            return Ok(0);
-        };
-        let commits = self.staging.commits.get();
-        self.set_tip(tip, "git-dispatch: record outcomes")?;
-        Ok(commits)
-    }
-
-    /// Merges the workdir's small packs once there are more than [`MAX_PACKS`] (each persist and each
-    /// fetch adds one; libgit2 looks an object up in every pack, and it cannot repack): `git repack
-    /// --geometric=2` rolls up only the small ones, so this costs what they hold, not the history.
-    /// Returns what went wrong, if anything: packs then keep accumulating, nothing else is affected.
-    pub(crate) fn maintain(&mut self) -> Result<(), String> {
-        if self.staging.tip.get().is_some() || self.pack_count() <= MAX_PACKS {
-            return Ok(());
-        }
-        let output = self
-            .git_command(&["repack", "-d", "-q", "--geometric=2"])
-            .output()
-            .map_err(|e| format!("could not run `git` to merge the workdir's packs: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "`git repack --geometric=2` failed (git 2.32 or later is needed): {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        // The packs libgit2 had open are gone: start again from what is on disk now.
-        self.repo = Repository::open_bare(&self.path).map_err(|e| e.to_string())?;
-        self.staging = Staging::attach(&self.repo).map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
-    fn pack_count(&self) -> usize {
-        fs::read_dir(self.path.join("objects").join("pack")).map_or(0, |dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".pack"))
-                .count()
-        })
-    }
-
-    /// One pack of every object in the staging area (none when it is empty), then an empty area.
-    fn write_staged(&self) -> Result<(), SyncError> {
-        if self.staging.object_count()? == 0 {
-            return Ok(());
-        }
-        let mut builder = self.repo.packbuilder()?;
-        builder.set_threads(1);
-        self.staging.add_to(&mut builder)?;
-        builder.write(&self.path.join("objects").join("pack"), 0)?;
-        self.staging.reset()?;
         Ok(())
     }
 
@@ -493,48 +410,13 @@ impl Sync {
         let oid = self
             .repo
             .commit(None, &signature, &signature, message, &tree, &[&parent])?;
-        self.staging.staged(oid, self.new_bytes(&tree, edits));
+        self.set_tip(oid, "git-dispatch: record an outcome")?;
         Ok(oid)
-    }
-
-    /// About how many bytes of new objects a commit of `edits` made: the trees on the edited paths
-    /// and the blobs written. Flat `processed/` and `logs/` trees grow with the history, and this is
-    /// what bounds the memory a batch of staged commits can take.
-    fn new_bytes(&self, root: &git2::Tree<'_>, edits: &[Edit]) -> usize {
-        let Ok(odb) = self.repo.odb() else {
-            return 0;
-        };
-        let size = |oid: Oid| odb.read_header(oid).map_or(0, |(size, _)| size);
-        let mut dirs: Vec<&str> = Vec::new();
-        let mut bytes = size(root.id());
-        for edit in edits {
-            let path = match edit {
-                Edit::Upsert { path, oid, .. } => {
-                    bytes += size(*oid);
-                    path
-                }
-                Edit::Remove { path } => path,
-            };
-            let mut end = 0;
-            while let Some(slash) = path[end..].find('/') {
-                end += slash;
-                let dir = &path[..end];
-                if !dirs.contains(&dir) {
-                    dirs.push(dir);
-                    if let Ok(entry) = root.get_path(Path::new(dir)) {
-                        bytes += size(entry.id());
-                    }
-                }
-                end += 1;
-            }
-        }
-        bytes
     }
 
     /// One push of the local branch. A ref the server refuses is an error even though libgit2 reports
     /// success for it.
     pub(crate) fn push(&self) -> Result<(), SyncError> {
-        self.persist()?;
         let Some(local) = self.tip() else {
             return Ok(());
         };
@@ -720,80 +602,5 @@ impl Sync {
         self.repo
             .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
         Ok(())
-    }
-}
-
-/// The in-memory object store (libgit2's mempack backend) where outcome commits are made, and what
-/// was committed there since it was last written out.
-///
-/// Writing every outcome's five to seven objects as loose files cost more than anything else the
-/// dispatcher does per request (file creation, a directory per object, zlib); staged objects are
-/// written as one pack per batch instead. The local branch moves only after they are on disk, and a
-/// run's journal entry is closed only then, so a crash loses nothing that is not in the journal.
-struct Staging {
-    /// Owned and freed by the repository's object database, which lives as long as `Sync::repo`.
-    backend: MempackRaw,
-    /// The newest staged commit: the local tip while something is staged.
-    tip: Cell<Option<Oid>>,
-    commits: Cell<usize>,
-    bytes: Cell<usize>,
-}
-
-type MempackRaw = <git2::Mempack<'static> as Binding>::Raw;
-
-// From libgit2's `git2/sys/mempack.h` (libgit2 1.9, vendored by libgit2-sys 0.18); the git2 crate
-// does not bind these two.
-unsafe extern "C" {
-    fn git_mempack_object_count(count: *mut usize, backend: *mut c_void) -> c_int;
-    fn git_mempack_write_thin_pack(backend: *mut c_void, builder: *mut c_void) -> c_int;
-}
-
-impl Staging {
-    fn attach(repo: &Repository) -> Result<Self, git2::Error> {
-        let odb = repo.odb()?;
-        let backend = odb.add_new_mempack_backend(STAGE_PRIORITY)?.raw();
-        Ok(Self {
-            backend,
-            tip: Cell::new(None),
-            commits: Cell::new(0),
-            bytes: Cell::new(0),
-        })
-    }
-
-    fn staged(&self, commit: Oid, bytes: usize) {
-        self.tip.set(Some(commit));
-        self.commits.set(self.commits.get() + 1);
-        self.bytes.set(self.bytes.get() + bytes);
-    }
-
-    fn clear(&self) {
-        self.tip.set(None);
-        self.commits.set(0);
-        self.bytes.set(0);
-    }
-
-    fn object_count(&self) -> Result<usize, git2::Error> {
-        let mut count = 0;
-        // SAFETY: `backend` is a live mempack backend (see the field); `count` is a valid out pointer.
-        let rc = unsafe { git_mempack_object_count(&mut count, self.backend.cast()) };
-        if rc < 0 {
-            return Err(git2::Error::last_error(rc));
-        }
-        Ok(count)
-    }
-
-    /// Adds every staged object to `builder` (objects only, not what they reference).
-    fn add_to(&self, builder: &mut git2::PackBuilder<'_>) -> Result<(), git2::Error> {
-        // SAFETY: both pointers are live: the backend as above, the builder borrowed for the call.
-        let rc = unsafe { git_mempack_write_thin_pack(self.backend.cast(), builder.raw().cast()) };
-        if rc < 0 {
-            return Err(git2::Error::last_error(rc));
-        }
-        Ok(())
-    }
-
-    fn reset(&self) -> Result<(), git2::Error> {
-        // SAFETY: `backend` is a live mempack backend (see the field).
-        unsafe { git2::Mempack::from_raw(self.backend) }.reset()
     }
 }
