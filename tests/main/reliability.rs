@@ -12,9 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::TcpStream;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -46,31 +45,6 @@ fn runs(world: &World, id: &str) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-/// Runs `cmd` to its end (within `DEADLINE`) and returns how it ended and its stderr. Unlike
-/// `World::output`, this keeps the signal that killed it.
-fn run_to_end(world: &World, mut cmd: Command, label: &str) -> (ExitStatus, String) {
-    let stderr_path = world.root.join(format!("{label}.stderr"));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&stderr_path).expect("create stderr file"));
-    let mut child = cmd.spawn().expect("spawn the dispatcher");
-    let mut status = None;
-    let ended = wait_until(DEADLINE, || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    if !ended {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-    assert!(
-        ended,
-        "{label}: still running after {DEADLINE:?}, killed; stderr:\n{stderr}"
-    );
-    (status.expect("ended"), stderr)
 }
 
 /// `git --git-dir DIR args...` in the world's hermetic environment; trimmed stdout.
@@ -201,11 +175,11 @@ fn crash_then_restart(stage: &str, over_git_daemon: bool) -> Crashed {
 
     let mut crashing = world.run_command(&url, &["--until-empty"]);
     crashing.env("GIT_DISPATCH_FAILPOINT", stage);
-    let (status, stderr) = run_to_end(&world, crashing, &format!("crash-at-{stage}"));
+    let crashed = world.spawn(crashing).wait(DEADLINE);
     assert_eq!(
-        status.signal(),
+        crashed.signal,
         Some(9),
-        "the run armed with fail point `{stage}` did not die by SIGKILL ({status}); stderr:\n{stderr}"
+        "the run armed with fail point `{stage}` did not die by SIGKILL\n{crashed}"
     );
     let pushed_before_restart = outcome_ids(&world, &world.remote);
 
@@ -402,8 +376,8 @@ fn stale_branch_lock_left_by_a_crash_does_not_stop_the_restart() {
     world.submit("locked-b.yml", "kind: tally\n");
     let mut crashing = world.run_command(world.remote_arg(), &["--until-empty"]);
     crashing.env("GIT_DISPATCH_FAILPOINT", "committed");
-    let (status, stderr) = run_to_end(&world, crashing, "crash-at-committed");
-    assert_eq!(status.signal(), Some(9), "{status}; stderr:\n{stderr}");
+    let crashed = world.spawn(crashing).wait(DEADLINE);
+    assert_eq!(crashed.signal, Some(9), "{crashed}");
     // What such a kill leaves (seen in a soak run): an empty lock file next to the branch.
     let lock = world.work.join("repo.git/refs/heads/main.lock");
     fs::write(&lock, "").expect("leave a stale lock");
@@ -444,8 +418,8 @@ fn idempotent_kind_interrupted_by_a_crash_runs_again_as_attempt_2() {
 
     let mut crashing = world.run_command(world.remote_arg(), &["--until-empty"]);
     crashing.env("GIT_DISPATCH_FAILPOINT", "running");
-    let (status, stderr) = run_to_end(&world, crashing, "crash-at-running");
-    assert_eq!(status.signal(), Some(9), "{status}; stderr:\n{stderr}");
+    let crashed = world.spawn(crashing).wait(DEADLINE);
+    assert_eq!(crashed.signal, Some(9), "{crashed}");
     world.run(&[]).assert_exit(0);
 
     let clone = world.fresh_clone();

@@ -719,6 +719,8 @@ impl Checkout {
 /// What a finished dispatcher process left: exit code (`None` if killed by a signal), output, time.
 pub struct RunOutput {
     pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
@@ -742,8 +744,8 @@ impl fmt::Display for RunOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "exit code: {:?} after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.elapsed, self.stdout, self.stderr
+            "exit code: {:?}, signal: {:?}, after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.signal, self.elapsed, self.stdout, self.stderr
         )
     }
 }
@@ -809,6 +811,7 @@ impl Background {
         let status = status.expect("exited");
         RunOutput {
             code: status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status),
             stdout: fs::read_to_string(&self.stdout).unwrap_or_default(),
             stderr: fs::read_to_string(&self.stderr).unwrap_or_default(),
             elapsed: self.started.elapsed(),
