@@ -268,7 +268,7 @@ pub struct CloneArgs {
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// The request's id (as recorded: `processed/ID.status.json`).
+    /// The request's id (as recorded: `processed/…/ID.status.json`).
     pub id: String,
 
     /// Also print the log of each attempt.

@@ -26,10 +26,10 @@ use thiserror::Error;
 use crate::config::{Mode, RunConfig, local_path};
 use crate::inbox::{Inbox, InboxEntry};
 use crate::journal::Journal;
+use crate::layout;
 use crate::log::{event, say};
 use crate::metrics::Metrics;
 use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
-use crate::recorded::Recorded;
 use crate::request::{self, Candidate, Rejection, Request, is_valid_name, request_stem};
 use crate::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::sandbox::{InFlight, Termination};
@@ -110,8 +110,6 @@ pub(crate) struct Daemon {
     running: HashMap<String, Running>,
     /// Reports of runs that ended, recorded once the next requests are started.
     finished: Vec<Report>,
-    /// The keys with an outcome at the tip, kept in step with `processed/`.
-    recorded: std::cell::RefCell<Recorded>,
     /// Runs the watchdog recorded `abandoned`: a report that still comes is ignored.
     watchdogged: std::collections::HashSet<String>,
     /// Where handlers and their run folders live on disk; removed at exit.
@@ -215,7 +213,6 @@ impl Daemon {
             running: HashMap::new(),
             finished: Vec::new(),
             watchdogged: std::collections::HashSet::new(),
-            recorded: std::cell::RefCell::default(),
             scratch,
             events,
             sender,
@@ -770,9 +767,8 @@ impl Daemon {
             return true;
         }
         self.sync.tip().is_some_and(|tip| {
-            self.recorded
-                .borrow_mut()
-                .contains(&self.sync.repo, tip, key)
+            let tree = self.sync.repo.find_commit(tip).and_then(|c| c.tree());
+            tree.is_ok_and(|tree| layout::is_recorded(&tree, key))
         })
     }
 
@@ -991,10 +987,7 @@ impl Daemon {
         if let Some(error) = &outcome.error {
             outcome.error = Some(self.cfg.redactor.redact(error));
         }
-        let tip = outcome.record(&self.sync)?;
-        self.recorded
-            .borrow_mut()
-            .add(&self.sync.repo, tip, &outcome.key);
+        outcome.record(&self.sync)?;
         crate::failpoint::hit("committed");
         self.metrics.recorded(
             outcome.kind.as_deref(),

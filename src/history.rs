@@ -12,7 +12,7 @@ use serde_yaml::Value as Yaml;
 use thiserror::Error;
 
 use crate::inbox::{Inbox, InboxEntry};
-use crate::outcome::{LOGS, PROCESSED};
+use crate::layout::Place;
 use crate::request::{parse_yaml_mapping, request_stem};
 use crate::sync::ID_TRAILER;
 use crate::view::{RepoView, TreeView, short};
@@ -119,34 +119,36 @@ impl<'r> History<'r> {
         Ok(None)
     }
 
-    /// `processed/ID.status.json` at commit `at`, parsed; `None` when there is none.
-    pub(crate) fn status(&self, id: &str, at: Oid) -> Result<Option<Json>, HistoryError> {
-        let path = format!("{PROCESSED}/{id}.status.json");
-        let Some(bytes) = self.read(at, &path)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| HistoryError::Unreadable {
-                path,
-                commit: short(at),
-                message: e.to_string(),
-            })
+    /// `processed/…/ID.status.json` at commit `at` (sharded, else flat as older versions wrote it),
+    /// parsed, with the place it was found; `None` when there is none.
+    pub(crate) fn status(&self, id: &str, at: Oid) -> Result<Option<(Place, Json)>, HistoryError> {
+        for place in Place::ALL {
+            let path = place.status(id);
+            let Some(bytes) = self.read(at, &path)? else {
+                continue;
+            };
+            return serde_json::from_slice(&bytes)
+                .map(|json| Some((place, json)))
+                .map_err(|e| HistoryError::Unreadable {
+                    path,
+                    commit: short(at),
+                    message: e.to_string(),
+                });
+        }
+        Ok(None)
     }
 
-    /// The log of each attempt of `id` at the tip, oldest first: `logs/ID.log`, `logs/ID.2.log`, ...
+    /// The log of each attempt of `id` at the tip, oldest first, in `place`: `logs/…/ID.log`,
+    /// `logs/…/ID.2.log`, ...
     pub(crate) fn logs(
         &self,
         id: &str,
+        place: Place,
         attempts: u64,
     ) -> Result<Vec<(String, Vec<u8>)>, HistoryError> {
         let mut logs = Vec::new();
         for attempt in 1..=attempts.max(1) {
-            let path = if attempt == 1 {
-                format!("{LOGS}/{id}.log")
-            } else {
-                format!("{LOGS}/{id}.{attempt}.log")
-            };
+            let path = place.log(id, attempt);
             if let Some(bytes) = self.read(self.tip, &path)? {
                 logs.push((path, bytes));
             }

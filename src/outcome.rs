@@ -1,6 +1,6 @@
-//! [`Outcome`]: what became of one request, and how it is written down: `processed/KEY.yml` (the
-//! request's own blob, so byte for byte by construction), `processed/KEY.status.json`, `logs/KEY.log`,
-//! and the removal of the request from `requests/`, all in one commit whose trailers make the history
+//! [`Outcome`]: what became of one request, and how it is written down: `processed/…/KEY.yml` (the
+//! request's own blob, so byte for byte by construction), `processed/…/KEY.status.json`,
+//! `logs/…/KEY.log` (in the shard folders of [`crate::layout`]), and the removal of the request from `requests/`, all in one commit whose trailers make the history
 //! queryable (`git log --format='%(trailers:key=Dispatch-State)'`).
 
 use std::fmt;
@@ -10,10 +10,8 @@ use git2::{FileMode, Oid};
 use serde::Serialize;
 
 use crate::capture::LogSummary;
+use crate::layout::Place;
 use crate::sync::{Edit, ID_TRAILER, Sync, SyncError};
-
-pub(crate) const PROCESSED: &str = "processed";
-pub(crate) const LOGS: &str = "logs";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,7 +77,7 @@ pub(crate) struct Outcome {
     pub attempts: u32,
     /// `requests/<name>`: removed by the outcome commit.
     pub request_path: String,
-    /// The request's blob; copied to `processed/KEY.yml` when `request_is_file`.
+    /// The request's blob; copied to `processed/…/KEY.yml` when `request_is_file`.
     pub request_blob: Oid,
     pub request_is_file: bool,
     pub submitted_in: Oid,
@@ -95,7 +93,7 @@ pub(crate) struct Outcome {
     pub logs: Vec<AttemptLog>,
 }
 
-/// `processed/ID.status.json`. Fields may be added, never removed.
+/// `processed/…/ID.status.json`. Fields may be added, never removed.
 #[derive(Serialize)]
 struct StatusFile<'a> {
     id: &'a str,
@@ -122,13 +120,9 @@ struct StatusFile<'a> {
 }
 
 impl Outcome {
-    /// `logs/KEY.log` for the first attempt, `logs/KEY.N.log` for attempt N.
+    /// `logs/…/KEY.log` for the first attempt, `logs/…/KEY.N.log` for attempt N.
     pub(crate) fn log_path(&self, attempt: usize) -> String {
-        if attempt <= 1 {
-            format!("{LOGS}/{}.log", self.key)
-        } else {
-            format!("{LOGS}/{}.{attempt}.log", self.key)
-        }
+        Place::Sharded.log(&self.key, attempt as u64)
     }
 
     pub(crate) fn status_json(&self) -> String {
@@ -205,13 +199,13 @@ impl Outcome {
         }];
         if self.request_is_file {
             edits.push(Edit::Upsert {
-                path: format!("{PROCESSED}/{}.yml", self.key),
+                path: Place::Sharded.request(&self.key),
                 oid: self.request_blob,
                 mode: FileMode::Blob,
             });
         }
         edits.push(Edit::Upsert {
-            path: format!("{PROCESSED}/{}.status.json", self.key),
+            path: Place::Sharded.status(&self.key),
             oid: sync.blob(self.status_json().as_bytes())?,
             mode: FileMode::Blob,
         });

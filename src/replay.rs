@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::config::RunConfig;
 use crate::daemon::Daemon;
+use crate::layout;
 
 /// Status fields that differ between two runs of the same fixture.
 const VOLATILE: [&str; 8] = [
@@ -238,36 +239,25 @@ fn outcome(remote: &Repository, request_path: &str) -> anyhow::Result<Actual> {
             .with_context(|| format!("the outcome has no `{path}`"))?;
         Ok(remote.find_blob(entry.id())?.content().to_vec())
     };
-    let processed = tree
-        .get_path(Path::new("processed"))
-        .context("no outcome was recorded")?;
-    let processed = remote.find_tree(processed.id())?;
     let mut status = None;
-    for entry in &processed {
-        let name = entry.name().unwrap_or_default();
-        if name.ends_with(".status.json") {
-            let value: Value = serde_json::from_slice(remote.find_blob(entry.id())?.content())?;
-            if value["request"] == request_path {
-                status = Some(value);
-            }
+    for (key, place, blob) in layout::statuses(remote, &tree)? {
+        let value: Value = serde_json::from_slice(remote.find_blob(blob)?.content())?;
+        if value["request"] == request_path {
+            status = Some((key, place, value));
         }
     }
-    let Some(mut status) = status else {
+    let Some((key, place, mut status)) = status else {
         bail!("no outcome was recorded for `{request_path}`");
     };
     let mut files = BTreeMap::new();
-    let key = status["id"].as_str().unwrap_or_default().to_owned();
     let attempts = status["attempts"].as_u64().unwrap_or(0).max(1);
     for attempt in 1..=attempts {
-        let (log, expected) = if attempt == 1 {
-            (format!("logs/{key}.log"), "expected.log".to_owned())
+        let expected = if attempt == 1 {
+            "expected.log".to_owned()
         } else {
-            (
-                format!("logs/{key}.{attempt}.log"),
-                format!("expected.{attempt}.log"),
-            )
+            format!("expected.{attempt}.log")
         };
-        if let Ok(bytes) = read(&log) {
+        if let Ok(bytes) = read(&place.log(&key, attempt)) {
             files.insert(expected, bytes);
         }
     }

@@ -276,8 +276,7 @@ impl Sync {
                 continue;
             };
             let base_commit = self.repo.find_commit(base)?;
-            let status = format!("processed/{key}.status.json");
-            if base_commit.tree()?.get_path(Path::new(&status)).is_ok() {
+            if crate::layout::is_recorded(&base_commit.tree()?, &key) {
                 // The remote already holds an outcome for this key: recording ours would be a second one.
                 result.already_recorded.push(key);
                 continue;

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::playground::{Playground, git_output};
 use crate::cli::DemoArgs;
 use crate::error::CommandError;
+use crate::layout;
 
 const REQUESTS: &[(&str, &str)] = &[
     (
@@ -68,13 +69,11 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CommandError> {
 }
 
 fn print_outcomes(check: &Path) -> anyhow::Result<()> {
+    let repo = git2::Repository::open(check)?;
     let mut rows = Vec::new();
-    for entry in std::fs::read_dir(check.join("processed"))? {
-        let path = entry?.path();
-        if path.to_string_lossy().ends_with(".status.json") {
-            let status: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-            rows.push(status);
-        }
+    for (_, _, blob) in layout::statuses(&repo, &repo.head()?.peel_to_tree()?)? {
+        let status: Value = serde_json::from_slice(repo.find_blob(blob)?.content())?;
+        rows.push(status);
     }
     rows.sort_by_key(|s| s["finished_at"].as_str().unwrap_or_default().to_owned());
     println!(

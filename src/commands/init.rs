@@ -47,14 +47,15 @@ A pushed request is immutable; to change your mind, submit another one.
 ## Outcomes
 
 For request `ID`, one commit by the dispatcher removes `requests/ID.yml` and adds
-`processed/ID.yml` (the request as it ran), `processed/ID.status.json` (its `state`: `succeeded`,
-`failed`, `timed_out`, `rejected`, `abandoned` or `cancelled`, with the exit code, times and any
-error) and `logs/ID.log`.
+`processed/S/ID.yml` (the request as it ran), `processed/S/ID.status.json` (its `state`:
+`succeeded`, `failed`, `timed_out`, `rejected`, `abandoned` or `cancelled`, with the exit code,
+times and any error) and `logs/S/ID.log`. `S` is a shard, three folders named by the first three hex
+digits of the SHA-256 of the id (`hello` is in `2/c/f`), so that no folder grows with the history.
 
     git pull
-    cat processed/ID.status.json logs/ID.log
-    git-dispatch status           # the queue, recent outcomes, the last 24 hours
     git-dispatch show ID --log    # one request's outcome and log
+    git-dispatch status           # the queue, recent outcomes, the last 24 hours
+    cat processed/$(printf %s ID | sha256sum | sed 's|^\(.\)\(.\)\(.\).*|\1/\2/\3|')/ID.status.json
 
 ## Golden fixtures
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::playground::{Playground, git_output};
 use crate::error::CommandError;
+use crate::layout::Place;
 
 pub(crate) fn run() -> Result<(), CommandError> {
     crate::log::silence();
@@ -27,7 +28,7 @@ fn check() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("the dispatcher failed: {e}"))?;
     let check = playground.fresh_clone()?;
     let status = |id: &str| -> anyhow::Result<Value> {
-        let path = check.join(format!("processed/{id}.status.json"));
+        let path = check.join(Place::Sharded.status(id));
         let bytes = fs::read(&path).with_context(|| format!("no outcome for `{id}`"))?;
         Ok(serde_json::from_slice(&bytes)?)
     };
@@ -37,7 +38,8 @@ fn check() -> anyhow::Result<()> {
         "`ok` is {}, not succeeded",
         ok["state"]
     );
-    let log = fs::read_to_string(check.join("logs/ok.log")).context("no log for `ok`")?;
+    let log =
+        fs::read_to_string(check.join(Place::Sharded.log("ok", 1))).context("no log for `ok`")?;
     ensure!(
         log.contains("message: selftest"),
         "the log of `ok` lacks the request: {log}"

@@ -9,12 +9,13 @@ use crate::cli::ShowArgs;
 use crate::commands::status::{Paint, age, duration, fetched_tip, now, rfc3339};
 use crate::error::CommandError;
 use crate::history::{History, Recorded, Waiting};
+use crate::layout::Place;
 use crate::view::short;
 
 pub(crate) fn run(args: &ShowArgs) -> Result<(), CommandError> {
     let id = args.id.as_str();
-    // Record keys are ids, or for a duplicate or an invalid id `NAME~N`; nothing else can be a path
-    // inside `processed/`.
+    // Record keys are ids, or for a duplicate or an invalid id `NAME~N`; nothing else can be a file
+    // name inside `processed/`.
     if id.is_empty()
         || id.starts_with('.')
         || !id
@@ -29,13 +30,16 @@ pub(crate) fn run(args: &ShowArgs) -> Result<(), CommandError> {
     let tip = fetched_tip(&checkout, args.clone.no_fetch)?;
     let history = History::new(&checkout.repo, tip.oid);
     let status = history.status(id, tip.oid).map_err(CommandError::config)?;
-    let Some(status) = status else {
+    let Some((place, status)) = status else {
         return queued(&history, &tip, id, args.json);
     };
+    let path = place.status(id);
     let recording = history.recording(id).map_err(CommandError::config)?;
     let logs = if args.log {
         let attempts = status["attempts"].as_u64().unwrap_or(1);
-        history.logs(id, attempts).map_err(CommandError::config)?
+        history
+            .logs(id, place, attempts)
+            .map_err(CommandError::config)?
     } else {
         Vec::new()
     };
@@ -43,6 +47,7 @@ pub(crate) fn run(args: &ShowArgs) -> Result<(), CommandError> {
         let report = json!({
             "id": id,
             "state": status["state"],
+            "path": path,
             "status": status,
             "commit": recording.as_ref().map(commit_json),
             "logs": args.log.then(|| logs.iter().map(|(path, bytes)| json!({
@@ -53,7 +58,7 @@ pub(crate) fn run(args: &ShowArgs) -> Result<(), CommandError> {
         println!("{report:#}");
         return Ok(());
     }
-    print_status(id, &status, recording.as_ref(), Paint::stdout());
+    print_status(id, &path, &status, recording.as_ref(), Paint::stdout());
     for (path, bytes) in &logs {
         println!("\n--- {path} ---");
         let text = String::from_utf8_lossy(bytes);
@@ -73,11 +78,12 @@ fn queued(history: &History<'_>, tip: &Tip, id: &str, json: bool) -> Result<(), 
     let queue = history.queue().map_err(CommandError::config)?;
     let Some(waiting) = queue.iter().find(|w| w.id == id) else {
         return Err(CommandError::subject(anyhow::anyhow!(
-            "no request `{id}` at `{}` ({}): neither an outcome (`processed/{id}.status.json`) nor \
-             a request waiting in `requests/`; check the id (`git-dispatch status` lists recent ones), \
+            "no request `{id}` at `{}` ({}): neither an outcome (`{}`) nor a \
+             request waiting in `requests/`; check the id (`git-dispatch status` lists recent ones), \
              or push it if it was submitted with --no-push",
             tip.name,
-            short(tip.oid)
+            short(tip.oid),
+            Place::Sharded.status(id),
         )));
     };
     let now = now();
@@ -126,7 +132,7 @@ fn commit_json(recorded: &Recorded) -> Json {
     })
 }
 
-fn print_status(id: &str, status: &Json, recording: Option<&Recorded>, paint: Paint) {
+fn print_status(id: &str, path: &str, status: &Json, recording: Option<&Recorded>, paint: Paint) {
     let text = |key: &str| status[key].as_str().map(str::to_owned);
     let state = text("state").unwrap_or_else(|| "unknown".to_owned());
     let mut detail = Vec::new();
@@ -166,6 +172,7 @@ fn print_status(id: &str, status: &Json, recording: Option<&Recorded>, paint: Pa
             }),
         ),
         ("dispatcher", text("dispatcher")),
+        ("status", Some(path.to_owned())),
     ];
     for (label, value) in rows {
         if let Some(value) = value {

@@ -83,7 +83,11 @@ fn outcomes(
             *counts.entry(recorded.state.clone()).or_default() += 1;
         }
         if recent.len() < RECENT {
-            let status = history.status(&recorded.id, recorded.commit).ok().flatten();
+            let status = history
+                .status(&recorded.id, recorded.commit)
+                .ok()
+                .flatten()
+                .map(|(_, status)| status);
             recent.push((recorded, status));
         }
     }

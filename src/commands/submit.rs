@@ -16,7 +16,7 @@ use crate::cli::SubmitArgs;
 use crate::commands::validate;
 use crate::draft::Draft;
 use crate::error::CommandError;
-use crate::outcome::PROCESSED;
+use crate::layout::Place;
 use crate::request::{INBOX, is_valid_name};
 use crate::router::Catalog;
 use crate::view::{DirView, RepoView, TreeView, short};
@@ -93,7 +93,8 @@ fn draft(args: &SubmitArgs) -> Result<Draft, CommandError> {
 /// in the working tree or at the upstream as last fetched.
 fn ensure_unused(checkout: &Checkout, id: &str) -> Result<(), CommandError> {
     let paths = [
-        format!("{PROCESSED}/{id}.status.json"),
+        Place::Sharded.status(id),
+        Place::Flat.status(id),
         format!("{INBOX}/{id}.yml"),
         format!("{INBOX}/{id}.yaml"),
     ];

@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use crate::cli::ValidateArgs;
 use crate::error::CommandError;
+use crate::layout::Place;
 use crate::request::{self, Candidate};
 use crate::router::Catalog;
 use crate::view::{DirView, EntryType, RepoView};
@@ -80,8 +81,9 @@ pub(crate) fn check_file(
         max_size: DEFAULT_MAX_SIZE,
     };
     let stem_id = |id: &str| {
-        view.exists(&format!("processed/{id}.status.json"))
-            .unwrap_or(false)
+        Place::ALL
+            .iter()
+            .any(|place| view.exists(&place.status(id)).unwrap_or(false))
     };
     request::check(&candidate, || fs::read(&absolute), catalog, &stem_id)
         .map(|_| ())

@@ -21,8 +21,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    DEFAULT_INDEX, Strays, World, git_command, id, line_value, root_or_skip, running_as_root,
-    sha256_hex,
+    DEFAULT_INDEX, Strays, World, git_command, id, line_value, log_file, root_or_skip,
+    running_as_root, sha256_hex,
 };
 
 /// One entry of `handlers/index.yml`: `handler` and the given `key: value` settings.
@@ -80,7 +80,7 @@ fn as_root_the_handler_runs_as_nobody_with_only_nobodys_groups() {
 
     let log = world
         .fresh_clone()
-        .read_string("logs/who.log")
+        .read_string(&log_file("who", 1))
         .expect("the log is committed");
     assert_eq!(
         line_value(&log, "UID"),
@@ -115,7 +115,7 @@ fn run_as_root_runs_the_handler_as_uid_0_and_warns() {
 
     let log = world
         .fresh_clone()
-        .read_string("logs/who.log")
+        .read_string(&log_file("who", 1))
         .expect("the log is committed");
     assert_eq!(line_value(&log, "UID"), "0");
     assert!(
@@ -177,7 +177,9 @@ fn a_one_gib_allocation_fails_under_memory_100mib_and_succeeds_under_2gib() {
 
     let clone = world.fresh_clone();
     let small = clone.status("hog-small");
-    let small_log = clone.read_string("logs/hog-small.log").unwrap_or_default();
+    let small_log = clone
+        .read_string(&log_file("hog-small", 1))
+        .unwrap_or_default();
     assert_eq!(
         small["state"], "failed",
         "1 GiB fit under `memory: 100MiB`: {small:#}\n{small_log}"
@@ -187,7 +189,9 @@ fn a_one_gib_allocation_fails_under_memory_100mib_and_succeeds_under_2gib() {
         "the allocation did not fail with MemoryError:\n{small_log}"
     );
     let large = clone.status("hog-large");
-    let large_log = clone.read_string("logs/hog-large.log").unwrap_or_default();
+    let large_log = clone
+        .read_string(&log_file("hog-large", 1))
+        .unwrap_or_default();
     assert_eq!(
         large["state"], "succeeded",
         "the control failed: {large:#}\n{large_log}"
@@ -225,7 +229,7 @@ fn a_fork_loop_hits_nproc_and_leaves_no_process_behind() {
     let clone = world.fresh_clone();
     let status = clone.status("forker");
     let log = clone
-        .read_string("logs/forker.log")
+        .read_string(&log_file("forker", 1))
         .expect("the log is committed");
     assert!(
         status["state"] == "failed" || status["state"] == "timed_out",
@@ -336,7 +340,7 @@ echo "CHAIN-SID=$(cut -d' ' -f6 /proc/$(cat chain.pid)/stat)"
     let clone = world.fresh_clone();
     let status = clone.status("escape");
     let log = clone
-        .read_string("logs/escape.log")
+        .read_string(&log_file("escape", 1))
         .expect("the log is committed");
     assert_eq!(status["state"], "succeeded", "{status:#}\n{log}");
     let own = line_value(&log, "MY-SID");
@@ -458,7 +462,7 @@ fn a_listed_secret_reaches_the_handler_and_no_encoding_of_it_reaches_the_log_or_
     let clone = world.fresh_clone();
     let status = clone.status("leaky");
     let log = clone
-        .read_string("logs/leaky.log")
+        .read_string(&log_file("leaky", 1))
         .expect("the log is committed");
     assert_eq!(status["state"], "succeeded", "{status:#}\n{log}");
     let digest = sha256_hex(API_TOKEN.as_bytes());
@@ -548,7 +552,7 @@ fn a_secret_the_host_does_not_define_rejects_the_request_naming_it() {
     let clone = world.fresh_clone();
     let status = clone.status("needy");
     let log = clone
-        .read_string("logs/needy.log")
+        .read_string(&log_file("needy", 1))
         .expect("the log is committed");
     assert_eq!(status["state"], "rejected", "{status:#}\n{log}");
     let error = status["error"].as_str().expect("a rejection has an error");
@@ -642,7 +646,9 @@ fn an_output_under_the_cap_is_logged_byte_for_byte_with_its_length_and_digest() 
     world.run(&[]).assert_exit(0);
 
     let clone = world.fresh_clone();
-    let log = clone.read("logs/small.log").expect("the log is committed");
+    let log = clone
+        .read(&log_file("small", 1))
+        .expect("the log is committed");
     assert_eq!(
         String::from_utf8_lossy(&log),
         String::from_utf8_lossy(OUTPUT),
@@ -700,7 +706,9 @@ fn a_50_mb_output_is_capped_with_head_and_tail_and_the_full_length_and_digest_re
     assert_eq!(status["log_truncated"], true, "{status:#}");
     assert_eq!(status["log_sha256"], digest.as_str(), "{status:#}");
 
-    let log = clone.read("logs/flood.log").expect("the log is committed");
+    let log = clone
+        .read(&log_file("flood", 1))
+        .expect("the log is committed");
     let text = String::from_utf8_lossy(&log);
     let start = text
         .find("\n[git-dispatch: ")
@@ -875,7 +883,7 @@ echo "DONE"
 
     let log = world
         .fresh_clone()
-        .read_string("logs/intrude.log")
+        .read_string(&log_file("intrude", 1))
         .expect("the log is committed");
     assert_eq!(
         line_value(&log, "CWD-OWNER"),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{DEFAULT_INDEX, RunOutput, World, git_command};
+use crate::support::{DEFAULT_INDEX, RunOutput, World, git_command, log_file, processed};
 
 /// A kind whose handler prints the params it was given, as JSON.
 const PARAMS_HANDLER: &str = "#!/bin/sh\necho \"params: $DISPATCH_PARAMS\"\n";
@@ -123,7 +123,7 @@ fn submit_writes_typed_nested_params_commits_only_that_file_and_the_dispatcher_r
     world.run(&[]).assert_exit(0);
     let clone = world.fresh_clone();
     assert_eq!(clone.status("typed-1")["state"], "succeeded");
-    let log = clone.read_string("logs/typed-1.log").expect("a log");
+    let log = clone.read_string(&log_file("typed-1", 1)).expect("a log");
     for typed in [
         "\"n\":3",
         "\"flag\":true",
@@ -428,6 +428,7 @@ fn show_prints_the_state_and_the_recording_commit_and_with_log_the_log() {
     out.assert_exit(0);
     let report = json(&out);
     assert_eq!(report["state"], "succeeded");
+    assert_eq!(report["path"], processed("shown", "status.json"));
     assert_eq!(report["status"]["kind"], "echo");
     assert!(
         report["commit"]["subject"]
@@ -442,6 +443,67 @@ fn show_prints_the_state_and_the_recording_commit_and_with_log_the_log() {
         out.stdout.contains("queued"),
         "not reported as queued:\n{out}"
     );
+}
+
+/// Versions before the shards wrote `processed/ID.status.json` and `logs/ID.log` flat. Such an
+/// outcome still uses its id (for the dispatcher, `submit` and `validate`), and `show` finds it.
+#[test]
+fn outcomes_recorded_flat_by_earlier_versions_keep_their_ids_and_show() {
+    let world = World::new().build();
+    let request = "kind: echo\nid: legacy\n";
+    let status = r#"{"id": "legacy", "kind": "echo", "state": "succeeded", "attempts": 1,
+        "request": "requests/legacy.yml", "log": "logs/legacy.log"}
+"#;
+    let flat = [
+        ("processed/legacy.yml", request),
+        ("processed/legacy.status.json", status),
+        ("logs/legacy.log", "the legacy run's log\n"),
+    ];
+    for (rel, text) in flat {
+        world.submitter.write(rel, text);
+    }
+    world.publish(
+        "dispatch: legacy succeeded (echo)\n\nDispatch-Id: legacy\nDispatch-Kind: echo\n\
+         Dispatch-State: succeeded\n",
+    );
+
+    let out = in_submitter(&world, &["submit", "echo", "--id", "legacy"]);
+    out.assert_exit(1);
+    assert!(
+        out.stderr.contains("already used") && out.stderr.contains("processed/legacy.status.json"),
+        "submit did not refuse the used id:\n{out}"
+    );
+    world.submitter.write("requests/again.yml", request);
+    let out = in_submitter(&world, &["validate", "requests/again.yml"]);
+    out.assert_exit(1);
+    assert!(out.stderr.contains("legacy"), "validate:\n{out}");
+
+    world.submit("again.yml", request);
+    world.run(&[]).assert_exit(0);
+    let clone = world.fresh_clone();
+    let again = clone.status("legacy~1");
+    assert_eq!(again["state"], "rejected", "{again:#}");
+    assert!(
+        again["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("duplicate") || e.contains("already used")),
+        "{again:#}"
+    );
+    for (rel, text) in flat {
+        assert_eq!(
+            clone.read_string(rel).as_deref(),
+            Some(text),
+            "`{rel}` changed"
+        );
+    }
+
+    let out = in_submitter(&world, &["show", "legacy", "--log", "--json"]);
+    out.assert_exit(0);
+    let report = json(&out);
+    assert_eq!(report["state"], "succeeded", "{out}");
+    assert_eq!(report["path"], "processed/legacy.status.json", "{out}");
+    assert_eq!(report["logs"][0]["path"], "logs/legacy.log", "{out}");
+    assert_eq!(report["logs"][0]["text"], "the legacy run's log\n", "{out}");
 }
 
 #[test]

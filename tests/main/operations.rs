@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::support::{
     Background, DEFAULT_INDEX, GitDaemon, Strays, World, add_kinds, free_port, git_command,
-    wait_until,
+    log_file, processed, wait_until,
 };
 
 /// How long a dispatcher process of these tests may run before the test gives up on it.
@@ -66,7 +66,7 @@ fn remote_has(world: &World, path: &str) -> bool {
 /// The waiting requests and the processed files a fresh clone shows: what "changed nothing" compares.
 fn inbox_and_processed(world: &World) -> (Vec<String>, Vec<String>) {
     let clone = world.fresh_clone();
-    (clone.ls("requests"), clone.ls("processed"))
+    (clone.ls("requests"), clone.files("processed"))
 }
 
 /// `GET path` over HTTP/1.0 on 127.0.0.1:`port`: the status code and the body, `None` if nothing
@@ -368,7 +368,7 @@ fn metrics_count_outcomes_and_healthz_turns_503_when_the_remote_goes_away() {
     ));
 
     let pushed = wait_until(DEADLINE, || {
-        remote_has(&world, "processed/measured.status.json") || !dispatcher.running()
+        remote_has(&world, &processed("measured", "status.json")) || !dispatcher.running()
     });
     assert!(
         pushed && dispatcher.running(),
@@ -461,7 +461,7 @@ fn sigterm_during_a_run_records_and_pushes_it_and_takes_nothing_new() {
     assert_eq!(clone.status("first")["state"], "succeeded", "{out}");
     assert!(
         clone
-            .read_string("logs/first.log")
+            .read_string(&log_file("first", 1))
             .is_some_and(|log| log.contains("gated run of first done")),
         "the run that was interrupted is not logged in full:\n{out}"
     );

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::support::{DEFAULT_INDEX, GitDaemon, World, instant_key, sha256_hex, utc_rfc3339};
+use crate::support::{
+    DEFAULT_INDEX, GitDaemon, World, instant_key, log_file, processed, sha256_hex, utc_rfc3339,
+};
 
 const HELLO: &str = "kind: echo\nparams:\n  name: world\n";
 
@@ -19,7 +21,7 @@ fn succeeded_request_is_recorded_with_its_bytes_status_and_log() {
     let clone = world.fresh_clone();
     assert_eq!(clone.ls("requests"), [".gitkeep"], "the inbox is drained");
     assert_eq!(
-        clone.read("processed/hello.yml").as_deref(),
+        clone.read(&processed("hello", "yml")).as_deref(),
         Some(HELLO.as_bytes()),
         "the request is kept byte for byte"
     );
@@ -35,7 +37,7 @@ fn succeeded_request_is_recorded_with_its_bytes_status_and_log() {
     let request_blob = clone.git(&["rev-parse", &format!("{submitted_in}:requests/hello.yml")]);
     assert_eq!(status["request_blob"], request_blob.as_str());
     assert_eq!(
-        clone.git(&["hash-object", "processed/hello.yml"]),
+        clone.git(&["hash-object", &processed("hello", "yml")]),
         request_blob,
         "what was recorded is the blob that was read"
     );
@@ -75,8 +77,10 @@ fn succeeded_request_is_recorded_with_its_bytes_status_and_log() {
         status["duration_ms"]
     );
 
-    assert_eq!(status["log"], "logs/hello.log");
-    let log = clone.read("logs/hello.log").expect("the log is committed");
+    assert_eq!(status["log"], log_file("hello", 1));
+    let log = clone
+        .read(&log_file("hello", 1))
+        .expect("the log is committed");
     assert_eq!(
         String::from_utf8_lossy(&log),
         "echo handler ran for hello\n",
@@ -125,10 +129,10 @@ fn outcome_is_one_commit_with_subject_and_dispatch_trailers() {
     assert_eq!(
         changes,
         [
-            "A\tlogs/hello.log",
-            "A\tprocessed/hello.status.json",
-            "A\tprocessed/hello.yml",
-            "D\trequests/hello.yml",
+            format!("A\t{}", log_file("hello", 1)),
+            format!("A\t{}", processed("hello", "status.json")),
+            format!("A\t{}", processed("hello", "yml")),
+            "D\trequests/hello.yml".to_owned(),
         ]
     );
 }
@@ -147,7 +151,7 @@ fn log_interleaves_stdout_and_stderr_in_the_order_written() {
 
     let log = world
         .fresh_clone()
-        .read_string("logs/mixed.log")
+        .read_string(&log_file("mixed", 1))
         .expect("the log is committed");
     let positions: Vec<usize> = ["out-1", "err-2", "out-3", "err-4", "out-5"]
         .iter()
@@ -179,7 +183,7 @@ fn nonzero_exit_is_recorded_as_failed_and_run_still_exits_zero() {
     assert_eq!(status["attempts"], 1);
     assert!(
         clone
-            .read_string("logs/doomed.log")
+            .read_string(&log_file("doomed", 1))
             .is_some_and(|log| log.contains("about to fail")),
         "the failed run's log is committed"
     );
@@ -207,7 +211,7 @@ fn handler_running_past_its_timeout_is_killed_and_recorded_as_timed_out() {
     let status = clone.status("nap");
     assert_eq!(status["state"], "timed_out");
     let log = clone
-        .read_string("logs/nap.log")
+        .read_string(&log_file("nap", 1))
         .expect("the log is committed");
     assert!(
         log.contains("started") && !log.contains("never"),
@@ -306,4 +310,46 @@ fn drained_inbox_runs_again_to_exit_zero_without_pushing() {
         tip,
         "a run over an empty inbox pushed something"
     );
+}
+
+/// Git stores a folder as one object listing every entry, and an outcome commit rewrites the folders
+/// it adds to: with outcomes in shard folders (one hex digit each), no folder grows with the number
+/// of outcomes. 60 outcomes flat would make folders of 120 and 60 entries.
+#[test]
+fn outcomes_go_to_shard_folders_that_stay_small() {
+    let world = World::new().build();
+    let names: Vec<String> = (1..=60).map(|i| format!("r{i:02}.yml")).collect();
+    let files: Vec<(&str, &[u8])> = names
+        .iter()
+        .map(|name| (name.as_str(), b"kind: echo\n".as_slice()))
+        .collect();
+    world.submit_many(&files);
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.statuses().len(), 60, "one status per request");
+    let listing = clone.git(&["ls-tree", "-r", "-t", "HEAD", "processed", "logs"]);
+    let mut folders = vec!["processed", "logs"];
+    folders.extend(listing.lines().filter_map(|line| {
+        let (meta, path) = line.split_once('\t')?;
+        meta.contains(" tree ").then_some(path)
+    }));
+    assert!(folders.len() > 2, "no shard folders:\n{listing}");
+    for folder in folders {
+        let entries = clone.git(&["ls-tree", "--name-only", &format!("HEAD:{folder}")]);
+        let entries: Vec<&str> = entries.lines().filter(|e| *e != ".gitkeep").collect();
+        assert!(
+            entries.len() <= 16,
+            "`{folder}` holds {} entries: {entries:?}",
+            entries.len()
+        );
+        if folder.matches('/').count() < 3 {
+            assert!(
+                entries
+                    .iter()
+                    .all(|e| e.len() == 1 && e.chars().all(|c| c.is_ascii_hexdigit())),
+                "`{folder}` holds more than one-hex-digit shard folders: {entries:?}"
+            );
+        }
+    }
 }

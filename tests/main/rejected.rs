@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::support::{Checkout, World};
+use crate::support::{Checkout, World, log_file, processed};
 
 /// Submits a valid request after the bad one (already submitted), drains, and checks: run exits 0, the
 /// inbox is empty, exactly one rejected outcome names `requests/<rel>` and its error mentions every
@@ -56,7 +56,7 @@ fn drain_and_find_rejection(
 fn assert_rejected_and_kept(world: &World, file: &str, bytes: &[u8], needles: &[&str]) -> Value {
     let (clone, key, status) = drain_and_find_rejection(world, file, needles);
     assert_eq!(
-        clone.read(&format!("processed/{key}.yml")).as_deref(),
+        clone.read(&processed(&key, "yml")).as_deref(),
         Some(bytes),
         "the rejected request is recorded byte for byte"
     );
@@ -164,7 +164,7 @@ fn invalid_id_is_rejected_and_writes_nothing_outside_processed_and_logs() {
         "the invalid id created something outside the inbox layout"
     );
     assert_eq!(
-        clone.read(&format!("processed/{key}.yml")).as_deref(),
+        clone.read(&processed(&key, "yml")).as_deref(),
         Some(&bytes[..])
     );
 }
@@ -191,7 +191,7 @@ fn symlink_request_is_rejected_without_following_it() {
     let (clone, _, _) = drain_and_find_rejection(&world, "passwd.yml", &["link"]);
 
     for dir in ["processed", "logs"] {
-        for name in clone.ls(dir) {
+        for name in clone.files(dir) {
             let rel = format!("{dir}/{name}");
             let meta = std::fs::symlink_metadata(clone.path(&rel)).expect("stat recorded file");
             assert!(meta.is_file(), "`{rel}` is not a regular file");
@@ -230,17 +230,15 @@ fn used_id_is_rejected_as_duplicate_and_the_first_outcome_is_untouched() {
     world.run(&[]).assert_exit(0);
     let before = world.fresh_clone();
     let first_files = [
-        "processed/dup.yml",
-        "processed/dup.status.json",
-        "logs/dup.log",
+        processed("dup", "yml"),
+        processed("dup", "status.json"),
+        log_file("dup", 1),
     ]
     .map(|rel| {
-        (
-            rel,
-            before
-                .read(rel)
-                .unwrap_or_else(|| panic!("first run left no `{rel}`")),
-        )
+        let bytes = before
+            .read(&rel)
+            .unwrap_or_else(|| panic!("first run left no `{rel}`"));
+        (rel, bytes)
     });
     assert_eq!(before.status("dup")["state"], "succeeded");
 
@@ -266,7 +264,7 @@ fn used_id_is_rejected_as_duplicate_and_the_first_outcome_is_untouched() {
         "error: {error}"
     );
     assert_eq!(
-        after.read("processed/dup~1.yml").as_deref(),
+        after.read(&processed("dup~1", "yml")).as_deref(),
         Some(&second[..])
     );
 }
@@ -285,7 +283,7 @@ fn same_id_twice_in_one_drain_runs_the_earlier_arrival_and_rejects_the_later() {
     let clone = world.fresh_clone();
     assert_eq!(clone.status("twin")["state"], "succeeded");
     assert_eq!(
-        clone.read("processed/twin.yml").as_deref(),
+        clone.read(&processed("twin", "yml")).as_deref(),
         Some(&first[..])
     );
     let status = clone.status("twin~1");
@@ -297,7 +295,7 @@ fn same_id_twice_in_one_drain_runs_the_earlier_arrival_and_rejects_the_later() {
         "status: {status:#}"
     );
     assert_eq!(
-        clone.read("processed/twin~1.yml").as_deref(),
+        clone.read(&processed("twin~1", "yml")).as_deref(),
         Some(&second[..])
     );
 }
@@ -307,7 +305,9 @@ fn resubmitting_a_file_name_reuses_its_default_id_and_is_rejected() {
     let world = World::new().build();
     world.submit("report.yml", "kind: echo\n");
     world.run(&[]).assert_exit(0);
-    let first_status = world.fresh_clone().read("processed/report.status.json");
+    let first_status = world
+        .fresh_clone()
+        .read(&processed("report", "status.json"));
     assert!(
         first_status.is_some(),
         "the first `report` was not recorded"
@@ -317,7 +317,10 @@ fn resubmitting_a_file_name_reuses_its_default_id_and_is_rejected() {
     world.run(&[]).assert_exit(0);
 
     let clone = world.fresh_clone();
-    assert_eq!(clone.read("processed/report.status.json"), first_status);
+    assert_eq!(
+        clone.read(&processed("report", "status.json")),
+        first_status
+    );
     assert_eq!(clone.status("report~1")["state"], "rejected");
     assert_eq!(clone.ls("requests"), [".gitkeep"]);
 }

@@ -19,7 +19,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    Checkout, DEFAULT_INDEX, World, add_kinds, free_port, git_command, wait_until,
+    Checkout, DEFAULT_INDEX, World, add_kinds, free_port, git_command, log_file, processed,
+    wait_until,
 };
 
 /// How long a dispatcher process of these tests may run before it is killed and the test fails.
@@ -269,7 +270,7 @@ impl Crashed {
         );
         let log = self
             .clone
-            .read_string(&format!("logs/{key}.log"))
+            .read_string(&log_file(key, 1))
             .expect("the partial log is committed");
         let last = log
             .lines()
@@ -427,9 +428,9 @@ fn idempotent_kind_interrupted_by_a_crash_runs_again_as_attempt_2() {
     let status = clone.status("redo-me");
     assert_eq!(status["state"], "succeeded", "{status:#}");
     assert_eq!(status["attempts"], 2, "{status:#}");
-    assert_eq!(status["log"], "logs/redo-me.2.log", "{status:#}");
+    assert_eq!(status["log"], log_file("redo-me", 2), "{status:#}");
     let first = clone
-        .read_string("logs/redo-me.log")
+        .read_string(&log_file("redo-me", 1))
         .expect("attempt 1's partial log is committed");
     let last = first
         .lines()
@@ -441,7 +442,7 @@ fn idempotent_kind_interrupted_by_a_crash_runs_again_as_attempt_2() {
         "attempt 1's log does not end with the crash note:\n{first}"
     );
     let second = clone
-        .read_string("logs/redo-me.2.log")
+        .read_string(&log_file("redo-me", 2))
         .expect("attempt 2's log is committed");
     assert!(second.contains("attempt 2 of redo-me"), "log:\n{second}");
     assert_eq!(
@@ -472,9 +473,9 @@ fn failed_attempt_is_retried_with_its_own_log_until_it_succeeds() {
     let status = clone.status("wobbly");
     assert_eq!(status["state"], "succeeded", "{status:#}");
     assert_eq!(status["attempts"], 2, "{status:#}");
-    assert_eq!(status["log"], "logs/wobbly.2.log", "{status:#}");
+    assert_eq!(status["log"], log_file("wobbly", 2), "{status:#}");
     let first = clone
-        .read_string("logs/wobbly.log")
+        .read_string(&log_file("wobbly", 1))
         .expect("attempt 1's log");
     assert!(first.contains("attempt 1 of wobbly"), "log 1:\n{first}");
     assert!(
@@ -482,14 +483,18 @@ fn failed_attempt_is_retried_with_its_own_log_until_it_succeeds() {
         "log 1 holds attempt 2:\n{first}"
     );
     let second = clone
-        .read_string("logs/wobbly.2.log")
+        .read_string(&log_file("wobbly", 2))
         .expect("attempt 2's log");
     assert!(second.contains("attempt 2 of wobbly"), "log 2:\n{second}");
     assert!(
         !second.contains("attempt 1"),
         "log 2 holds attempt 1:\n{second}"
     );
-    assert_eq!(clone.read("logs/wobbly.3.log"), None, "a third attempt ran");
+    assert_eq!(
+        clone.read(&log_file("wobbly", 3)),
+        None,
+        "a third attempt ran"
+    );
     assert_eq!(runs(&world, "wobbly"), ["1", "2"]);
 }
 
@@ -514,9 +519,10 @@ fn always_failing_handler_is_failed_after_its_retries() {
     assert_eq!(status["state"], "failed", "{status:#}");
     assert_eq!(status["attempts"], 2, "{status:#}");
     assert_eq!(status["exit_code"], 4, "{status:#}");
-    for (log, attempt) in [("logs/hopeless.log", 1), ("logs/hopeless.2.log", 2)] {
+    for attempt in [1, 2] {
+        let log = log_file("hopeless", attempt);
         let text = clone
-            .read_string(log)
+            .read_string(&log)
             .unwrap_or_else(|| panic!("no `{log}`"));
         assert!(
             text.contains(&format!("attempt {attempt} of hopeless")),
@@ -524,7 +530,7 @@ fn always_failing_handler_is_failed_after_its_retries() {
         );
     }
     assert_eq!(
-        clone.read("logs/hopeless.3.log"),
+        clone.read(&log_file("hopeless", 3)),
         None,
         "a third attempt ran"
     );
@@ -551,7 +557,7 @@ fn rejected_request_is_never_run_or_retried() {
     // The request's envelope is invalid, so it is recorded under `<stem>~N`: find it by its file.
     let (key, status) = clone.rejected_for("painted.yml");
     assert_eq!(status["attempts"], 0, "{status:#}");
-    let log_path = format!("logs/{key}.log");
+    let log_path = log_file(&key, 1);
     assert_eq!(status["log"], log_path.as_str(), "{status:#}");
     let log = clone.read_string(&log_path).expect("the rejection's log");
     assert!(
@@ -559,7 +565,7 @@ fn rejected_request_is_never_run_or_retried() {
         "the log does not hold the error:\n{log}"
     );
     assert_eq!(
-        clone.read(&format!("logs/{key}.2.log")),
+        clone.read(&log_file(&key, 2)),
         None,
         "a rejection was retried"
     );
@@ -896,9 +902,9 @@ fn hostile_inbox_is_drained_with_one_rejection_each_and_nothing_escapes() {
         "log",
         "--format=%H",
         "--",
-        "processed/twin.yml",
-        "processed/twin.status.json",
-        "logs/twin.log",
+        &processed("twin", "yml"),
+        &processed("twin", "status.json"),
+        &log_file("twin", 1),
     ]);
     assert_eq!(
         twin_commits.lines().count(),
@@ -1005,7 +1011,7 @@ fn a_stuck_run_is_recorded_abandoned_by_the_watchdog() {
     assert_eq!(status["state"], "abandoned", "{status:#}");
     let error = status["error"].as_str().unwrap_or_default();
     assert!(error.contains("watchdog"), "{error}");
-    let log = clone.read_string("logs/stuck-one.log").expect("a log");
+    let log = clone.read_string(&log_file("stuck-one", 1)).expect("a log");
     assert!(
         log.starts_with("handler done\n"),
         "the handler's output is kept: {log}"

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::{DEFAULT_INDEX, World, wait_until};
+use crate::support::{DEFAULT_INDEX, World, log_file, processed, wait_until};
 
 const LATE_HANDLER: &str = "#!/bin/sh\necho \"late handler ran for $DISPATCH_ID\"\n";
 
@@ -42,7 +42,7 @@ fn kind_added_by_a_later_push_is_routed_by_the_next_run() {
     assert_eq!(status["handler"], "handlers/late.sh");
     assert!(
         clone
-            .read_string("logs/newcomer.log")
+            .read_string(&log_file("newcomer", 1))
             .is_some_and(|log| log.contains("late handler ran for newcomer")),
         "the new handler did not run"
     );
@@ -77,7 +77,7 @@ fn remapping_a_kind_in_the_index_takes_effect_on_the_next_run() {
     );
     assert!(
         clone
-            .read_string("logs/after.log")
+            .read_string(&log_file("after", 1))
             .is_some_and(|log| log.contains("second echo handler")),
         "the remapped handler did not run"
     );
@@ -91,9 +91,7 @@ fn polling_loop_routes_a_kind_pushed_while_it_runs_and_exits_zero_on_sigterm() {
     let clone = world.fresh_clone();
     let processed = |clone: &crate::support::Checkout, key: &str| {
         clone.sync();
-        clone
-            .read(&format!("processed/{key}.status.json"))
-            .is_some()
+        clone.read(&processed(key, "status.json")).is_some()
     };
 
     // First prove the loop is up and has read the old index.

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::{DEFAULT_INDEX, World, between, line_value};
+use crate::support::{DEFAULT_INDEX, World, between, line_value, log_file};
 
 const PROBE: &str = r#"#!/bin/sh
 echo "ARGV1-MODE=$(stat -c %A "$1")"
@@ -74,7 +74,7 @@ fn handler_gets_a_read_only_request_copy_json_stdin_a_cleared_env_and_an_empty_c
         "the request's `id` names the outcome"
     );
     let log = clone
-        .read_string("logs/nightly-1.log")
+        .read_string(&log_file("nightly-1", 1))
         .expect("the log is committed");
 
     let mode = line_value(&log, "ARGV1-MODE");
@@ -162,7 +162,7 @@ fn declared_env_names_pass_through_and_nothing_else() {
 
     let log = world
         .fresh_clone()
-        .read_string("logs/hi.log")
+        .read_string(&log_file("hi", 1))
         .expect("the log is committed");
     assert_eq!(line_value(&log, "GREETING"), "bonjour");
     assert_eq!(line_value(&log, "OTHER"), "unset");
@@ -195,7 +195,7 @@ bare-kind:\n  handler: res.sh\n  timeout: 30s\n  grace: 1s\n"
         ("from-kind", "bare-kind"),
     ] {
         let log = clone
-            .read_string(&format!("logs/{id}.log"))
+            .read_string(&log_file(id, 1))
             .unwrap_or_else(|| panic!("no log for `{id}`"));
         assert_eq!(
             line_value(&log, "DISPATCH_RESOURCE"),
@@ -229,7 +229,7 @@ fn handler_runs_under_an_exclusive_flock_on_its_resource_lock_file() {
 
     let log = world
         .fresh_clone()
-        .read_string("logs/print.log")
+        .read_string(&log_file("print", 1))
         .expect("the log is committed");
     assert_eq!(
         line_value(&log, "FLOCK_EXIT"),

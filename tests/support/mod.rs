@@ -183,6 +183,28 @@ pub fn instant_key(rfc3339: &str) -> (String, u32) {
     (seconds.to_owned(), nanos)
 }
 
+/// `a/b/c`: the shard folders of an outcome, as the README documents them: the first three hex digits
+/// of the SHA-256 of the key, one folder each. Computed here independently of the dispatcher.
+pub fn shard(key: &str) -> String {
+    let hex = sha256_hex(key.as_bytes());
+    let digits: Vec<String> = hex.chars().take(3).map(String::from).collect();
+    digits.join("/")
+}
+
+/// `processed/a/b/c/KEY.EXT`: `EXT` is `yml` or `status.json`.
+pub fn processed(key: &str, ext: &str) -> String {
+    format!("processed/{}/{key}.{ext}", shard(key))
+}
+
+/// `logs/a/b/c/KEY.log` for attempt 1, `KEY.N.log` for attempt N.
+pub fn log_file(key: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        format!("logs/{}/{key}.log", shard(key))
+    } else {
+        format!("logs/{}/{key}.{attempt}.log", shard(key))
+    }
+}
+
 /// Lowercase hex SHA-256 (sha2 is a normal dependency of the crate, so tests may use it).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
@@ -597,28 +619,63 @@ impl Checkout {
         names
     }
 
-    /// `processed/<key>.status.json`, parsed; panics listing `processed/` if it is missing.
+    /// Every file under folder `rel`, as paths relative to `rel`, sorted (empty if it does not
+    /// exist).
+    pub fn files(&self, rel: &str) -> Vec<String> {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries {
+                let entry = entry.expect("read dir entry");
+                let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+                if entry.file_type().expect("file type").is_dir() {
+                    walk(&entry.path(), &format!("{name}/"), out);
+                } else {
+                    out.push(name);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&self.path(rel), "", &mut files);
+        files.sort();
+        files
+    }
+
+    /// The status file of `key`, parsed; panics listing `processed/` if it is missing.
     pub fn status(&self, key: &str) -> Value {
-        let rel = format!("processed/{key}.status.json");
+        let rel = processed(key, "status.json");
         let bytes = self.read(&rel).unwrap_or_else(|| {
             panic!(
                 "no `{rel}` in the remote; processed/ holds {:?}",
-                self.ls("processed")
+                self.files("processed")
             )
         });
         serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("`{rel}` is not JSON: {e}"))
     }
 
-    /// Every `processed/*.status.json` as (key, parsed status), sorted by key.
+    /// Every status file under `processed/` as (key, parsed status), sorted by key. Each must be
+    /// where the layout puts its key.
     pub fn statuses(&self) -> Vec<(String, Value)> {
-        self.ls("processed")
+        let mut statuses: Vec<(String, Value)> = self
+            .files("processed")
             .into_iter()
-            .filter_map(|name| name.strip_suffix(".status.json").map(str::to_owned))
+            .filter_map(|rel| {
+                let key = rel.rsplit('/').next()?.strip_suffix(".status.json")?;
+                assert_eq!(
+                    format!("processed/{rel}"),
+                    processed(key, "status.json"),
+                    "a status file outside its shard"
+                );
+                Some(key.to_owned())
+            })
             .map(|key| {
                 let status = self.status(&key);
                 (key, status)
             })
-            .collect()
+            .collect();
+        statuses.sort_by(|a, b| a.0.cmp(&b.0));
+        statuses
     }
 
     /// The single `rejected` outcome whose `error` names `requests/<rel>`; panics listing every status
