@@ -17,9 +17,10 @@
 #   5  peak RSS while draining the N requests of figure 1 (VmRSS sampled every 50 ms)
 #   6  pickup latency, push end -> handler start: git daemon (poll 1s) and local path (inotify)
 #   7  ms/request draining SCALE_N requests over 0 and HISTORY recorded outcomes (one commit of
-#      processed/ID.yml, processed/ID.status.json and logs/ID.log made with git fast-import + git
-#      mktree), on a workdir that already cloned the history, with the dispatcher's peak RSS
+#      processed/S/ID.yml, processed/S/ID.status.json and logs/S/ID.log made with git fast-import),
+#      on a workdir that already cloned the history, with the dispatcher's peak RSS
 #
+# --only=7 (or --only=1,2,6 ...) measures those figures alone.
 # Sizes (default / --quick): N 1000/100, N_S 100/10, idle 60/10 s, HISTORY 100000/10000, SCALE_N 100.
 # The default took 7 minutes on 2 cores (most of it figure 7 at 100,000 and the two 60 s idles),
 # --quick about 70 s (plus the release build when it is not up to date).
@@ -33,19 +34,24 @@
 set -euo pipefail
 
 QUICK=0
+ONLY=
 for arg in "$@"; do
     case $arg in
     --quick) QUICK=1 ;;
+    --only=*) ONLY=,${arg#--only=}, ;;
     -h | --help)
         sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "usage: $0 [--quick]" >&2
+        echo "usage: $0 [--quick] [--only=1,2,...]" >&2
         exit 2
         ;;
     esac
 done
+
+# want N: whether figure N is measured (all of them without --only; figure 2 needs figure 1's drain).
+want() { [[ -z $ONLY || $ONLY == *,$1,* || ($1 == 1 && $ONLY == *,2,*) ]]; }
 
 if ((QUICK)); then
     N=100 N_S=10 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 LAT_RUNS=5
@@ -346,6 +352,7 @@ out "source: $ROOT at $REV (release build took ${BUILD_SECS} s)"
 out "mode: $MODE (N=$N, starter N_S=$N_S, idle ${IDLE_SECS}s, history $HISTORY, scale drain $SCALE_N), baseline scripts from $SHARED"
 
 # --- 1 + 5: throughput and peak RSS ---------------------------------------------------------------
+if want 1 || want 5; then
 # The starter: as run-seed.sh does it (a worker clone, then timed), on a world of N_S requests.
 STARTER_RATE=
 if command -v yq >/dev/null; then
@@ -388,7 +395,10 @@ fi
 read -r PEAK SAMPLES <"$TMP/rss1.txt" || PEAK=0 SAMPLES=0
 out "5 peak RSS of the dispatcher draining $N requests: $(mib "$PEAK") MiB (VmRSS, $SAMPLES samples every 50 ms) [target < 30 MiB]"
 
+fi
+
 # --- 2: the handlers alone ------------------------------------------------------------------------
+if want 2; then
 say "2: the handler alone, $N times from a shell loop"
 cd "$W/submit"
 reqs=(requests/req-*.yml)
@@ -402,7 +412,10 @@ out "2 handlers alone: $N x handlers/echo.sh from a shell loop in ${LOOP_ELAPSED
 out "2 git-dispatch time / handlers alone: ${GD_ELAPSED} s / ${LOOP_ELAPSED} s = $(calc '%.1f' "$GD_ELAPSED / $LOOP_ELAPSED")x [target <= 3x]"
 rm -rf "$W" "$TMP/work1"
 
+fi
+
 # --- 3: concurrency -------------------------------------------------------------------------------
+if want 3; then
 slow_world() {
     local dir=$1 i
     open_world "$dir"
@@ -427,7 +440,10 @@ done
 out "3 concurrency, 8 x 'sleep 1' on resources r1..r8, run --until-empty --jobs 8: ${CONC[8]} s [target about 1 s, not 8]"
 out "3 concurrency, the same with --jobs 1: ${CONC[1]} s"
 
+fi
+
 # --- 4: idle --------------------------------------------------------------------------------------
+if want 4; then
 idle() { # NAME REMOTE WORKDIR LABEL
     local name=$1 remote=$2 work=$3 label=$4 c0 c1 rss0 rss1 t0 t1 status=0
     start_loop "$name" "$remote" "$work"
@@ -458,7 +474,10 @@ idle idle-daemon "git://127.0.0.1:$PORT/remote.git" "$TMP/work-idle-daemon" "rem
 stop_pid "$DAEMON_PID" || true
 rm -rf "$W" "$TMP"/work-idle-*
 
+fi
+
 # --- 6: pickup latency ----------------------------------------------------------------------------
+if want 6; then
 MARKS=$TMP/marks
 mkdir -p "$MARKS"
 chmod 1777 "$MARKS"
@@ -524,43 +543,42 @@ latency lat-local "$W/remote.git" "$W/remote.git" "$W" \
     "remote a local path (inotify), --poll-interval $POLL [target < 100 ms]"
 rm -rf "$W" "$TMP/work-lat-local"
 
+fi
+
 # --- 7: scale with history ------------------------------------------------------------------------
-# write_history GIT_DIR N: one commit on main adding N old outcomes (processed/ID.yml,
-# processed/ID.status.json and logs/ID.log, ids old-000001...). The blobs go in with git fast-import;
-# the two big trees are made with git mktree, because fast-import keeps a directory as an unsorted
-# list and adding 200,000 entries to one directory is quadratic there (minutes instead of seconds).
+if want 7; then
+# write_history GIT_DIR N: one commit on main adding N old outcomes where the dispatcher puts them
+# (processed/S/ID.yml, processed/S/ID.status.json and logs/S/ID.log, S the id's shard: the first three
+# hex digits of its SHA-256, one folder each), ids old-000001..., written with git fast-import.
 write_history() {
-    local gd=$1 n=$2 marks=$TMP/history-marks.txt processed logs root commit parent
-    awk -v n="$n" 'BEGIN {
-        for (i = 1; i <= n; i++) {
-            id = sprintf("old-%06d", i)
-            y = "id: " id "\nkind: echo\nparams:\n  message: \"hello " i "\"\n"
-            s = "{\"id\":\"" id "\",\"kind\":\"echo\",\"state\":\"succeeded\",\"exit_code\":0,\"attempts\":1,\"duration_ms\":3,\"log\":\"logs/" id ".log\"}\n"
-            l = "id: " id "\nkind: echo\n"
-            print "blob"; print "mark :" (3 * i - 2); print "data " length(y); printf "%s\n", y
-            print "blob"; print "mark :" (3 * i - 1); print "data " length(s); printf "%s\n", s
-            print "blob"; print "mark :" (3 * i); print "data " length(l); printf "%s\n", l
-        }
-    }' | git --git-dir "$gd" fast-import --quiet --export-marks="$marks" || return 1
-    # marks: ":M OID"; mark 3i-2 is processed/ID.yml, 3i-1 processed/ID.status.json, 3i logs/ID.log
-    awk -v pf="$TMP/history-processed.txt" -v lf="$TMP/history-logs.txt" '{
-        m = substr($1, 2) + 0; i = int((m + 2) / 3); k = (m - 1) % 3; id = sprintf("old-%06d", i)
-        if (k == 0) print "100644 blob " $2 "\t" id ".yml" > pf
-        else if (k == 1) print "100644 blob " $2 "\t" id ".status.json" > pf
-        else print "100644 blob " $2 "\t" id ".log" > lf
-    }' "$marks" || return 1
-    git --git-dir "$gd" ls-tree main:processed >>"$TMP/history-processed.txt" 2>/dev/null || true
-    git --git-dir "$gd" ls-tree main:logs >>"$TMP/history-logs.txt" 2>/dev/null || true
-    processed=$(git --git-dir "$gd" mktree <"$TMP/history-processed.txt") || return 1
-    logs=$(git --git-dir "$gd" mktree <"$TMP/history-logs.txt") || return 1
-    root=$({
-        git --git-dir "$gd" ls-tree main | grep -v -e $'\tprocessed$' -e $'\tlogs$'
-        printf '040000 tree %s\tprocessed\n040000 tree %s\tlogs\n' "$processed" "$logs"
-    } | git --git-dir "$gd" mktree) || return 1
-    parent=$(git --git-dir "$gd" rev-parse main) || return 1
-    commit=$(git --git-dir "$gd" commit-tree "$root" -p "$parent" -m "history: $n recorded outcomes") || return 1
-    git --git-dir "$gd" update-ref refs/heads/main "$commit" "$parent" || return 1
-    rm -f "$marks" "$TMP/history-processed.txt" "$TMP/history-logs.txt"
+    local gd=$1 n=$2
+    python3 - "$n" <<'PY' | git --git-dir "$gd" fast-import --quiet || return 1
+import hashlib, sys, time
+n = int(sys.argv[1])
+out = sys.stdout.buffer
+def data(text):
+    raw = text.encode()
+    out.write(b"data %d\n" % len(raw) + raw + b"\n")
+message = "history: %d recorded outcomes" % n
+out.write(b"commit refs/heads/main\n")
+out.write(b"committer Bench <bench@example.test> %d +0000\n" % int(time.time()))
+data(message)
+out.write(b"from refs/heads/main^0\n")
+for i in range(1, n + 1):
+    key = "old-%06d" % i
+    shard = "/".join(hashlib.sha256(key.encode()).hexdigest()[:3])
+    files = {
+        "processed/%s/%s.yml" % (shard, key):
+            'id: %s\nkind: echo\nparams:\n  message: "hello %d"\n' % (key, i),
+        "processed/%s/%s.status.json" % (shard, key):
+            '{"id":"%s","kind":"echo","state":"succeeded","exit_code":0,"attempts":1,'
+            '"duration_ms":3,"log":"logs/%s/%s.log"}\n' % (key, shard, key),
+        "logs/%s/%s.log" % (shard, key): "id: %s\nkind: echo\n" % key,
+    }
+    for path, text in files.items():
+        out.write(b"M 100644 inline %s\n" % path.encode())
+        data(text)
+PY
 }
 # requests_stream N: one commit on main adding N new echo requests new-0001...
 requests_stream() {
@@ -583,10 +601,10 @@ for hist in 0 "$HISTORY"; do
     mkworld "$W" 0
     import_note=
     if ((hist > 0)); then
-        say "7: writing $hist recorded outcomes (git fast-import, git mktree)"
+        say "7: writing $hist recorded outcomes (git fast-import)"
         t0=$(now)
         write_history "$W/remote.git" "$hist" || die "writing the history failed"
-        import_note="; the history was written (fast-import + mktree) in $(calc '%.1f' "$(now) - $t0") s"
+        import_note="; the history was written (fast-import) in $(calc '%.1f' "$(now) - $t0") s"
     fi
     say "7: the dispatcher's first run over $hist recorded outcomes (its clone, an empty inbox)"
     drain "scale$hist-clone" "$W/remote.git" "$TMP/work-scale$hist" 600 --jobs 1 || FAILURES=$((FAILURES + 1))
@@ -605,6 +623,8 @@ for hist in 0 "$HISTORY"; do
     rm -rf "$W" "$TMP/work-scale$hist"
 done
 out "7 scale ratio ms/request at $HISTORY / at 0: $(calc '%.2f' "${SCALE[$HISTORY]} / ${SCALE[0]}")x [target <= 1.2x]"
+
+fi
 
 out "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (at the start: $LOAD0; other work on the machine skews the figures)"
 out "bench: $MODE mode took $((SECONDS - STARTED)) s (build ${BUILD_SECS} s); $FAILURES problem(s)"
