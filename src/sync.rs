@@ -114,6 +114,17 @@ pub(crate) struct Sync {
     branch: String,
     signature_name: String,
     signature_email: String,
+    /// The thread running `git gc --auto` after a push (see [`Sync::gc_auto`]), if one was started.
+    gc: RefCell<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Sync {
+    /// A gc still running is waited for, so that none outlives the dispatcher.
+    fn drop(&mut self) {
+        if let Some(gc) = self.gc.get_mut().take() {
+            let _ = gc.join();
+        }
+    }
 }
 
 impl Sync {
@@ -165,6 +176,7 @@ impl Sync {
             branch: branch.to_owned(),
             signature_name: "git-dispatch".to_owned(),
             signature_email: format!("git-dispatch@{host}"),
+            gc: RefCell::new(None),
         })
     }
 
@@ -220,6 +232,9 @@ impl Sync {
                 url: self.url.clone(),
                 branch: self.branch.clone(),
             });
+        }
+        if let Some(fetched) = self.fetch_local() {
+            return fetched;
         }
         let mut remote = self.repo.find_remote(REMOTE)?;
         let tries = Cell::new(0);
@@ -422,6 +437,9 @@ impl Sync {
         if self.access.transport == Transport::Cli {
             return self.push_cli(local);
         }
+        if let Some(remote) = self.local_remote() {
+            return self.push_local(&remote, local);
+        }
         let mut remote = self.repo.find_remote(REMOTE)?;
         let tries = Cell::new(0);
         let refused: RefCell<Option<(String, String)>> = RefCell::new(None);
@@ -460,6 +478,7 @@ impl Sync {
         }
         self.repo
             .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
+        self.gc_auto(vec![self.path.clone()]);
         Ok(())
     }
 }
@@ -569,6 +588,100 @@ impl Sync {
     }
 
     /// A push with the system `git`; `--porcelain` says for each ref whether the server took it.
+    /// The remote as a bare repository on this host, when it is one (a local path or `file://`).
+    fn local_remote(&self) -> Option<Repository> {
+        let path = crate::config::local_path(&self.url)?;
+        Repository::open_bare(path).ok()
+    }
+
+    /// A push to a bare repository on this host, written directly: a pack of the objects the
+    /// unpushed commits add ([`copy_objects`]), then the branch moved from the tip last fetched to
+    /// the local tip with a compare-and-swap under Git's ref lock (a remote that moved meanwhile is a
+    /// rejection, as over the network). Like libgit2's own local push, this runs no hooks: a remote
+    /// that needs them is served over `git daemon`, SSH or HTTPS. Then, as `git receive-pack` does,
+    /// `git gc --auto` in the remote, so the packs of many pushes are merged in time.
+    fn push_local(&self, remote: &Repository, local: Oid) -> Result<(), SyncError> {
+        let refname = self.local_ref();
+        let rejected = |reason: String| SyncError::Rejected {
+            url: self.url.clone(),
+            refname: refname.clone(),
+            reason,
+        };
+        let Some(base) = self.remote_tip() else {
+            return Err(rejected("no tip of the remote was fetched yet".to_owned()));
+        };
+        if remote.refname_to_id(&refname).ok() != Some(base) {
+            return Err(rejected("fetch first: the remote moved".to_owned()));
+        }
+        copy_objects(&self.repo, remote, local, base)?;
+        let moved =
+            remote.reference_matching(&refname, local, true, base, "git-dispatch: push outcomes");
+        if let Err(e) = moved {
+            return Err(match e.code() {
+                ErrorCode::Modified | ErrorCode::Locked | ErrorCode::NotFound => {
+                    rejected(format!("the remote moved meanwhile: {}", e.message()))
+                }
+                _ => e.into(),
+            });
+        }
+        crate::failpoint::hit("push");
+        self.repo
+            .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
+        self.gc_auto(vec![remote.path().to_owned(), self.path.clone()]);
+        Ok(())
+    }
+
+    /// `git gc --auto` in each bare repository of `git_dirs` in turn, in the background, one round at
+    /// a time (skipped while the last one runs), and best effort as in receive-pack (a failure leaves
+    /// more loose objects and packs, no more). Without it the workdir keeps every object it writes
+    /// loose (7 per outcome) and a pack per fetch. Each gc runs in the foreground of a thread that
+    /// waits for it: a detached gc would be re-parented to the dispatcher (a child subreaper) and
+    /// never reaped.
+    fn gc_auto(&self, git_dirs: Vec<PathBuf>) {
+        let mut slot = self.gc.borrow_mut();
+        if slot.as_ref().is_some_and(|gc| !gc.is_finished()) {
+            return;
+        }
+        if let Some(done) = slot.take() {
+            let _ = done.join();
+        }
+        let spawned = std::thread::Builder::new()
+            .name("gc".to_owned())
+            .spawn(move || {
+                for git_dir in git_dirs {
+                    let _ = Command::new("git")
+                        .arg("--git-dir")
+                        .arg(git_dir)
+                        .args(["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"])
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
+            });
+        *slot = spawned.ok();
+    }
+
+    /// A fetch from a bare repository on this host that moved on from the tip last fetched: the
+    /// objects of the new commits ([`copy_objects`]), then the remote-tracking branch. `None` when
+    /// this does not apply (the first fetch, a rewritten remote): the caller fetches as usual.
+    fn fetch_local(&self) -> Option<Result<Oid, SyncError>> {
+        let remote = self.local_remote()?;
+        let known = self.remote_tip()?;
+        let tip = remote.refname_to_id(&self.local_ref()).ok()?;
+        if tip == known {
+            return Some(Ok(tip));
+        }
+        remote.graph_descendant_of(tip, known).ok()?.then_some(())?;
+        let copied = copy_objects(&remote, &self.repo, tip, known).and_then(|()| {
+            crate::failpoint::hit("fetch");
+            self.repo
+                .reference(&self.remote_ref(), tip, true, "git-dispatch: fetch")?;
+            Ok(tip)
+        });
+        Some(copied.map_err(SyncError::from))
+    }
+
     fn push_cli(&self, local: Oid) -> Result<(), SyncError> {
         let refspec = format!("{0}:{0}", self.local_ref());
         let output = self
@@ -600,6 +713,89 @@ impl Sync {
         crate::failpoint::hit("push");
         self.repo
             .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
+        self.gc_auto(vec![self.path.clone()]);
         Ok(())
     }
+}
+
+/// Copies into `to` the objects that commit `tip` of `from` and its ancestors add to `base`, an
+/// ancestor that `to` holds with everything it reaches. Only the folders that differ from each
+/// commit's first parent are read, so the cost follows the change, not the size of the trees;
+/// libgit2's pack builder instead walks every object of `base` to leave them out (0.4 s at 100,000
+/// outcomes, on every push and fetch). One pack is written into `to`.
+fn copy_objects(
+    from: &Repository,
+    to: &Repository,
+    tip: Oid,
+    base: Oid,
+) -> Result<(), git2::Error> {
+    let target = to.odb()?;
+    let mut pack = from.packbuilder()?;
+    let mut walk = from.revwalk()?;
+    walk.push(tip)?;
+    walk.hide(base)?;
+    for commit in walk {
+        let commit = from.find_commit(commit?)?;
+        pack.insert_object(commit.id(), None)?;
+        let parent = match commit.parent(0) {
+            Ok(parent) => Some(parent.tree()?),
+            Err(_) => None,
+        };
+        insert_changed(from, &target, &mut pack, &commit.tree()?, parent.as_ref())?;
+    }
+    if pack.object_count() == 0 {
+        return Ok(());
+    }
+    let mut writer = target.packwriter()?;
+    let mut written = Ok(());
+    pack.foreach(|chunk| {
+        written = std::io::Write::write_all(&mut writer, chunk);
+        written.is_ok()
+    })?;
+    written.map_err(|e| git2::Error::from_str(&format!("writing a pack: {e}")))?;
+    writer.commit()?;
+    Ok(())
+}
+
+/// Adds to `pack` what `tree` holds and `parent` does not, going only into the folders that differ,
+/// and leaving out blobs `target` has already (a request's, moved to `processed/`). A tree is left
+/// out only when the parent has it: that one is complete in `target`, while a tree `target` merely
+/// holds may be the dangling part of a broken transfer.
+fn insert_changed(
+    repo: &Repository,
+    target: &git2::Odb<'_>,
+    pack: &mut git2::PackBuilder<'_>,
+    tree: &git2::Tree<'_>,
+    parent: Option<&git2::Tree<'_>>,
+) -> Result<(), git2::Error> {
+    if parent.is_some_and(|p| p.id() == tree.id()) {
+        return Ok(());
+    }
+    pack.insert_object(tree.id(), None)?;
+    for entry in tree {
+        let before = parent.and_then(|p| p.get_name_bytes(entry.name_bytes()));
+        if before.as_ref().is_some_and(|b| b.id() == entry.id()) {
+            continue;
+        }
+        match entry.kind() {
+            Some(git2::ObjectType::Tree) => {
+                let old = match before.filter(|b| b.kind() == Some(git2::ObjectType::Tree)) {
+                    Some(b) => Some(repo.find_tree(b.id())?),
+                    None => None,
+                };
+                insert_changed(
+                    repo,
+                    target,
+                    pack,
+                    &repo.find_tree(entry.id())?,
+                    old.as_ref(),
+                )?;
+            }
+            Some(git2::ObjectType::Blob) if !target.exists(entry.id()) => {
+                pack.insert_object(entry.id(), None)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

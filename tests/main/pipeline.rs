@@ -353,3 +353,50 @@ fn outcomes_go_to_shard_folders_that_stay_small() {
         }
     }
 }
+
+/// Over a local path the dispatcher writes each push's pack into the remote itself, so it also does
+/// what receive-pack would do next: `git gc --auto` there, which merges packs past
+/// `gc.autoPackLimit`. Four runs push four packs at least; the remote keeps at most the merged one
+/// and the last, and it and the workdir pass `git fsck`.
+#[test]
+fn pushes_to_a_local_path_remote_are_merged_by_gc_auto_and_pass_fsck() {
+    let world = World::new().build();
+    let remote = world.remote_arg().to_owned();
+    let git_dir = |dir: &str, args: &[&str]| {
+        let mut full = vec!["--git-dir", dir];
+        full.extend_from_slice(args);
+        world.submitter.git(&full)
+    };
+    git_dir(&remote, &["config", "gc.autoPackLimit", "2"]);
+    let packs = || {
+        std::fs::read_dir(world.remote.join("objects/pack"))
+            .expect("the remote's pack folder")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            })
+            .count()
+    };
+    for round in 1..=4 {
+        let names: Vec<String> = (1..=5).map(|i| format!("g{round}-{i}.yml")).collect();
+        let files: Vec<(&str, &[u8])> = names
+            .iter()
+            .map(|name| (name.as_str(), b"kind: echo\n".as_slice()))
+            .collect();
+        world.submit_many(&files);
+        world.run(&[]).assert_exit(0);
+        assert!(
+            packs() <= 2,
+            "round {round}: {} packs in the remote",
+            packs()
+        );
+    }
+
+    assert_eq!(world.fresh_clone().statuses().len(), 20);
+    git_dir(&remote, &["fsck", "--strict", "--no-progress"]);
+    let workdir = world.work.join("repo.git");
+    git_dir(
+        workdir.to_str().expect("UTF-8 path"),
+        &["fsck", "--no-progress", "--connectivity-only"],
+    );
+}
