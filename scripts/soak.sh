@@ -327,13 +327,14 @@ clone, submitted_path, trailers_path = sys.argv[1:4]
 submitted = [line.strip() for line in open(submitted_path) if line.strip()]
 by_request = collections.defaultdict(list)
 states = collections.Counter()
-processed = os.path.join(clone, "processed")
-for name in os.listdir(processed):
-    if name.endswith(".status.json"):
-        with open(os.path.join(processed, name)) as f:
-            status = json.load(f)
-        by_request[status.get("request")].append(status)
-        states[status.get("state")] += 1
+# Status files sit in shard folders (processed/a/b/c/ID.status.json): walk the whole tree.
+for folder, _, names in os.walk(os.path.join(clone, "processed")):
+    for name in names:
+        if name.endswith(".status.json"):
+            with open(os.path.join(folder, name)) as f:
+                status = json.load(f)
+            by_request[status.get("request")].append(status)
+            states[status.get("state")] += 1
 ids = collections.Counter(line.strip() for line in open(trailers_path) if line.strip())
 
 def stem(key):
