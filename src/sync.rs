@@ -428,18 +428,28 @@ impl Sync {
         Ok(oid)
     }
 
-    /// One push of the local branch. A ref the server refuses is an error even though libgit2 reports
-    /// success for it.
+    /// One push of the local branch, then `git gc --auto` where it wrote objects (see
+    /// [`Sync::gc_auto`]): the workdir, and a local-path remote, which no receive-pack tends.
     pub(crate) fn push(&self) -> Result<(), SyncError> {
         let Some(local) = self.tip() else {
             return Ok(());
         };
+        let mut written = vec![self.path.clone()];
         if self.access.transport == Transport::Cli {
-            return self.push_cli(local);
+            self.push_cli(local)?;
+        } else if let Some(remote) = self.local_remote() {
+            self.push_local(&remote, local)?;
+            written.push(remote.path().to_owned());
+        } else {
+            self.push_libgit2(local)?;
         }
-        if let Some(remote) = self.local_remote() {
-            return self.push_local(&remote, local);
-        }
+        self.gc_auto(written);
+        Ok(())
+    }
+
+    /// A push through libgit2's transports. A ref the server refuses is an error even though libgit2
+    /// reports success for it.
+    fn push_libgit2(&self, local: Oid) -> Result<(), SyncError> {
         let mut remote = self.repo.find_remote(REMOTE)?;
         let tries = Cell::new(0);
         let refused: RefCell<Option<(String, String)>> = RefCell::new(None);
@@ -478,7 +488,6 @@ impl Sync {
         }
         self.repo
             .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
-        self.gc_auto(vec![self.path.clone()]);
         Ok(())
     }
 }
@@ -598,8 +607,8 @@ impl Sync {
     /// unpushed commits add ([`copy_objects`]), then the branch moved from the tip last fetched to
     /// the local tip with a compare-and-swap under Git's ref lock (a remote that moved meanwhile is a
     /// rejection, as over the network). Like libgit2's own local push, this runs no hooks: a remote
-    /// that needs them is served over `git daemon`, SSH or HTTPS. Then, as `git receive-pack` does,
-    /// `git gc --auto` in the remote, so the packs of many pushes are merged in time.
+    /// that needs them is served over `git daemon`, SSH or HTTPS. [`Sync::push`] then runs
+    /// `git gc --auto` in the remote, as `git receive-pack` would, so the packs of pushes get merged.
     fn push_local(&self, remote: &Repository, local: Oid) -> Result<(), SyncError> {
         let refname = self.local_ref();
         let rejected = |reason: String| SyncError::Rejected {
@@ -627,7 +636,6 @@ impl Sync {
         crate::failpoint::hit("push");
         self.repo
             .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
-        self.gc_auto(vec![remote.path().to_owned(), self.path.clone()]);
         Ok(())
     }
 
@@ -713,7 +721,6 @@ impl Sync {
         crate::failpoint::hit("push");
         self.repo
             .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
-        self.gc_auto(vec![self.path.clone()]);
         Ok(())
     }
 }

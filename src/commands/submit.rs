@@ -92,12 +92,8 @@ fn draft(args: &SubmitArgs) -> Result<Draft, CommandError> {
 /// An id is used once: not while a request with it waits in the inbox, not once it has an outcome,
 /// in the working tree or at the upstream as last fetched.
 fn ensure_unused(checkout: &Checkout, id: &str) -> Result<(), CommandError> {
-    let paths = [
-        Place::Sharded.status(id),
-        Place::Flat.status(id),
-        format!("{INBOX}/{id}.yml"),
-        format!("{INBOX}/{id}.yaml"),
-    ];
+    let mut paths: Vec<String> = Place::ALL.iter().map(|place| place.status(id)).collect();
+    paths.extend([format!("{INBOX}/{id}.yml"), format!("{INBOX}/{id}.yaml")]);
     let tree = DirView {
         root: checkout.root.clone(),
     };

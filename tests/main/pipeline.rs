@@ -318,12 +318,7 @@ fn drained_inbox_runs_again_to_exit_zero_without_pushing() {
 #[test]
 fn outcomes_go_to_shard_folders_that_stay_small() {
     let world = World::new().build();
-    let names: Vec<String> = (1..=60).map(|i| format!("r{i:02}.yml")).collect();
-    let files: Vec<(&str, &[u8])> = names
-        .iter()
-        .map(|name| (name.as_str(), b"kind: echo\n".as_slice()))
-        .collect();
-    world.submit_many(&files);
+    submit_echoes(&world, (1..=60).map(|i| format!("r{i:02}.yml")));
     world.run(&[]).assert_exit(0);
 
     let clone = world.fresh_clone();
@@ -378,12 +373,7 @@ fn pushes_to_a_local_path_remote_are_merged_by_gc_auto_and_pass_fsck() {
             .count()
     };
     for round in 1..=4 {
-        let names: Vec<String> = (1..=5).map(|i| format!("g{round}-{i}.yml")).collect();
-        let files: Vec<(&str, &[u8])> = names
-            .iter()
-            .map(|name| (name.as_str(), b"kind: echo\n".as_slice()))
-            .collect();
-        world.submit_many(&files);
+        submit_echoes(&world, (1..=5).map(|i| format!("g{round}-{i}.yml")));
         world.run(&[]).assert_exit(0);
         assert!(
             packs() <= 2,
@@ -399,4 +389,14 @@ fn pushes_to_a_local_path_remote_are_merged_by_gc_auto_and_pass_fsck() {
         workdir.to_str().expect("UTF-8 path"),
         &["fsck", "--no-progress", "--connectivity-only"],
     );
+}
+
+/// Submits one `echo` request per name in one commit.
+fn submit_echoes(world: &World, names: impl Iterator<Item = String>) {
+    let names: Vec<String> = names.collect();
+    let files: Vec<(&str, &[u8])> = names
+        .iter()
+        .map(|name| (name.as_str(), b"kind: echo\n".as_slice()))
+        .collect();
+    world.submit_many(&files);
 }
