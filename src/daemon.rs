@@ -105,6 +105,9 @@ pub(crate) struct Daemon {
     sync: Sync,
     inbox: Inbox,
     snapshot: Option<Snapshot>,
+    /// Keys of outcomes recorded in memory and not yet written out; their journal entries stay until
+    /// they are (see [`Daemon::persist`]).
+    staged: Vec<String>,
     /// Requests whose handler runs now, or ran and waits in `finished` to be recorded, by key. Their
     /// files are still in `requests/` at the tip.
     running: HashMap<String, Running>,
@@ -210,6 +213,7 @@ impl Daemon {
             sync,
             inbox: Inbox::default(),
             snapshot: None,
+            staged: Vec::new(),
             running: HashMap::new(),
             finished: Vec::new(),
             watchdogged: std::collections::HashSet::new(),
@@ -594,6 +598,8 @@ impl Daemon {
 
     /// Looks at the remote's head; fetches and reconciles only when it moved.
     fn sync_step(&mut self) -> Result<(), DaemonError> {
+        // A reconcile may move the branch, which writes out what is in memory.
+        self.persist()?;
         let result = (|| {
             let head = self.sync.probe()?;
             if head.is_none() || head != self.sync.remote_tip() || self.sync.tip().is_none() {
@@ -988,15 +994,15 @@ impl Daemon {
             outcome.error = Some(self.cfg.redactor.redact(error));
         }
         outcome.record(&self.sync)?;
-        crate::failpoint::hit("committed");
+        self.staged.push(outcome.key.clone());
         self.metrics.recorded(
             outcome.kind.as_deref(),
             &outcome.state.to_string(),
             outcome.duration,
         );
-        self.journal
-            .finish(&outcome.key)
-            .map_err(io_err("journal"))?;
+        if self.sync.staging_full() {
+            self.persist()?;
+        }
         self.summary.recorded += 1;
         *self
             .summary
@@ -1006,6 +1012,20 @@ impl Daemon {
         self.unpushed_since.get_or_insert_with(Instant::now);
         self.checked_when_empty = false;
         self.show_progress();
+        Ok(())
+    }
+
+    /// Writes the outcomes recorded in memory to the workdir, then closes their journal entries: from
+    /// here on a crash finds them recorded, not interrupted.
+    fn persist(&mut self) -> Result<(), DaemonError> {
+        self.sync.persist()?;
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        crate::failpoint::hit("committed");
+        for key in std::mem::take(&mut self.staged) {
+            self.journal.finish(&key).map_err(io_err("journal"))?;
+        }
         Ok(())
     }
 
@@ -1040,6 +1060,7 @@ impl Daemon {
     }
 
     fn push_step(&mut self) -> Result<(), DaemonError> {
+        self.persist()?;
         let pending = self.sync.unpushed_commits()?.len();
         if pending == 0 {
             self.unpushed_since = None;

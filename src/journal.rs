@@ -1,6 +1,7 @@
 //! The local journal: one small file per run in flight, written (and synced) before the handler
-//! starts and removed once the outcome is committed locally, plus the log of each attempt as it is
-//! captured. After a crash it tells the next start what was running, and its partial log.
+//! starts and removed once the outcome is committed locally and written out to the workdir (outcome
+//! commits are made in memory and written out as one pack per push, see `Sync::persist`), plus the
+//! log of each attempt as it is captured. After a crash it tells the next start what was running, and its partial log.
 //!
 //! A journal entry whose outcome is already in the local branch is simply removed; one whose request
 //! is still in the inbox becomes an `abandoned` outcome, or a next attempt for an idempotent kind with

@@ -13,8 +13,8 @@ use std::process::Command;
 
 use git2::build::TreeUpdateBuilder;
 use git2::{
-    Commit, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode, Oid, PushOptions,
-    RemoteCallbacks, Repository, Signature, Sort,
+    Binding, Commit, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode, Oid,
+    PushOptions, RemoteCallbacks, Repository, Signature, Sort,
 };
 use thiserror::Error;
 
@@ -23,6 +23,15 @@ const REMOTE: &str = "origin";
 pub(crate) const ID_TRAILER: &str = "Dispatch-Id";
 /// Credential callbacks are asked again after every failure; past this many, give up.
 const MAX_CREDENTIAL_ATTEMPTS: u32 = 3;
+/// Outcomes recorded in memory are written out once there are this many of them, or this many
+/// bytes of blobs, even when no push is due: this bounds the memory they take and what a crash
+/// can leave to the journal.
+const STAGE_MAX_COMMITS: usize = 256;
+const STAGE_MAX_BYTES: usize = 4 << 20;
+/// Above the loose (1) and pack (2) backends: new objects go to memory first, and are found there.
+const STAGE_PRIORITY: i32 = 1000;
+/// More packs than this in the workdir are merged (see [`Sync::gc_auto`]).
+const MAX_PACKS: usize = 8;
 
 #[derive(Debug, Error)]
 pub(crate) enum SyncError {
@@ -107,6 +116,8 @@ pub(crate) struct Reconciled {
 
 pub(crate) struct Sync {
     pub repo: Repository,
+    /// Where new objects go until [`Sync::persist`] writes them out as one pack.
+    staging: Staging,
     pub url: String,
     access: Access,
     /// The bare clone's folder, for the `git` command line transport.
@@ -119,8 +130,17 @@ pub(crate) struct Sync {
 }
 
 impl Drop for Sync {
-    /// A gc still running is waited for, so that none outlives the dispatcher.
+    /// Outcomes still in memory are written out (the dispatcher persists them before it stops; this
+    /// covers the way out of an error), and a gc still running is waited for, so that none outlives
+    /// the dispatcher.
     fn drop(&mut self) {
+        if let Err(e) = self.persist() {
+            eprintln!(
+                "git-dispatch: could not write out {} outcome(s) recorded in memory: {e}; the journal \
+                 recovers their runs at the next start",
+                self.staging.commits.get()
+            );
+        }
         if let Some(gc) = self.gc.get_mut().take() {
             let _ = gc.join();
         }
@@ -168,8 +188,10 @@ impl Sync {
                 wanted: url.to_owned(),
             });
         }
+        let staging = Staging::attach(&repo).map_err(workdir_err)?;
         Ok(Self {
             repo,
+            staging,
             url: url.to_owned(),
             access,
             path: path.to_owned(),
@@ -188,9 +210,13 @@ impl Sync {
         format!("refs/remotes/{REMOTE}/{}", self.branch)
     }
 
-    /// The local tip: the remote's tip plus unpushed outcomes. `None` before the first fetch.
+    /// The local tip: the remote's tip plus unpushed outcomes, those only in memory included. `None`
+    /// before the first fetch.
     pub(crate) fn tip(&self) -> Option<Oid> {
-        self.repo.refname_to_id(&self.local_ref()).ok()
+        self.staging
+            .tip
+            .get()
+            .or_else(|| self.repo.refname_to_id(&self.local_ref()).ok())
     }
 
     /// The remote's tip as last fetched or pushed.
@@ -329,8 +355,40 @@ impl Sync {
         Ok(walk.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// Points the local branch at `oid`, after writing out what is in memory: a ref on disk never
+    /// names an object that is only in memory.
     fn set_tip(&self, oid: Oid, why: &str) -> Result<(), SyncError> {
+        self.write_staged()?;
         self.repo.reference(&self.local_ref(), oid, true, why)?;
+        self.staging.clear();
+        Ok(())
+    }
+
+    /// Whether the outcomes recorded in memory are many or large enough to be written out now,
+    /// whatever the push schedule.
+    pub(crate) fn staging_full(&self) -> bool {
+        self.staging.commits.get() >= STAGE_MAX_COMMITS
+            || self.staging.bytes.get() >= STAGE_MAX_BYTES
+    }
+
+    /// Writes the outcomes recorded in memory to the workdir as one pack and moves the local branch
+    /// to them. Returns how many outcome commits were written.
+    pub(crate) fn persist(&self) -> Result<usize, SyncError> {
+        let Some(tip) = self.staging.tip.get() else {
+            return Ok(0);
+        };
+        let commits = self.staging.commits.get();
+        self.set_tip(tip, "git-dispatch: record outcomes")?;
+        Ok(commits)
+    }
+
+    /// One pack of every object in memory (outcome commits, and those [`Sync::reconcile`] re-created),
+    /// then an empty store.
+    fn write_staged(&self) -> Result<(), SyncError> {
+        let mut pack = self.repo.packbuilder()?;
+        self.staging.add_to(&mut pack)?;
+        write_pack(&mut pack, &self.repo.odb()?)?;
+        self.staging.mempack().reset()?;
         Ok(())
     }
 
@@ -407,12 +465,17 @@ impl Sync {
         }
     }
 
-    /// Writes `bytes` as a blob.
+    /// Writes `bytes` as a blob (in memory, until [`Sync::persist`]).
     pub(crate) fn blob(&self, bytes: &[u8]) -> Result<Oid, SyncError> {
-        Ok(self.repo.blob(bytes)?)
+        let oid = self.repo.blob(bytes)?;
+        self.staging
+            .bytes
+            .set(self.staging.bytes.get() + bytes.len());
+        Ok(oid)
     }
 
-    /// Commits `edits` on the local tip with `message`; returns the new tip.
+    /// Commits `edits` on the local tip with `message`, in memory until [`Sync::persist`]; returns the
+    /// new tip.
     pub(crate) fn commit(&self, edits: &[Edit], message: &str) -> Result<Oid, SyncError> {
         let parent_oid = self.tip().ok_or_else(|| SyncError::NoBranch {
             url: self.url.clone(),
@@ -424,13 +487,14 @@ impl Sync {
         let oid = self
             .repo
             .commit(None, &signature, &signature, message, &tree, &[&parent])?;
-        self.set_tip(oid, "git-dispatch: record an outcome")?;
+        self.staging.staged(oid);
         Ok(oid)
     }
 
     /// One push of the local branch, then `git gc --auto` where it wrote objects (see
     /// [`Sync::gc_auto`]): the workdir, and a local-path remote, which no receive-pack tends.
     pub(crate) fn push(&self) -> Result<(), SyncError> {
+        self.persist()?;
         let Some(local) = self.tip() else {
             return Ok(());
         };
@@ -639,12 +703,15 @@ impl Sync {
         Ok(())
     }
 
-    /// `git gc --auto` in each bare repository of `git_dirs` in turn, in the background, one round at
-    /// a time (skipped while the last one runs), and best effort as in receive-pack (a failure leaves
-    /// more loose objects and packs, no more). Without it the workdir keeps every object it writes
-    /// loose (7 per outcome) and a pack per fetch. Each gc runs in the foreground of a thread that
-    /// waits for it: a detached gc would be re-parented to the dispatcher (a child subreaper) and
-    /// never reaped.
+    /// Housekeeping after a push, in the background, one round at a time (skipped while the last
+    /// one runs), and best effort as in receive-pack (a failure leaves more packs, no more):
+    /// `git gc --auto` in each bare repository of `git_dirs` in turn, and in the workdir (the first)
+    /// `git repack --geometric=2` once it holds more than [`MAX_PACKS`] packs. The workdir gains a
+    /// pack at every push (the outcomes written out) and every fetch; libgit2 looks an object up in
+    /// each pack in turn, and a geometric repack merges only the small ones, so it costs what they
+    /// hold, not the history (gc's own limit, 50 packs, rewrites the whole history into one pack).
+    /// Each command runs in the foreground of a thread that waits for it: a detached gc would be
+    /// re-parented to the dispatcher (a child subreaper) and never reaped.
     fn gc_auto(&self, git_dirs: Vec<PathBuf>) {
         let mut slot = self.gc.borrow_mut();
         if slot.as_ref().is_some_and(|gc| !gc.is_finished()) {
@@ -653,18 +720,29 @@ impl Sync {
         if let Some(done) = slot.take() {
             let _ = done.join();
         }
+        let git = |git_dir: &Path, args: &[&str]| {
+            let _ = Command::new("git")
+                .arg("--git-dir")
+                .arg(git_dir)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
         let spawned = std::thread::Builder::new()
             .name("gc".to_owned())
             .spawn(move || {
-                for git_dir in git_dirs {
-                    let _ = Command::new("git")
-                        .arg("--git-dir")
-                        .arg(git_dir)
-                        .args(["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"])
-                        .stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .status();
+                for (i, git_dir) in git_dirs.iter().enumerate() {
+                    let mut gc = vec!["-c", "gc.autoDetach=false"];
+                    if i == 0 {
+                        if pack_count(git_dir) > MAX_PACKS {
+                            git(git_dir, &["repack", "-d", "-q", "--geometric=2"]);
+                        }
+                        gc.extend(["-c", "gc.autoPackLimit=0"]);
+                    }
+                    gc.extend(["gc", "--auto", "--quiet"]);
+                    git(git_dir, &gc);
                 }
             });
         *slot = spawned.ok();
@@ -725,6 +803,15 @@ impl Sync {
     }
 }
 
+/// How many packs the repository at `git_dir` holds.
+fn pack_count(git_dir: &Path) -> usize {
+    fs::read_dir(git_dir.join("objects").join("pack")).map_or(0, |dir| {
+        dir.filter_map(Result::ok)
+            .filter(|e| e.file_name().as_encoded_bytes().ends_with(b".pack"))
+            .count()
+    })
+}
+
 /// Copies into `to` the objects that commit `tip` of `from` and its ancestors add to `base`, an
 /// ancestor that `to` holds with everything it reaches. Only the folders that differ from each
 /// commit's first parent are read, so the cost follows the change, not the size of the trees;
@@ -750,10 +837,15 @@ fn copy_objects(
         };
         insert_changed(from, &target, &mut pack, &commit.tree()?, parent.as_ref())?;
     }
+    write_pack(&mut pack, &target)
+}
+
+/// Writes what `pack` holds into `odb` as one pack (nothing when it is empty).
+fn write_pack(pack: &mut git2::PackBuilder<'_>, odb: &git2::Odb<'_>) -> Result<(), git2::Error> {
     if pack.object_count() == 0 {
         return Ok(());
     }
-    let mut writer = target.packwriter()?;
+    let mut writer = odb.packwriter()?;
     let mut written = Ok(());
     pack.foreach(|chunk| {
         written = std::io::Write::write_all(&mut writer, chunk);
@@ -805,4 +897,71 @@ fn insert_changed(
         }
     }
     Ok(())
+}
+
+/// The in-memory object store (libgit2's mempack backend) where outcome commits are made, and what
+/// was committed there since it was last written out.
+///
+/// Writing each outcome's dozen objects (two blobs, the trees down the shard folders, the commit)
+/// as loose files cost more than anything else the dispatcher does per request: a file created, a
+/// link and an unlink each, and the files read back for the next request. They are written as one
+/// pack per push instead. The local branch moves only once they are on disk, and a run's journal
+/// entry is closed only then, so a crash loses nothing the journal does not hold.
+struct Staging {
+    /// Owned and freed by the repository's object database, which lives as long as `Sync::repo`.
+    backend: <git2::Mempack<'static> as Binding>::Raw,
+    /// The newest staged commit: the local tip while something is staged.
+    tip: Cell<Option<Oid>>,
+    commits: Cell<usize>,
+    bytes: Cell<usize>,
+}
+
+// From libgit2's `git2/sys/mempack.h` (libgit2 1.9, vendored by libgit2-sys 0.18), which
+// libgit2-sys does not bind.
+unsafe extern "C" {
+    fn git_mempack_write_thin_pack(
+        backend: <git2::Mempack<'static> as Binding>::Raw,
+        pb: <git2::PackBuilder<'static> as Binding>::Raw,
+    ) -> std::ffi::c_int;
+}
+
+impl Staging {
+    fn attach(repo: &Repository) -> Result<Self, git2::Error> {
+        let backend = repo.odb()?.add_new_mempack_backend(STAGE_PRIORITY)?.raw();
+        Ok(Self {
+            backend,
+            tip: Cell::new(None),
+            commits: Cell::new(0),
+            bytes: Cell::new(0),
+        })
+    }
+
+    /// Adds every object in memory to `pack`, each alone (not what it refers to, which the
+    /// workdir holds already: `git_mempack_dump` would walk every commit's whole tree).
+    fn add_to(&self, pack: &mut git2::PackBuilder<'_>) -> Result<(), git2::Error> {
+        // SAFETY: both pointers are live: the backend as in `mempack`, the builder borrowed for the
+        // call.
+        let rc = unsafe { git_mempack_write_thin_pack(self.backend, pack.raw()) };
+        if rc < 0 {
+            return Err(git2::Error::last_error(rc));
+        }
+        Ok(())
+    }
+
+    fn mempack(&self) -> git2::Mempack<'_> {
+        // SAFETY: the backend belongs to the object database of `Sync::repo`, which owns it until the
+        // repository is freed; the returned value borrows `self`, which `Sync` drops first.
+        unsafe { git2::Mempack::from_raw(self.backend) }
+    }
+
+    fn staged(&self, commit: Oid) {
+        self.tip.set(Some(commit));
+        self.commits.set(self.commits.get() + 1);
+    }
+
+    fn clear(&self) {
+        self.tip.set(None);
+        self.commits.set(0);
+        self.bytes.set(0);
+    }
 }

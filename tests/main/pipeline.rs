@@ -400,3 +400,49 @@ fn submit_echoes(world: &World, names: impl Iterator<Item = String>) {
         .collect();
     world.submit_many(&files);
 }
+
+#[test]
+fn workdir_holds_outcomes_in_merged_packs_and_no_loose_objects() {
+    // Each run fetches (a pack) and writes its outcomes out (a pack): fourteen runs leave 28 packs
+    // unless the dispatcher merges them, which it does past 8.
+    let world = World::new().build();
+    let runs = 14;
+    for n in 1..=runs {
+        submit_echoes(&world, (1..=3).map(|i| format!("r{n:02}-{i}.yml")));
+        world.run(&[]).assert_exit(0);
+    }
+
+    let drained = world.fresh_clone();
+    assert_eq!(drained.statuses().len(), runs * 3);
+    let workdir = world.work.join("repo.git");
+    let git = |args: &[&str]| {
+        let mut full = vec!["--git-dir", workdir.to_str().expect("UTF-8 path")];
+        full.extend_from_slice(args);
+        world.submitter.git(&full)
+    };
+    let counts = git(&["count-objects", "-v"]);
+    let count = |key: &str| -> usize {
+        counts
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{key}: ")))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no `{key}` in:\n{counts}"))
+    };
+    assert_eq!(count("count"), 0, "loose objects in the workdir:\n{counts}");
+    assert!(
+        count("packs") <= 9,
+        "the workdir's packs were not merged:\n{counts}"
+    );
+    // Every object the branch needs is there, and the branch is what the remote holds.
+    git(&[
+        "fsck",
+        "--full",
+        "--no-dangling",
+        "--no-progress",
+        "refs/heads/main",
+    ]);
+    assert_eq!(
+        git(&["rev-parse", "refs/heads/main"]).trim(),
+        drained.git(&["rev-parse", "HEAD"]).trim()
+    );
+}
