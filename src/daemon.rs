@@ -466,6 +466,19 @@ impl Daemon {
                 self.journal.finish(&entry.key).map_err(io_err("journal"))?;
                 continue;
             };
+            if let Some((recorded, logs)) = self.journal.recorded_outcome(&entry.key) {
+                event(
+                    "recover",
+                    Some(&entry.key),
+                    &format!(
+                        "{}: the outcome was committed in memory when the dispatcher stopped; committing it again",
+                        recorded.state
+                    ),
+                );
+                crate::outcome::recommit(&self.sync, &entry, &recorded, &logs)?;
+                self.staged(&entry.key, recorded.kind.as_deref(), &recorded.state, None)?;
+                continue;
+            }
             let mut logs = Vec::new();
             for attempt in 1..=entry.attempt {
                 let mut bytes =
@@ -994,21 +1007,37 @@ impl Daemon {
             outcome.error = Some(self.cfg.redactor.redact(error));
         }
         outcome.record(&self.sync)?;
-        self.staged.push(outcome.key.clone());
-        self.metrics.recorded(
+        // A rejected request never ran: it has no journal entry, and is rejected again after a crash.
+        if outcome.state != State::Rejected {
+            let logs: Vec<&[u8]> = outcome.logs.iter().map(|l| l.bytes.as_slice()).collect();
+            self.journal
+                .recorded(&outcome.key, &outcome.journaled(), &logs)
+                .map_err(io_err("journal"))?;
+        }
+        self.staged(
+            &outcome.key,
             outcome.kind.as_deref(),
             &outcome.state.to_string(),
             outcome.duration,
-        );
+        )
+    }
+
+    /// Counts an outcome committed in memory, and writes the outcomes out when they are many.
+    fn staged(
+        &mut self,
+        key: &str,
+        kind: Option<&str>,
+        state: &str,
+        duration: Option<Duration>,
+    ) -> Result<(), DaemonError> {
+        crate::failpoint::hit("recorded");
+        self.staged.push(key.to_owned());
+        self.metrics.recorded(kind, state, duration);
         if self.sync.staging_full() {
             self.persist()?;
         }
         self.summary.recorded += 1;
-        *self
-            .summary
-            .by_state
-            .entry(outcome.state.to_string())
-            .or_default() += 1;
+        *self.summary.by_state.entry(state.to_owned()).or_default() += 1;
         self.unpushed_since.get_or_insert_with(Instant::now);
         self.checked_when_empty = false;
         self.show_progress();

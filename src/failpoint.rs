@@ -3,8 +3,8 @@
 //! compile this to nothing and ignore the variable.
 //!
 //! Stages: `fetch` (a fetch has downloaded but not updated the branch), `taken` (a run is journaled,
-//! its handler not started), `running` (the handler runs), `committed` (an outcome is committed
-//! locally, not pushed), `push` (the remote has updated its ref, the push has not returned).
+//! its handler not started), `running` (the handler runs), `recorded` (an outcome is committed
+//! in memory, not written out), `committed` (outcomes are written out to the workdir, not pushed), `push` (the remote has updated its ref, the push has not returned).
 //! One stage hangs instead of dying: `stuck` (a run's worker never reports after its handler ended),
 //! for the stale-run watchdog.
 

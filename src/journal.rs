@@ -3,9 +3,14 @@
 //! commits are made in memory and written out as one pack per push, see `Sync::persist`), plus the
 //! log of each attempt as it is captured. After a crash it tells the next start what was running, and its partial log.
 //!
+//! Once a run's outcome is committed in memory, a second file says what was committed (the message,
+//! the status file; the logs are the attempts' log files), so that a crash before the outcomes are
+//! written out loses no outcome: the next start commits it again.
+//!
 //! A journal entry whose outcome is already in the local branch is simply removed; one whose request
-//! is still in the inbox becomes an `abandoned` outcome, or a next attempt for an idempotent kind with
-//! retries left. Nothing else reads it.
+//! is still in the inbox is committed again from that second file when there is one, and otherwise
+//! becomes an `abandoned` outcome, or a next attempt for an idempotent kind with retries left.
+//! Nothing else reads it.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -28,6 +33,20 @@ pub(crate) struct Entry {
     pub dispatcher_pid: u32,
 }
 
+/// An outcome committed in memory and not yet written out to the workdir: what it takes to commit it
+/// again. The log of attempt N is the journal's log file N.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub kind: Option<String>,
+    pub state: String,
+    pub message: String,
+    pub status_json: String,
+    /// Whether the request goes to `processed/` (it is a file, not a symlink or a folder).
+    pub request_is_file: bool,
+    /// How many attempts' logs the outcome holds.
+    pub logs: u32,
+}
+
 pub(crate) struct Journal {
     dir: PathBuf,
 }
@@ -48,6 +67,43 @@ impl Journal {
         self.dir.join(format!("{key}.{attempt}.log"))
     }
 
+    fn recorded_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.outcome"))
+    }
+
+    /// Notes that `key`'s outcome is committed in memory, with `logs` (one per attempt) as its logs:
+    /// a log file that differs from what the outcome holds (a dispatcher's error text, a partial log
+    /// with its note) is written again first. Not synced: a marker lost with a power cut leaves the
+    /// run to be recorded `abandoned`, as it would have been without it.
+    pub(crate) fn recorded(
+        &self,
+        key: &str,
+        recorded: &Recorded,
+        logs: &[&[u8]],
+    ) -> io::Result<()> {
+        for (i, bytes) in logs.iter().enumerate() {
+            let path = self.log_path(key, i as u32 + 1);
+            if fs::read(&path).ok().as_deref() != Some(*bytes) {
+                fs::write(&path, bytes)?;
+            }
+        }
+        fs::write(
+            self.recorded_path(key),
+            serde_json::to_vec(recorded).map_err(io::Error::other)?,
+        )
+    }
+
+    /// What `key`'s outcome was when it was committed in memory, if it was, with its logs.
+    pub(crate) fn recorded_outcome(&self, key: &str) -> Option<(Recorded, Vec<Vec<u8>>)> {
+        let recorded: Recorded =
+            serde_json::from_slice(&fs::read(self.recorded_path(key)).ok()?).ok()?;
+        let logs = (1..=recorded.logs)
+            .map(|attempt| fs::read(self.log_path(key, attempt)))
+            .collect::<io::Result<Vec<_>>>()
+            .ok()?;
+        Some((recorded, logs))
+    }
+
     /// Writes `entry` durably (a new file, synced, renamed into place, the folder synced).
     pub(crate) fn begin(&self, entry: &Entry) -> io::Result<()> {
         let path = self.entry_path(&entry.key);
@@ -59,12 +115,14 @@ impl Journal {
         File::open(&self.dir)?.sync_all()
     }
 
-    /// Forgets `key`: its entry and the logs of all its attempts.
+    /// Forgets `key`: its entry, its outcome and the logs of all its attempts.
     pub(crate) fn finish(&self, key: &str) -> io::Result<()> {
-        match fs::remove_file(self.entry_path(key)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        for path in [self.entry_path(key), self.recorded_path(key)] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         for attempt in 1.. {
             match fs::remove_file(self.log_path(key, attempt)) {

@@ -10,6 +10,7 @@ use git2::{FileMode, Oid};
 use serde::Serialize;
 
 use crate::capture::LogSummary;
+use crate::journal::{Entry, Recorded};
 use crate::layout::Place;
 use crate::sync::{Edit, ID_TRAILER, Sync, SyncError};
 
@@ -194,30 +195,90 @@ impl Outcome {
 
     /// Writes the outcome as one commit on the local branch; returns the commit.
     pub(crate) fn record(&self, sync: &Sync) -> Result<Oid, SyncError> {
-        let mut edits = vec![Edit::Remove {
-            path: self.request_path.clone(),
-        }];
-        if self.request_is_file {
-            edits.push(Edit::Upsert {
-                path: Place::Sharded.request(&self.key),
-                oid: self.request_blob,
-                mode: FileMode::Blob,
-            });
+        let logs: Vec<&[u8]> = self.logs.iter().map(|l| l.bytes.as_slice()).collect();
+        commit(
+            sync,
+            &self.key,
+            &self.request_path,
+            self.request_is_file.then_some(self.request_blob),
+            &self.status_json(),
+            &logs,
+            &self.message(),
+        )
+    }
+
+    /// What the journal keeps of the outcome until it is written out (see [`Journal::recorded`]).
+    ///
+    /// [`Journal::recorded`]: crate::journal::Journal::recorded
+    pub(crate) fn journaled(&self) -> Recorded {
+        Recorded {
+            kind: self.kind.clone(),
+            state: self.state.to_string(),
+            message: self.message(),
+            status_json: self.status_json(),
+            request_is_file: self.request_is_file,
+            logs: self.logs.len() as u32,
         }
+    }
+}
+
+/// Commits an outcome again from what the journal kept of it (see [`Outcome::journaled`]).
+pub(crate) fn recommit(
+    sync: &Sync,
+    entry: &Entry,
+    recorded: &Recorded,
+    logs: &[Vec<u8>],
+) -> Result<Oid, SyncError> {
+    let request_blob = match recorded.request_is_file {
+        true => Some(Oid::from_str(&entry.request_blob)?),
+        false => None,
+    };
+    let logs: Vec<&[u8]> = logs.iter().map(Vec::as_slice).collect();
+    commit(
+        sync,
+        &entry.key,
+        &entry.request_path,
+        request_blob,
+        &recorded.status_json,
+        &logs,
+        &recorded.message,
+    )
+}
+
+/// One outcome commit: the request leaves `requests/`; its blob (when it is a file), the status
+/// file and a log per attempt go to the shard folders of `key`.
+fn commit(
+    sync: &Sync,
+    key: &str,
+    request_path: &str,
+    request_blob: Option<Oid>,
+    status_json: &str,
+    logs: &[&[u8]],
+    message: &str,
+) -> Result<Oid, SyncError> {
+    let mut edits = vec![Edit::Remove {
+        path: request_path.to_owned(),
+    }];
+    if let Some(oid) = request_blob {
         edits.push(Edit::Upsert {
-            path: Place::Sharded.status(&self.key),
-            oid: sync.blob(self.status_json().as_bytes())?,
+            path: Place::Sharded.request(key),
+            oid,
             mode: FileMode::Blob,
         });
-        for (i, log) in self.logs.iter().enumerate() {
-            edits.push(Edit::Upsert {
-                path: self.log_path(i + 1),
-                oid: sync.blob(&log.bytes)?,
-                mode: FileMode::Blob,
-            });
-        }
-        sync.commit(&edits, &self.message())
     }
+    edits.push(Edit::Upsert {
+        path: Place::Sharded.status(key),
+        oid: sync.blob(status_json.as_bytes())?,
+        mode: FileMode::Blob,
+    });
+    for (i, log) in logs.iter().enumerate() {
+        edits.push(Edit::Upsert {
+            path: Place::Sharded.log(key, i as u64 + 1),
+            oid: sync.blob(log)?,
+            mode: FileMode::Blob,
+        });
+    }
+    sync.commit(&edits, message)
 }
 
 /// A name under which nothing is recorded yet: `base~1`, `base~2`, ... `~` never occurs in an id.

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::support::{
     Checkout, DEFAULT_INDEX, World, add_kinds, free_port, git_command, log_file, processed,
-    wait_until,
+    sha256_hex, wait_until,
 };
 
 /// How long a dispatcher process of these tests may run before it is killed and the test fails.
@@ -330,6 +330,39 @@ fn crash_after_an_outcome_was_committed_pushes_it_once_on_restart() {
     // The dispatcher records an outcome while the next request already runs, so that one may have
     // been interrupted by the crash: it is then `abandoned`, never run twice.
     crashed.assert_at_most_one_interrupted(&["crash-b", "crash-c"]);
+}
+
+#[test]
+fn crash_before_outcomes_in_memory_were_written_out_commits_them_again_on_restart() {
+    // Outcome commits are made in memory and written out at the next push: a crash in between
+    // loses the commit, and the journal gives it back as it was (state, exit code, log), not as
+    // `abandoned`, without running the handler again.
+    let crashed = crash_then_restart("recorded", false);
+    crashed.assert_nothing_pushed_before_restart();
+    crashed.assert_succeeded_once("crash-a");
+    let (_, status) = crashed
+        .once
+        .values()
+        .find(|(k, _)| k == "crash-a")
+        .expect("an outcome for `crash-a`");
+    assert_eq!(status["exit_code"], 0, "{status:#}");
+    assert_eq!(status["log"], log_file("crash-a", 1), "{status:#}");
+    let log = crashed
+        .clone
+        .read_string(&log_file("crash-a", 1))
+        .expect("the log is committed");
+    assert_eq!(log, "attempt 1 of crash-a\n");
+    assert_eq!(
+        status["log_sha256"],
+        sha256_hex(log.as_bytes()),
+        "{status:#}"
+    );
+    crashed.assert_at_most_one_interrupted(&["crash-b", "crash-c"]);
+    let journal: Vec<_> = fs::read_dir(crashed.world.work.join("journal"))
+        .expect("the journal folder")
+        .map(|e| e.expect("a journal entry").file_name())
+        .collect();
+    assert!(journal.is_empty(), "left in the journal: {journal:?}");
 }
 
 /// A crash at `push` (the remote took the ref update, the push did not return): what the remote took
