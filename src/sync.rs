@@ -125,6 +125,9 @@ pub(crate) struct Sync {
     branch: String,
     signature_name: String,
     signature_email: String,
+    /// The packs [`Sync::persist`] wrote since the last push, in order: over a local path, a push
+    /// copies these bytes instead of packing the same objects again (see [`Sync::push_local`]).
+    written: RefCell<Vec<WrittenPack>>,
     /// The thread running `git gc --auto` after a push (see [`Sync::gc_auto`]), if one was started.
     gc: RefCell<Option<std::thread::JoinHandle<()>>>,
 }
@@ -198,6 +201,7 @@ impl Sync {
             branch: branch.to_owned(),
             signature_name: "git-dispatch".to_owned(),
             signature_email: format!("git-dispatch@{host}"),
+            written: RefCell::new(Vec::new()),
             gc: RefCell::new(None),
         })
     }
@@ -364,6 +368,21 @@ impl Sync {
         Ok(())
     }
 
+    /// The packs written since the last push, when together they hold every object the unpushed
+    /// commits add: a chain from the remote's tip to the local tip, each made of outcome commits
+    /// only (nothing from a reconcile, which clears the chain). Taken: the next push starts afresh.
+    fn take_written(&self, base: Oid, tip: Oid) -> Vec<WrittenPack> {
+        let packs = self.written.take();
+        let mut at = base;
+        for pack in &packs {
+            if pack.base != at {
+                return Vec::new();
+            }
+            at = pack.tip;
+        }
+        if at == tip { packs } else { Vec::new() }
+    }
+
     /// Whether the outcomes recorded in memory are many or large enough to be written out now,
     /// whatever the push schedule.
     pub(crate) fn staging_full(&self) -> bool {
@@ -387,8 +406,17 @@ impl Sync {
     fn write_staged(&self) -> Result<(), SyncError> {
         let mut pack = self.repo.packbuilder()?;
         self.staging.add_to(&mut pack)?;
-        write_pack(&mut pack, &self.repo.odb()?)?;
+        let bytes = pack_bytes(&mut pack)?;
+        write_pack(&bytes, &self.repo.odb()?)?;
         self.staging.mempack().reset()?;
+        match (self.staging.base.get(), self.staging.tip.get()) {
+            (Some(base), Some(tip)) if !bytes.is_empty() => {
+                self.written
+                    .borrow_mut()
+                    .push(WrittenPack { base, tip, bytes });
+            }
+            _ => self.written.borrow_mut().clear(),
+        }
         Ok(())
     }
 
@@ -487,7 +515,7 @@ impl Sync {
         let oid = self
             .repo
             .commit(None, &signature, &signature, message, &tree, &[&parent])?;
-        self.staging.staged(oid);
+        self.staging.staged(parent_oid, oid);
         Ok(oid)
     }
 
@@ -507,6 +535,7 @@ impl Sync {
         } else {
             self.push_libgit2(local)?;
         }
+        self.written.borrow_mut().clear();
         self.gc_auto(written);
         Ok(())
     }
@@ -686,6 +715,10 @@ impl Sync {
         if remote.refname_to_id(&refname).ok() != Some(base) {
             return Err(rejected("fetch first: the remote moved".to_owned()));
         }
+        let remote_odb = remote.odb()?;
+        for pack in self.take_written(base, local) {
+            write_pack(&pack.bytes, &remote_odb)?;
+        }
         copy_objects(&self.repo, remote, local, base)?;
         let moved =
             remote.reference_matching(&refname, local, true, base, "git-dispatch: push outcomes");
@@ -816,7 +849,8 @@ fn pack_count(git_dir: &Path) -> usize {
 /// ancestor that `to` holds with everything it reaches. Only the folders that differ from each
 /// commit's first parent are read, so the cost follows the change, not the size of the trees;
 /// libgit2's pack builder instead walks every object of `base` to leave them out (0.4 s at 100,000
-/// outcomes, on every push and fetch). One pack is written into `to`.
+/// outcomes, on every push and fetch). What `to` already holds is left out (after a push wrote the
+/// packs [`Sync::persist`] made, that is everything); the rest is written into `to` as one pack.
 fn copy_objects(
     from: &Repository,
     to: &Repository,
@@ -830,36 +864,45 @@ fn copy_objects(
     walk.hide(base)?;
     for commit in walk {
         let commit = from.find_commit(commit?)?;
-        pack.insert_object(commit.id(), None)?;
+        if !target.exists(commit.id()) {
+            pack.insert_object(commit.id(), None)?;
+        }
         let parent = match commit.parent(0) {
             Ok(parent) => Some(parent.tree()?),
             Err(_) => None,
         };
         insert_changed(from, &target, &mut pack, &commit.tree()?, parent.as_ref())?;
     }
-    write_pack(&mut pack, &target)
+    write_pack(&pack_bytes(&mut pack)?, &target)
 }
 
-/// Writes what `pack` holds into `odb` as one pack (nothing when it is empty).
-fn write_pack(pack: &mut git2::PackBuilder<'_>, odb: &git2::Odb<'_>) -> Result<(), git2::Error> {
-    if pack.object_count() == 0 {
+/// What `pack` holds, as the bytes of one pack file (none when it is empty).
+fn pack_bytes(pack: &mut git2::PackBuilder<'_>) -> Result<Vec<u8>, git2::Error> {
+    let mut bytes = Vec::new();
+    if pack.object_count() > 0 {
+        pack.foreach(|chunk| {
+            bytes.extend_from_slice(chunk);
+            true
+        })?;
+    }
+    Ok(bytes)
+}
+
+/// Writes a pack file's `bytes` into `odb` (indexed there; nothing when there are none).
+fn write_pack(bytes: &[u8], odb: &git2::Odb<'_>) -> Result<(), git2::Error> {
+    if bytes.is_empty() {
         return Ok(());
     }
     let mut writer = odb.packwriter()?;
-    let mut written = Ok(());
-    pack.foreach(|chunk| {
-        written = std::io::Write::write_all(&mut writer, chunk);
-        written.is_ok()
-    })?;
-    written.map_err(|e| git2::Error::from_str(&format!("writing a pack: {e}")))?;
+    std::io::Write::write_all(&mut writer, bytes)
+        .map_err(|e| git2::Error::from_str(&format!("writing a pack: {e}")))?;
     writer.commit()?;
     Ok(())
 }
 
-/// Adds to `pack` what `tree` holds and `parent` does not, going only into the folders that differ,
-/// and leaving out blobs `target` has already (a request's, moved to `processed/`). A tree is left
-/// out only when the parent has it: that one is complete in `target`, while a tree `target` merely
-/// holds may be the dangling part of a broken transfer.
+/// Adds to `pack` what `tree` holds and `parent` does not and `target` lacks, going into every folder
+/// that differs from the parent's: a tree `target` holds is still looked into, as it may be the
+/// dangling part of a broken transfer; one the parent has is complete in `target`.
 fn insert_changed(
     repo: &Repository,
     target: &git2::Odb<'_>,
@@ -870,7 +913,9 @@ fn insert_changed(
     if parent.is_some_and(|p| p.id() == tree.id()) {
         return Ok(());
     }
-    pack.insert_object(tree.id(), None)?;
+    if !target.exists(tree.id()) {
+        pack.insert_object(tree.id(), None)?;
+    }
     for entry in tree {
         let before = parent.and_then(|p| p.get_name_bytes(entry.name_bytes()));
         if before.as_ref().is_some_and(|b| b.id() == entry.id()) {
@@ -899,6 +944,14 @@ fn insert_changed(
     Ok(())
 }
 
+/// A pack [`Sync::persist`] wrote: the objects of the outcome commits from `base` (excluded) to
+/// `tip`.
+struct WrittenPack {
+    base: Oid,
+    tip: Oid,
+    bytes: Vec<u8>,
+}
+
 /// The in-memory object store (libgit2's mempack backend) where outcome commits are made, and what
 /// was committed there since it was last written out.
 ///
@@ -912,6 +965,8 @@ struct Staging {
     backend: <git2::Mempack<'static> as Binding>::Raw,
     /// The newest staged commit: the local tip while something is staged.
     tip: Cell<Option<Oid>>,
+    /// The parent of the oldest staged commit.
+    base: Cell<Option<Oid>>,
     commits: Cell<usize>,
     bytes: Cell<usize>,
 }
@@ -931,6 +986,7 @@ impl Staging {
         Ok(Self {
             backend,
             tip: Cell::new(None),
+            base: Cell::new(None),
             commits: Cell::new(0),
             bytes: Cell::new(0),
         })
@@ -954,13 +1010,17 @@ impl Staging {
         unsafe { git2::Mempack::from_raw(self.backend) }
     }
 
-    fn staged(&self, commit: Oid) {
+    fn staged(&self, parent: Oid, commit: Oid) {
+        if self.tip.get().is_none() {
+            self.base.set(Some(parent));
+        }
         self.tip.set(Some(commit));
         self.commits.set(self.commits.get() + 1);
     }
 
     fn clear(&self) {
         self.tip.set(None);
+        self.base.set(None);
         self.commits.set(0);
         self.bytes.set(0);
     }
