@@ -466,7 +466,9 @@ impl Daemon {
                 self.journal.finish(&entry.key).map_err(io_err("journal"))?;
                 continue;
             };
-            if let Some((recorded, logs)) = self.journal.recorded_outcome(&entry.key) {
+            if let (Some(recorded), Some(logs)) =
+                (&entry.outcome, self.journal.recorded_logs(&entry))
+            {
                 event(
                     "recover",
                     Some(&entry.key),
@@ -475,7 +477,7 @@ impl Daemon {
                         recorded.state
                     ),
                 );
-                crate::outcome::recommit(&self.sync, &entry, &recorded, &logs)?;
+                crate::outcome::recommit(&self.sync, &entry, recorded, &logs)?;
                 self.staged(&entry.key, recorded.kind.as_deref(), &recorded.state, None)?;
                 continue;
             }

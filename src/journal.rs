@@ -1,11 +1,12 @@
 //! The local journal: one small file per run in flight, written (and synced) before the handler
 //! starts and removed once the outcome is committed locally and written out to the workdir (outcome
 //! commits are made in memory and written out as one pack per push, see `Sync::persist`), plus the
-//! log of each attempt as it is captured. After a crash it tells the next start what was running, and its partial log.
+//! log of each attempt as it is captured. After a crash it tells the next start what was running,
+//! and its partial log.
 //!
-//! Once a run's outcome is committed in memory, a second file says what was committed (the message,
-//! the status file; the logs are the attempts' log files), so that a crash before the outcomes are
-//! written out loses no outcome: the next start commits it again.
+//! Once a run's outcome is committed in memory, a second JSON document appended to its entry says
+//! what was committed (the message, the status file; the logs are the attempts' log files), so that
+//! a crash before the outcomes are written out loses no outcome: the next start commits it again.
 //!
 //! A journal entry whose outcome is already in the local branch is simply removed; one whose request
 //! is still in the inbox is committed again from that second file when there is one, and otherwise
@@ -31,6 +32,9 @@ pub(crate) struct Entry {
     pub started_at: String,
     /// The dispatcher's process id, to tell a crashed run from one of this process.
     pub dispatcher_pid: u32,
+    /// The outcome, once it is committed in memory (the entry's second document).
+    #[serde(skip)]
+    pub outcome: Option<Recorded>,
 }
 
 /// An outcome committed in memory and not yet written out to the workdir: what it takes to commit it
@@ -67,62 +71,77 @@ impl Journal {
         self.dir.join(format!("{key}.{attempt}.log"))
     }
 
-    fn recorded_path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.outcome"))
-    }
-
     /// Notes that `key`'s outcome is committed in memory, with `logs` (one per attempt) as its logs:
     /// a log file that differs from what the outcome holds (a dispatcher's error text, a partial log
-    /// with its note) is written again first. Not synced: a marker lost with a power cut leaves the
-    /// run to be recorded `abandoned`, as it would have been without it.
+    /// with its note) is written again first. The note is appended to the entry in one write, so a
+    /// crash leaves the entry whole, with or without it; it is not synced: a note lost with a power
+    /// cut leaves the run to be recorded `abandoned`, as it would have been without it. Nothing is
+    /// noted for a key without an entry.
     pub(crate) fn recorded(
         &self,
         key: &str,
         recorded: &Recorded,
         logs: &[&[u8]],
     ) -> io::Result<()> {
+        let mut entry = match fs::OpenOptions::new()
+            .append(true)
+            .open(self.entry_path(key))
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
         for (i, bytes) in logs.iter().enumerate() {
             let path = self.log_path(key, i as u32 + 1);
             if fs::read(&path).ok().as_deref() != Some(*bytes) {
                 fs::write(&path, bytes)?;
             }
         }
-        fs::write(
-            self.recorded_path(key),
-            serde_json::to_vec(recorded).map_err(io::Error::other)?,
-        )
+        let mut note = serde_json::to_vec(recorded).map_err(io::Error::other)?;
+        note.push(b'\n');
+        entry.write_all(&note)
     }
 
-    /// What `key`'s outcome was when it was committed in memory, if it was, with its logs.
-    pub(crate) fn recorded_outcome(&self, key: &str) -> Option<(Recorded, Vec<Vec<u8>>)> {
-        let recorded: Recorded =
-            serde_json::from_slice(&fs::read(self.recorded_path(key)).ok()?).ok()?;
-        let logs = (1..=recorded.logs)
-            .map(|attempt| fs::read(self.log_path(key, attempt)))
+    /// The logs of an outcome noted in `entry`, one per attempt; `None` when one cannot be read.
+    pub(crate) fn recorded_logs(&self, entry: &Entry) -> Option<Vec<Vec<u8>>> {
+        let recorded = entry.outcome.as_ref()?;
+        (1..=recorded.logs)
+            .map(|attempt| fs::read(self.log_path(&entry.key, attempt)))
             .collect::<io::Result<Vec<_>>>()
-            .ok()?;
-        Some((recorded, logs))
+            .ok()
     }
 
-    /// Writes `entry` durably (a new file, synced, renamed into place, the folder synced).
+    /// Writes `entry` durably (the file and the folder synced). A first entry is written in place:
+    /// the handler starts only once this returns, so an entry a crash left torn is of a run that
+    /// never started, and [`Journal::entries`] reports it as unreadable. A next attempt's entry
+    /// replaces the last one by a rename, so that a crash never loses the earlier attempts.
     pub(crate) fn begin(&self, entry: &Entry) -> io::Result<()> {
         let path = self.entry_path(&entry.key);
-        let tmp = path.with_extension("json.tmp");
-        let mut file = File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(entry).map_err(io::Error::other)?)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
+        let mut bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        match File::create_new(&path) {
+            Ok(mut file) => {
+                file.write_all(&bytes)?;
+                file.sync_all()?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let tmp = path.with_extension("json.tmp");
+                let mut file = File::create(&tmp)?;
+                file.write_all(&bytes)?;
+                file.sync_all()?;
+                fs::rename(&tmp, &path)?;
+            }
+            Err(e) => return Err(e),
+        }
         File::open(&self.dir)?.sync_all()
     }
 
     /// Forgets `key`: its entry, its outcome and the logs of all its attempts.
     pub(crate) fn finish(&self, key: &str) -> io::Result<()> {
-        for path in [self.entry_path(key), self.recorded_path(key)] {
-            match fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        match fs::remove_file(self.entry_path(key)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         for attempt in 1.. {
             match fs::remove_file(self.log_path(key, attempt)) {
@@ -143,11 +162,82 @@ impl Journal {
                 entries.push(
                     fs::read(&path)
                         .map_err(|e| e.to_string())
-                        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                        .and_then(|bytes| parse_entry(&bytes))
                         .map_err(|e| (path.clone(), e)),
                 );
             }
         }
         Ok(entries)
+    }
+}
+
+/// An entry file: the entry, then the outcome's note when there is a whole one.
+fn parse_entry(bytes: &[u8]) -> Result<Entry, String> {
+    let mut documents =
+        serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
+    let first = documents
+        .next()
+        .ok_or_else(|| "empty".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let mut entry: Entry = serde_json::from_value(first).map_err(|e| e.to_string())?;
+    entry.outcome = documents
+        .next()
+        .and_then(Result::ok)
+        .and_then(|note| serde_json::from_value(note).ok());
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            key: "k".to_owned(),
+            request_path: "requests/k.yml".to_owned(),
+            request_blob: "0".repeat(40),
+            attempt: 1,
+            started_at: "2026-11-21T00:00:00Z".to_owned(),
+            dispatcher_pid: 1,
+            outcome: None,
+        }
+    }
+
+    fn note() -> Recorded {
+        Recorded {
+            kind: Some("echo".to_owned()),
+            state: "succeeded".to_owned(),
+            message: "dispatch: k succeeded\n".to_owned(),
+            status_json: "{}\n".to_owned(),
+            request_is_file: true,
+            logs: 1,
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_with_its_outcome_note_and_without_a_torn_one() {
+        let mut bytes = serde_json::to_vec(&entry()).unwrap();
+        bytes.push(b'\n');
+        assert_eq!(parse_entry(&bytes).unwrap(), entry());
+
+        let whole = [bytes.clone(), serde_json::to_vec(&note()).unwrap()].concat();
+        assert_eq!(parse_entry(&whole).unwrap().outcome, Some(note()));
+
+        let torn = &whole[..whole.len() - 5];
+        assert_eq!(
+            parse_entry(torn).unwrap(),
+            entry(),
+            "a torn note is ignored"
+        );
+        assert!(
+            parse_entry(&bytes[..bytes.len() / 2]).is_err(),
+            "a torn entry"
+        );
+    }
+
+    #[test]
+    fn an_entry_written_pretty_by_an_earlier_version_still_reads() {
+        let pretty = serde_json::to_vec_pretty(&entry()).unwrap();
+        assert_eq!(parse_entry(&pretty).unwrap(), entry());
     }
 }

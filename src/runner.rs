@@ -142,6 +142,7 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
                 attempt: number,
                 started_at: rfc3339(SystemTime::now()),
                 dispatcher_pid: std::process::id(),
+                outcome: None,
             })
             .map_err(io(&plan.run_dir))?;
         crate::failpoint::hit("taken");
