@@ -23,11 +23,11 @@ const REMOTE: &str = "origin";
 pub(crate) const ID_TRAILER: &str = "Dispatch-Id";
 /// Credential callbacks are asked again after every failure; past this many, give up.
 const MAX_CREDENTIAL_ATTEMPTS: u32 = 3;
-/// Outcomes recorded in memory are written out once there are this many of them, or this many
-/// bytes of blobs, even when no push is due: this bounds the memory they take and what a crash
-/// can leave to the journal.
+/// Outcomes recorded in memory are written out once there are this many of them, or they wrote this
+/// many bytes of blobs and trees, even when no push is due: this bounds the memory they take and
+/// what a crash leaves to the journal.
 const STAGE_MAX_COMMITS: usize = 256;
-const STAGE_MAX_BYTES: usize = 4 << 20;
+const STAGE_MAX_BYTES: usize = 1 << 20;
 /// Above the loose (1) and pack (2) backends: new objects go to memory first, and are found there.
 const STAGE_PRIORITY: i32 = 1000;
 /// More packs than this in the workdir are merged (see [`Sync::gc_auto`]).
@@ -368,21 +368,6 @@ impl Sync {
         Ok(())
     }
 
-    /// The packs written since the last push, when together they hold every object the unpushed
-    /// commits add: a chain from the remote's tip to the local tip, each made of outcome commits
-    /// only (nothing from a reconcile, which clears the chain). Taken: the next push starts afresh.
-    fn take_written(&self, base: Oid, tip: Oid) -> Vec<WrittenPack> {
-        let packs = self.written.take();
-        let mut at = base;
-        for pack in &packs {
-            if pack.base != at {
-                return Vec::new();
-            }
-            at = pack.tip;
-        }
-        if at == tip { packs } else { Vec::new() }
-    }
-
     /// Whether the outcomes recorded in memory are many or large enough to be written out now,
     /// whatever the push schedule.
     pub(crate) fn staging_full(&self) -> bool {
@@ -516,27 +501,59 @@ impl Sync {
             .repo
             .commit(None, &signature, &signature, message, &tree, &[&parent])?;
         self.staging.staged(parent_oid, oid);
+        self.staging
+            .bytes
+            .set(self.staging.bytes.get() + self.tree_bytes(&tree, edits));
         Ok(oid)
     }
 
-    /// One push of the local branch, then `git gc --auto` where it wrote objects (see
-    /// [`Sync::gc_auto`]): the workdir, and a local-path remote, which no receive-pack tends.
+    /// The size of the trees a commit of `edits` wrote: `root` and the folders on the edited paths.
+    /// These dominate what an outcome holds in memory while the inbox is long (a 1000-request
+    /// `requests/` tree is about 50 KB, written anew by every outcome).
+    fn tree_bytes(&self, root: &git2::Tree<'_>, edits: &[Edit]) -> usize {
+        let Ok(odb) = self.repo.odb() else {
+            return 0;
+        };
+        let size = |oid: Oid| odb.read_header(oid).map_or(0, |(size, _)| size);
+        let mut folders: Vec<&str> = Vec::new();
+        for edit in edits {
+            let (Edit::Upsert { path, .. } | Edit::Remove { path }) = edit;
+            let mut end = 0;
+            while let Some(slash) = path[end..].find('/') {
+                end += slash;
+                if !folders.contains(&&path[..end]) {
+                    folders.push(&path[..end]);
+                }
+                end += 1;
+            }
+        }
+        let below: usize = folders
+            .iter()
+            .filter_map(|folder| root.get_path(Path::new(folder)).ok())
+            .map(|entry| size(entry.id()))
+            .sum();
+        size(root.id()) + below
+    }
+
+    /// One push of the local branch (outcomes in memory written out first), then housekeeping where
+    /// it wrote objects (see [`Sync::gc_auto`]).
     pub(crate) fn push(&self) -> Result<(), SyncError> {
         self.persist()?;
+        // Whatever this push does with them, the packs written so far are its business only.
+        let packs = self.written.take();
         let Some(local) = self.tip() else {
             return Ok(());
         };
-        let mut written = vec![self.path.clone()];
+        let mut local_remote = None;
         if self.access.transport == Transport::Cli {
             self.push_cli(local)?;
         } else if let Some(remote) = self.local_remote() {
-            self.push_local(&remote, local)?;
-            written.push(remote.path().to_owned());
+            self.push_local(&remote, local, packs)?;
+            local_remote = Some(remote.path().to_owned());
         } else {
             self.push_libgit2(local)?;
         }
-        self.written.borrow_mut().clear();
-        self.gc_auto(written);
+        self.gc_auto(local_remote);
         Ok(())
     }
 
@@ -587,10 +604,11 @@ impl Sync {
 
 /// Process-wide libgit2 settings, made once: cache trees up to 4 MiB (the inbox, `processed/` and
 /// `logs/` trees are read on every request; libgit2 caches only trees under 4 KiB by default) in a
-/// cache of 4 MiB (more only fills with dead trees and costs memory: 80 MiB peak for 1000 requests
-/// with a 24 MiB cache, 32 MiB with this one), skip
-/// re-hashing every object read from our own object store, and bound how long a silent server can
-/// hold a fetch or push.
+/// cache of 2 MiB (more only fills with dead trees and costs memory: 80 MiB peak for 1000 requests
+/// with a 24 MiB cache, 36–37 MiB with 4 MiB, 31–33 MiB with 2 MiB, and no more CPU time), map
+/// packs in windows of 1 MiB up to 8 MiB in all (the default maps whole packs, up to 8 GiB, which
+/// counts in the resident memory), skip re-hashing every object read from our own object store,
+/// and bound how long a silent server can hold a fetch or push.
 fn configure_libgit2() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -601,7 +619,9 @@ fn configure_libgit2() {
             // (a parsed tree takes a few times its size in memory).
             let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 4 << 20);
             let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Commit, 1 << 20);
-            let _ = git2::opts::set_cache_max_size(4 << 20);
+            let _ = git2::opts::set_cache_max_size(2 << 20);
+            let _ = git2::opts::set_mwindow_size(1 << 20);
+            let _ = git2::opts::set_mwindow_mapped_limit(8 << 20);
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(15_000);
             let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
         }
@@ -702,7 +722,12 @@ impl Sync {
     /// rejection, as over the network). Like libgit2's own local push, this runs no hooks: a remote
     /// that needs them is served over `git daemon`, SSH or HTTPS. [`Sync::push`] then runs
     /// `git gc --auto` in the remote, as `git receive-pack` would, so the packs of pushes get merged.
-    fn push_local(&self, remote: &Repository, local: Oid) -> Result<(), SyncError> {
+    fn push_local(
+        &self,
+        remote: &Repository,
+        local: Oid,
+        packs: Vec<WrittenPack>,
+    ) -> Result<(), SyncError> {
         let refname = self.local_ref();
         let rejected = |reason: String| SyncError::Rejected {
             url: self.url.clone(),
@@ -715,9 +740,11 @@ impl Sync {
         if remote.refname_to_id(&refname).ok() != Some(base) {
             return Err(rejected("fetch first: the remote moved".to_owned()));
         }
-        let remote_odb = remote.odb()?;
-        for pack in self.take_written(base, local) {
-            write_pack(&pack.bytes, &remote_odb)?;
+        if chain(&packs, base, local) {
+            let remote_odb = remote.odb()?;
+            for pack in &packs {
+                write_pack(&pack.bytes, &remote_odb)?;
+            }
         }
         copy_objects(&self.repo, remote, local, base)?;
         let moved =
@@ -737,15 +764,16 @@ impl Sync {
     }
 
     /// Housekeeping after a push, in the background, one round at a time (skipped while the last
-    /// one runs), and best effort as in receive-pack (a failure leaves more packs, no more):
-    /// `git gc --auto` in each bare repository of `git_dirs` in turn, and in the workdir (the first)
-    /// `git repack --geometric=2` once it holds more than [`MAX_PACKS`] packs. The workdir gains a
-    /// pack at every push (the outcomes written out) and every fetch; libgit2 looks an object up in
+    /// one runs), and best effort as in receive-pack (a failure leaves more packs, no more). In the
+    /// workdir, `git repack -d --geometric=2` once it holds more than [`MAX_PACKS`] packs: it gains
+    /// one at every push (the outcomes written out) and every fetch, libgit2 looks an object up in
     /// each pack in turn, and a geometric repack merges only the small ones, so it costs what they
-    /// hold, not the history (gc's own limit, 50 packs, rewrites the whole history into one pack).
+    /// hold, not the history (gc's own limit, 50 packs, would rewrite the history into one pack);
+    /// then `git gc --auto` for loose objects (the `git` transport's fetches leave some). In a
+    /// local-path remote, which no receive-pack tends, `git gc --auto` as receive-pack runs it.
     /// Each command runs in the foreground of a thread that waits for it: a detached gc would be
     /// re-parented to the dispatcher (a child subreaper) and never reaped.
-    fn gc_auto(&self, git_dirs: Vec<PathBuf>) {
+    fn gc_auto(&self, local_remote: Option<PathBuf>) {
         let mut slot = self.gc.borrow_mut();
         if slot.as_ref().is_some_and(|gc| !gc.is_finished()) {
             return;
@@ -763,19 +791,30 @@ impl Sync {
                 .stderr(std::process::Stdio::null())
                 .status();
         };
+        let workdir = self.path.clone();
         let spawned = std::thread::Builder::new()
             .name("gc".to_owned())
             .spawn(move || {
-                for (i, git_dir) in git_dirs.iter().enumerate() {
-                    let mut gc = vec!["-c", "gc.autoDetach=false"];
-                    if i == 0 {
-                        if pack_count(git_dir) > MAX_PACKS {
-                            git(git_dir, &["repack", "-d", "-q", "--geometric=2"]);
-                        }
-                        gc.extend(["-c", "gc.autoPackLimit=0"]);
-                    }
-                    gc.extend(["gc", "--auto", "--quiet"]);
-                    git(git_dir, &gc);
+                if pack_count(&workdir) > MAX_PACKS {
+                    git(&workdir, &["repack", "-d", "-q", "--geometric=2"]);
+                }
+                git(
+                    &workdir,
+                    &[
+                        "-c",
+                        "gc.autoDetach=false",
+                        "-c",
+                        "gc.autoPackLimit=0",
+                        "gc",
+                        "--auto",
+                        "--quiet",
+                    ],
+                );
+                if let Some(remote) = local_remote {
+                    git(
+                        &remote,
+                        &["-c", "gc.autoDetach=false", "gc", "--auto", "--quiet"],
+                    );
                 }
             });
         *slot = spawned.ok();
@@ -834,6 +873,20 @@ impl Sync {
             .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
         Ok(())
     }
+}
+
+/// Whether `packs` hold every object the commits from `base` (excluded) to `tip` add: a chain of
+/// packs of outcome commits from one to the other (a reconcile, whose commits are not outcome
+/// commits made on the local tip, clears the list).
+fn chain(packs: &[WrittenPack], base: Oid, tip: Oid) -> bool {
+    let mut at = base;
+    for pack in packs {
+        if pack.base != at {
+            return false;
+        }
+        at = pack.tip;
+    }
+    at == tip
 }
 
 /// How many packs the repository at `git_dir` holds.

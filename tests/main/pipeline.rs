@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    DEFAULT_INDEX, GitDaemon, World, instant_key, log_file, processed, sha256_hex, utc_rfc3339,
+    DEFAULT_INDEX, GitDaemon, World, add_kinds, instant_key, log_file, processed, sha256_hex,
+    utc_rfc3339,
 };
 
 const HELLO: &str = "kind: echo\nparams:\n  name: world\n";
@@ -445,4 +446,48 @@ fn workdir_holds_outcomes_in_merged_packs_and_no_loose_objects() {
         git(&["rev-parse", "refs/heads/main"]).trim(),
         drained.git(&["rev-parse", "HEAD"]).trim()
     );
+}
+
+#[test]
+fn outcomes_written_out_between_pushes_reach_a_local_path_remote_whole() {
+    // Outcomes in memory are written out every 1 MiB of logs and trees even when no push is due, so
+    // a push then copies a chain of packs: four 600 KB logs make at least two of them.
+    let world = World::new().build();
+    add_kinds(
+        &world,
+        &[(
+            "big",
+            "#!/bin/sh\nhead -c 600000 /dev/zero | tr '\\0' x\n",
+            "",
+        )],
+    );
+    let names: Vec<String> = (1..=4).map(|i| format!("big-{i}.yml")).collect();
+    let files: Vec<(&str, &[u8])> = names
+        .iter()
+        .map(|name| (name.as_str(), b"kind: big\n".as_slice()))
+        .collect();
+    world.submit_many(&files);
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    for i in 1..=4 {
+        let key = format!("big-{i}");
+        assert_eq!(clone.status(&key)["state"], "succeeded");
+        let log = clone
+            .read_string(&log_file(&key, 1))
+            .expect("the log is committed");
+        assert_eq!(log.len(), 600_000, "`{key}`'s log");
+    }
+    let remote = world.remote_arg().to_owned();
+    world
+        .submitter
+        .git(&["--git-dir", &remote, "fsck", "--strict", "--no-progress"]);
+    let workdir = world.work.join("repo.git");
+    world.submitter.git(&[
+        "--git-dir",
+        workdir.to_str().expect("UTF-8 path"),
+        "fsck",
+        "--no-progress",
+        "--no-dangling",
+    ]);
 }
