@@ -606,9 +606,10 @@ impl Sync {
 /// `logs/` trees are read on every request; libgit2 caches only trees under 4 KiB by default) in a
 /// cache of 2 MiB (more only fills with dead trees and costs memory: 80 MiB peak for 1000 requests
 /// with a 24 MiB cache, 36–37 MiB with 4 MiB, 31–33 MiB with 2 MiB, and no more CPU time), map
-/// packs in windows of 1 MiB up to 8 MiB in all (the default maps whole packs, up to 8 GiB, which
-/// counts in the resident memory), skip re-hashing every object read from our own object store,
-/// and bound how long a silent server can hold a fetch or push.
+/// packs in windows of 1 MiB up to 2 MiB in all (the default maps whole packs, up to 8 GiB, and
+/// mapped pages count in the resident memory: 42.9 MiB peak over 100,000 outcomes with the default,
+/// 30.2 with 8 MiB; no more CPU time either), skip re-hashing every object read from our own object
+/// store, and bound how long a silent server can hold a fetch or push.
 fn configure_libgit2() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -621,7 +622,7 @@ fn configure_libgit2() {
             let _ = git2::opts::set_cache_object_limit(git2::ObjectType::Commit, 1 << 20);
             let _ = git2::opts::set_cache_max_size(2 << 20);
             let _ = git2::opts::set_mwindow_size(1 << 20);
-            let _ = git2::opts::set_mwindow_mapped_limit(8 << 20);
+            let _ = git2::opts::set_mwindow_mapped_limit(2 << 20);
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(15_000);
             let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
         }
