@@ -9,7 +9,7 @@
 //! a crash before the outcomes are written out loses no outcome: the next start commits it again.
 //!
 //! A journal entry whose outcome is already in the local branch is simply removed; one whose request
-//! is still in the inbox is committed again from that second file when there is one, and otherwise
+//! is still in the inbox is committed again from that second document when there is one, and otherwise
 //! becomes an `abandoned` outcome, or a next attempt for an idempotent kind with retries left.
 //! Nothing else reads it.
 
