@@ -990,6 +990,7 @@ impl Daemon {
                     outcome.logs.push(AttemptLog {
                         bytes,
                         summary: finished.log,
+                        in_journal: true,
                     });
                 }
                 Err(e) => {
@@ -1009,13 +1010,14 @@ impl Daemon {
             outcome.error = Some(self.cfg.redactor.redact(error));
         }
         outcome.record(&self.sync)?;
-        // A rejected request never ran: it has no journal entry, and is rejected again after a crash.
-        if outcome.state != State::Rejected {
-            let logs: Vec<&[u8]> = outcome.logs.iter().map(|l| l.bytes.as_slice()).collect();
-            self.journal
-                .recorded(&outcome.key, &outcome.journaled(), &logs)
-                .map_err(io_err("journal"))?;
-        }
+        let rewrite: Vec<Option<&[u8]>> = outcome
+            .logs
+            .iter()
+            .map(|l| (!l.in_journal).then_some(l.bytes.as_slice()))
+            .collect();
+        self.journal
+            .recorded(&outcome.key, &outcome.journaled(), &rewrite)
+            .map_err(io_err("journal"))?;
         self.staged(
             &outcome.key,
             outcome.kind.as_deref(),

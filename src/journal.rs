@@ -71,9 +71,10 @@ impl Journal {
         self.dir.join(format!("{key}.{attempt}.log"))
     }
 
-    /// Notes that `key`'s outcome is committed in memory, with `logs` (one per attempt) as its logs:
-    /// a log file that differs from what the outcome holds (a dispatcher's error text, a partial log
-    /// with its note) is written again first. The note is appended to the entry in one write, so a
+    /// Notes that `key`'s outcome is committed in memory. `rewrite` has one item per attempt: `None`
+    /// where the attempt's log file holds the outcome's log already (what the handler wrote), else
+    /// the bytes the outcome holds instead (a dispatcher's error text, a partial log with its note),
+    /// which are written to the log file first. The note is appended to the entry in one write, so a
     /// crash leaves the entry whole, with or without it; it is not synced: a note lost with a power
     /// cut leaves the run to be recorded `abandoned`, as it would have been without it. Nothing is
     /// noted for a key without an entry.
@@ -81,7 +82,7 @@ impl Journal {
         &self,
         key: &str,
         recorded: &Recorded,
-        logs: &[&[u8]],
+        rewrite: &[Option<&[u8]>],
     ) -> io::Result<()> {
         let mut entry = match fs::OpenOptions::new()
             .append(true)
@@ -91,10 +92,9 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        for (i, bytes) in logs.iter().enumerate() {
-            let path = self.log_path(key, i as u32 + 1);
-            if fs::read(&path).ok().as_deref() != Some(*bytes) {
-                fs::write(&path, bytes)?;
+        for (i, bytes) in rewrite.iter().enumerate() {
+            if let Some(bytes) = bytes {
+                fs::write(self.log_path(key, i as u32 + 1), bytes)?;
             }
         }
         let mut note = serde_json::to_vec(recorded).map_err(io::Error::other)?;

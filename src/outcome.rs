@@ -42,6 +42,9 @@ pub(crate) struct AttemptLog {
     /// The log's bytes as they go into the repository (capped already).
     pub bytes: Vec<u8>,
     pub summary: LogSummary,
+    /// Whether these bytes are those of the attempt's log file in the journal (what the handler
+    /// wrote), so the journal need not write them again (see [`crate::journal::Journal::recorded`]).
+    pub in_journal: bool,
 }
 
 impl AttemptLog {
@@ -60,6 +63,7 @@ impl AttemptLog {
                 sha256: crate::capture::hex(&sha2::Sha256::digest(&bytes)),
             },
             bytes,
+            in_journal: false,
         }
     }
 }

@@ -333,6 +333,39 @@ fn crash_after_an_outcome_was_committed_pushes_it_once_on_restart() {
 }
 
 #[test]
+fn crash_before_an_outcome_with_the_dispatchers_own_log_was_written_out_keeps_that_log() {
+    // A handler that cannot start gets a log the dispatcher writes (the error), not the handler's
+    // output: the journal keeps that text too, so the outcome committed again after a crash holds it.
+    let world = World::new().build();
+    add_kinds(&world, &[("broken", "#!/nonexistent/interpreter\n", "")]);
+    world.submit("unstartable.yml", "kind: broken\n");
+    let mut crashing = world.run_command(world.remote_arg(), &["--until-empty"]);
+    crashing.env("GIT_DISPATCH_FAILPOINT", "recorded");
+    let crashed = world.spawn(crashing).wait(DEADLINE);
+    assert_eq!(crashed.signal, Some(9), "{crashed}");
+    assert_eq!(outcome_ids(&world, &world.remote), Vec::<String>::new());
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_each_recorded_once(&clone, &["unstartable.yml"]);
+    let status = clone.status("unstartable");
+    assert_eq!(status["state"], "failed", "{status:#}");
+    let log = clone
+        .read_string(&log_file("unstartable", 1))
+        .expect("the log is committed");
+    assert!(
+        log.contains("could not start handler"),
+        "the log is not the dispatcher's error: {log:?}"
+    );
+    assert_eq!(
+        status["log_sha256"],
+        sha256_hex(log.as_bytes()),
+        "{status:#}"
+    );
+}
+
+#[test]
 fn crash_before_outcomes_in_memory_were_written_out_commits_them_again_on_restart() {
     // Outcome commits are made in memory and written out at the next push: a crash in between
     // loses the commit, and the journal gives it back as it was (state, exit code, log), not as
