@@ -39,6 +39,7 @@ mod request;
 mod router;
 mod runner;
 mod sandbox;
+mod spawn;
 mod scaffold;
 mod schema;
 mod secrets;

@@ -6,24 +6,22 @@
 //! written. When the handler exits, whatever is left of its process group is killed before the
 //! outcome is recorded.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid};
 use thiserror::Error;
 
 use crate::capture::{CappedLog, LogSummary};
 use crate::secrets::{RedactStream, Redactor};
+use crate::spawn::{self, Spec};
 
 /// How long the output pipe is drained after the handler's group is gone, in case an escaped
 /// descendant still holds it open.
@@ -123,6 +121,9 @@ pub(crate) struct Finished {
 }
 
 /// Runs `job` to its end. An error means the handler never ran (or its log could not be written).
+///
+/// One thread does it all: it feeds standard input, copies the output into the log and watches the
+/// handler's exit (a pidfd) and its deadlines in one `poll` loop.
 pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     let log_err = |source| SandboxError::Log {
         path: job.log_path.to_owned(),
@@ -130,89 +131,118 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     };
     let mut log = CappedLog::create(job.log_path, job.log_limit).map_err(log_err)?;
     let (reader, writer) = io::pipe().map_err(log_err)?;
-    let mut command = Command::new(job.program);
-    command
-        .args(&job.args)
-        .env_clear()
-        .envs(job.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(job.cwd)
-        .stdin(Stdio::piped())
-        .stdout(writer.try_clone().map_err(log_err)?)
-        .stderr(writer)
-        .process_group(0);
-    let limits = job.limits.clone();
-    let user = job.user.clone();
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system calls
-    // (setrlimit, setgroups, setgid, setuid, prctl, getppid); everything it reads was allocated before
-    // the fork.
-    unsafe {
-        command.pre_exec(move || confine(&limits, user.as_ref(), parent));
-    }
+    let (stdin_reader, stdin_writer) = io::pipe().map_err(log_err)?;
+    let args: Vec<&OsStr> = job.args.iter().map(OsString::as_os_str).collect();
     let started = SystemTime::now();
     let clock = Instant::now();
-    let spawned = command.spawn();
-    // The write ends must be closed here, or the pipe never reaches end-of-file.
-    drop(command);
-    let mut child = spawned.map_err(|source| SandboxError::Spawn {
+    let spawned = spawn::spawn(&Spec {
+        program: job.program,
+        args: &args,
+        env: &job.env,
+        cwd: job.cwd,
+        stdin: stdin_reader.as_fd(),
+        output: writer.as_fd(),
+        limits: &job.limits,
+        user: job.user.as_ref(),
+    });
+    // The child's ends must be closed here, or the pipes never reach end-of-file.
+    drop((stdin_reader, writer));
+    let child = spawned.map_err(|source| SandboxError::Spawn {
         program: job.program.to_owned(),
         source,
     })?;
-    let pgid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
-    job.in_flight.set(Some((child.id(), clock)));
+    let pid = u32::try_from(child.pid.as_raw()).expect("pids are positive");
+    job.in_flight.set(Some((pid, clock)));
     crate::failpoint::hit("running");
 
-    let stdin = child.stdin.take();
-    let input = job.stdin;
-    let feeder = thread::spawn(move || {
-        if let Some(mut stdin) = stdin {
-            // A handler that does not read its input closes the pipe early: not an error.
-            let _ = stdin.write_all(&input);
-        }
+    let mut input = (!job.stdin.is_empty()).then_some((stdin_writer, 0));
+    if let Some((writer, _)) = &input {
+        set_nonblocking(writer.as_fd()).map_err(log_err)?;
+    }
+    let mut output = Some(Output {
+        reader,
+        stream: job.redactor.stream(),
+        buf: vec![0u8; 64 * 1024],
+        redacted: Vec::new(),
     });
-    let (drain_tx, drain_rx) = mpsc::channel::<Instant>();
-    let redactor = job.redactor;
-    let drainer = thread::spawn(move || {
-        drain(reader, &mut log, &redactor, &drain_rx).and_then(|()| log.finish())
-    });
-    let (exit_tx, exit_rx) = mpsc::channel();
-    let waiter = thread::spawn(move || {
-        let status = child.wait();
-        let _ = exit_tx.send(status);
-    });
-
+    let mut log_error = None;
+    let mut status = None;
+    let mut duration = Duration::ZERO;
     let mut timed_out = false;
-    let status = match exit_rx.recv_timeout(job.timeout) {
-        Ok(status) => status,
-        Err(_) => {
-            timed_out = true;
-            let _ = killpg(pgid, Signal::SIGTERM);
-            match exit_rx.recv_timeout(job.grace) {
-                Ok(status) => status,
-                Err(_) => {
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                    exit_rx.recv().expect("the waiter thread always sends")
+    // The next escalation while the handler runs: SIGTERM at the timeout, SIGKILL after the grace.
+    let mut escalate_at = Some(clock + job.timeout);
+    // Once the handler has exited: how long the pipe is still drained.
+    let mut drain_until = None;
+    loop {
+        let now = Instant::now();
+        if let Some(at) = escalate_at.filter(|at| now >= *at) {
+            if timed_out {
+                let _ = killpg(child.pid, Signal::SIGKILL);
+                escalate_at = None;
+            } else {
+                timed_out = true;
+                let _ = killpg(child.pid, Signal::SIGTERM);
+                escalate_at = Some(at.max(now) + job.grace);
+            }
+        }
+        if drain_until.is_some_and(|until| output.is_none() || now >= until) {
+            break;
+        }
+        let wake = drain_until.or(escalate_at);
+        let ready = wait_ready(
+            status.is_none().then(|| child.pidfd.as_fd()),
+            output.as_ref().map(|o| o.reader.as_fd()),
+            input.as_ref().map(|(w, _)| w.as_fd()),
+            wake.map(|at| at.saturating_duration_since(now)),
+        )
+        .map_err(log_err)?;
+        if ready.exited {
+            status = Some(reap(child.pid).map_err(log_err)?);
+            duration = clock.elapsed();
+            escalate_at = None;
+            input = None;
+            // Whatever the handler left behind goes with it: its group, and descendants that left
+            // the group but were re-parented to the dispatcher (a child subreaper).
+            let _ = killpg(child.pid, Signal::SIGKILL);
+            kill_escapees(&job.marker);
+            drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+        }
+        if ready.readable {
+            if let Some(out) = output.as_mut() {
+                match out.copy(&mut log) {
+                    Ok(true) => {}
+                    Ok(false) => output = None,
+                    Err(e) => {
+                        // Stop reading; the handler still runs to its end and is waited for.
+                        log_error.get_or_insert(e);
+                        output = None;
+                    }
                 }
             }
         }
-    };
-    let duration = clock.elapsed();
-    // Whatever the handler left behind goes with it: its group, and descendants that left the group
-    // but were re-parented to the dispatcher (a child subreaper).
-    let _ = killpg(pgid, Signal::SIGKILL);
-    kill_escapees(&job.marker);
-    let _ = drain_tx.send(Instant::now() + DRAIN_AFTER_EXIT);
-    let _ = waiter.join();
-    let _ = feeder.join();
-    let summary = drainer
-        .join()
-        .expect("the drain thread does not panic")
-        .map_err(log_err)?;
-    let status = status.map_err(log_err)?;
-    let termination = match (status.code(), status.signal()) {
-        (Some(code), _) => Termination::Exited(code),
-        (None, Some(signal)) => Termination::Signaled(signal),
-        (None, None) => Termination::Exited(-1),
+        if ready.writable {
+            if let Some((writer, sent)) = input.as_mut() {
+                match (&*writer).write(&job.stdin[*sent..]) {
+                    Ok(n) if *sent + n < job.stdin.len() => *sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // All of it written, or a handler that closed its input early: not an error.
+                    _ => input = None,
+                }
+            }
+        }
+    }
+    if let Some(out) = output.take() {
+        out.finish(&mut log).map_err(log_err)?;
+    }
+    if let Some(e) = log_error {
+        return Err(log_err(e));
+    }
+    let summary = log.finish().map_err(log_err)?;
+    let termination = match status.expect("the loop ends only after the handler exited") {
+        WaitStatus::Exited(_, code) => Termination::Exited(code),
+        WaitStatus::Signaled(_, signal, _) => Termination::Signaled(signal as i32),
+        _ => Termination::Exited(-1),
     };
     Ok(Finished {
         termination,
@@ -223,79 +253,107 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     })
 }
 
-/// Copies the pipe into the log until end-of-file, or until the deadline sent on `stop` passes.
-/// Secrets are redacted before anything reaches the log.
-fn drain(
-    mut reader: io::PipeReader,
-    log: &mut CappedLog,
-    redactor: &Redactor,
-    stop: &mpsc::Receiver<Instant>,
-) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut redacted = Vec::with_capacity(buf.len());
-    let mut stream = redactor.stream();
-    let mut deadline: Option<Instant> = None;
-    loop {
-        if deadline.is_none() {
-            deadline = stop.try_recv().ok();
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return flush(&mut stream, &mut redacted, log);
-        }
-        let ready = {
-            let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
-            poll(&mut fds, PollTimeout::from(100u16)).map_err(io::Error::from)?
-        };
-        if ready == 0 {
-            continue;
-        }
-        match reader.read(&mut buf) {
-            Ok(0) => return flush(&mut stream, &mut redacted, log),
-            Ok(n) => {
-                redacted.clear();
-                stream.feed(&buf[..n], &mut redacted);
-                log.write(&redacted)?;
+/// The handler's output on its way to the log, redacted before any byte of it is written.
+struct Output<'r> {
+    reader: io::PipeReader,
+    stream: RedactStream<'r>,
+    buf: Vec<u8>,
+    redacted: Vec<u8>,
+}
+
+impl Output<'_> {
+    /// Copies what the pipe holds; `false` at end-of-file, once what the redactor held back is
+    /// written.
+    fn copy(&mut self, log: &mut CappedLog) -> io::Result<bool> {
+        match self.reader.read(&mut self.buf) {
+            Ok(0) => {
+                self.flush(log)?;
+                Ok(false)
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Ok(n) => {
+                self.redacted.clear();
+                self.stream.feed(&self.buf[..n], &mut self.redacted);
+                log.write(&self.redacted)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes what the redactor held back, when the pipe is given up before its end.
+    fn finish(mut self, log: &mut CappedLog) -> io::Result<()> {
+        self.flush(log)
+    }
+
+    fn flush(&mut self, log: &mut CappedLog) -> io::Result<()> {
+        self.redacted.clear();
+        self.stream.finish(&mut self.redacted);
+        log.write(&self.redacted)
+    }
+}
+
+/// What `poll` found ready.
+struct Ready {
+    exited: bool,
+    readable: bool,
+    writable: bool,
+}
+
+/// Waits until the handler exits, output arrives, input can be written or `timeout` passes.
+fn wait_ready(
+    exit: Option<BorrowedFd<'_>>,
+    output: Option<BorrowedFd<'_>>,
+    input: Option<BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) -> io::Result<Ready> {
+    let watched = [
+        (exit, PollFlags::POLLIN),
+        (output, PollFlags::POLLIN),
+        (input, PollFlags::POLLOUT),
+    ];
+    let mut fds: Vec<PollFd<'_>> = watched
+        .iter()
+        .filter_map(|(fd, flags)| fd.map(|fd| PollFd::new(fd, *flags)))
+        .collect();
+    // Rounded up, so a wake-up is never early; bounded, as poll's timeout is.
+    let timeout = timeout.map_or(PollTimeout::NONE, |t| {
+        let millis = t.as_micros().div_ceil(1000).min(60_000);
+        PollTimeout::from(u16::try_from(millis).expect("bounded above"))
+    });
+    match poll(&mut fds, timeout) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EINTR) => {
+            return Ok(Ready {
+                exited: false,
+                readable: false,
+                writable: false,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut revents = fds.iter().map(|fd| fd.any().unwrap_or(false));
+    let mut next = |present: bool| present && revents.next().unwrap_or(false);
+    Ok(Ready {
+        exited: next(exit.is_some()),
+        readable: next(output.is_some()),
+        writable: next(input.is_some()),
+    })
+}
+
+/// Collects the exit status of the handler, which has exited.
+fn reap(pid: Pid) -> io::Result<WaitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => {}
+            other => return other.map_err(io::Error::from),
         }
     }
 }
 
-/// Writes what the redactor held back; `scratch` is emptied first (it holds the previous chunk).
-fn flush(
-    stream: &mut RedactStream<'_>,
-    scratch: &mut Vec<u8>,
-    log: &mut CappedLog,
-) -> io::Result<()> {
-    scratch.clear();
-    stream.finish(scratch);
-    log.write(scratch)
-}
-
-/// In the child, between fork and exec.
-fn confine(limits: &Limits, user: Option<&Identity>, parent: Pid) -> io::Result<()> {
-    let set = |resource, value: Option<u64>| match value {
-        Some(v) => setrlimit(resource, v, v).map_err(io::Error::from),
-        None => Ok(()),
-    };
-    set(Resource::RLIMIT_CORE, Some(0))?;
-    set(Resource::RLIMIT_AS, limits.address_space)?;
-    set(Resource::RLIMIT_NPROC, limits.processes)?;
-    set(Resource::RLIMIT_NOFILE, limits.open_files)?;
-    set(Resource::RLIMIT_FSIZE, limits.file_size)?;
-    if let Some(user) = user {
-        nix::unistd::setgroups(&user.groups)?;
-        nix::unistd::setgid(user.gid)?;
-        nix::unistd::setuid(user.uid)?;
-    }
-    nix::sys::prctl::set_no_new_privs()?;
-    // Set after the user change, which clears it. If the dispatcher died before this point, the signal
-    // would never come: leave at once instead.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-    if nix::unistd::getppid() != parent {
-        return Err(io::Error::other("the dispatcher exited"));
-    }
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
