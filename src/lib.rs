@@ -39,11 +39,11 @@ mod request;
 mod router;
 mod runner;
 mod sandbox;
-mod spawn;
 mod scaffold;
 mod schema;
 mod secrets;
 mod snapshot;
+mod spawn;
 mod sync;
 mod view;
 

@@ -207,28 +207,24 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
             kill_escapees(&job.marker);
             drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
         }
-        if ready.readable {
-            if let Some(out) = output.as_mut() {
-                match out.copy(&mut log) {
-                    Ok(true) => {}
-                    Ok(false) => output = None,
-                    Err(e) => {
-                        // Stop reading; the handler still runs to its end and is waited for.
-                        log_error.get_or_insert(e);
-                        output = None;
-                    }
+        if let Some(out) = output.as_mut().filter(|_| ready.readable) {
+            match out.copy(&mut log) {
+                Ok(true) => {}
+                Ok(false) => output = None,
+                Err(e) => {
+                    // Stop reading; the handler still runs to its end and is waited for.
+                    log_error.get_or_insert(e);
+                    output = None;
                 }
             }
         }
-        if ready.writable {
-            if let Some((writer, sent)) = input.as_mut() {
-                match (&*writer).write(&job.stdin[*sent..]) {
-                    Ok(n) if *sent + n < job.stdin.len() => *sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // All of it written, or a handler that closed its input early: not an error.
-                    _ => input = None,
-                }
+        if let Some((writer, sent)) = input.as_mut().filter(|_| ready.writable) {
+            match (&*writer).write(&job.stdin[*sent..]) {
+                Ok(n) if *sent + n < job.stdin.len() => *sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // All of it written, or a handler that closed its input early: not an error.
+                _ => input = None,
             }
         }
     }

@@ -141,7 +141,9 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         cwd: cwd.as_ptr(),
-        stdin: stdin.as_ref().map_or(spec.stdin.as_raw_fd(), |fd| fd.as_raw_fd()),
+        stdin: stdin
+            .as_ref()
+            .map_or(spec.stdin.as_raw_fd(), |fd| fd.as_raw_fd()),
         output: output
             .as_ref()
             .map_or(spec.output.as_raw_fd(), |fd| fd.as_raw_fd()),
@@ -260,18 +262,36 @@ unsafe fn confine_and_exec(cx: &Context) -> (Step, c_int) {
                 Step::Groups,
                 libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
             );
-            step!(Step::Gid, libc::syscall(libc::SYS_setgid, libc::c_long::from(*gid)));
-            step!(Step::Uid, libc::syscall(libc::SYS_setuid, libc::c_long::from(*uid)));
+            step!(
+                Step::Gid,
+                libc::syscall(libc::SYS_setgid, libc::c_long::from(*gid))
+            );
+            step!(
+                Step::Uid,
+                libc::syscall(libc::SYS_setuid, libc::c_long::from(*uid))
+            );
         }
         step!(
             Step::NoNewPrivs,
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong)
+            libc::prctl(
+                libc::PR_SET_NO_NEW_PRIVS,
+                1 as c_ulong,
+                0 as c_ulong,
+                0 as c_ulong,
+                0 as c_ulong
+            )
         );
         // Set after the user change, which clears it. If the dispatcher died before this point, the
         // signal would never come: leave at once instead.
         step!(
             Step::DeathSignal,
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong)
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as c_ulong,
+                0 as c_ulong,
+                0 as c_ulong,
+                0 as c_ulong
+            )
         );
         if libc::getppid() != cx.parent {
             return (Step::Orphaned, libc::ESRCH);

@@ -249,3 +249,77 @@ fn handler_runs_under_an_exclusive_flock_on_its_resource_lock_file() {
         "the lock was not released after the run"
     );
 }
+
+#[test]
+fn stdin_larger_than_a_pipe_reaches_a_reader_whole_and_a_handler_that_never_reads_it_still_ends() {
+    // 100,000 bytes of params: more than a pipe holds (64 KiB), so the input is written in pieces
+    // while the handler runs (and less than one environment string may hold, 128 KiB: the params
+    // are in DISPATCH_PARAMS too).
+    let blob = "x".repeat(100_000);
+    let world = World::new()
+        .handler(
+            "count.sh",
+            "#!/bin/sh\necho \"STDIN-BYTES=$(wc -c | tr -d ' ')\"\n",
+        )
+        .handler("ignore.sh", "#!/bin/sh\necho ignored\n")
+        .index(&format!(
+            "{DEFAULT_INDEX}\
+tally:\n  handler: count.sh\n  timeout: 30s\n  grace: 1s\n\
+skip:\n  handler: ignore.sh\n  timeout: 30s\n  grace: 1s\n"
+        ))
+        .build();
+    let request = |kind: &str| format!("kind: {kind}\nparams:\n  blob: {blob}\n");
+    world.submit("counted.yml", request("tally"));
+    world.submit("ignored.yml", request("skip"));
+
+    world.run(&["--max-request-size", "1MiB"]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let log = clone
+        .read_string(&log_file("counted", 1))
+        .expect("the log is committed");
+    let stdin_bytes: usize = line_value(&log, "STDIN-BYTES")
+        .parse()
+        .unwrap_or_else(|e| panic!("STDIN-BYTES is not a number ({e}):\n{log}"));
+    assert!(
+        stdin_bytes > blob.len(),
+        "the handler read {stdin_bytes} bytes of an input holding {} bytes of params:\n{log}",
+        blob.len()
+    );
+    for id in ["counted", "ignored"] {
+        assert_eq!(clone.status(id)["state"], "succeeded", "request `{id}`");
+    }
+}
+
+#[test]
+fn handler_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
+    let world = World::new()
+        .handler(
+            "signals.sh",
+            // Not a shell script: dash unblocks every signal when it starts.
+            "#!/usr/bin/awk -f\nBEGIN { while ((getline line < \"/proc/self/status\") > 0) if (line ~ /^Sig(Blk|Ign):/) { sub(/:[ \\t]*/, \"=\", line); print line } }\n",
+        )
+        .index(&format!(
+            "{DEFAULT_INDEX}signals:\n  handler: signals.sh\n  timeout: 30s\n  grace: 1s\n"
+        ))
+        .build();
+    world.submit("sig.yml", "kind: signals\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let log = world
+        .fresh_clone()
+        .read_string(&log_file("sig", 1))
+        .expect("the log is committed");
+    let mask = |name: &str| {
+        u64::from_str_radix(line_value(&log, name).trim(), 16)
+            .unwrap_or_else(|e| panic!("{name} is not a hex mask ({e}):\n{log}"))
+    };
+    assert_eq!(mask("SigBlk"), 0, "signals blocked in the handler:\n{log}");
+    const SIGPIPE_BIT: u64 = 1 << (13 - 1);
+    assert_eq!(
+        mask("SigIgn") & SIGPIPE_BIT,
+        0,
+        "SIGPIPE is ignored in the handler:\n{log}"
+    );
+}
