@@ -41,6 +41,8 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How many waiting requests on busy resources `take` looks past for one it can start.
 const LOOKAHEAD: usize = 64;
+/// The scratch directory's folder of runs: each request's read-only copy and working directories.
+const RUNS: &str = "runs";
 
 #[derive(Debug, Error)]
 pub(crate) enum DaemonError {
@@ -198,6 +200,10 @@ impl Daemon {
             .map_err(io_err("could not create a scratch directory"))?;
         // Handlers may run as another user: they must be able to reach their files, not list them.
         fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o711))
+            .map_err(io_err("scratch directory"))?;
+        let runs = scratch.path().join(RUNS);
+        fs::create_dir(&runs)
+            .and_then(|()| fs::set_permissions(&runs, fs::Permissions::from_mode(0o711)))
             .map_err(io_err("scratch directory"))?;
         // Descendants that escape a handler's process group are re-parented to the dispatcher, where
         // they can be found and killed when their run ends.
@@ -871,13 +877,6 @@ impl Daemon {
             .as_ref()
             .and_then(|s| s.handlers.clone())
             .expect("a routed handler exists in handlers/");
-        let run_dir = self.scratch.path().join("runs").join(&key);
-        if run_dir.exists() {
-            fs::remove_dir_all(&run_dir).map_err(io_err("stale run directory"))?;
-        }
-        fs::create_dir_all(&run_dir).map_err(io_err("run directory"))?;
-        fs::set_permissions(&run_dir, fs::Permissions::from_mode(0o711))
-            .map_err(io_err("run directory"))?;
         let request_bytes = self
             .sync
             .repo
@@ -912,7 +911,7 @@ impl Daemon {
             request_blob: entry.oid,
             request_bytes,
             handlers,
-            run_dir,
+            runs_dir: self.scratch.path().join(RUNS),
             first_attempt,
             extra_env: self.cfg.fixed_env.iter().cloned().chain(secrets).collect(),
             lock_dir: self.cfg.lock_dir.clone(),

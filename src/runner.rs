@@ -55,8 +55,10 @@ pub(crate) struct Plan {
     pub request_bytes: Vec<u8>,
     /// Keeps the handler on disk while it runs.
     pub handlers: Arc<HandlersDir>,
-    /// The run's own folder under the scratch directory.
-    pub run_dir: PathBuf,
+    /// Where the run's files go, side by side with other runs' (no folder of its own, which would be
+    /// one more inode made and freed per request): `ID.request.yml`, the request's read-only copy,
+    /// and `ID.work.N`, the working directory of attempt N.
+    pub runs_dir: PathBuf,
     /// 1, or the attempt after one a crash interrupted.
     pub first_attempt: u32,
     /// Secrets and fixed variables (`replay`), added to the handler's environment.
@@ -108,12 +110,18 @@ pub(crate) struct Report {
     pub fatal: Option<RunnerError>,
 }
 
+impl Plan {
+    fn request_copy(&self) -> PathBuf {
+        self.runs_dir.join(format!("{}.request.yml", self.key))
+    }
+}
+
 /// Starts the run on a thread of its own; `done` receives the report.
 pub(crate) fn spawn(plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
     thread::spawn(move || {
         let mut attempts = Vec::new();
         let fatal = run(&plan, &mut attempts).err();
-        let _ = fs::remove_dir_all(&plan.run_dir);
+        let _ = fs::remove_file(plan.request_copy());
         done(Report {
             key: plan.key,
             attempts,
@@ -125,7 +133,7 @@ pub(crate) fn spawn(plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
 fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
     let spec = &plan.request.route.spec;
     let _lock = ResourceLock::acquire(&plan.lock_dir, &plan.request.resource)?;
-    let request_copy = plan.run_dir.join("request.yml");
+    let request_copy = plan.request_copy();
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| RunnerError::Io { path, source }
@@ -144,9 +152,9 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
                 dispatcher_pid: std::process::id(),
                 outcome: None,
             })
-            .map_err(io(&plan.run_dir))?;
+            .map_err(io(&plan.runs_dir))?;
         crate::failpoint::hit("taken");
-        let work = plan.run_dir.join(format!("work.{number}"));
+        let work = plan.runs_dir.join(format!("{}.work.{number}", plan.key));
         fresh_dir(&work, plan.user.as_ref()).map_err(io(&work))?;
         let log_file = plan.journal.log_path(&plan.key, number);
         let mut env = handler_env(&plan.request, number);
@@ -228,7 +236,12 @@ fn handler_env(request: &Request, attempt: u32) -> Vec<(String, String)> {
     env
 }
 
+/// Replaces any copy a crashed run left behind (read-only, so not writable in place).
 fn write_read_only(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     fs::write(path, bytes)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o444))
 }
