@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::spare::Spares;
+
 /// A run in flight.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Entry {
@@ -53,13 +55,15 @@ pub(crate) struct Recorded {
 
 pub(crate) struct Journal {
     dir: PathBuf,
+    spares: Spares,
 }
 
 impl Journal {
     pub(crate) fn open(workdir: &Path) -> io::Result<Self> {
         let dir = workdir.join("journal");
         fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        let spares = Spares::open(dir.join("spare"))?;
+        Ok(Self { dir, spares })
     }
 
     fn entry_path(&self, key: &str) -> PathBuf {
@@ -69,6 +73,14 @@ impl Journal {
     /// Where the output of `attempt` is captured.
     pub(crate) fn log_path(&self, key: &str, attempt: u32) -> PathBuf {
         self.dir.join(format!("{key}.{attempt}.log"))
+    }
+
+    /// [`Journal::log_path`], with an empty spare file moved there when there is one (the caller
+    /// truncates what is there and writes the log into it).
+    pub(crate) fn new_log(&self, key: &str, attempt: u32) -> PathBuf {
+        let path = self.log_path(key, attempt);
+        self.spares.take(&path);
+        path
     }
 
     /// Notes that `key`'s outcome is committed in memory. `rewrite` has one item per attempt: `None`
@@ -119,32 +131,37 @@ impl Journal {
         let path = self.entry_path(&entry.key);
         let mut bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        match File::create_new(&path) {
-            Ok(mut file) => {
-                file.write_all(&bytes)?;
-                file.sync_all()?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let tmp = path.with_extension("json.tmp");
-                let mut file = File::create(&tmp)?;
-                file.write_all(&bytes)?;
-                file.sync_all()?;
-                fs::rename(&tmp, &path)?;
-            }
-            Err(e) => return Err(e),
+        if path.exists() {
+            let tmp = path.with_extension("json.tmp");
+            let mut file = File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+        } else if self.spares.take(&path) {
+            // A spare is empty, but one a crash left half-emptied may still hold another run's
+            // entry: [`Journal::entries`] tells it by its key.
+            let mut file = fs::OpenOptions::new().write(true).open(&path)?;
+            file.write_all(&bytes)?;
+            file.set_len(bytes.len() as u64)?;
+            file.sync_all()?;
+        } else {
+            let mut file = File::create_new(&path)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
         }
         File::open(&self.dir)?.sync_all()
     }
 
-    /// Forgets `key`: its entry, its outcome and the logs of all its attempts.
+    /// Forgets `key`: its entry, its outcome and the logs of all its attempts (their files are
+    /// emptied and kept for the next runs).
     pub(crate) fn finish(&self, key: &str) -> io::Result<()> {
-        match fs::remove_file(self.entry_path(key)) {
+        match self.spares.keep(&self.entry_path(key)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
         for attempt in 1.. {
-            match fs::remove_file(self.log_path(key, attempt)) {
+            match self.spares.keep(&self.log_path(key, attempt)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => break,
                 Err(e) => return Err(e),
@@ -159,10 +176,17 @@ impl Journal {
         for item in fs::read_dir(&self.dir)? {
             let path = item?.path();
             if path.extension().is_some_and(|e| e == "json") {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
                 entries.push(
                     fs::read(&path)
                         .map_err(|e| e.to_string())
                         .and_then(|bytes| parse_entry(&bytes))
+                        .and_then(|entry| match entry.key == stem {
+                            true => Ok(entry),
+                            false => {
+                                Err(format!("an entry of `{}`, left in a spare file", entry.key))
+                            }
+                        })
                         .map_err(|e| (path.clone(), e)),
                 );
             }
@@ -239,5 +263,60 @@ mod tests {
     fn an_entry_written_pretty_by_an_earlier_version_still_reads() {
         let pretty = serde_json::to_vec_pretty(&entry()).unwrap();
         assert_eq!(parse_entry(&pretty).unwrap(), entry());
+    }
+
+    fn entry_of(key: &str) -> Entry {
+        Entry {
+            key: key.to_owned(),
+            request_path: format!("requests/{key}.yml"),
+            ..entry()
+        }
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn a_finished_runs_entry_and_log_are_emptied_and_reused_by_the_next_run() {
+        let workdir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(workdir.path()).unwrap();
+        journal.begin(&entry_of("first")).unwrap();
+        let log = journal.new_log("first", 1);
+        fs::write(&log, "output of the first run\n").unwrap();
+        let inodes = [inode(&journal.entry_path("first")), inode(&log)];
+
+        journal.finish("first").unwrap();
+        assert!(!journal.entry_path("first").exists());
+        assert!(!log.exists());
+
+        journal.begin(&entry_of("second")).unwrap();
+        let log = journal.new_log("second", 1);
+        let mut reused = [inode(&journal.entry_path("second")), inode(&log)];
+        reused.sort_unstable();
+        let mut inodes = inodes;
+        inodes.sort_unstable();
+        assert_eq!(reused, inodes, "the second run's files are the first run's");
+        assert_eq!(fs::read(&log).unwrap(), b"", "a reused log starts empty");
+        let entries: Vec<Entry> = journal.entries().unwrap().into_iter().flatten().collect();
+        assert_eq!(entries, vec![entry_of("second")]);
+    }
+
+    #[test]
+    fn an_entry_of_another_key_in_a_reused_file_is_unreadable_not_that_keys_run() {
+        let workdir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(workdir.path()).unwrap();
+        // What a crash between moving a spare into place and writing it could leave, had the
+        // spare not been emptied.
+        let mut stale = serde_json::to_vec(&entry_of("old")).unwrap();
+        stale.push(b'\n');
+        fs::write(journal.entry_path("new"), stale).unwrap();
+
+        let entries = journal.entries().unwrap();
+        assert_eq!(entries.len(), 1);
+        let (path, error) = entries[0].as_ref().unwrap_err();
+        assert_eq!(path, &journal.entry_path("new"));
+        assert!(error.contains("`old`"), "{error}");
     }
 }

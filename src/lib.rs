@@ -43,6 +43,7 @@ mod scaffold;
 mod schema;
 mod secrets;
 mod snapshot;
+mod spare;
 mod spawn;
 mod sync;
 mod view;

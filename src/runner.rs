@@ -156,7 +156,7 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
         crate::failpoint::hit("taken");
         let work = plan.runs_dir.join(format!("{}.work.{number}", plan.key));
         fresh_dir(&work, plan.user.as_ref()).map_err(io(&work))?;
-        let log_file = plan.journal.log_path(&plan.key, number);
+        let log_file = plan.journal.new_log(&plan.key, number);
         let mut env = handler_env(&plan.request, number);
         env.extend(plan.extra_env.iter().cloned());
         let result = sandbox::run(Job {

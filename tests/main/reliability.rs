@@ -394,8 +394,15 @@ fn crash_before_outcomes_in_memory_were_written_out_commits_them_again_on_restar
     let journal: Vec<_> = fs::read_dir(crashed.world.work.join("journal"))
         .expect("the journal folder")
         .map(|e| e.expect("a journal entry").file_name())
+        .filter(|name| name != "spare")
         .collect();
     assert!(journal.is_empty(), "left in the journal: {journal:?}");
+    // Finished runs' files are kept for reuse, emptied.
+    for spare in fs::read_dir(crashed.world.work.join("journal/spare")).expect("the spare folder") {
+        let spare = spare.expect("a spare file").path();
+        let len = fs::metadata(&spare).expect("a spare file").len();
+        assert_eq!(len, 0, "`{}` is not empty", spare.display());
+    }
 }
 
 /// A crash at `push` (the remote took the ref update, the push did not return): what the remote took
