@@ -25,9 +25,11 @@ pub(crate) const ID_TRAILER: &str = "Dispatch-Id";
 const MAX_CREDENTIAL_ATTEMPTS: u32 = 3;
 /// Outcomes recorded in memory are written out once there are this many of them, or they wrote this
 /// many bytes of blobs and trees, even when no push is due: this bounds the memory they take and
-/// what a crash leaves to the journal.
+/// what a crash leaves to the journal. With 1000 requests queued, each outcome writes a new inbox
+/// tree of up to 45 KB: 512 KiB took 1 MiB less of the heap than 1 MiB (11.0 against 12.1 MiB at
+/// the peak, in three drains of 1000 each), at no measured cost in time.
 const STAGE_MAX_COMMITS: usize = 256;
-const STAGE_MAX_BYTES: usize = 1 << 20;
+const STAGE_MAX_BYTES: usize = 512 << 10;
 /// Above the loose (1) and pack (2) backends: new objects go to memory first, and are found there.
 const STAGE_PRIORITY: i32 = 1000;
 /// More packs than this in the workdir are merged (see [`Sync::gc_auto`]). Each merge costs
