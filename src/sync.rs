@@ -136,6 +136,9 @@ pub(crate) struct Sync {
     written: RefCell<Vec<WrittenPack>>,
     /// The thread running `git gc --auto` after a push (see [`Sync::gc_auto`]), if one was started.
     gc: RefCell<Option<std::thread::JoinHandle<()>>>,
+    /// A round of housekeeping skipped while the last one ran (with the remote it would have
+    /// tended): run when the dispatcher stops, so its last push is tended too.
+    gc_skipped: RefCell<Option<Option<PathBuf>>>,
 }
 
 impl Drop for Sync {
@@ -152,6 +155,12 @@ impl Drop for Sync {
         }
         if let Some(gc) = self.gc.get_mut().take() {
             let _ = gc.join();
+        }
+        if let Some(local_remote) = self.gc_skipped.get_mut().take() {
+            self.gc_auto(local_remote);
+            if let Some(gc) = self.gc.get_mut().take() {
+                let _ = gc.join();
+            }
         }
     }
 }
@@ -209,6 +218,7 @@ impl Sync {
             signature_email: format!("git-dispatch@{host}"),
             written: RefCell::new(Vec::new()),
             gc: RefCell::new(None),
+            gc_skipped: RefCell::new(None),
         })
     }
 
@@ -773,7 +783,7 @@ impl Sync {
     }
 
     /// Housekeeping after a push, in the background, one round at a time (skipped while the last
-    /// one runs), and best effort as in receive-pack (a failure leaves more packs, no more). In the
+    /// one runs, and then run once more when the dispatcher stops), and best effort as in receive-pack (a failure leaves more packs, no more). In the
     /// workdir, `git repack -d --geometric=2` once it holds more than [`MAX_PACKS`] packs: it gains
     /// one at every push (the outcomes written out) and every fetch, libgit2 looks an object up in
     /// each pack in turn, and a geometric repack merges only the small ones, so it writes what they
@@ -785,8 +795,10 @@ impl Sync {
     fn gc_auto(&self, local_remote: Option<PathBuf>) {
         let mut slot = self.gc.borrow_mut();
         if slot.as_ref().is_some_and(|gc| !gc.is_finished()) {
+            self.gc_skipped.replace(Some(local_remote));
             return;
         }
+        self.gc_skipped.replace(None);
         if let Some(done) = slot.take() {
             let _ = done.join();
         }
