@@ -151,7 +151,12 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         program: job.program.to_owned(),
         source,
     })?;
-    let pid = u32::try_from(child.pid.as_raw()).expect("pids are positive");
+    // Whatever way this returns, the handler's group does not outlive the run.
+    let mut child = Reaped {
+        child,
+        reaped: false,
+    };
+    let pid = u32::try_from(child.pid().as_raw()).expect("pids are positive");
     job.in_flight.set(Some((pid, clock)));
     crate::failpoint::hit("running");
 
@@ -177,11 +182,11 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         let now = Instant::now();
         if let Some(at) = escalate_at.filter(|at| now >= *at) {
             if timed_out {
-                let _ = killpg(child.pid, Signal::SIGKILL);
+                let _ = killpg(child.pid(), Signal::SIGKILL);
                 escalate_at = None;
             } else {
                 timed_out = true;
-                let _ = killpg(child.pid, Signal::SIGTERM);
+                let _ = killpg(child.pid(), Signal::SIGTERM);
                 escalate_at = Some(at.max(now) + job.grace);
             }
         }
@@ -190,20 +195,20 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         }
         let wake = drain_until.or(escalate_at);
         let ready = wait_ready(
-            status.is_none().then(|| child.pidfd.as_fd()),
+            status.is_none().then(|| child.child.pidfd.as_fd()),
             output.as_ref().map(|o| o.reader.as_fd()),
             input.as_ref().map(|(w, _)| w.as_fd()),
             wake.map(|at| at.saturating_duration_since(now)),
         )
         .map_err(log_err)?;
         if ready.exited {
-            status = Some(reap(child.pid).map_err(log_err)?);
+            status = Some(child.reap().map_err(log_err)?);
             duration = clock.elapsed();
             escalate_at = None;
             input = None;
             // Whatever the handler left behind goes with it: its group, and descendants that left
             // the group but were re-parented to the dispatcher (a child subreaper).
-            let _ = killpg(child.pid, Signal::SIGKILL);
+            let _ = killpg(child.pid(), Signal::SIGKILL);
             kill_escapees(&job.marker);
             drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
         }
@@ -337,12 +342,37 @@ fn wait_ready(
     })
 }
 
-/// Collects the exit status of the handler, which has exited.
-fn reap(pid: Pid) -> io::Result<WaitStatus> {
-    loop {
-        match waitpid(pid, None) {
-            Err(nix::errno::Errno::EINTR) => {}
-            other => return other.map_err(io::Error::from),
+/// The handler while it runs: killed with its group and reaped when dropped before it was reaped (a
+/// run that returns early with an error).
+struct Reaped {
+    child: spawn::Child,
+    reaped: bool,
+}
+
+impl Reaped {
+    fn pid(&self) -> Pid {
+        self.child.pid
+    }
+
+    /// Collects the exit status of the handler, which has exited.
+    fn reap(&mut self) -> io::Result<WaitStatus> {
+        loop {
+            match waitpid(self.child.pid, None) {
+                Err(nix::errno::Errno::EINTR) => {}
+                other => {
+                    self.reaped = true;
+                    return other.map_err(io::Error::from);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = killpg(self.child.pid, Signal::SIGKILL);
+            let _ = self.reap();
         }
     }
 }
