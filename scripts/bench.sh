@@ -23,7 +23,7 @@
 #
 # --only=7 (or --only=1,2,6 ...) measures those figures alone.
 # Sizes (default / --quick): N 1000/100, N_S 100/10, idle 60/10 s, HISTORY 100000/10000,
-# SCALE_N 200/100, SCALE_ROUNDS 3/2.
+# SCALE_N 200/100, SCALE_ROUNDS 7/2.
 # The default took 7 minutes on 2 cores (most of it figure 7 at 100,000 and the two 60 s idles),
 # --quick about 70 s (plus the release build when it is not up to date).
 #
@@ -58,7 +58,7 @@ want() { [[ -z $ONLY || $ONLY == *,$1,* || ($1 == 1 && $ONLY == *,2,*) ]]; }
 if ((QUICK)); then
     N=100 N_S=10 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 SCALE_ROUNDS=2 LAT_RUNS=5
 else
-    N=1000 N_S=100 IDLE_SECS=60 HISTORY=100000 SCALE_N=200 SCALE_ROUNDS=3 LAT_RUNS=5
+    N=1000 N_S=100 IDLE_SECS=60 HISTORY=100000 SCALE_N=200 SCALE_ROUNDS=7 LAT_RUNS=5
 fi
 POLL=1s
 
