@@ -295,12 +295,12 @@ skip:\n  handler: ignore.sh\n  timeout: 30s\n  grace: 1s\n"
 fn handler_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
     let world = World::new()
         .handler(
-            "signals.sh",
+            "signals.awk",
             // Not a shell script: dash unblocks every signal when it starts.
             "#!/usr/bin/awk -f\nBEGIN { while ((getline line < \"/proc/self/status\") > 0) if (line ~ /^Sig(Blk|Ign):/) { sub(/:[ \\t]*/, \"=\", line); print line } }\n",
         )
         .index(&format!(
-            "{DEFAULT_INDEX}signals:\n  handler: signals.sh\n  timeout: 30s\n  grace: 1s\n"
+            "{DEFAULT_INDEX}signals:\n  handler: signals.awk\n  timeout: 30s\n  grace: 1s\n"
         ))
         .build();
     world.submit("sig.yml", "kind: signals\n");
