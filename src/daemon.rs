@@ -469,7 +469,9 @@ impl Daemon {
                 .find(|e| e.path == entry.request_path && e.oid.to_string() == entry.request_blob);
             let Some(waiting) = waiting.filter(|_| !self.is_taken(&entry.key)) else {
                 // Recorded before the crash (or the request was withdrawn): nothing is in flight.
-                self.journal.finish(&entry.key).map_err(io_err("journal"))?;
+                self.journal
+                    .finish(&entry.key, true)
+                    .map_err(io_err("journal"))?;
                 continue;
             };
             if let (Some(recorded), Some(logs)) =
@@ -599,6 +601,7 @@ impl Daemon {
             outcome.logs.push(AttemptLog::from_bytes(log));
             outcome.error = Some(why.clone());
             event("watchdog", Some(&key), &format!("abandoned: {why}"));
+            run.in_flight.abandon();
             self.watchdogged.insert(key);
             self.record(&outcome)?;
         }
@@ -1056,7 +1059,12 @@ impl Daemon {
         }
         crate::failpoint::hit("committed");
         for key in std::mem::take(&mut self.staged) {
-            self.journal.finish(&key).map_err(io_err("journal"))?;
+            // A stuck run the watchdog recorded may still hold its log open: its files are not
+            // put back into use, where it could write into another run's.
+            let recycle = !self.watchdogged.contains(&key);
+            self.journal
+                .finish(&key, recycle)
+                .map_err(io_err("journal"))?;
         }
         Ok(())
     }

@@ -152,16 +152,20 @@ impl Journal {
         File::open(&self.dir)?.sync_all()
     }
 
-    /// Forgets `key`: its entry, its outcome and the logs of all its attempts (their files are
-    /// emptied and kept for the next runs).
-    pub(crate) fn finish(&self, key: &str) -> io::Result<()> {
-        match self.spares.keep(&self.entry_path(key)) {
+    /// Forgets `key`: its entry, its outcome and the logs of all its attempts. With `recycle`, their
+    /// files are emptied and kept for the next runs; otherwise they are removed.
+    pub(crate) fn finish(&self, key: &str, recycle: bool) -> io::Result<()> {
+        let forget = |path: &Path| match recycle {
+            true => self.spares.keep(path),
+            false => fs::remove_file(path),
+        };
+        match forget(&self.entry_path(key)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
         for attempt in 1.. {
-            match self.spares.keep(&self.log_path(key, attempt)) {
+            match forget(&self.log_path(key, attempt)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => break,
                 Err(e) => return Err(e),
@@ -287,7 +291,7 @@ mod tests {
         fs::write(&log, "output of the first run\n").unwrap();
         let inodes = [inode(&journal.entry_path("first")), inode(&log)];
 
-        journal.finish("first").unwrap();
+        journal.finish("first", true).unwrap();
         assert!(!journal.entry_path("first").exists());
         assert!(!log.exists());
 
@@ -318,5 +322,26 @@ mod tests {
         let (path, error) = entries[0].as_ref().unwrap_err();
         assert_eq!(path, &journal.entry_path("new"));
         assert!(error.contains("`old`"), "{error}");
+    }
+
+    #[test]
+    fn a_run_finished_without_recycling_leaves_no_spare() {
+        let workdir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(workdir.path()).unwrap();
+        journal.begin(&entry_of("stuck")).unwrap();
+        let log = journal.new_log("stuck", 1);
+        fs::write(&log, "output\n").unwrap();
+
+        journal.finish("stuck", false).unwrap();
+
+        assert!(!journal.entry_path("stuck").exists());
+        assert!(!log.exists());
+        let spares = fs::read_dir(workdir.path().join("journal/spare"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            spares, 0,
+            "the files of a run that may still hold them were recycled"
+        );
     }
 }

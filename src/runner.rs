@@ -142,6 +142,10 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
     let last = 1 + spec.retries;
     let mut number = plan.first_attempt;
     loop {
+        if plan.in_flight.is_abandoned() {
+            // The watchdog recorded the run while this thread was stuck: nothing more may run.
+            return Ok(());
+        }
         plan.journal
             .begin(&journal::Entry {
                 key: plan.key.clone(),

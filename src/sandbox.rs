@@ -64,18 +64,32 @@ pub(crate) struct Limits {
     pub file_size: Option<u64>,
 }
 
-/// The handler process of a run while it lives, and since when: what the daemon's watchdog looks at.
+/// The handler process of a run while it lives, and since when: what the daemon's watchdog looks at;
+/// and whether the watchdog has recorded the run `abandoned`, which the run checks before it starts
+/// another attempt.
 #[derive(Debug, Default)]
-pub(crate) struct InFlight(std::sync::Mutex<Option<(u32, Instant)>>);
+pub(crate) struct InFlight {
+    handler: std::sync::Mutex<Option<(u32, Instant)>>,
+    abandoned: std::sync::atomic::AtomicBool,
+}
 
 impl InFlight {
     pub(crate) fn set(&self, value: Option<(u32, Instant)>) {
-        *self.0.lock().expect("no thread panics holding it") = value;
+        *self.handler.lock().expect("no thread panics holding it") = value;
     }
 
     /// The handler's pid and when it started, while one runs.
     pub(crate) fn get(&self) -> Option<(u32, Instant)> {
-        *self.0.lock().expect("no thread panics holding it")
+        *self.handler.lock().expect("no thread panics holding it")
+    }
+
+    pub(crate) fn abandon(&self) {
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -175,7 +189,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     let mut duration = Duration::ZERO;
     let mut timed_out = false;
     // The next escalation while the handler runs: SIGTERM at the timeout, SIGKILL after the grace.
-    let mut escalate_at = Some(clock + job.timeout);
+    let mut escalate_at = clock.checked_add(job.timeout);
     // Once the handler has exited: how long the pipe is still drained.
     let mut drain_until = None;
     loop {
@@ -187,7 +201,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
             } else {
                 timed_out = true;
                 let _ = killpg(child.pid(), Signal::SIGTERM);
-                escalate_at = Some(at.max(now) + job.grace);
+                escalate_at = at.max(now).checked_add(job.grace);
             }
         }
         if drain_until.is_some_and(|until| output.is_none() || now >= until) {
@@ -202,13 +216,14 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         )
         .map_err(log_err)?;
         if ready.exited {
-            status = Some(child.reap().map_err(log_err)?);
             duration = clock.elapsed();
+            // Whatever the handler left behind goes with it: its group (killed before the reap,
+            // while the exited leader still holds the group's id), and descendants that left the
+            // group but were re-parented to the dispatcher (a child subreaper).
+            let _ = killpg(child.pid(), Signal::SIGKILL);
+            status = Some(child.reap().map_err(log_err)?);
             escalate_at = None;
             input = None;
-            // Whatever the handler left behind goes with it: its group, and descendants that left
-            // the group but were re-parented to the dispatcher (a child subreaper).
-            let _ = killpg(child.pid(), Signal::SIGKILL);
             kill_escapees(&job.marker);
             drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
         }
@@ -319,7 +334,7 @@ fn wait_ready(
         .collect();
     // Rounded up, so a wake-up is never early; bounded, as poll's timeout is.
     let timeout = timeout.map_or(PollTimeout::NONE, |t| {
-        let millis = t.as_micros().div_ceil(1000).min(60_000);
+        let millis = t.as_nanos().div_ceil(1_000_000).min(60_000);
         PollTimeout::from(u16::try_from(millis).expect("bounded above"))
     });
     match poll(&mut fds, timeout) {

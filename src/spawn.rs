@@ -27,6 +27,14 @@ use crate::sandbox::{Identity, Limits};
 /// The child's stack: it runs a few dozen system calls and no Rust code that allocates.
 const CHILD_STACK: usize = 64 * 1024;
 
+// The system calls with 32-bit ids (the plain ones take 16-bit ids on these two).
+#[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+use libc::{SYS_setgid as SYS_SETGID, SYS_setgroups as SYS_SETGROUPS, SYS_setuid as SYS_SETUID};
+#[cfg(any(target_arch = "x86", target_arch = "arm"))]
+use libc::{
+    SYS_setgid32 as SYS_SETGID, SYS_setgroups32 as SYS_SETGROUPS, SYS_setuid32 as SYS_SETUID,
+};
+
 /// What to start and how to confine it.
 pub(crate) struct Spec<'a> {
     /// Executed as is (no search of `PATH`).
@@ -172,6 +180,7 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
     // The stack grows down from its end, 16-byte aligned as the ABI wants.
     let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
 
+    let mut pidfd: c_int = -1;
     // Every signal is blocked across the clone: a handler of the dispatcher's must not run in the
     // child before the child has put the default dispositions back.
     // SAFETY: plain system calls on local signal sets; `child` only reads `context` (alive until
@@ -182,19 +191,27 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        // CLONE_PIDFD: the pidfd exists before the handler runs, so no failure after its start
+        // can leave a handler that ran reported as one that did not.
         let pid = libc::clone(
             child,
             top as *mut c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
             &context as *const Context as *mut c_void,
+            &mut pidfd as *mut c_int,
         );
         let clone_error = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
         if pid < 0 {
-            return Err(clone_error);
+            return Err(io::Error::new(
+                clone_error.kind(),
+                format!("clone (Linux 5.2 or later): {clone_error}"),
+            ));
         }
         Pid::from_raw(pid)
     };
+    // SAFETY: clone returned a new descriptor in `pidfd` that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(stack);
     let failed = context.failed.load(Ordering::Relaxed);
     if failed != 0 {
@@ -203,19 +220,6 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         let step = Step::ALL[failed - 1].describe();
         return Err(io::Error::new(error.kind(), format!("{step}: {error}")));
     }
-    // SAFETY: a plain system call; `pid` is our unreaped child, so the id cannot have been reused.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if pidfd < 0 {
-        let error = io::Error::last_os_error();
-        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(pid, None);
-        return Err(io::Error::new(
-            error.kind(),
-            format!("pidfd_open (Linux 5.3 or later): {error}"),
-        ));
-    }
-    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
     Ok(Child { pid, pidfd })
 }
 
@@ -260,15 +264,15 @@ unsafe fn confine_and_exec(cx: &Context) -> (Step, c_int) {
         if let Some((uid, gid, groups)) = &cx.user {
             step!(
                 Step::Groups,
-                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
+                libc::syscall(SYS_SETGROUPS, groups.len(), groups.as_ptr())
             );
             step!(
                 Step::Gid,
-                libc::syscall(libc::SYS_setgid, libc::c_long::from(*gid))
+                libc::syscall(SYS_SETGID, libc::c_long::from(*gid))
             );
             step!(
                 Step::Uid,
-                libc::syscall(libc::SYS_setuid, libc::c_long::from(*uid))
+                libc::syscall(SYS_SETUID, libc::c_long::from(*uid))
             );
         }
         step!(
