@@ -149,16 +149,23 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     let args: Vec<&OsStr> = job.args.iter().map(OsString::as_os_str).collect();
     let started = SystemTime::now();
     let clock = Instant::now();
-    let spawned = spawn::spawn(&Spec {
-        program: job.program,
-        args: &args,
-        env: &job.env,
-        cwd: job.cwd,
-        stdin: stdin_reader.as_fd(),
-        output: writer.as_fd(),
-        limits: &job.limits,
-        user: job.user.as_ref(),
-    });
+    let spawned = {
+        let mut handlers = HANDLERS.lock().expect("no thread panics holding it");
+        let spawned = spawn::spawn(&Spec {
+            program: job.program,
+            args: &args,
+            env: &job.env,
+            cwd: job.cwd,
+            stdin: stdin_reader.as_fd(),
+            output: writer.as_fd(),
+            limits: &job.limits,
+            user: job.user.as_ref(),
+        });
+        if let Ok(child) = &spawned {
+            handlers.insert(child.pid.as_raw());
+        }
+        spawned
+    };
     // The child's ends must be closed here, or the pipes never reach end-of-file.
     drop((stdin_reader, writer));
     let child = spawned.map_err(|source| SandboxError::Spawn {
@@ -369,13 +376,16 @@ impl Reaped {
         self.child.pid
     }
 
-    /// Collects the exit status of the handler, which has exited.
+    /// Collects the exit status of the handler, which has exited. Its pid leaves [`HANDLERS`] in
+    /// the same breath, so a new handler given the same pid is never taken for this one.
     fn reap(&mut self) -> io::Result<WaitStatus> {
+        let mut handlers = HANDLERS.lock().expect("no thread panics holding it");
         loop {
             match waitpid(self.child.pid, None) {
                 Err(nix::errno::Errno::EINTR) => {}
                 other => {
                     self.reaped = true;
+                    handlers.remove(&self.child.pid.as_raw());
                     return other.map_err(io::Error::from);
                 }
             }
@@ -387,7 +397,57 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         if !self.reaped {
             let _ = killpg(self.child.pid, Signal::SIGKILL);
+            // Dead before the reap, which holds the lock every run's start needs.
+            while let Ok(None) = wait_exit(&self.child) {}
             let _ = self.reap();
+        }
+    }
+}
+
+/// Waits (at most a second) for the handler's exit; `Some` once it has exited.
+fn wait_exit(child: &spawn::Child) -> io::Result<Option<()>> {
+    let ready = wait_ready(
+        Some(child.pidfd.as_fd()),
+        None,
+        None,
+        Some(Duration::from_secs(1)),
+    )?;
+    Ok(ready.exited.then_some(()))
+}
+
+/// Handlers started and not yet reaped by their own run: the sweep for zombies
+/// ([`reap_orphans`]) leaves them to it. The lock is held from the clone until the pid is listed,
+/// and from the reap until it is not, so a sweep never sees a handler it should not reap.
+static HANDLERS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Reaps the zombies among the dispatcher's children that are neither a listed handler nor in the
+/// dispatcher's own process group (the `git` commands it starts, which whoever started them waits
+/// for): descendants of handlers, re-parented to the dispatcher (a child subreaper), that exited
+/// before anything could find them by their environment. Each would count against the handler
+/// user's process limit for as long as the dispatcher lives.
+fn reap_orphans() {
+    let own_group = nix::unistd::getpgrp().as_raw();
+    let handlers = HANDLERS.lock().expect("no thread panics holding it");
+    for pid in dispatcher_children() {
+        if handlers.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; the command name may hold spaces and parentheses.
+        let mut fields = stat
+            .rfind(')')
+            .map_or("", |end| &stat[end + 1..])
+            .split_whitespace();
+        let state = fields.next();
+        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        if state == Some("Z") && group.is_some_and(|g| g != own_group) {
+            let _ = waitpid(
+                Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
         }
     }
 }
@@ -421,9 +481,10 @@ fn kill_escapees(marker: &(String, String)) {
             }
         }
         if killed == 0 {
-            return;
+            break;
         }
     }
+    reap_orphans();
 }
 
 /// The children of every thread of the dispatcher.

@@ -21,8 +21,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    DEFAULT_INDEX, Strays, World, git_command, id, line_value, log_file, root_or_skip,
-    running_as_root, sha256_hex,
+    DEFAULT_INDEX, RUN_DEADLINE, Strays, World, git_command, id, line_value, log_file,
+    root_or_skip, running_as_root, sha256_hex, wait_until,
 };
 
 /// One entry of `handlers/index.yml`: `handler` and the given `key: value` settings.
@@ -353,6 +353,58 @@ echo "CHAIN-SID=$(cut -d' ' -f6 /proc/$(cat chain.pid)/stat)"
     }
     daemon.assert_gone("the double-forked daemon");
     chain.assert_gone("the child of the double-forked daemon");
+}
+
+#[test]
+fn descendants_that_exit_before_the_handler_are_reaped_not_left_as_zombies() {
+    // The subshell exits at once, so its child is re-parented to the dispatcher (a child
+    // subreaper), where it exits too while the handler still runs: a zombie of the dispatcher's
+    // unless the dispatcher reaps it. A zombie counts against the user's process limit for as long
+    // as the dispatcher lives.
+    let brief = r#"#!/bin/sh
+( sh -c 'echo $$ > orphan.pid' & )
+while [ ! -s orphan.pid ]; do sleep 0.05; done
+sleep 0.3
+echo "ORPHAN=$(cat orphan.pid)"
+"#;
+    let world = World::new()
+        .handler("brief.sh", brief)
+        .index(&index_with(&[entry(
+            "brief",
+            "brief.sh",
+            &["timeout: 30s", "grace: 1s"],
+        )]))
+        .build();
+    world.submit("brief.yml", "kind: brief\n");
+
+    let mut dispatcher =
+        world.spawn(world.run_command(world.remote_arg(), &["--poll-interval", "200ms"]));
+    let pushed = wait_until(RUN_DEADLINE, || {
+        dispatcher.output_so_far().contains("pushed") || !dispatcher.running()
+    });
+    assert!(
+        pushed && dispatcher.running(),
+        "the outcome was not pushed: {}",
+        dispatcher.output_so_far()
+    );
+    let log = world
+        .fresh_clone()
+        .read_string(&log_file("brief", 1))
+        .expect("the log is committed");
+    let orphan = line_value(&log, "ORPHAN");
+    // Gone, or (its pid taken again) another process: not a zombie child of the dispatcher.
+    if let Ok(stat) = fs::read_to_string(format!("/proc/{orphan}/stat")) {
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("a stat line") + 2..]
+            .split(' ')
+            .collect();
+        let (state, parent) = (fields[0], fields[1]);
+        assert!(
+            !(state == "Z" && parent == dispatcher.pid().to_string()),
+            "process {orphan} is a zombie of the dispatcher's: {stat}"
+        );
+    }
+    dispatcher.terminate();
+    dispatcher.wait(RUN_DEADLINE).assert_exit(0);
 }
 
 /// A secret with characters that base64 (`+`, `/`), percent-encoding, JSON and shells treat specially.
