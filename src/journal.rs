@@ -282,13 +282,19 @@ mod tests {
         fs::metadata(path).unwrap().ino()
     }
 
-    #[test]
-    fn a_finished_runs_entry_and_log_are_emptied_and_reused_by_the_next_run() {
+    /// A journal in a fresh workdir with a run of `key` begun and its first log written.
+    fn journal_with_a_run(key: &str) -> (tempfile::TempDir, Journal, PathBuf) {
         let workdir = tempfile::tempdir().unwrap();
         let journal = Journal::open(workdir.path()).unwrap();
-        journal.begin(&entry_of("first")).unwrap();
-        let log = journal.new_log("first", 1);
-        fs::write(&log, "output of the first run\n").unwrap();
+        journal.begin(&entry_of(key)).unwrap();
+        let log = journal.new_log(key, 1);
+        fs::write(&log, format!("output of {key}\n")).unwrap();
+        (workdir, journal, log)
+    }
+
+    #[test]
+    fn a_finished_runs_entry_and_log_are_emptied_and_reused_by_the_next_run() {
+        let (_workdir, journal, log) = journal_with_a_run("first");
         let inodes = [inode(&journal.entry_path("first")), inode(&log)];
 
         journal.finish("first", true).unwrap();
@@ -326,11 +332,7 @@ mod tests {
 
     #[test]
     fn a_run_finished_without_recycling_leaves_no_spare() {
-        let workdir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(workdir.path()).unwrap();
-        journal.begin(&entry_of("stuck")).unwrap();
-        let log = journal.new_log("stuck", 1);
-        fs::write(&log, "output\n").unwrap();
+        let (workdir, journal, log) = journal_with_a_run("stuck");
 
         journal.finish("stuck", false).unwrap();
 
