@@ -240,13 +240,13 @@ fn handler_env(request: &Request, attempt: u32) -> Vec<(String, String)> {
     env
 }
 
-/// Replaces any copy a crashed run left behind (read-only, so not writable in place).
+/// Writes the request's copy; one an earlier run of the key failed to remove (read-only, so not
+/// writable in place) is replaced.
 fn write_read_only(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    if fs::write(path, bytes).is_err() {
+        fs::remove_file(path)?;
+        fs::write(path, bytes)?;
     }
-    fs::write(path, bytes)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o444))
 }
 

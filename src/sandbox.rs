@@ -416,40 +416,37 @@ fn wait_exit(child: &spawn::Child) -> io::Result<Option<()>> {
 }
 
 /// Handlers started and not yet reaped by their own run: the sweep for zombies
-/// ([`reap_orphans`]) leaves them to it. The lock is held from the clone until the pid is listed,
+/// ([`reap_if_orphaned_zombie`]) leaves them to it. The lock is held from the clone until the pid is listed,
 /// and from the reap until it is not, so a sweep never sees a handler it should not reap.
 static HANDLERS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-/// Reaps the zombies among the dispatcher's children that are neither a listed handler nor in the
-/// dispatcher's own process group (the `git` commands it starts, which whoever started them waits
-/// for): descendants of handlers, re-parented to the dispatcher (a child subreaper), that exited
-/// before anything could find them by their environment. Each would count against the handler
-/// user's process limit for as long as the dispatcher lives.
-fn reap_orphans() {
-    let own_group = nix::unistd::getpgrp().as_raw();
-    let handlers = HANDLERS.lock().expect("no thread panics holding it");
-    for pid in dispatcher_children() {
-        if handlers.contains(&pid) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid pgrp ...`; the command name may hold spaces and parentheses.
-        let mut fields = stat
-            .rfind(')')
-            .map_or("", |end| &stat[end + 1..])
-            .split_whitespace();
-        let state = fields.next();
-        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
-        if state == Some("Z") && group.is_some_and(|g| g != own_group) {
-            let _ = waitpid(
-                Pid::from_raw(pid),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
-        }
+/// Reaps `pid`, a child of the dispatcher, when it is a zombie that is neither a listed handler
+/// nor in the dispatcher's own process group (the `git` commands it starts, which whoever started
+/// them waits for): a descendant of a handler, re-parented to the dispatcher (a child subreaper),
+/// that exited before anything could find it by its environment. It would count against the
+/// handler user's process limit for as long as the dispatcher lives. Whether `pid` is a zombie.
+fn reap_if_orphaned_zombie(pid: i32, own_group: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state ppid pgrp ...`; the command name may hold spaces and parentheses.
+    let mut fields = stat
+        .rfind(')')
+        .map_or("", |end| &stat[end + 1..])
+        .split_whitespace();
+    if fields.next() != Some("Z") {
+        return false;
     }
+    let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+    let handlers = HANDLERS.lock().expect("no thread panics holding it");
+    if group.is_some_and(|g| g != own_group) && !handlers.contains(&pid) {
+        let _ = waitpid(
+            Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+    true
 }
 
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -462,12 +459,16 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Only the dispatcher's own children are looked at (`/proc/self/task/*/children`), not every process.
 /// Killing one re-parents its own children to the dispatcher, so the search repeats until a pass
 /// finds nothing (a bounded number of times: a chain deeper than that is left to the process group
-/// kill and PR_SET_PDEATHSIG).
+/// kill and PR_SET_PDEATHSIG). The same passes reap the escapees, of any run, that already exited.
 fn kill_escapees(marker: &(String, String)) {
     let needle = format!("\0{}={}\0", marker.0, marker.1).into_bytes();
+    let own_group = nix::unistd::getpgrp().as_raw();
     for _ in 0..16 {
         let mut killed = 0;
         for pid in dispatcher_children() {
+            if reap_if_orphaned_zombie(pid, own_group) {
+                continue;
+            }
             let mut environ = vec![0u8];
             environ.extend(std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default());
             if environ
@@ -481,10 +482,9 @@ fn kill_escapees(marker: &(String, String)) {
             }
         }
         if killed == 0 {
-            break;
+            return;
         }
     }
-    reap_orphans();
 }
 
 /// The children of every thread of the dispatcher.
