@@ -469,9 +469,7 @@ impl Daemon {
                 .find(|e| e.path == entry.request_path && e.oid.to_string() == entry.request_blob);
             let Some(waiting) = waiting.filter(|_| !self.is_taken(&entry.key)) else {
                 // Recorded before the crash (or the request was withdrawn): nothing is in flight.
-                self.journal
-                    .finish(&entry.key, true)
-                    .map_err(io_err("journal"))?;
+                self.journal.finish(&entry.key).map_err(io_err("journal"))?;
                 continue;
             };
             if let (Some(recorded), Some(logs)) =
@@ -1059,12 +1057,12 @@ impl Daemon {
         }
         crate::failpoint::hit("committed");
         for key in std::mem::take(&mut self.staged) {
-            // A stuck run the watchdog recorded may still hold its log open: its files are not
-            // put back into use, where it could write into another run's.
-            let recycle = !self.watchdogged.contains(&key);
-            self.journal
-                .finish(&key, recycle)
-                .map_err(io_err("journal"))?;
+            if self.watchdogged.contains(&key) {
+                self.journal.discard(&key)
+            } else {
+                self.journal.finish(&key)
+            }
+            .map_err(io_err("journal"))?;
         }
         Ok(())
     }

@@ -152,9 +152,20 @@ impl Journal {
         File::open(&self.dir)?.sync_all()
     }
 
-    /// Forgets `key`: its entry, its outcome and the logs of all its attempts. With `recycle`, their
-    /// files are emptied and kept for the next runs; otherwise they are removed.
-    pub(crate) fn finish(&self, key: &str, recycle: bool) -> io::Result<()> {
+    /// Forgets `key`: its entry, its outcome and the logs of all its attempts. Their files are
+    /// emptied and kept for the next runs.
+    pub(crate) fn finish(&self, key: &str) -> io::Result<()> {
+        self.forget(key, true)
+    }
+
+    /// [`Journal::finish`] for a run that may still hold its files open (one the watchdog recorded
+    /// while its thread was stuck): they are removed, not put back into use, where it could write
+    /// into another run's.
+    pub(crate) fn discard(&self, key: &str) -> io::Result<()> {
+        self.forget(key, false)
+    }
+
+    fn forget(&self, key: &str, recycle: bool) -> io::Result<()> {
         let forget = |path: &Path| match recycle {
             true => self.spares.keep(path),
             false => fs::remove_file(path),
@@ -297,7 +308,7 @@ mod tests {
         let (_workdir, journal, log) = journal_with_a_run("first");
         let inodes = [inode(&journal.entry_path("first")), inode(&log)];
 
-        journal.finish("first", true).unwrap();
+        journal.finish("first").unwrap();
         assert!(!journal.entry_path("first").exists());
         assert!(!log.exists());
 
@@ -331,10 +342,10 @@ mod tests {
     }
 
     #[test]
-    fn a_run_finished_without_recycling_leaves_no_spare() {
+    fn a_discarded_run_leaves_no_spare() {
         let (workdir, journal, log) = journal_with_a_run("stuck");
 
-        journal.finish("stuck", false).unwrap();
+        journal.discard("stuck").unwrap();
 
         assert!(!journal.entry_path("stuck").exists());
         assert!(!log.exists());

@@ -783,8 +783,8 @@ impl Sync {
     }
 
     /// Housekeeping after a push, in the background, one round at a time (skipped while the last
-    /// one runs, and then run once more when the dispatcher stops), and best effort as in receive-pack (a failure leaves more packs, no more). In the
-    /// workdir, `git repack -d --geometric=2` once it holds more than [`MAX_PACKS`] packs: it gains
+    /// one runs, and then run once more when the dispatcher stops), and best effort as in
+    /// receive-pack (a failure leaves more packs, no more). In the workdir, `git repack -d --geometric=2` once it holds more than [`MAX_PACKS`] packs: it gains
     /// one at every push (the outcomes written out) and every fetch, libgit2 looks an object up in
     /// each pack in turn, and a geometric repack merges only the small ones, so it writes what they
     /// hold, not the history (gc's own limit, 50 packs, would rewrite the history into one pack);
