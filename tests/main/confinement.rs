@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::support::{
     DEFAULT_INDEX, RUN_DEADLINE, Strays, World, git_command, id, line_value, log_file,
-    root_or_skip, running_as_root, sha256_hex, wait_until,
+    root_or_skip, running_as_root, sha256_hex,
 };
 
 /// One entry of `handlers/index.yml`: `handler` and the given `key: value` settings.
@@ -379,11 +379,8 @@ echo "ORPHAN=$(cat orphan.pid)"
 
     let mut dispatcher =
         world.spawn(world.run_command(world.remote_arg(), &["--poll-interval", "200ms"]));
-    let pushed = wait_until(RUN_DEADLINE, || {
-        dispatcher.output_so_far().contains("pushed") || !dispatcher.running()
-    });
     assert!(
-        pushed && dispatcher.running(),
+        dispatcher.wait_for_output("pushed", RUN_DEADLINE),
         "the outcome was not pushed: {}",
         dispatcher.output_so_far()
     );

@@ -1039,11 +1039,8 @@ fn second_dispatcher_on_the_same_workdir_exits_2_in_use() {
     let world = World::new().build();
     let mut first =
         world.spawn(world.run_command(world.remote_arg(), &["--poll-interval", "200ms"]));
-    let serving = wait_until(DEADLINE, || {
-        first.output_so_far().contains("serving") || !first.running()
-    });
     assert!(
-        serving && first.running(),
+        first.wait_for_output("serving", DEADLINE),
         "the first dispatcher is not serving: {}",
         first.output_so_far()
     );

@@ -839,6 +839,14 @@ impl Background {
         child.try_wait().expect("try_wait").is_none()
     }
 
+    /// Waits until its output holds `needle`; `false` when it exited or `timeout` passed first.
+    pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.output_so_far().contains(needle) || !self.running()
+        }) && self.running()
+            && self.output_so_far().contains(needle)
+    }
+
     /// Its output so far, for failure messages.
     pub fn output_so_far(&self) -> String {
         format!(
