@@ -46,6 +46,7 @@ mod snapshot;
 mod spare;
 mod spawn;
 mod sync;
+mod tree_edit;
 mod view;
 
 use std::ffi::OsString;

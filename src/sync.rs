@@ -11,12 +11,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use git2::build::TreeUpdateBuilder;
 use git2::{
-    Binding, Commit, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode, Oid,
-    PushOptions, RemoteCallbacks, Repository, Signature, Sort,
+    Binding, Commit, Cred, CredentialType, Direction, ErrorCode, FetchOptions, FileMode,
+    ObjectType, Oid, PushOptions, RemoteCallbacks, Repository, Signature, Sort,
 };
 use thiserror::Error;
+
+use crate::tree_edit;
 
 const REMOTE: &str = "origin";
 /// A trailer every outcome commit carries: how the dispatcher recognises its own commits.
@@ -344,13 +345,12 @@ impl Sync {
             }
             let edits = self.edits_of(&commit)?;
             let tree = self.apply(&base_commit, &edits)?;
-            base = self.repo.commit(
-                None,
+            base = self.make_commit(
                 &commit.author(),
                 &commit.committer(),
                 commit.message_raw().unwrap_or_default(),
-                &self.repo.find_tree(tree)?,
-                &[&base_commit],
+                tree,
+                &base_commit,
             )?;
             result.replayed += 1;
         }
@@ -459,48 +459,21 @@ impl Sync {
         Ok(edits)
     }
 
+    /// The tree of `base` with `edits` applied; the new trees go to memory (see [`tree_edit`]).
     fn apply(&self, base: &Commit<'_>, edits: &[Edit]) -> Result<Oid, SyncError> {
-        let mut builder = TreeUpdateBuilder::new();
-        for edit in edits {
-            match edit {
-                Edit::Upsert { path, oid, mode } => {
-                    builder.upsert(path.as_str(), *oid, *mode);
-                }
-                Edit::Remove { path } => {
-                    builder.remove(path.as_str());
-                }
-            }
-        }
-        match builder.create_updated(&self.repo, &base.tree()?) {
-            Ok(tree) => Ok(tree),
-            // Removing a path that is already gone is not an error for us: the goal is its absence.
-            Err(e) if e.code() == ErrorCode::NotFound => {
-                let present: Vec<Edit> = edits
-                    .iter()
-                    .filter(|e| match e {
-                        Edit::Remove { path } => base
-                            .tree()
-                            .is_ok_and(|t| t.get_path(Path::new(path)).is_ok()),
-                        Edit::Upsert { .. } => true,
-                    })
-                    .cloned()
-                    .collect();
-                if present.len() == edits.len() {
-                    return Err(e.into());
-                }
-                self.apply(base, &present)
-            }
-            Err(e) => Err(e.into()),
-        }
+        let odb = self.repo.odb()?;
+        let tree = tree_edit::apply(
+            Some(base.tree_id()),
+            edits,
+            &mut |oid| Ok(odb.read(oid)?.data().to_vec()),
+            &mut |tree| self.staging.insert(tree.oid, ObjectType::Tree, &tree.bytes),
+        )?;
+        Ok(tree)
     }
 
     /// Writes `bytes` as a blob (in memory, until [`Sync::persist`]).
     pub(crate) fn blob(&self, bytes: &[u8]) -> Result<Oid, SyncError> {
-        let oid = self.repo.blob(bytes)?;
-        self.staging
-            .bytes
-            .set(self.staging.bytes.get() + bytes.len());
-        Ok(oid)
+        Ok(self.staging.put(ObjectType::Blob, bytes)?)
     }
 
     /// Commits `edits` on the local tip with `message`, in memory until [`Sync::persist`]; returns the
@@ -511,44 +484,27 @@ impl Sync {
             branch: self.branch.clone(),
         })?;
         let parent = self.repo.find_commit(parent_oid)?;
-        let tree = self.repo.find_tree(self.apply(&parent, edits)?)?;
+        let tree = self.apply(&parent, edits)?;
         let signature = Signature::now(&self.signature_name, &self.signature_email)?;
-        let oid = self
-            .repo
-            .commit(None, &signature, &signature, message, &tree, &[&parent])?;
+        let oid = self.make_commit(&signature, &signature, message, tree, &parent)?;
         self.staging.staged(parent_oid, oid);
-        self.staging
-            .bytes
-            .set(self.staging.bytes.get() + self.tree_bytes(&tree, edits));
         Ok(oid)
     }
 
-    /// The size of the trees a commit of `edits` wrote: `root` and the folders on the edited paths.
-    /// These dominate what an outcome holds in memory while the inbox is long (a 1000-request
-    /// `requests/` tree is about 50 KB, written anew by every outcome).
-    fn tree_bytes(&self, root: &git2::Tree<'_>, edits: &[Edit]) -> usize {
-        let Ok(odb) = self.repo.odb() else {
-            return 0;
-        };
-        let size = |oid: Oid| odb.read_header(oid).map_or(0, |(size, _)| size);
-        let mut folders: Vec<&str> = Vec::new();
-        for edit in edits {
-            let (Edit::Upsert { path, .. } | Edit::Remove { path }) = edit;
-            let mut end = 0;
-            while let Some(slash) = path[end..].find('/') {
-                end += slash;
-                if !folders.contains(&&path[..end]) {
-                    folders.push(&path[..end]);
-                }
-                end += 1;
-            }
-        }
-        let below: usize = folders
-            .iter()
-            .filter_map(|folder| root.get_path(Path::new(folder)).ok())
-            .map(|entry| size(entry.id()))
-            .sum();
-        size(root.id()) + below
+    /// A commit of `tree` on `parent`, in memory.
+    fn make_commit(
+        &self,
+        author: &Signature<'_>,
+        committer: &Signature<'_>,
+        message: &str,
+        tree: Oid,
+        parent: &Commit<'_>,
+    ) -> Result<Oid, SyncError> {
+        let tree = self.repo.find_tree(tree)?;
+        let buffer =
+            self.repo
+                .commit_create_buffer(author, committer, message, &tree, &[parent])?;
+        Ok(self.staging.put(ObjectType::Commit, &buffer)?)
     }
 
     /// One push of the local branch (outcomes in memory written out first), then housekeeping where
@@ -1054,9 +1010,36 @@ unsafe extern "C" {
     ) -> std::ffi::c_int;
 }
 
+/// The head of libgit2's `git_odb_backend` (`git2/sys/odb_backend.h`), as far as `write`; the layout
+/// is libgit2's public interface for object database backends, at version 1 since libgit2 0.20.
+#[repr(C)]
+struct BackendHead {
+    version: std::ffi::c_uint,
+    odb: *mut std::ffi::c_void,
+    read: *const std::ffi::c_void,
+    read_prefix: *const std::ffi::c_void,
+    read_header: *const std::ffi::c_void,
+    write: Option<
+        unsafe extern "C" fn(
+            <git2::Mempack<'static> as Binding>::Raw,
+            <Oid as Binding>::Raw,
+            *const std::ffi::c_void,
+            usize,
+            std::ffi::c_int,
+        ) -> std::ffi::c_int,
+    >,
+}
+
 impl Staging {
     fn attach(repo: &Repository) -> Result<Self, git2::Error> {
         let backend = repo.odb()?.add_new_mempack_backend(STAGE_PRIORITY)?.raw();
+        // SAFETY: the mempack backend is a live `git_odb_backend`, which begins as `BackendHead`.
+        let head = unsafe { &*backend.cast::<BackendHead>() };
+        if head.version != 1 || head.write.is_none() {
+            return Err(git2::Error::from_str(
+                "libgit2's in-memory object store has an unknown layout",
+            ));
+        }
         Ok(Self {
             backend,
             tip: Cell::new(None),
@@ -1075,6 +1058,38 @@ impl Staging {
         if rc < 0 {
             return Err(git2::Error::last_error(rc));
         }
+        Ok(())
+    }
+
+    /// Stores an object in memory and returns its id. It goes to the mempack backend directly:
+    /// `git_odb_write` would first look for it in every backend and, as a new object is in none,
+    /// list the pack folder again for each one (`git_odb__freshen`), a tenth of the main thread's
+    /// time. An object that is also on disk is then in both places, which Git allows.
+    fn put(&self, kind: ObjectType, bytes: &[u8]) -> Result<Oid, git2::Error> {
+        let oid = Oid::hash_object(kind, bytes)?;
+        self.insert(oid, kind, bytes)?;
+        Ok(oid)
+    }
+
+    /// [`Staging::put`] for an object whose id is known.
+    fn insert(&self, oid: Oid, kind: ObjectType, bytes: &[u8]) -> Result<(), git2::Error> {
+        // SAFETY: as in `attach`, which checked that `write` is set; the backend copies the bytes.
+        let rc = unsafe {
+            let write = (*self.backend.cast::<BackendHead>())
+                .write
+                .expect("checked in attach");
+            write(
+                self.backend,
+                oid.raw(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                kind.raw(),
+            )
+        };
+        if rc < 0 {
+            return Err(git2::Error::last_error(rc));
+        }
+        self.bytes.set(self.bytes.get() + bytes.len());
         Ok(())
     }
 
