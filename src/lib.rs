@@ -34,6 +34,7 @@ mod lock;
 pub mod log;
 mod metrics;
 mod outcome;
+mod pack;
 mod replay;
 mod request;
 mod router;

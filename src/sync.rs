@@ -17,6 +17,7 @@ use git2::{
 };
 use thiserror::Error;
 
+use crate::pack::{Pack, PackWriter};
 use crate::tree_edit;
 
 const REMOTE: &str = "origin";
@@ -403,18 +404,28 @@ impl Sync {
     }
 
     /// One pack of every object in memory (outcome commits, and those [`Sync::reconcile`] re-created),
-    /// then an empty store.
+    /// written as they were made (see [`crate::pack`]), then an empty store.
     fn write_staged(&self) -> Result<(), SyncError> {
-        let mut pack = self.repo.packbuilder()?;
-        self.staging.add_to(&mut pack)?;
-        let bytes = pack_bytes(&mut pack)?;
-        write_pack(&bytes, &self.repo.odb()?)?;
+        let pack = {
+            let mut writer = self.staging.pack.borrow_mut();
+            (!writer.is_empty()).then(|| writer.finish())
+        };
+        if let Some(pack) = &pack {
+            let dir = self.path.join("objects").join("pack");
+            pack.write_to(&dir).map_err(|e| {
+                git2::Error::from_str(&format!(
+                    "could not write a pack in `{}`: {e}",
+                    dir.display()
+                ))
+            })?;
+            self.repo.odb()?.refresh()?;
+        }
         self.staging.mempack().reset()?;
-        match (self.staging.base.get(), self.staging.tip.get()) {
-            (Some(base), Some(tip)) if !bytes.is_empty() => {
+        match (self.staging.base.get(), self.staging.tip.get(), pack) {
+            (Some(base), Some(tip), Some(pack)) => {
                 self.written
                     .borrow_mut()
-                    .push(WrittenPack { base, tip, bytes });
+                    .push(WrittenPack { base, tip, pack });
             }
             _ => self.written.borrow_mut().clear(),
         }
@@ -466,7 +477,7 @@ impl Sync {
             Some(base.tree_id()),
             edits,
             &mut |oid| Ok(odb.read(oid)?.data().to_vec()),
-            &mut |tree| self.staging.insert(tree.oid, ObjectType::Tree, &tree.bytes),
+            &mut |tree| self.staging.put_tree(&tree),
         )?;
         Ok(tree)
     }
@@ -716,10 +727,16 @@ impl Sync {
             return Err(rejected("fetch first: the remote moved".to_owned()));
         }
         if chain(&packs, base, local) {
-            let remote_odb = remote.odb()?;
-            for pack in &packs {
-                write_pack(&pack.bytes, &remote_odb)?;
+            let dir = remote.path().join("objects").join("pack");
+            for written in &packs {
+                written.pack.write_to(&dir).map_err(|e| {
+                    git2::Error::from_str(&format!(
+                        "could not write a pack in `{}`: {e}",
+                        dir.display()
+                    ))
+                })?;
             }
+            remote.odb()?.refresh()?;
         }
         copy_objects(&self.repo, remote, local, base)?;
         let moved =
@@ -979,7 +996,7 @@ fn insert_changed(
 struct WrittenPack {
     base: Oid,
     tip: Oid,
-    bytes: Vec<u8>,
+    pack: Pack,
 }
 
 /// The in-memory object store (libgit2's mempack backend) where outcome commits are made, and what
@@ -993,21 +1010,14 @@ struct WrittenPack {
 struct Staging {
     /// Owned and freed by the repository's object database, which lives as long as `Sync::repo`.
     backend: <git2::Mempack<'static> as Binding>::Raw,
+    /// The same objects as a pack, made as they come.
+    pack: RefCell<PackWriter>,
     /// The newest staged commit: the local tip while something is staged.
     tip: Cell<Option<Oid>>,
     /// The parent of the oldest staged commit.
     base: Cell<Option<Oid>>,
     commits: Cell<usize>,
     bytes: Cell<usize>,
-}
-
-// From libgit2's `git2/sys/mempack.h` (libgit2 1.9, vendored by libgit2-sys 0.18), which
-// libgit2-sys does not bind.
-unsafe extern "C" {
-    fn git_mempack_write_thin_pack(
-        backend: <git2::Mempack<'static> as Binding>::Raw,
-        pb: <git2::PackBuilder<'static> as Binding>::Raw,
-    ) -> std::ffi::c_int;
 }
 
 /// The head of libgit2's `git_odb_backend` (`git2/sys/odb_backend.h`), as far as `write`; the layout
@@ -1042,23 +1052,12 @@ impl Staging {
         }
         Ok(Self {
             backend,
+            pack: RefCell::new(PackWriter::default()),
             tip: Cell::new(None),
             base: Cell::new(None),
             commits: Cell::new(0),
             bytes: Cell::new(0),
         })
-    }
-
-    /// Adds every object in memory to `pack`, each alone (not what it refers to, which the
-    /// workdir holds already: `git_mempack_dump` would walk every commit's whole tree).
-    fn add_to(&self, pack: &mut git2::PackBuilder<'_>) -> Result<(), git2::Error> {
-        // SAFETY: both pointers are live: the backend as in `mempack`, the builder borrowed for the
-        // call.
-        let rc = unsafe { git_mempack_write_thin_pack(self.backend, pack.raw()) };
-        if rc < 0 {
-            return Err(git2::Error::last_error(rc));
-        }
-        Ok(())
     }
 
     /// Stores an object in memory and returns its id. It goes to the mempack backend directly:
@@ -1071,8 +1070,27 @@ impl Staging {
         Ok(oid)
     }
 
-    /// [`Staging::put`] for an object whose id is known.
+    /// [`Staging::put`] for a tree made by [`tree_edit::apply`], stored in the pack as a delta of
+    /// its base where it can be.
+    fn put_tree(&self, tree: &tree_edit::NewTree) -> Result<(), git2::Error> {
+        self.to_mempack(tree.oid, ObjectType::Tree, &tree.bytes)?;
+        let mut pack = self.pack.borrow_mut();
+        let delta = tree.base.is_some_and(|(base, base_len)| {
+            pack.add_delta(tree.oid, base, base_len, &tree.pieces, tree.bytes.len())
+        });
+        if !delta {
+            pack.add(tree.oid, ObjectType::Tree, &tree.bytes);
+        }
+        Ok(())
+    }
+
     fn insert(&self, oid: Oid, kind: ObjectType, bytes: &[u8]) -> Result<(), git2::Error> {
+        self.to_mempack(oid, kind, bytes)?;
+        self.pack.borrow_mut().add(oid, kind, bytes);
+        Ok(())
+    }
+
+    fn to_mempack(&self, oid: Oid, kind: ObjectType, bytes: &[u8]) -> Result<(), git2::Error> {
         // SAFETY: as in `attach`, which checked that `write` is set; the backend copies the bytes.
         let rc = unsafe {
             let write = (*self.backend.cast::<BackendHead>())

@@ -25,8 +25,8 @@ const OID_LEN: usize = 20;
 pub(crate) struct NewTree {
     pub oid: Oid,
     pub bytes: Vec<u8>,
-    /// The tree it was made from; `None` for a folder that did not exist.
-    pub base: Option<Oid>,
+    /// The tree it was made from and its length; `None` for a folder that did not exist.
+    pub base: Option<(Oid, usize)>,
     /// How `bytes` is made of the base's bytes and new entries, in order.
     pub pieces: Vec<Piece>,
 }
@@ -65,7 +65,7 @@ pub(crate) fn apply<R: AsRef<[u8]>>(
             store(NewTree {
                 oid,
                 bytes: Vec::new(),
-                base,
+                base: None,
                 pieces: Vec::new(),
             })?;
             Ok(oid)
@@ -227,7 +227,7 @@ fn edit_tree<R: AsRef<[u8]>>(
     store(NewTree {
         oid,
         bytes: out,
-        base,
+        base: base.map(|oid| (oid, bytes.len())),
         pieces,
     })?;
     Ok(Some(oid))
@@ -296,7 +296,11 @@ mod tests {
             &mut |tree| {
                 let base = tree
                     .base
-                    .map(|b| odb.read(b).unwrap().data().to_vec())
+                    .map(|(b, len)| {
+                        let bytes = odb.read(b).unwrap().data().to_vec();
+                        assert_eq!(bytes.len(), len);
+                        bytes
+                    })
                     .unwrap_or_default();
                 let mut rebuilt = Vec::new();
                 for piece in &tree.pieces {
@@ -420,7 +424,7 @@ mod tests {
             &[upsert("logs", blob)],
         );
         let odb = repo.odb().unwrap();
-        let mut run = |edits: &[Edit]| {
+        let run = |edits: &[Edit]| {
             apply(
                 Some(root),
                 edits,
