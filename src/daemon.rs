@@ -41,6 +41,10 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How many waiting requests on busy resources `take` looks past for one it can start.
 const LOOKAHEAD: usize = 64;
+/// How long a held workdir lock is waited for, and how often it is tried meanwhile (see
+/// [`lock_workdir`]).
+const WORKDIR_LOCK_GRACE: Duration = Duration::from_secs(2);
+const WORKDIR_LOCK_POLL: Duration = Duration::from_millis(20);
 /// The scratch directory's folder of runs: each request's read-only copy and working directories.
 const RUNS: &str = "runs";
 
@@ -176,13 +180,7 @@ impl Daemon {
             .write(true)
             .open(cfg.workdir.join("dispatcher.lock"))
             .map_err(io_err("workdir lock"))?;
-        match workdir_lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(DaemonError::WorkdirInUse(cfg.workdir.clone()));
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("workdir lock")(e)),
-        }
+        lock_workdir(&workdir_lock, &cfg.workdir)?;
         let journal = Journal::open(&cfg.workdir).map_err(io_err("journal"))?;
         // Holding the workdir lock, no other dispatcher can be writing here: a `.lock` file left in
         // the bare clone is the remains of a crash and would block every update of its ref.
@@ -1243,6 +1241,25 @@ impl Daemon {
 }
 
 /// Creates `path` (and its parents) if it does not exist; a folder it creates gets `mode`.
+/// Takes the workdir's lock. A lock that is held is waited for a moment first: a dispatcher that was
+/// just killed can leave it held by a child it was starting, whose copy of the dispatcher's open
+/// files lives until it executes its program (a few milliseconds, more on a loaded machine).
+fn lock_workdir(lock: &fs::File, workdir: &Path) -> Result<(), DaemonError> {
+    let since = Instant::now();
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) if since.elapsed() < WORKDIR_LOCK_GRACE => {
+                thread::sleep(WORKDIR_LOCK_POLL);
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(DaemonError::WorkdirInUse(workdir.to_owned()));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("workdir lock")(e)),
+        }
+    }
+}
+
 fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if path.is_dir() {
