@@ -339,7 +339,7 @@ impl Daemon {
             .list(&self.sync.repo, tip)
             .map_err(SyncError::from)?;
         let mut lines = Vec::new();
-        for entry in &entries {
+        for entry in entries.iter() {
             let checked = self
                 .check(entry)
                 .and_then(|request| self.secret_env(entry, &request).map(|_| request));

@@ -5,9 +5,12 @@
 //! that commit's time; commits of the same second in their order on the first-parent chain; ties
 //! (one commit adding several requests) by name. Arrivals are cached by name and blob, so the history
 //! is walked once per request, not once per look at the inbox; only `requests/` is read, never
-//! `processed/` or `logs/`, so the cost does not grow with the number of recorded outcomes.
+//! `processed/` or `logs/`, so the cost does not grow with the number of recorded outcomes. The last
+//! listing is kept too: when `requests/` only lost entries since (what an outcome does), they are
+//! taken out of it, which spares sorting a long backlog again after every request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use git2::{Commit, Oid, Repository, Tree};
 
@@ -39,6 +42,8 @@ pub(crate) struct Inbox {
     arrivals: HashMap<(String, Oid), Arrival>,
     /// Distance from the root along first parents, of arrival commits whose order was needed.
     generations: HashMap<Oid, u64>,
+    /// The last listing, and the `requests/` tree it lists.
+    last: Option<(Oid, Rc<Vec<InboxEntry>>)>,
 }
 
 impl Inbox {
@@ -47,12 +52,27 @@ impl Inbox {
         &mut self,
         repo: &Repository,
         tip: Oid,
-    ) -> Result<Vec<InboxEntry>, git2::Error> {
+    ) -> Result<Rc<Vec<InboxEntry>>, git2::Error> {
         let commit = repo.find_commit(tip)?;
         let Some(tree) = requests_tree(repo, &commit)? else {
             self.arrivals.clear();
-            return Ok(Vec::new());
+            self.last = None;
+            return Ok(Rc::default());
         };
+        if let Some((listed, entries)) = &mut self.last {
+            if *listed == tree.id() {
+                return Ok(Rc::clone(entries));
+            }
+            if let Some(gone) = only_removed(&repo.find_tree(*listed)?, &tree) {
+                for key in &gone {
+                    self.arrivals.remove(key);
+                }
+                let gone: HashSet<(String, Oid)> = gone.into_iter().collect();
+                Rc::make_mut(entries).retain(|e| !gone.contains(&(e.name.clone(), e.oid)));
+                *listed = tree.id();
+                return Ok(Rc::clone(entries));
+            }
+        }
         let present: Vec<(String, Oid, EntryType)> = tree
             .iter()
             .filter_map(|e| {
@@ -87,6 +107,8 @@ impl Inbox {
             .collect();
         entries.sort_by(|a, b| (a.arrival.time, &a.name).cmp(&(b.arrival.time, &b.name)));
         self.order_same_second(repo, &mut entries)?;
+        let entries = Rc::new(entries);
+        self.last = Some((tree.id(), Rc::clone(&entries)));
         Ok(entries)
     }
 
@@ -188,6 +210,29 @@ impl Inbox {
     }
 }
 
+/// The entries (name and blob) `old` has and `new` does not, when that is all that changed: `None`
+/// when `new` has an entry `old` does not have, or the same name with another blob or mode. Both are
+/// in Git's order, so one walk over each tells.
+fn only_removed(old: &Tree<'_>, new: &Tree<'_>) -> Option<Vec<(String, Oid)>> {
+    let mut gone = Vec::new();
+    let mut next = new.iter().peekable();
+    for entry in old.iter() {
+        match next.peek() {
+            Some(kept) if kept.name_bytes() == entry.name_bytes() => {
+                if kept.id() != entry.id() || kept.filemode() != entry.filemode() {
+                    return None;
+                }
+                next.next();
+            }
+            _ => gone.push((
+                String::from_utf8_lossy(entry.name_bytes()).into_owned(),
+                entry.id(),
+            )),
+        }
+    }
+    next.peek().is_none().then_some(gone)
+}
+
 fn requests_tree<'r>(
     repo: &'r Repository,
     commit: &Commit<'r>,
@@ -198,5 +243,85 @@ fn requests_tree<'r>(
             Ok(Some(repo.find_tree(entry.id())?))
         }
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use git2::{Repository, Signature, Time};
+
+    use super::*;
+
+    /// Commits `requests/` holding `names` (each with its own content, `name@version`) at `time`.
+    fn commit_inbox(repo: &Repository, names: &[(&str, u32)], time: i64) -> Oid {
+        let mut requests = repo.treebuilder(None).unwrap();
+        for (name, version) in names {
+            let blob = repo.blob(format!("{name}@{version}").as_bytes()).unwrap();
+            requests.insert(name, blob, 0o100644).unwrap();
+        }
+        let mut root = repo.treebuilder(None).unwrap();
+        root.insert(INBOX, requests.write().unwrap(), 0o040000)
+            .unwrap();
+        let tree = repo.find_tree(root.write().unwrap()).unwrap();
+        let signature = Signature::new("t", "t@example.org", &Time::new(time, 0)).unwrap();
+        let parents: Vec<_> = repo
+            .head()
+            .ok()
+            .and_then(|h| h.target())
+            .map(|oid| repo.find_commit(oid).unwrap())
+            .into_iter()
+            .collect();
+        let parents: Vec<_> = parents.iter().collect();
+        repo.commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            "inbox",
+            &tree,
+            &parents,
+        )
+        .unwrap()
+    }
+
+    fn names(entries: &[InboxEntry]) -> Vec<(String, Oid, i64)> {
+        entries
+            .iter()
+            .map(|e| (e.name.clone(), e.oid, e.arrival.time))
+            .collect()
+    }
+
+    #[test]
+    fn a_listing_kept_across_commits_is_the_listing_made_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let mut kept = Inbox::default();
+        let mut check = |tip: Oid, expected: &[&str]| {
+            let listed = kept.list(&repo, tip).unwrap();
+            let fresh = Inbox::default().list(&repo, tip).unwrap();
+            assert_eq!(names(&listed), names(&fresh));
+            let order: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(order, expected);
+        };
+        // Two commits in the same second, then a later one: arrival order, not name order.
+        commit_inbox(&repo, &[("b.yml", 1), ("d.yml", 1)], 100);
+        commit_inbox(&repo, &[("b.yml", 1), ("d.yml", 1), ("a.yml", 1)], 100);
+        let tip = commit_inbox(
+            &repo,
+            &[("b.yml", 1), ("d.yml", 1), ("a.yml", 1), ("c.yml", 1)],
+            200,
+        );
+        check(tip, &["b.yml", "d.yml", "a.yml", "c.yml"]);
+        // Requests leave: the kept listing loses them.
+        let tip = commit_inbox(&repo, &[("d.yml", 1), ("a.yml", 1), ("c.yml", 1)], 300);
+        check(tip, &["d.yml", "a.yml", "c.yml"]);
+        let tip = commit_inbox(&repo, &[("a.yml", 1)], 301);
+        check(tip, &["a.yml"]);
+        // One arrives and one is replaced by another blob: listed afresh.
+        let tip = commit_inbox(&repo, &[("a.yml", 2), ("e.yml", 1)], 400);
+        check(tip, &["a.yml", "e.yml"]);
+        let tip = commit_inbox(&repo, &[("e.yml", 1)], 401);
+        check(tip, &["e.yml"]);
+        let tip = commit_inbox(&repo, &[], 500);
+        check(tip, &[]);
     }
 }
