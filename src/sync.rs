@@ -702,12 +702,19 @@ impl Sync {
         Repository::open_bare(path).ok()
     }
 
-    /// A push to a bare repository on this host, written directly: a pack of the objects the
-    /// unpushed commits add ([`copy_objects`]), then the branch moved from the tip last fetched to
+    /// A push to a bare repository on this host, written directly: the objects the unpushed commits
+    /// add, then the branch moved from the tip last fetched to
     /// the local tip with a compare-and-swap under Git's ref lock (a remote that moved meanwhile is a
     /// rejection, as over the network). Like libgit2's own local push, this runs no hooks: a remote
     /// that needs them is served over `git daemon`, SSH or HTTPS. [`Sync::push`] then runs
     /// `git gc --auto` in the remote, as `git receive-pack` would, so the packs of pushes get merged.
+    ///
+    /// The objects are the packs [`Sync::persist`] wrote since the last push, copied as they are,
+    /// when they chain from the remote's tip to the local one: every object an outcome commit makes
+    /// goes into those packs, and the rest of what it names (the request's blob) the remote's tip
+    /// holds. Otherwise (after a restart, or a reconcile) [`copy_objects`] finds what the remote
+    /// lacks by walking the changed folders of each commit, which took 74 ms for a push of 170
+    /// outcomes on the bench, time in which no request was started.
     fn push_local(
         &self,
         remote: &Repository,
@@ -737,8 +744,9 @@ impl Sync {
                 })?;
             }
             remote.odb()?.refresh()?;
+        } else {
+            copy_objects(&self.repo, remote, local, base)?;
         }
-        copy_objects(&self.repo, remote, local, base)?;
         let moved =
             remote.reference_matching(&refname, local, true, base, "git-dispatch: push outcomes");
         if let Err(e) = moved {
@@ -896,8 +904,8 @@ fn pack_count(git_dir: &Path) -> usize {
 /// ancestor that `to` holds with everything it reaches. Only the folders that differ from each
 /// commit's first parent are read, so the cost follows the change, not the size of the trees;
 /// libgit2's pack builder instead walks every object of `base` to leave them out (0.4 s at 100,000
-/// outcomes, on every push and fetch). What `to` already holds is left out (after a push wrote the
-/// packs [`Sync::persist`] made, that is everything); the rest is written into `to` as one pack.
+/// outcomes, on every push and fetch). What `to` already holds is left out; the rest is written into
+/// `to` as one pack.
 fn copy_objects(
     from: &Repository,
     to: &Repository,
