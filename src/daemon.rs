@@ -210,6 +210,7 @@ impl Daemon {
         }
         crate::secrets::install_global(cfg.redactor.clone());
         let (sender, events) = mpsc::channel();
+        let jobs = cfg.jobs;
         let now = Instant::now();
         let cfg_poll = cfg.poll_interval;
         Ok(Self {
@@ -225,7 +226,7 @@ impl Daemon {
             events,
             sender,
             journal: Arc::new(journal),
-            stop: Arc::new(Stop::default()),
+            stop: Arc::new(Stop::new(jobs)),
             resume: HashMap::new(),
             _workdir_lock: workdir_lock,
             metrics: Arc::new(Metrics::new(cfg_poll)),
@@ -671,6 +672,12 @@ impl Daemon {
 
     /// Takes requests in arrival order while there is room: records rejections at once, starts the
     /// rest. Returns how many requests wait (not counting running ones).
+    ///
+    /// With one job, the next request is taken while the current one runs: validated, its worker
+    /// started and its request copy written, it waits for the slot, which the current run gives up
+    /// as soon as its handler is gone (see [`crate::runner`]). Its journal entry is written only
+    /// then, so a stop before leaves it in the inbox, untouched. That takes the work of taking a
+    /// request off the time between two handlers.
     fn take(&mut self) -> Result<usize, DaemonError> {
         let tip = self.sync.tip().expect("take runs after the first sync");
         self.refresh_snapshot(tip)?;
@@ -687,6 +694,7 @@ impl Daemon {
             .filter(|r| !r.ended)
             .map(|r| r.request.resource.clone())
             .collect();
+        let ahead = usize::from(self.cfg.jobs == 1 && self.cfg.mode != Mode::Once);
         for (i, entry) in entries.iter().enumerate() {
             if self.running.values().any(|r| r.entry.path == entry.path) {
                 continue;
@@ -694,7 +702,7 @@ impl Daemon {
             if self.cfg.mode == Mode::Once && self.took_one {
                 break;
             }
-            if self.running.values().filter(|r| !r.ended).count() >= self.cfg.jobs {
+            if self.running.values().filter(|r| !r.ended).count() >= self.cfg.jobs + ahead {
                 waiting += entries[i..].len();
                 break;
             }
@@ -706,7 +714,7 @@ impl Daemon {
                     self.took_one = true;
                     self.reject(entry, rejection)?;
                 }
-                Ok((request, _)) if busy.contains(&request.resource) => {
+                Ok((request, _)) if ahead == 0 && busy.contains(&request.resource) => {
                     // Its resource is taken: look further, but only so far, so that a long queue on
                     // one resource costs no more than a short one.
                     skipped += 1;
@@ -945,6 +953,14 @@ impl Daemon {
             .running
             .remove(&report.key)
             .expect("every finished run was started");
+        if report.cancelled {
+            event(
+                "run",
+                Some(&report.key),
+                "not started: the dispatcher is stopping; the request stays in the inbox",
+            );
+            return Ok(());
+        }
         if let Some(fatal) = report.fatal {
             // The dispatcher could not carry the run. Attempts that did run are in the journal, and
             // the request is still in the inbox: the next start records them.

@@ -1,7 +1,11 @@
-//! One request's run, on a worker thread: take the resource lock, then for each attempt journal it,
-//! prepare a fresh working directory, run the handler in the sandbox, and retry a `failed` or
-//! `timed_out` attempt with exponential backoff while the kind has retries left. The report goes back
-//! to the daemon, which alone records outcomes.
+//! One request's run, on a worker thread: take one of the `--jobs` slots and the resource lock, then
+//! for each attempt journal it, prepare a fresh working directory, run the handler in the sandbox, and
+//! retry a `failed` or `timed_out` attempt with exponential backoff while the kind has retries left.
+//! The report goes back to the daemon, which alone records outcomes.
+//!
+//! The slot and the lock are given up as soon as the last attempt's handler is gone, before the
+//! working directory is removed and the report sent: a run the daemon started ahead, waiting for a
+//! slot (see `Daemon::take`), starts its handler meanwhile.
 
 use std::fs;
 use std::io;
@@ -22,27 +26,68 @@ use crate::sandbox::{self, Finished, Identity, InFlight, Job, Limits, SandboxErr
 use crate::secrets::Redactor;
 use crate::snapshot::HandlersDir;
 
-/// Set once shutdown begins: no new attempt starts, a retry's backoff ends early.
-#[derive(Default)]
+/// The slots handlers run in (`--jobs`), and the stop: once shutdown begins, no run takes a slot,
+/// no new attempt starts, a retry's backoff ends early.
 pub(crate) struct Stop {
-    requested: Mutex<bool>,
+    state: Mutex<SlotState>,
     changed: Condvar,
 }
 
+struct SlotState {
+    requested: bool,
+    free: usize,
+}
+
+/// A slot a run holds; given back when dropped.
+struct Slot<'a>(&'a Stop);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.lock().free += 1;
+        self.0.changed.notify_all();
+    }
+}
+
 impl Stop {
+    pub(crate) fn new(slots: usize) -> Self {
+        Self {
+            state: Mutex::new(SlotState {
+                requested: false,
+                free: slots,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().expect("no thread panics holding it")
+    }
+
     pub(crate) fn request(&self) {
-        *self.requested.lock().expect("no thread panics holding it") = true;
+        self.lock().requested = true;
         self.changed.notify_all();
     }
 
     /// Waits up to `timeout`; true when stopping was requested.
     fn wait(&self, timeout: Duration) -> bool {
-        let guard = self.requested.lock().expect("no thread panics holding it");
-        let (guard, _) = self
+        let (state, _) = self
             .changed
-            .wait_timeout_while(guard, timeout, |stop| !*stop)
+            .wait_timeout_while(self.lock(), timeout, |s| !s.requested)
             .expect("no thread panics holding it");
-        *guard
+        state.requested
+    }
+
+    /// Waits for a free slot; `None` when stopping was requested first.
+    fn take_slot(&self) -> Option<Slot<'_>> {
+        let mut state = self
+            .changed
+            .wait_while(self.lock(), |s| !s.requested && s.free == 0)
+            .expect("no thread panics holding it");
+        if state.requested {
+            return None;
+        }
+        state.free -= 1;
+        Some(Slot(self))
     }
 }
 
@@ -108,6 +153,8 @@ pub(crate) struct Report {
     pub attempts: Vec<Attempt>,
     /// Set when the dispatcher could not carry the run; the request stays in the inbox.
     pub fatal: Option<RunnerError>,
+    /// The run never took a slot: the dispatcher began to stop first. Nothing of it was journaled.
+    pub cancelled: bool,
 }
 
 impl Plan {
@@ -120,31 +167,42 @@ impl Plan {
 pub(crate) fn spawn(plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
     thread::spawn(move || {
         let mut attempts = Vec::new();
-        let fatal = run(&plan, &mut attempts).err();
+        let (cancelled, fatal) = match run(&plan, &mut attempts) {
+            Ok(ran) => (!ran, None),
+            Err(e) => (false, Some(e)),
+        };
         let _ = fs::remove_file(plan.request_copy());
         done(Report {
             key: plan.key,
             attempts,
             fatal,
+            cancelled,
         });
     });
 }
 
-fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
+/// Runs the attempts; false when the run never took a slot.
+fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<bool, RunnerError> {
     let spec = &plan.request.route.spec;
-    let _lock = ResourceLock::acquire(&plan.lock_dir, &plan.request.resource)?;
     let request_copy = plan.request_copy();
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| RunnerError::Io { path, source }
     };
     write_read_only(&request_copy, &plan.request_bytes).map_err(io(&request_copy))?;
+    let Some(slot) = plan.stop.take_slot() else {
+        return Ok(false);
+    };
+    let mut held = Some((
+        slot,
+        ResourceLock::acquire(&plan.lock_dir, &plan.request.resource)?,
+    ));
     let last = 1 + spec.retries;
     let mut number = plan.first_attempt;
     loop {
         if plan.in_flight.is_abandoned() {
             // The watchdog recorded the run while this thread was stuck: nothing more may run.
-            return Ok(());
+            return Ok(true);
         }
         plan.journal
             .begin(&journal::Entry {
@@ -185,16 +243,21 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
             in_flight: &plan.in_flight,
         });
         crate::failpoint::hang("stuck");
-        let _ = fs::remove_dir_all(&work);
         let attempt = Attempt {
             number,
             result,
             log_file,
         };
         let again = attempt.failed() && number < last;
+        if !again {
+            // The handler is gone: a run waiting for the slot or the lock starts while this one
+            // cleans up.
+            drop(held.take());
+        }
+        let _ = fs::remove_dir_all(&work);
         attempts.push(attempt);
         if !again {
-            return Ok(());
+            return Ok(true);
         }
         let delay = spec
             .retry_backoff
@@ -210,7 +273,7 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<(), RunnerError> {
         // Waiting to retry is not a run in flight: nothing for the watchdog to judge.
         plan.in_flight.set(None);
         if plan.stop.wait(delay) {
-            return Ok(());
+            return Ok(true);
         }
         number += 1;
     }

@@ -432,13 +432,35 @@ fn metrics_count_outcomes_and_healthz_turns_503_when_the_remote_goes_away() {
 
 #[test]
 fn sigterm_during_a_run_records_and_pushes_it_and_takes_nothing_new() {
+    sigterm_during_a_run(&[]);
+}
+
+#[test]
+fn sigterm_during_a_run_with_one_job_leaves_the_request_taken_ahead_in_the_inbox() {
+    // With one job the next request is taken while the current one runs, and waits for the slot.
+    let (world, out) = sigterm_during_a_run(&["--jobs", "1"]);
+    assert!(
+        out.stderr
+            .contains("behind: not started: the dispatcher is stopping"),
+        "`behind` was not taken ahead:\n{out}"
+    );
+    let journal: Vec<_> = fs::read_dir(world.work.join("journal"))
+        .expect("the journal")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|name| name != "spare")
+        .collect();
+    assert!(journal.is_empty(), "left in the journal: {journal:?}");
+}
+
+fn sigterm_during_a_run(args: &[&str]) -> (World, crate::support::RunOutput) {
     let world = World::new().build();
     add_kinds(&world, &[("gated", &gated_handler(&world), "")]);
     // Both are waiting before the dispatcher starts; `behind` is queued on the same resource.
     world.submit("first.yml", "kind: gated\n");
     world.submit("behind.yml", "kind: gated\n");
-    let mut dispatcher =
-        world.spawn(world.run_command(world.remote_arg(), &["--poll-interval", "200ms"]));
+    let mut run_args = vec!["--poll-interval", "200ms"];
+    run_args.extend_from_slice(args);
+    let mut dispatcher = world.spawn(world.run_command(world.remote_arg(), &run_args));
     let started = world.markers.join("started-first");
     let running = wait_until(DEADLINE, || started.exists() || !dispatcher.running());
     assert!(
@@ -479,6 +501,7 @@ fn sigterm_during_a_run_records_and_pushes_it_and_takes_nothing_new() {
         !world.markers.join("started-behind").exists(),
         "the handler ran for the request queued behind after SIGTERM"
     );
+    (world, out)
 }
 
 #[test]
