@@ -5,9 +5,9 @@
 //! ten before it) and then read the whole pack back to index it, inflating each object, applying
 //! each delta and hashing the result again; over a local path the remote indexed it once more.
 //! That was a third of the main thread's time on the 1000-request bench, and while it ran no
-//! request was started. Here each object is compressed once, when it is made, and a new tree is
-//! stored as a delta of the version it was spliced from (its [`Piece`]s), so the index comes from
-//! what is already known: ids, offsets and checksums.
+//! request was started. Here each object is compressed once, when it is made, and a new tree can be
+//! stored as a delta of an older version (the [`Piece`]s `tree_edit::diff` finds), so the index
+//! comes from what is already known: ids, offsets and checksums.
 //!
 //! The formats are Git's pack version 2 and pack index version 2 (`gitformat-pack(5)`).
 
@@ -95,7 +95,8 @@ impl PackWriter {
     }
 
     /// Adds a tree made of `base` by `pieces` (`len` bytes in all) as a delta of it, when `base`
-    /// is in this pack and its chain is not too long; returns whether it did.
+    /// is in this pack, its chain is not too long and the delta is less than half the tree; returns
+    /// whether it did.
     pub(crate) fn add_delta(
         &mut self,
         oid: Oid,
@@ -114,6 +115,9 @@ impl PackWriter {
             return false;
         }
         let delta = delta(base_len, pieces, len);
+        if delta.len() > len / 2 {
+            return false;
+        }
         let offset = self.entry_header(OFS_DELTA, delta.len());
         // The distance back to the base, most significant group first, each group but the last
         // biased by one (`gitformat-pack(5)`, "offset encoding").

@@ -8,7 +8,7 @@
 //! first looks for each one in every backend and, not finding it, lists the pack folder again
 //! (`git_odb__freshen`). On the 1000-request bench that was a quarter of the main thread's time.
 //! Here a new tree costs a scan of its base, a copy and one hash, and it is stored where the caller
-//! says; [`NewTree::pieces`] tells how it was made from its base, which is all a delta needs.
+//! says. [`diff`] tells how a tree is made of another, entry by entry, which is what a delta needs.
 
 use std::cmp::Ordering;
 
@@ -25,10 +25,8 @@ const OID_LEN: usize = 20;
 pub(crate) struct NewTree {
     pub oid: Oid,
     pub bytes: Vec<u8>,
-    /// The tree it was made from and its length; `None` for a folder that did not exist.
-    pub base: Option<(Oid, usize)>,
-    /// How `bytes` is made of the base's bytes and new entries, in order.
-    pub pieces: Vec<Piece>,
+    /// The tree it was made from; `None` for a folder that did not exist.
+    pub base: Option<Oid>,
 }
 
 /// A run of a new tree's bytes.
@@ -66,7 +64,6 @@ pub(crate) fn apply<R: AsRef<[u8]>>(
                 oid,
                 bytes: Vec::new(),
                 base: None,
-                pieces: Vec::new(),
             })?;
             Ok(oid)
         }
@@ -130,6 +127,10 @@ struct Entry {
 }
 
 impl Entry {
+    fn is_tree(&self) -> bool {
+        self.mode == TREE_MODE
+    }
+
     fn oid(&self, bytes: &[u8]) -> Oid {
         Oid::from_bytes(&bytes[self.end - OID_LEN..self.end]).expect("20 bytes make an oid")
     }
@@ -157,7 +158,7 @@ fn edit_tree<R: AsRef<[u8]>>(
             None => {
                 let child_path = format!("{path}{}/", child.name);
                 let sub = match existing.map(|i| &entries[i]) {
-                    Some(e) if e.mode == TREE_MODE => Some(e.oid(bytes)),
+                    Some(e) if e.is_tree() => Some(e.oid(bytes)),
                     Some(_) => {
                         return Err(git2::Error::from_str(&format!(
                             "tree edit: `{}` is a file, not a folder",
@@ -188,37 +189,21 @@ fn edit_tree<R: AsRef<[u8]>>(
     added.sort_by(|a, b| git_order(entry_name(&a.0), a.1, entry_name(&b.0), b.1));
 
     let mut out = Vec::with_capacity(bytes.len() + added.iter().map(|a| a.0.len()).sum::<usize>());
-    let mut pieces = Vec::new();
-    let mut run: Option<(usize, usize)> = None;
-    let flush = |run: &mut Option<(usize, usize)>, pieces: &mut Vec<Piece>| {
-        if let Some((start, end)) = run.take() {
-            pieces.push(Piece::Copy {
-                start,
-                len: end - start,
-            });
-        }
-    };
     let mut added = added.into_iter().peekable();
     for (entry, dropped) in entries.iter().zip(dropped) {
         if dropped {
-            flush(&mut run, &mut pieces);
             continue;
         }
         let name = &bytes[entry.name.clone()];
         while let Some((new, _)) = added.next_if(|(new, is_tree)| {
-            git_order(entry_name(new), *is_tree, name, entry.mode == TREE_MODE) == Ordering::Less
+            git_order(entry_name(new), *is_tree, name, entry.is_tree()) == Ordering::Less
         }) {
-            flush(&mut run, &mut pieces);
             out.extend_from_slice(&new);
-            pieces.push(Piece::Insert(new));
         }
         out.extend_from_slice(&bytes[entry.start..entry.end]);
-        run = Some((run.map_or(entry.start, |(start, _)| start), entry.end));
     }
-    flush(&mut run, &mut pieces);
     for (new, _) in added {
         out.extend_from_slice(&new);
-        pieces.push(Piece::Insert(new));
     }
     if out.is_empty() {
         return Ok(None);
@@ -227,10 +212,43 @@ fn edit_tree<R: AsRef<[u8]>>(
     store(NewTree {
         oid,
         bytes: out,
-        base: base.map(|oid| (oid, bytes.len())),
-        pieces,
+        base,
     })?;
     Ok(Some(oid))
+}
+
+/// How `new` is made of `base`, both trees: runs of `base`'s bytes for the entries both hold, the
+/// bytes of the others. One walk over each, as both are in Git's order.
+pub(crate) fn diff(base: &[u8], new: &[u8]) -> Result<Vec<Piece>, git2::Error> {
+    let old = parse(base, "(delta base)")?;
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut i = 0;
+    for entry in parse(new, "(delta target)")? {
+        let bytes = &new[entry.start..entry.end];
+        let name = &new[entry.name.clone()];
+        while old.get(i).is_some_and(|o| {
+            git_order(&base[o.name.clone()], o.is_tree(), name, entry.is_tree()) == Ordering::Less
+        }) {
+            i += 1;
+        }
+        match (old.get(i), pieces.last_mut()) {
+            (Some(o), last) if &base[o.start..o.end] == bytes => {
+                i += 1;
+                match last {
+                    Some(Piece::Copy { start, len }) if *start + *len == o.start => {
+                        *len += o.end - o.start;
+                    }
+                    _ => pieces.push(Piece::Copy {
+                        start: o.start,
+                        len: o.end - o.start,
+                    }),
+                }
+            }
+            (_, Some(Piece::Insert(run))) => run.extend_from_slice(bytes),
+            _ => pieces.push(Piece::Insert(bytes.to_vec())),
+        }
+    }
+    Ok(pieces)
 }
 
 /// The name in an entry's bytes (`mode name\0oid`).
@@ -284,8 +302,21 @@ mod tests {
 
     use super::*;
 
+    /// What `pieces` make of `base`.
+    fn rebuild(base: &[u8], pieces: &[Piece]) -> Vec<u8> {
+        let mut rebuilt = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Copy { start, len } => rebuilt.extend_from_slice(&base[*start..start + len]),
+                Piece::Insert(bytes) => rebuilt.extend_from_slice(bytes),
+            }
+        }
+        rebuilt
+    }
+
     /// Applies `edits` to `base` both here and with libgit2's `git_tree_create_updated`, checks that
-    /// the two agree and that every new tree's pieces rebuild its bytes, and returns the new root.
+    /// the two agree and that [`diff`] against its base rebuilds every new tree, and returns the new
+    /// root.
     fn both(repo: &Repository, base: Oid, edits: &[Edit]) -> Oid {
         let odb = repo.odb().unwrap();
         let mut stored = HashMap::new();
@@ -296,22 +327,10 @@ mod tests {
             &mut |tree| {
                 let base = tree
                     .base
-                    .map(|(b, len)| {
-                        let bytes = odb.read(b).unwrap().data().to_vec();
-                        assert_eq!(bytes.len(), len);
-                        bytes
-                    })
+                    .map(|b| odb.read(b).unwrap().data().to_vec())
                     .unwrap_or_default();
-                let mut rebuilt = Vec::new();
-                for piece in &tree.pieces {
-                    match piece {
-                        Piece::Copy { start, len } => {
-                            rebuilt.extend_from_slice(&base[*start..start + len]);
-                        }
-                        Piece::Insert(bytes) => rebuilt.extend_from_slice(bytes),
-                    }
-                }
-                assert_eq!(rebuilt, tree.bytes, "pieces of {}", tree.oid);
+                let pieces = diff(&base, &tree.bytes).unwrap();
+                assert_eq!(rebuild(&base, &pieces), tree.bytes, "diff for {}", tree.oid);
                 odb.write(ObjectType::Tree, &tree.bytes)?;
                 stored.insert(tree.oid, tree.bytes);
                 Ok(())
@@ -352,14 +371,14 @@ mod tests {
     }
 
     #[test]
-    fn edits_match_libgit2_in_git_order_and_pieces_rebuild_each_tree() {
+    fn edits_match_libgit2_in_git_order_and_diffs_rebuild_each_tree() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(dir.path()).unwrap();
         let blob = repo.blob(b"one\n").unwrap();
         let other = repo.blob(b"two\n").unwrap();
         let empty = repo.treebuilder(None).unwrap().write().unwrap();
         // Names that sort differently as a file and as a folder: `a` < `a.b` < `a/` as Git orders.
-        let mut root = both(
+        let first = both(
             &repo,
             empty,
             &[
@@ -372,6 +391,7 @@ mod tests {
                 upsert("processed/f/0/1/k.yml", blob),
             ],
         );
+        let mut root = first;
         for edits in [
             // An outcome: one request leaves, its files go to shard folders old and new.
             vec![
@@ -408,6 +428,24 @@ mod tests {
             .map(|e| e.name().unwrap().to_owned())
             .collect();
         assert_eq!(names, ["a-", "a.b", "logs", "processed", "requests"]);
+        // A tree against one several versions older, as the packs store them: shared runs are
+        // copied, the rest inserted.
+        let requests = |root: Oid| {
+            let id = repo
+                .find_tree(root)
+                .unwrap()
+                .get_name("requests")
+                .unwrap()
+                .id();
+            repo.odb().unwrap().read(id).unwrap().data().to_vec()
+        };
+        let (old, new) = (requests(first), requests(root));
+        let pieces = diff(&old, &new).unwrap();
+        assert_eq!(rebuild(&old, &pieces), new);
+        assert!(
+            pieces.iter().any(|p| matches!(p, Piece::Copy { .. })),
+            "{pieces:?}"
+        );
         // Everything removed: the empty tree.
         let all: Vec<Edit> = names.iter().map(|n| remove(n)).collect();
         assert_eq!(both(&repo, root, &all), empty);
