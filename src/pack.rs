@@ -18,7 +18,7 @@ use std::path::Path;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 use git2::{ObjectType, Oid};
-use sha1::{Digest, Sha1};
+use openssl::sha::sha1;
 
 use crate::tree_edit::Piece;
 
@@ -55,7 +55,7 @@ impl Default for PackWriter {
             bytes: Vec::new(),
             entries: Vec::new(),
             at: HashMap::new(),
-            deflate: Compress::new(Compression::default(), true),
+            deflate: Compress::new(Compression::fast(), true),
         };
         writer.start();
         writer
@@ -178,7 +178,7 @@ impl PackWriter {
     pub(crate) fn finish(&mut self) -> Pack {
         let count = u32::try_from(self.entries.len()).expect("fewer than 2^32 objects");
         self.bytes[8..12].copy_from_slice(&count.to_be_bytes());
-        let checksum: [u8; 20] = Sha1::digest(&self.bytes).into();
+        let checksum = sha1(&self.bytes);
         let mut pack = std::mem::take(&mut self.bytes);
         pack.extend_from_slice(&checksum);
 
@@ -216,7 +216,7 @@ impl PackWriter {
             idx.extend_from_slice(&offset.to_be_bytes());
         }
         idx.extend_from_slice(&checksum);
-        let idx_checksum: [u8; 20] = Sha1::digest(&idx).into();
+        let idx_checksum = sha1(&idx);
         idx.extend_from_slice(&idx_checksum);
         self.start();
         Pack {
