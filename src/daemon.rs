@@ -896,21 +896,6 @@ impl Daemon {
             Some(r) => (r.next_attempt, r.logs),
             None => (1, Vec::new()),
         };
-        event(
-            "run",
-            Some(&key),
-            &format!(
-                "running `{}` (kind `{}`, resource `{}`{})",
-                request.route.handler_path,
-                request.kind,
-                request.resource,
-                if first_attempt > 1 {
-                    format!(", attempt {first_attempt}")
-                } else {
-                    String::new()
-                }
-            ),
-        );
         let in_flight = Arc::new(InFlight::default());
         let plan = Plan {
             key: key.clone(),
@@ -927,6 +912,7 @@ impl Daemon {
             redactor: self.cfg.redactor.clone(),
             journal: Arc::clone(&self.journal),
             stop: Arc::clone(&self.stop),
+            ticket: self.stop.ticket(),
             in_flight: Arc::clone(&in_flight),
             request: request.clone(),
         };

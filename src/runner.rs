@@ -27,7 +27,8 @@ use crate::secrets::Redactor;
 use crate::snapshot::HandlersDir;
 
 /// The slots handlers run in (`--jobs`), and the stop: once shutdown begins, no run takes a slot,
-/// no new attempt starts, a retry's backoff ends early.
+/// no new attempt starts, a retry's backoff ends early. Slots go to runs in the order they were
+/// started (by ticket), not in the order their threads happen to ask.
 pub(crate) struct Stop {
     state: Mutex<SlotState>,
     changed: Condvar,
@@ -36,6 +37,9 @@ pub(crate) struct Stop {
 struct SlotState {
     requested: bool,
     free: usize,
+    /// The next ticket to hand out, and the next one to be served.
+    issued: u64,
+    serving: u64,
 }
 
 /// A slot a run holds; given back when dropped.
@@ -54,6 +58,8 @@ impl Stop {
             state: Mutex::new(SlotState {
                 requested: false,
                 free: slots,
+                issued: 0,
+                serving: 0,
             }),
             changed: Condvar::new(),
         }
@@ -77,16 +83,28 @@ impl Stop {
         state.requested
     }
 
-    /// Waits for a free slot; `None` when stopping was requested first.
-    fn take_slot(&self) -> Option<Slot<'_>> {
+    /// A place in the queue for slots: one per run, taken in the order runs are started.
+    pub(crate) fn ticket(&self) -> u64 {
+        let mut state = self.lock();
+        state.issued += 1;
+        state.issued - 1
+    }
+
+    /// Waits for a free slot and for the runs started before to have theirs; `None` when stopping
+    /// was requested first. Every ticket must come here once, or the runs after it wait forever.
+    fn take_slot(&self, ticket: u64) -> Option<Slot<'_>> {
         let mut state = self
             .changed
-            .wait_while(self.lock(), |s| !s.requested && s.free == 0)
+            .wait_while(self.lock(), |s| {
+                !s.requested && (s.free == 0 || s.serving != ticket)
+            })
             .expect("no thread panics holding it");
         if state.requested {
             return None;
         }
         state.free -= 1;
+        state.serving += 1;
+        self.changed.notify_all();
         Some(Slot(self))
     }
 }
@@ -114,6 +132,8 @@ pub(crate) struct Plan {
     pub redactor: Redactor,
     pub journal: Arc<Journal>,
     pub stop: Arc<Stop>,
+    /// This run's place in the queue for slots ([`Stop::ticket`]).
+    pub ticket: u64,
     /// The handler process while one runs, for the daemon's watchdog.
     pub in_flight: Arc<InFlight>,
 }
@@ -189,14 +209,32 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<bool, RunnerError> {
         let path = path.to_owned();
         move |source| RunnerError::Io { path, source }
     };
-    write_read_only(&request_copy, &plan.request_bytes).map_err(io(&request_copy))?;
-    let Some(slot) = plan.stop.take_slot() else {
+    let copied = write_read_only(&request_copy, &plan.request_bytes).map_err(io(&request_copy));
+    // The slot is asked for even when the copy failed: the runs started after this one wait
+    // for this one's turn to pass.
+    let Some(slot) = plan.stop.take_slot(plan.ticket) else {
         return Ok(false);
     };
+    copied?;
     let mut held = Some((
         slot,
         ResourceLock::acquire(&plan.lock_dir, &plan.request.resource)?,
     ));
+    crate::log::event(
+        "run",
+        Some(&plan.key),
+        &format!(
+            "running `{}` (kind `{}`, resource `{}`{})",
+            plan.request.route.handler_path,
+            plan.request.kind,
+            plan.request.resource,
+            if plan.first_attempt > 1 {
+                format!(", attempt {}", plan.first_attempt)
+            } else {
+                String::new()
+            }
+        ),
+    );
     let last = 1 + spec.retries;
     let mut number = plan.first_attempt;
     loop {
@@ -323,4 +361,46 @@ fn fresh_dir(path: &Path, user: Option<&Identity>) -> io::Result<()> {
         nix::unistd::chown(path, Some(user.uid), Some(user.gid))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    #[test]
+    fn slots_go_in_ticket_order_whatever_order_threads_ask_in() {
+        let stop = Arc::new(Stop::new(1));
+        let (first, second) = (stop.ticket(), stop.ticket());
+        let (sender, order) = mpsc::channel();
+        // The second run's thread asks first, and waits: the slot is free but not its turn.
+        let late = {
+            let (stop, sender) = (Arc::clone(&stop), sender.clone());
+            thread::spawn(move || {
+                let _slot = stop.take_slot(second).expect("not stopped");
+                sender.send(second).unwrap();
+            })
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(
+            order.try_recv().is_err(),
+            "the second ticket took the slot first"
+        );
+        let slot = stop.take_slot(first).expect("not stopped");
+        sender.send(first).unwrap();
+        drop(slot);
+        late.join().unwrap();
+        assert_eq!(order.iter().take(2).collect::<Vec<_>>(), [first, second]);
+        // A third waits for a slot, and a stop sends it away without one.
+        let third = stop.ticket();
+        let _held = stop.take_slot(third).expect("its turn, a free slot");
+        let waiting = {
+            let stop = Arc::clone(&stop);
+            let fourth = stop.ticket();
+            thread::spawn(move || stop.take_slot(fourth).is_none())
+        };
+        stop.request();
+        assert!(waiting.join().unwrap(), "a stopped run took a slot");
+    }
 }
