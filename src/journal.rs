@@ -55,15 +55,25 @@ pub(crate) struct Recorded {
 
 pub(crate) struct Journal {
     dir: PathBuf,
+    /// Spare log files, and spare entry files (blank, [`ENTRY_BLOCK`] bytes).
     spares: Spares,
+    entry_spares: Spares,
 }
+
+/// The length of a spare entry file: an entry no longer than this overwrites one in place.
+const ENTRY_BLOCK: u64 = 1024;
 
 impl Journal {
     pub(crate) fn open(workdir: &Path) -> io::Result<Self> {
         let dir = workdir.join("journal");
         fs::create_dir_all(&dir)?;
         let spares = Spares::open(dir.join("spare"))?;
-        Ok(Self { dir, spares })
+        let entry_spares = Spares::open_blank(dir.join("spare-entries"), ENTRY_BLOCK)?;
+        Ok(Self {
+            dir,
+            spares,
+            entry_spares,
+        })
     }
 
     fn entry_path(&self, key: &str) -> PathBuf {
@@ -137,13 +147,21 @@ impl Journal {
             file.write_all(&bytes)?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
-        } else if self.spares.take(&path) {
-            // A spare is empty, but one a crash left half-emptied may still hold another run's
-            // entry: [`Journal::entries`] tells it by its key.
+        } else if self.entry_spares.take(&path) {
+            // A spare is blank, but one a crash left half-blanked may still hold another run's
+            // entry: [`Journal::entries`] tells it by its key. An entry that fits is padded with
+            // spaces to the spare's length (the note comes after them; readers skip whitespace),
+            // so the file keeps its size and blocks and only its data is synced.
             let mut file = fs::OpenOptions::new().write(true).open(&path)?;
-            file.write_all(&bytes)?;
-            file.set_len(bytes.len() as u64)?;
-            file.sync_all()?;
+            if bytes.len() as u64 <= ENTRY_BLOCK && file.metadata()?.len() == ENTRY_BLOCK {
+                bytes.resize(ENTRY_BLOCK as usize, b' ');
+                file.write_all(&bytes)?;
+                file.sync_data()?;
+            } else {
+                file.write_all(&bytes)?;
+                file.set_len(bytes.len() as u64)?;
+                file.sync_all()?;
+            }
         } else {
             let mut file = File::create_new(&path)?;
             file.write_all(&bytes)?;
@@ -166,11 +184,16 @@ impl Journal {
     }
 
     fn forget(&self, key: &str, recycle: bool) -> io::Result<()> {
+        let entry = self.entry_path(key);
+        let forgotten = match recycle {
+            true => self.entry_spares.keep(&entry),
+            false => fs::remove_file(&entry),
+        };
         let forget = |path: &Path| match recycle {
             true => self.spares.keep(path),
             false => fs::remove_file(path),
         };
-        match forget(&self.entry_path(key)) {
+        match forgotten {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -320,8 +343,18 @@ mod tests {
         inodes.sort_unstable();
         assert_eq!(reused, inodes, "the second run's files are the first run's");
         assert_eq!(fs::read(&log).unwrap(), b"", "a reused log starts empty");
+        let entry = fs::read(journal.entry_path("second")).unwrap();
+        assert_eq!(
+            entry.len() as u64,
+            ENTRY_BLOCK,
+            "the entry is written over the blank spare"
+        );
         let entries: Vec<Entry> = journal.entries().unwrap().into_iter().flatten().collect();
         assert_eq!(entries, vec![entry_of("second")]);
+        // The outcome's note goes after the padding and reads back.
+        journal.recorded("second", &note(), &[None]).unwrap();
+        let entries: Vec<Entry> = journal.entries().unwrap().into_iter().flatten().collect();
+        assert_eq!(entries[0].outcome, Some(note()));
     }
 
     #[test]
@@ -349,9 +382,10 @@ mod tests {
 
         assert!(!journal.entry_path("stuck").exists());
         assert!(!log.exists());
-        let spares = fs::read_dir(workdir.path().join("journal/spare"))
-            .unwrap()
-            .count();
+        let spares = ["journal/spare", "journal/spare-entries"]
+            .iter()
+            .map(|dir| fs::read_dir(workdir.path().join(dir)).unwrap().count())
+            .sum::<usize>();
         assert_eq!(
             spares, 0,
             "the files of a run that may still hold them were recycled"

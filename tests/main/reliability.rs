@@ -394,14 +394,24 @@ fn crash_before_outcomes_in_memory_were_written_out_commits_them_again_on_restar
     let journal: Vec<_> = fs::read_dir(crashed.world.work.join("journal"))
         .expect("the journal folder")
         .map(|e| e.expect("a journal entry").file_name())
-        .filter(|name| name != "spare")
+        .filter(|name| name != "spare" && name != "spare-entries")
         .collect();
     assert!(journal.is_empty(), "left in the journal: {journal:?}");
-    // Finished runs' files are kept for reuse, emptied.
+    // Finished runs' files are kept for reuse: logs emptied, entries blanked.
     for spare in fs::read_dir(crashed.world.work.join("journal/spare")).expect("the spare folder") {
         let spare = spare.expect("a spare file").path();
         let len = fs::metadata(&spare).expect("a spare file").len();
         assert_eq!(len, 0, "`{}` is not empty", spare.display());
+    }
+    let entries = crashed.world.work.join("journal/spare-entries");
+    for spare in fs::read_dir(entries).expect("the spare entries folder") {
+        let spare = spare.expect("a spare file").path();
+        let bytes = fs::read(&spare).expect("a spare file");
+        assert!(
+            !bytes.is_empty() && bytes.iter().all(|&b| b == b' '),
+            "`{}` is not blank",
+            spare.display()
+        );
     }
 }
 
