@@ -408,26 +408,37 @@ impl Sync {
 
     /// One pack of every object in memory (outcome commits, and those [`Sync::reconcile`] re-created),
     /// written as they were made (see [`crate::pack`]), then an empty store.
+    ///
+    /// A pack that could not be written (a full disk) stays pending, with the objects in memory, and
+    /// is written first the next time: the branch never moves to a commit that is not on disk.
     fn write_staged(&self) -> Result<(), SyncError> {
-        let pack = {
+        let mut pending = self.staging.pending.borrow_mut();
+        {
             let mut writer = self.staging.pack.borrow_mut();
             self.staging.whole.borrow_mut().clear();
             self.staging.delta_of.borrow_mut().clear();
-            (!writer.is_empty()).then(|| writer.finish())
-        };
-        if let Some(pack) = &pack {
-            let dir = self.path.join("objects").join("pack");
+            if !writer.is_empty() {
+                pending.push(writer.finish());
+            }
+        }
+        let dir = self.path.join("objects").join("pack");
+        for pack in pending.iter() {
             pack.write_to(&dir).map_err(|e| {
                 git2::Error::from_str(&format!(
                     "could not write a pack in `{}`: {e}",
                     dir.display()
                 ))
             })?;
+        }
+        if !pending.is_empty() {
             self.repo.odb()?.refresh()?;
         }
         self.staging.mempack().reset()?;
-        match (self.staging.base.get(), self.staging.tip.get(), pack) {
-            (Some(base), Some(tip), Some(pack)) => {
+        let packs = std::mem::take(&mut *pending);
+        match (self.staging.base.get(), self.staging.tip.get()) {
+            // One pack of all the commits since the last write-out: a push can copy it.
+            (Some(base), Some(tip)) if packs.len() == 1 => {
+                let pack = packs.into_iter().next().expect("one pack");
                 self.written
                     .borrow_mut()
                     .push(WrittenPack { base, tip, pack });
@@ -1025,6 +1036,8 @@ struct Staging {
     backend: <git2::Mempack<'static> as Binding>::Raw,
     /// The same objects as a pack, made as they come.
     pack: RefCell<PackWriter>,
+    /// Packs finished but not on disk yet (their writing failed).
+    pending: RefCell<Vec<Pack>>,
     /// The trees stored whole in that pack and large enough to be worth a delta, with their bytes;
     /// and for each tree in it, the whole one it is a delta of (itself when whole).
     whole: RefCell<HashMap<Oid, Vec<u8>>>,
@@ -1070,6 +1083,7 @@ impl Staging {
         Ok(Self {
             backend,
             pack: RefCell::new(PackWriter::default()),
+            pending: RefCell::new(Vec::new()),
             whole: RefCell::new(HashMap::new()),
             delta_of: RefCell::new(HashMap::new()),
             tip: Cell::new(None),
