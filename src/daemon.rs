@@ -155,6 +155,14 @@ pub(crate) struct Daemon {
     summary: Summary,
 }
 
+impl Drop for Daemon {
+    /// However the loop ends, a run still waiting for a slot (one taken ahead) must not start its
+    /// handler after it.
+    fn drop(&mut self) {
+        self.stop.request();
+    }
+}
+
 impl Daemon {
     pub(crate) fn open(cfg: RunConfig) -> Result<Self, DaemonError> {
         // Created with explicit modes, whatever the umask: the workdir (the bare clone, the journal,
@@ -280,7 +288,7 @@ impl Daemon {
             self.handle_pending_events()?;
             if self.shutting_down && self.running.is_empty() {
                 self.flush()?;
-                return Ok(self.summary);
+                return Ok(std::mem::take(&mut self.summary));
             }
             if !self.shutting_down && Instant::now() >= self.next_sync {
                 self.sync_step()?;
@@ -318,7 +326,7 @@ impl Daemon {
                 };
                 if done {
                     self.flush()?;
-                    return Ok(self.summary);
+                    return Ok(std::mem::take(&mut self.summary));
                 }
             }
             self.wait(watchdog.map(|w| w / 2))?;
@@ -599,6 +607,10 @@ impl Daemon {
             outcome.error = Some(why.clone());
             event("watchdog", Some(&key), &format!("abandoned: {why}"));
             run.in_flight.abandon();
+            // Its worker is stuck with the slot: the runs after it must not wait for it.
+            if run.in_flight.give_back_slot() {
+                self.stop.give_back();
+            }
             self.watchdogged.insert(key);
             self.record(&outcome)?;
         }
@@ -1242,7 +1254,6 @@ impl Daemon {
     }
 }
 
-/// Creates `path` (and its parents) if it does not exist; a folder it creates gets `mode`.
 /// Takes the workdir's lock. A lock that is held is waited for a moment first: a dispatcher that was
 /// just killed can leave it held by a child it was starting, whose copy of the dispatcher's open
 /// files lives until it executes its program (a few milliseconds, more on a loaded machine).
@@ -1262,6 +1273,7 @@ fn lock_workdir(lock: &fs::File, workdir: &Path) -> Result<(), DaemonError> {
     }
 }
 
+/// Creates `path` (and its parents) if it does not exist; a folder it creates gets `mode`.
 fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if path.is_dir() {

@@ -42,13 +42,14 @@ struct SlotState {
     serving: u64,
 }
 
-/// A slot a run holds; given back when dropped.
-struct Slot<'a>(&'a Stop);
+/// A slot a run holds; given back when dropped, unless the watchdog gave it back already.
+struct Slot<'a>(&'a Stop, &'a InFlight);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.lock().free += 1;
-        self.0.changed.notify_all();
+        if self.1.give_back_slot() {
+            self.0.give_back();
+        }
     }
 }
 
@@ -74,6 +75,17 @@ impl Stop {
         self.changed.notify_all();
     }
 
+    fn requested(&self) -> bool {
+        self.lock().requested
+    }
+
+    /// Gives a slot back: a run's worker when its handler is gone, or the watchdog for a worker
+    /// that is stuck (see [`InFlight::give_back_slot`]).
+    pub(crate) fn give_back(&self) {
+        self.lock().free += 1;
+        self.changed.notify_all();
+    }
+
     /// Waits up to `timeout`; true when stopping was requested.
     fn wait(&self, timeout: Duration) -> bool {
         let (state, _) = self
@@ -92,7 +104,7 @@ impl Stop {
 
     /// Waits for a free slot and for the runs started before to have theirs; `None` when stopping
     /// was requested first. Every ticket must come here once, or the runs after it wait forever.
-    fn take_slot(&self, ticket: u64) -> Option<Slot<'_>> {
+    fn take_slot<'a>(&'a self, ticket: u64, in_flight: &'a InFlight) -> Option<Slot<'a>> {
         let mut state = self
             .changed
             .wait_while(self.lock(), |s| {
@@ -105,7 +117,7 @@ impl Stop {
         state.free -= 1;
         state.serving += 1;
         self.changed.notify_all();
-        Some(Slot(self))
+        Some(Slot(self, in_flight))
     }
 }
 
@@ -201,8 +213,27 @@ pub(crate) fn spawn(plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
     });
 }
 
-/// Runs the attempts; false when the run never took a slot.
+/// Runs the attempts; false when the run never took a slot. A run that fails here (the journal
+/// or the working folder cannot be written) stops the dispatcher: it asks for the stop before it
+/// gives its slot back, so the run waiting for the slot does not start a handler the dispatcher,
+/// which exits on that error, would leave behind.
 fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<bool, RunnerError> {
+    let mut held = None;
+    let result = run_holding(plan, attempts, &mut held);
+    if result.is_err() {
+        plan.stop.request();
+    }
+    drop(held);
+    result
+}
+
+/// [`run`], with the resource lock and the slot kept in `held` (the lock first, so that it is
+/// free before the slot is: the next run takes the slot and then the lock).
+fn run_holding<'p>(
+    plan: &'p Plan,
+    attempts: &mut Vec<Attempt>,
+    held: &mut Option<(ResourceLock, Slot<'p>)>,
+) -> Result<bool, RunnerError> {
     let spec = &plan.request.route.spec;
     let request_copy = plan.request_copy();
     let io = |path: &Path| {
@@ -212,14 +243,18 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<bool, RunnerError> {
     let copied = write_read_only(&request_copy, &plan.request_bytes).map_err(io(&request_copy));
     // The slot is asked for even when the copy failed: the runs started after this one wait
     // for this one's turn to pass.
-    let Some(slot) = plan.stop.take_slot(plan.ticket) else {
+    let Some(slot) = plan.stop.take_slot(plan.ticket, &plan.in_flight) else {
         return Ok(false);
     };
     copied?;
-    let mut held = Some((
-        slot,
+    *held = Some((
         ResourceLock::acquire(&plan.lock_dir, &plan.request.resource)?,
+        slot,
     ));
+    // A stop that came while the lock was waited for: nothing is journaled yet, nothing runs.
+    if plan.stop.requested() {
+        return Ok(false);
+    }
     crate::log::event(
         "run",
         Some(&plan.key),
@@ -378,7 +413,8 @@ mod tests {
         let late = {
             let (stop, sender) = (Arc::clone(&stop), sender.clone());
             thread::spawn(move || {
-                let _slot = stop.take_slot(second).expect("not stopped");
+                let in_flight = InFlight::default();
+                let _slot = stop.take_slot(second, &in_flight).expect("not stopped");
                 sender.send(second).unwrap();
             })
         };
@@ -387,20 +423,41 @@ mod tests {
             order.try_recv().is_err(),
             "the second ticket took the slot first"
         );
-        let slot = stop.take_slot(first).expect("not stopped");
+        let in_flight = InFlight::default();
+        let slot = stop.take_slot(first, &in_flight).expect("not stopped");
         sender.send(first).unwrap();
         drop(slot);
         late.join().unwrap();
         assert_eq!(order.iter().take(2).collect::<Vec<_>>(), [first, second]);
-        // A third waits for a slot, and a stop sends it away without one.
-        let third = stop.ticket();
-        let _held = stop.take_slot(third).expect("its turn, a free slot");
-        let waiting = {
-            let stop = Arc::clone(&stop);
-            let fourth = stop.ticket();
-            thread::spawn(move || stop.take_slot(fourth).is_none())
-        };
-        stop.request();
-        assert!(waiting.join().unwrap(), "a stopped run took a slot");
+    }
+
+    #[test]
+    fn a_slot_the_watchdog_gave_back_is_not_given_back_twice_and_a_stop_sends_waiters_away() {
+        let stop = Stop::new(1);
+        let stuck = InFlight::default();
+        let slot = stop.take_slot(stop.ticket(), &stuck).expect("a free slot");
+        // The watchdog gives the stuck run's slot back; the next run takes it.
+        assert!(stuck.give_back_slot());
+        stop.give_back();
+        let next = InFlight::default();
+        let held = stop
+            .take_slot(stop.ticket(), &next)
+            .expect("the slot given back");
+        // The stuck worker ends after all: its slot is not given back a second time.
+        drop(slot);
+        assert_eq!(stop.lock().free, 0, "one slot, held by the next run");
+        drop(held);
+        assert_eq!(stop.lock().free, 1);
+        // A run waiting for a slot is sent away by a stop.
+        let waiting = InFlight::default();
+        let _busy = stop
+            .take_slot(stop.ticket(), &waiting)
+            .expect("a free slot");
+        let ticket = stop.ticket();
+        thread::scope(|scope| {
+            let asking = scope.spawn(|| stop.take_slot(ticket, &InFlight::default()).is_none());
+            stop.request();
+            assert!(asking.join().unwrap(), "a stopped run took a slot");
+        });
     }
 }

@@ -71,6 +71,9 @@ pub(crate) struct Limits {
 pub(crate) struct InFlight {
     handler: std::sync::Mutex<Option<(u32, Instant)>>,
     abandoned: std::sync::atomic::AtomicBool,
+    /// Set by whichever gives the run's `--jobs` slot back first: its worker, or the watchdog for
+    /// a worker that is stuck.
+    slot_given_back: std::sync::atomic::AtomicBool,
 }
 
 impl InFlight {
@@ -90,6 +93,13 @@ impl InFlight {
 
     pub(crate) fn is_abandoned(&self) -> bool {
         self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True the first time only: the caller is the one to give the run's slot back.
+    pub(crate) fn give_back_slot(&self) -> bool {
+        !self
+            .slot_given_back
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 }
 

@@ -1131,3 +1131,28 @@ fn a_stuck_run_is_recorded_abandoned_by_the_watchdog() {
     );
     assert_eq!(clone.ls("requests"), [".gitkeep"], "the inbox is empty");
 }
+
+#[test]
+fn a_stuck_run_does_not_keep_its_slot_from_the_runs_after_it() {
+    // With one job, a worker that never reports holds the only slot: the watchdog that records its
+    // run gives the slot back, or the next request would wait for it forever.
+    let world = World::new().build();
+    world.handler("hangs.sh", "#!/bin/sh\necho 'handler done'\n");
+    world.index(&format!(
+        "{DEFAULT_INDEX}hangs:\n  handler: hangs.sh\n  timeout: 1s\n  grace: 500ms\n"
+    ));
+    world.publish("a kind whose runs get stuck");
+    world.submit("stuck-one.yml", "kind: hangs\nresource: r1\n");
+    world.submit("stuck-two.yml", "kind: hangs\nresource: r2\n");
+    let mut cmd = world.run_command(world.remote_arg(), &["--until-empty", "--jobs", "1"]);
+    cmd.env("GIT_DISPATCH_FAILPOINT", "stuck");
+    let out = world.spawn(cmd).wait(DEADLINE);
+    out.assert_exit(0);
+
+    let clone = world.fresh_clone();
+    for key in ["stuck-one", "stuck-two"] {
+        let status = clone.status(key);
+        assert_eq!(status["state"], "abandoned", "`{key}`: {status:#}\n{out}");
+    }
+    assert_eq!(clone.ls("requests"), [".gitkeep"], "the inbox is empty");
+}
