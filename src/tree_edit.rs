@@ -84,6 +84,14 @@ struct Node<'e> {
 }
 
 impl<'e> Node<'e> {
+    fn only_removes(&self) -> bool {
+        match &self.change {
+            Some(Change::Remove) => true,
+            Some(Change::Upsert(..)) => false,
+            None => self.children.iter().all(Node::only_removes),
+        }
+    }
+
     fn insert(&mut self, path: &'e str, change: Change) -> Result<(), git2::Error> {
         let nested =
             || git2::Error::from_str(&format!("tree edit: `{path}` nests in another edit"));
@@ -153,12 +161,27 @@ fn edit_tree<R: AsRef<[u8]>>(
         let name = child.name.as_bytes();
         let existing = entries.iter().position(|e| &bytes[e.name.clone()] == name);
         let new = match &child.change {
-            Some(Change::Upsert(oid, mode)) => Some((*mode, *oid)),
+            Some(Change::Upsert(oid, mode)) => {
+                // As libgit2: a file does not silently replace a folder, nor a folder a file.
+                if let Some(e) = existing.map(|i| &entries[i])
+                    && e.is_tree() != (*mode == TREE_MODE)
+                {
+                    return Err(git2::Error::from_str(&format!(
+                        "tree edit: `{path}{}` is a {}, not a {}",
+                        child.name,
+                        if e.is_tree() { "folder" } else { "file" },
+                        if e.is_tree() { "file" } else { "folder" },
+                    )));
+                }
+                Some((*mode, *oid))
+            }
             Some(Change::Remove) => None,
             None => {
                 let child_path = format!("{path}{}/", child.name);
                 let sub = match existing.map(|i| &entries[i]) {
                     Some(e) if e.is_tree() => Some(e.oid(bytes)),
+                    // Removing what would be below a file: it is not there.
+                    Some(_) if child.only_removes() => continue,
                     Some(_) => {
                         return Err(git2::Error::from_str(&format!(
                             "tree edit: `{}` is a file, not a folder",
@@ -485,7 +508,7 @@ mod tests {
         let root = both(
             &repo,
             repo.treebuilder(None).unwrap().write().unwrap(),
-            &[upsert("logs", blob)],
+            &[upsert("logs", blob), upsert("dir/x", blob)],
         );
         let odb = repo.odb().unwrap();
         let run = |edits: &[Edit]| {
@@ -503,6 +526,26 @@ mod tests {
             run(&[upsert("logs/a/b.log", blob)]),
             "tree edit: `logs` is a file, not a folder"
         );
+        assert_eq!(
+            run(&[Edit::Upsert {
+                path: "logs".to_owned(),
+                oid: repo.treebuilder(None).unwrap().write().unwrap(),
+                mode: FileMode::Tree,
+            }]),
+            "tree edit: `logs` is a file, not a folder"
+        );
+        assert_eq!(
+            run(&[upsert("dir", blob)]),
+            "tree edit: `dir` is a folder, not a file"
+        );
+        // Removing what would be below a file changes nothing.
+        let unchanged = apply(
+            Some(root),
+            &[remove("logs/a/b.log")],
+            &mut |oid| Ok(odb.read(oid)?.data().to_vec()),
+            &mut |_| Ok(()),
+        );
+        assert_eq!(unchanged.unwrap(), root);
         assert_eq!(
             run(&[upsert("x/y", blob), remove("x")]),
             "tree edit: `x` nests in another edit"
