@@ -6,7 +6,8 @@
 //! its handler not started), `running` (the handler runs), `recorded` (an outcome is committed
 //! in memory, not written out), `committed` (outcomes are written out to the workdir, not pushed), `push` (the remote has updated its ref, the push has not returned).
 //! One stage hangs instead of dying: `stuck` (a run's worker never reports after its handler ended),
-//! for the stale-run watchdog.
+//! for the stale-run watchdog. One fails instead: `write-pack` (writing a pack of outcomes fails, as
+//! on a full disk).
 
 /// Dies here if the fail point `stage` is armed.
 #[inline]
@@ -18,6 +19,18 @@ pub(crate) fn hit(stage: &str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = stage;
+}
+
+/// Whether the fail point `stage` is armed: the caller then fails as it would on an I/O error.
+#[inline]
+pub(crate) fn fails(stage: &str) -> bool {
+    #[cfg(debug_assertions)]
+    return std::env::var("GIT_DISPATCH_FAILPOINT").is_ok_and(|armed| armed == stage);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = stage;
+        false
+    }
 }
 
 /// Blocks the calling thread for good if the fail point `stage` is armed.

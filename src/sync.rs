@@ -423,7 +423,11 @@ impl Sync {
         }
         let dir = self.path.join("objects").join("pack");
         for pack in pending.iter() {
-            pack.write_to(&dir).map_err(|e| {
+            let written = match crate::failpoint::fails("write-pack") {
+                true => Err(std::io::Error::other("fail point `write-pack`")),
+                false => pack.write_to(&dir),
+            };
+            written.map_err(|e| {
                 git2::Error::from_str(&format!(
                     "could not write a pack in `{}`: {e}",
                     dir.display()

@@ -1045,6 +1045,51 @@ fn assert_no_file_contains(dir: &Path, needle: &[u8]) {
 }
 
 #[test]
+fn a_pack_of_outcomes_that_cannot_be_written_leaves_the_branch_on_disk_and_loses_nothing() {
+    // The fail point makes every write of a pack of outcomes fail, as a full disk would: the
+    // dispatcher stops with the error, its branch still names a commit it has on disk (the retry at
+    // exit must not move it to the commits in memory), and a restart records each request once
+    // from the journal, without running it again (one whose handler the stop cut short is
+    // `abandoned`, as after a crash).
+    let world = World::new().build();
+    add_kinds(&world, &[("tally", &counting_handler(&world, ""), "")]);
+    world.submit("full-a.yml", "kind: tally\n");
+    world.submit("full-b.yml", "kind: tally\n");
+    let mut failing = world.run_command(world.remote_arg(), &["--until-empty"]);
+    failing.env("GIT_DISPATCH_FAILPOINT", "write-pack");
+    let failed = world.spawn(failing).wait(DEADLINE);
+    assert!(
+        failed.code.is_some_and(|code| code != 0),
+        "the dispatcher did not fail: {failed}"
+    );
+    assert!(failed.stderr.contains("could not write a pack"), "{failed}");
+    let work = world.work.join("repo.git");
+    let tip = git_dir(&world, &work, &["rev-parse", "refs/heads/main"]);
+    git_dir(
+        &world,
+        &work,
+        &["cat-file", "-e", &format!("{tip}^{{tree}}")],
+    );
+    assert!(
+        outcome_ids(&world, &world.remote).is_empty(),
+        "outcomes reached the remote"
+    );
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_each_recorded_once(&clone, &["full-a.yml", "full-b.yml"]);
+    assert_eq!(clone.status("full-a")["state"], "succeeded");
+    assert_eq!(runs(&world, "full-a"), ["1"], "`full-a` did not run once");
+    match clone.status("full-b")["state"].as_str() {
+        Some("succeeded") => assert_eq!(runs(&world, "full-b"), ["1"]),
+        Some("abandoned") => assert!(runs(&world, "full-b").len() <= 1, "`full-b` ran again"),
+        state => panic!("`full-b` is {state:?}"),
+    }
+    assert_local_branch_is_the_remote(&world);
+}
+
+#[test]
 fn a_workdir_lock_held_for_a_moment_is_waited_for() {
     // What a dispatcher killed while it started a child leaves: its lock held by that child until
     // the child executes its program (the full suite under load hit this after fail points).
