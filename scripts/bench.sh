@@ -7,7 +7,8 @@
 # baseline's own `mkworld.sh`), runs the starter and git-dispatch in the same run, and prints one
 # labelled line per figure, plus the machine. It is a benchmark, not a test: it asserts nothing about
 # timing, it prints the measured value, the ratio and, in brackets, the issue's target. It exits
-# non-zero only when something broke (a run failed, requests were lost or left in the inbox).
+# non-zero only when something broke (a run failed, requests were lost or left in the inbox). Each
+# timed run starts after a `sync`, so that no program pays for the writes of the one before.
 #
 # Figures:
 #   1  throughput draining queued trivial `echo` requests: starter (N_S) and git-dispatch --jobs 1 (N)
@@ -144,6 +145,10 @@ for v in $(env | sed -n 's/^\(GIT_DISPATCH_[A-Z_]*\)=.*/\1/p'); do unset "$v"; d
 # A file descriptor to sleep on without forking: `read -t` on a pipe nobody writes to.
 exec {SLEEP_FD}<> <(:)
 nap() { read -r -t "$1" -u "$SLEEP_FD" _ || true; }
+# settle: before each timed run, write out what the runs before left in the page cache, so that its
+# writeback does not fall on the next program's file syncs (the starter's leftovers made the drain
+# of figure 1 take 3.6 s instead of 2.5-2.7 s, in two alternating pairs).
+settle() { sync; }
 
 # --- helpers --------------------------------------------------------------------------------------
 # mkworld DIR N: the baseline's world, made traversable for the handlers' user.
@@ -198,6 +203,7 @@ drain() {
     local name=$1 remote=$2 work=$3 deadline=$4
     shift 4
     local t0 t1 pid status=0 sampler= watchdog
+    settle
     t0=$(now)
     "$BIN" run --until-empty --remote "$remote" --workdir "$work" "$@" </dev/null >"$TMP/$name.log" 2>&1 &
     pid=$!
@@ -364,6 +370,7 @@ if command -v yq >/dev/null; then
     git clone -q "$W/remote.git" "$W/worker" 2>/dev/null
     git -C "$W/worker" config user.email worker@example.org
     git -C "$W/worker" config user.name worker
+    settle
     t0=$(now)
     status=0
     (cd "$W/worker" && timeout --signal=KILL $((60 + N_S * 5)) "$STARTER") >"$TMP/starter.log" 2>&1 || status=$?
@@ -405,6 +412,7 @@ say "2: the handler alone, $N times from a shell loop"
 cd "$W/submit"
 reqs=(requests/req-*.yml)
 ((${#reqs[@]} == N)) || die "expected $N requests in $W/submit/requests, found ${#reqs[@]}"
+settle
 t0=$(now)
 for f in "${reqs[@]}"; do ./handlers/echo.sh "$f" >/dev/null; done
 t1=$(now)
