@@ -19,8 +19,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    Checkout, DEFAULT_INDEX, World, add_kinds, free_port, git_command, log_file, processed,
-    sha256_hex, wait_until,
+    Checkout, DEFAULT_INDEX, RunOutput, World, add_kinds, free_port, git_command, log_file,
+    processed, sha256_hex, wait_until,
 };
 
 /// How long a dispatcher process of these tests may run before it is killed and the test fails.
@@ -448,19 +448,28 @@ fn crash_after_a_local_remote_accepted_a_push_records_nothing_twice() {
     assert_crash_in_push_recorded_nothing_twice(&crash_then_restart("push", false));
 }
 
+/// A world with the counting kind `tally` and one request of it per name in `files` (in that
+/// order, sharing one resource), and what a `--until-empty` run with fail point `stage` did.
+fn tallies_run_at_fail_point(files: &[&str], stage: &str) -> (World, RunOutput) {
+    let world = World::new().build();
+    add_kinds(&world, &[("tally", &counting_handler(&world, ""), "")]);
+    for file in files {
+        world.submit(file, "kind: tally\n");
+    }
+    let mut run = world.run_command(world.remote_arg(), &["--until-empty"]);
+    run.env("GIT_DISPATCH_FAILPOINT", stage);
+    let out = world.spawn(run).wait(DEADLINE);
+    (world, out)
+}
+
 #[test]
 fn stale_branch_lock_left_by_a_crash_does_not_stop_the_restart() {
     // A SIGKILL while libgit2 moves the dispatcher's branch leaves `refs/heads/main.lock` in the bare
     // clone (scripts/soak.sh hits this with random kills). No fail point stops exactly there, so the
     // test crashes after a commit and then leaves the lock file such a kill leaves. Only the process
     // holding `dispatcher.lock` may touch the workdir, so the lock cannot belong to anyone alive.
-    let world = World::new().build();
-    add_kinds(&world, &[("tally", &counting_handler(&world, ""), "")]);
-    world.submit("locked-a.yml", "kind: tally\n");
-    world.submit("locked-b.yml", "kind: tally\n");
-    let mut crashing = world.run_command(world.remote_arg(), &["--until-empty"]);
-    crashing.env("GIT_DISPATCH_FAILPOINT", "committed");
-    let crashed = world.spawn(crashing).wait(DEADLINE);
+    let (world, crashed) =
+        tallies_run_at_fail_point(&["locked-a.yml", "locked-b.yml"], "committed");
     assert_eq!(crashed.signal, Some(9), "{crashed}");
     // What such a kill leaves (seen in a soak run): an empty lock file next to the branch.
     let lock = world.work.join("repo.git/refs/heads/main.lock");
@@ -1051,13 +1060,7 @@ fn a_pack_of_outcomes_that_cannot_be_written_leaves_the_branch_on_disk_and_loses
     // exit must not move it to the commits in memory), and a restart records each request once
     // from the journal, without running it again (one whose handler the stop cut short is
     // `abandoned`, as after a crash).
-    let world = World::new().build();
-    add_kinds(&world, &[("tally", &counting_handler(&world, ""), "")]);
-    world.submit("full-a.yml", "kind: tally\n");
-    world.submit("full-b.yml", "kind: tally\n");
-    let mut failing = world.run_command(world.remote_arg(), &["--until-empty"]);
-    failing.env("GIT_DISPATCH_FAILPOINT", "write-pack");
-    let failed = world.spawn(failing).wait(DEADLINE);
+    let (world, failed) = tallies_run_at_fail_point(&["full-a.yml", "full-b.yml"], "write-pack");
     assert!(
         failed.code.is_some_and(|code| code != 0),
         "the dispatcher did not fail: {failed}"
