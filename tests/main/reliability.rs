@@ -1145,17 +1145,23 @@ fn second_dispatcher_on_the_same_workdir_exits_2_in_use() {
     first.wait(DEADLINE).assert_exit(0);
 }
 
-#[test]
-fn a_stuck_run_is_recorded_abandoned_by_the_watchdog() {
-    // The `stuck` fail point makes the run's worker hang after its handler exited, so no report ever
-    // comes: only the stale-run watchdog (timeout plus twice the grace, no live handler process) can
-    // take the request out of flight.
+/// A world with the kind `hangs`: a handler that prints a line, timeout 1 s, grace 500 ms.
+fn world_with_a_kind_that_gets_stuck() -> World {
     let world = World::new().build();
     world.handler("hangs.sh", "#!/bin/sh\necho 'handler done'\n");
     world.index(&format!(
         "{DEFAULT_INDEX}hangs:\n  handler: hangs.sh\n  timeout: 1s\n  grace: 500ms\n"
     ));
     world.publish("a kind whose runs get stuck");
+    world
+}
+
+#[test]
+fn a_stuck_run_is_recorded_abandoned_by_the_watchdog() {
+    // The `stuck` fail point makes the run's worker hang after its handler exited, so no report ever
+    // comes: only the stale-run watchdog (timeout plus twice the grace, no live handler process) can
+    // take the request out of flight.
+    let world = world_with_a_kind_that_gets_stuck();
     world.submit("stuck-one.yml", "kind: hangs\n");
     let mut cmd = world.run_command(world.remote_arg(), &["--until-empty"]);
     cmd.env("GIT_DISPATCH_FAILPOINT", "stuck");
@@ -1184,12 +1190,7 @@ fn a_stuck_run_is_recorded_abandoned_by_the_watchdog() {
 fn a_stuck_run_does_not_keep_its_slot_from_the_runs_after_it() {
     // With one job, a worker that never reports holds the only slot: the watchdog that records its
     // run gives the slot back, or the next request would wait for it forever.
-    let world = World::new().build();
-    world.handler("hangs.sh", "#!/bin/sh\necho 'handler done'\n");
-    world.index(&format!(
-        "{DEFAULT_INDEX}hangs:\n  handler: hangs.sh\n  timeout: 1s\n  grace: 500ms\n"
-    ));
-    world.publish("a kind whose runs get stuck");
+    let world = world_with_a_kind_that_gets_stuck();
     world.submit("stuck-one.yml", "kind: hangs\nresource: r1\n");
     world.submit("stuck-two.yml", "kind: hangs\nresource: r2\n");
     let mut cmd = world.run_command(world.remote_arg(), &["--until-empty", "--jobs", "1"]);
