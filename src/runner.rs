@@ -218,7 +218,7 @@ pub(crate) fn spawn(plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
 /// gives its slot back, so the run waiting for the slot does not start a handler the dispatcher,
 /// which exits on that error, would leave behind.
 fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<bool, RunnerError> {
-    let mut held = None;
+    let mut held = Held::default();
     let result = run_holding(plan, attempts, &mut held);
     if result.is_err() {
         plan.stop.request();
@@ -227,12 +227,19 @@ fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<bool, RunnerError> {
     result
 }
 
-/// [`run`], with the resource lock and the slot kept in `held` (the lock first, so that it is
-/// free before the slot is: the next run takes the slot and then the lock).
+/// What a run holds while its handler may run. The lock is dropped first, so that it is free
+/// before the slot is: the next run takes the slot, then the lock.
+#[derive(Default)]
+struct Held<'p> {
+    lock: Option<ResourceLock>,
+    slot: Option<Slot<'p>>,
+}
+
+/// [`run`], with the slot and the resource lock kept in `held`, which the caller drops.
 fn run_holding<'p>(
     plan: &'p Plan,
     attempts: &mut Vec<Attempt>,
-    held: &mut Option<(ResourceLock, Slot<'p>)>,
+    held: &mut Held<'p>,
 ) -> Result<bool, RunnerError> {
     let spec = &plan.request.route.spec;
     let request_copy = plan.request_copy();
@@ -243,14 +250,15 @@ fn run_holding<'p>(
     let copied = write_read_only(&request_copy, &plan.request_bytes).map_err(io(&request_copy));
     // The slot is asked for even when the copy failed: the runs started after this one wait
     // for this one's turn to pass.
-    let Some(slot) = plan.stop.take_slot(plan.ticket, &plan.in_flight) else {
+    held.slot = plan.stop.take_slot(plan.ticket, &plan.in_flight);
+    if held.slot.is_none() {
         return Ok(false);
-    };
+    }
     copied?;
-    *held = Some((
-        ResourceLock::acquire(&plan.lock_dir, &plan.request.resource)?,
-        slot,
-    ));
+    held.lock = Some(ResourceLock::acquire(
+        &plan.lock_dir,
+        &plan.request.resource,
+    )?);
     // A stop that came while the lock was waited for: nothing is journaled yet, nothing runs.
     if plan.stop.requested() {
         return Ok(false);
@@ -325,7 +333,7 @@ fn run_holding<'p>(
         if !again {
             // The handler is gone: a run waiting for the slot or the lock starts while this one
             // cleans up.
-            drop(held.take());
+            *held = Held::default();
         }
         let _ = fs::remove_dir_all(&work);
         attempts.push(attempt);
