@@ -228,11 +228,16 @@ impl PackWriter {
 }
 
 impl Pack {
+    /// The checksum in hex, as Git names pack files.
+    fn name(&self) -> Oid {
+        Oid::from_bytes(&self.checksum).expect("a SHA-1 is 20 bytes")
+    }
+
     /// Writes the pack and then its index into `pack_dir` (`objects/pack` of a repository), each
     /// under a temporary name first: a reader looks for packs by their index, which appears last
     /// and whole.
     pub(crate) fn write_to(&self, pack_dir: &Path) -> io::Result<()> {
-        let name = format!("pack-{}", hex(&self.checksum));
+        let name = format!("pack-{}", self.name());
         for (ext, bytes) in [("pack", &self.pack), ("idx", &self.idx)] {
             let path = pack_dir.join(format!("{name}.{ext}"));
             if path.exists() {
@@ -247,10 +252,6 @@ impl Pack {
         }
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A delta that makes `len` bytes out of a base of `base_len` by `pieces`.
@@ -361,7 +362,7 @@ mod tests {
 
         let pack_dir = dir.path().join("objects").join("pack");
         pack.write_to(&pack_dir).unwrap();
-        let name = pack_dir.join(format!("pack-{}", hex(&pack.checksum)));
+        let name = pack_dir.join(format!("pack-{}", pack.name()));
         let git_idx = dir.path().join("git.idx");
         let status = Command::new("git")
             .arg("index-pack")
