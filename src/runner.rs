@@ -40,6 +40,8 @@ struct SlotState {
     /// The next ticket to hand out, and the next one to be served.
     issued: u64,
     serving: u64,
+    /// Runs waiting in [`Stop::take_slot`].
+    waiting: usize,
 }
 
 /// A slot a run holds; given back when dropped, unless the watchdog gave it back already.
@@ -61,6 +63,7 @@ impl Stop {
                 free: slots,
                 issued: 0,
                 serving: 0,
+                waiting: 0,
             }),
             changed: Condvar::new(),
         }
@@ -105,12 +108,15 @@ impl Stop {
     /// Waits for a free slot and for the runs started before to have theirs; `None` when stopping
     /// was requested first. Every ticket must come here once, or the runs after it wait forever.
     fn take_slot<'a>(&'a self, ticket: u64, in_flight: &'a InFlight) -> Option<Slot<'a>> {
+        let mut state = self.lock();
+        state.waiting += 1;
         let mut state = self
             .changed
-            .wait_while(self.lock(), |s| {
+            .wait_while(state, |s| {
                 !s.requested && (s.free == 0 || s.serving != ticket)
             })
             .expect("no thread panics holding it");
+        state.waiting -= 1;
         if state.requested {
             return None;
         }
@@ -417,7 +423,7 @@ mod tests {
         let stop = Arc::new(Stop::new(1));
         let (first, second) = (stop.ticket(), stop.ticket());
         let (sender, order) = mpsc::channel();
-        // The second run's thread asks first, and waits: the slot is free but not its turn.
+        // The second run's thread asks first: the slot is free, but it is not its turn.
         let late = {
             let (stop, sender) = (Arc::clone(&stop), sender.clone());
             thread::spawn(move || {
@@ -426,11 +432,17 @@ mod tests {
                 sender.send(second).unwrap();
             })
         };
-        thread::sleep(Duration::from_millis(50));
-        assert!(
-            order.try_recv().is_err(),
-            "the second ticket took the slot first"
-        );
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stop.lock().waiting == 0 && got.is_empty() {
+            got.extend(order.try_recv());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second never asked"
+            );
+            thread::yield_now();
+        }
+        assert!(got.is_empty(), "the second ticket took the slot first");
         let in_flight = InFlight::default();
         let slot = stop.take_slot(first, &in_flight).expect("not stopped");
         sender.send(first).unwrap();
