@@ -1044,7 +1044,7 @@ struct Staging {
     pending: RefCell<Vec<Pack>>,
     /// The trees stored whole in that pack and large enough to be worth a delta, with their bytes;
     /// and for each tree in it, the whole one it is a delta of (itself when whole).
-    whole: RefCell<HashMap<Oid, Vec<u8>>>,
+    whole: RefCell<HashMap<Oid, tree_edit::Parsed>>,
     delta_of: RefCell<HashMap<Oid, Oid>>,
     /// The newest staged commit: the local tip while something is staged.
     tip: Cell<Option<Oid>>,
@@ -1120,7 +1120,7 @@ impl Staging {
         let root = tree.base.and_then(|base| delta_of.get(&base).copied());
         if let Some((root, base)) = root.and_then(|root| Some((root, whole.get(&root)?))) {
             let pieces = tree_edit::diff(base, &tree.bytes)?;
-            if pack.add_delta(tree.oid, root, base.len(), &pieces, tree.bytes.len()) {
+            if pack.add_delta(tree.oid, root, base.bytes.len(), &pieces, tree.bytes.len()) {
                 delta_of.insert(tree.oid, root);
                 return Ok(());
             }
@@ -1128,7 +1128,7 @@ impl Staging {
         pack.add(tree.oid, ObjectType::Tree, &tree.bytes);
         if tree.bytes.len() >= MIN_DELTA_BASE {
             delta_of.insert(tree.oid, tree.oid);
-            whole.insert(tree.oid, tree.bytes.clone());
+            whole.insert(tree.oid, tree_edit::Parsed::new(tree.bytes.clone())?);
         }
         Ok(())
     }
