@@ -30,6 +30,13 @@ const OFS_DELTA: u8 = 6;
 const MAX_COPY: usize = 0x10000;
 /// The most bytes one insert instruction of a delta carries.
 const MAX_INSERT: usize = 0x7f;
+/// Trees and deltas smaller than this are stored in their zlib streams, not compressed. Their
+/// bytes are mostly object ids, which do not compress (a tree of 16 entries, 484 bytes, takes 446 at
+/// level 1), while deflating any small input costs about 25 µs, most of it building Huffman tables
+/// (2 µs stored). Ten of the thirteen objects of an outcome are such trees: storing them took 10 %
+/// off the dispatcher's CPU time on the 1000-request bench and made its packs 5 % larger. Commits
+/// and blobs are text and are compressed (a 730-byte status file takes 400 bytes).
+const STORE_BELOW: usize = 4096;
 
 /// A pack being written: its entries so far, and what its index needs to know of them.
 pub(crate) struct PackWriter {
@@ -39,7 +46,10 @@ pub(crate) struct PackWriter {
     entries: Vec<(Oid, u64, u32)>,
     /// Where each object starts, and the length of its delta chain.
     at: HashMap<Oid, (u64, u32)>,
+    /// Level 1, for what is worth compressing.
     deflate: Compress,
+    /// Level 0: stored blocks, for small trees and deltas (see [`STORE_BELOW`]).
+    store: Compress,
 }
 
 /// A finished pack and its index.
@@ -56,6 +66,7 @@ impl Default for PackWriter {
             entries: Vec::new(),
             at: HashMap::new(),
             deflate: Compress::new(Compression::fast(), true),
+            store: Compress::new(Compression::none(), true),
         };
         writer.start();
         writer
@@ -90,7 +101,7 @@ impl PackWriter {
             _ => 4,
         };
         let offset = self.entry_header(type_code, data.len());
-        self.compress(data);
+        self.compress(data, kind != ObjectType::Tree || data.len() >= STORE_BELOW);
         self.close_entry(oid, offset, 0);
     }
 
@@ -131,7 +142,7 @@ impl PackWriter {
         }
         encoded.reverse();
         self.bytes.extend_from_slice(&encoded);
-        self.compress(&delta);
+        self.compress(&delta, delta.len() >= STORE_BELOW);
         self.close_entry(oid, offset, depth + 1);
         true
     }
@@ -151,17 +162,22 @@ impl PackWriter {
         offset
     }
 
-    fn compress(&mut self, data: &[u8]) {
-        self.deflate.reset();
+    /// Appends `data` as a zlib stream, deflated at level 1 or, without `deflate`, stored.
+    fn compress(&mut self, data: &[u8], deflate: bool) {
+        let zlib = if deflate {
+            &mut self.deflate
+        } else {
+            &mut self.store
+        };
+        zlib.reset();
         let mut input = data;
         loop {
-            self.bytes.reserve(input.len() / 2 + 64);
-            let before = self.deflate.total_in();
-            let status = self
-                .deflate
+            self.bytes.reserve(input.len() + 64);
+            let before = zlib.total_in();
+            let status = zlib
                 .compress_vec(input, &mut self.bytes, FlushCompress::Finish)
                 .expect("deflating into memory cannot fail");
-            input = &input[(self.deflate.total_in() - before) as usize..];
+            input = &input[(zlib.total_in() - before) as usize..];
             if status == Status::StreamEnd {
                 break;
             }
@@ -314,9 +330,10 @@ mod tests {
 
     use super::*;
 
-    /// Builds a pack of a blob, a commit-sized object, a large tree and two deltas chained on it
-    /// (one with copies longer than one instruction carries), then has Git index it: Git's index
-    /// must be ours byte for byte, and every object must read back from the pack as it was made.
+    /// Builds a pack of a blob, a small tree, a large object and two deltas chained on it (one with
+    /// copies longer than one instruction carries), then has Git index it: Git's index must be ours
+    /// byte for byte, and every object must read back from the pack as it was made. The small tree
+    /// and the deltas are stored, the large object is compressed.
     #[test]
     fn packs_and_indexes_are_the_ones_git_makes() {
         let dir = tempfile::tempdir().unwrap();
@@ -330,7 +347,15 @@ mod tests {
         let base: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let base_oid = Oid::hash_object(ObjectType::Blob, &base).unwrap();
         writer.add(base_oid, ObjectType::Blob, &base);
-        let mut expected = vec![(blob_oid, blob.clone()), (base_oid, base.clone())];
+        let mut tree = b"100644 hello\0".to_vec();
+        tree.extend_from_slice(blob_oid.as_bytes());
+        let tree_oid = Oid::hash_object(ObjectType::Tree, &tree).unwrap();
+        writer.add(tree_oid, ObjectType::Tree, &tree);
+        let mut expected = vec![
+            (blob_oid, blob.clone()),
+            (base_oid, base.clone()),
+            (tree_oid, tree.clone()),
+        ];
         let mut prev = (base_oid, base);
         for round in 0..2u8 {
             let pieces = vec![
@@ -359,6 +384,15 @@ mod tests {
         );
         let pack = writer.finish();
         assert!(writer.is_empty());
+        assert!(
+            pack.pack.windows(tree.len()).any(|w| w == tree),
+            "a small tree is stored as it is"
+        );
+        assert!(
+            pack.pack.len() < 70_000 / 2,
+            "the large object is compressed: {} bytes",
+            pack.pack.len()
+        );
 
         let pack_dir = dir.path().join("objects").join("pack");
         pack.write_to(&pack_dir).unwrap();
