@@ -21,6 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::spare::Spares;
 
+/// A first entry's file put in its place before the run may start (see [`Journal::reserve`]).
+pub(crate) struct Reserved {
+    path: PathBuf,
+    file: File,
+}
+
 /// A run in flight.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Entry {
@@ -64,16 +70,35 @@ pub(crate) struct Journal {
 const ENTRY_BLOCK: u64 = 1024;
 
 impl Journal {
+    /// Opens the journal of `workdir`. Entry files still blank (reserved by a dispatcher that
+    /// stopped before their runs started) go back to the spares.
     pub(crate) fn open(workdir: &Path) -> io::Result<Self> {
         let dir = workdir.join("journal");
         fs::create_dir_all(&dir)?;
         let spares = Spares::open(dir.join("spare"))?;
         let entry_spares = Spares::open_blank(dir.join("spare-entries"), ENTRY_BLOCK)?;
-        Ok(Self {
+        let journal = Self {
             dir,
             spares,
             entry_spares,
-        })
+        };
+        for path in journal.entry_files()? {
+            if is_blank(&fs::read(&path)?) {
+                journal.entry_spares.keep(&path)?;
+            }
+        }
+        Ok(journal)
+    }
+
+    fn entry_files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        for item in fs::read_dir(&self.dir)? {
+            let path = item?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                files.push(path);
+            }
+        }
+        Ok(files)
     }
 
     fn entry_path(&self, key: &str) -> PathBuf {
@@ -91,6 +116,11 @@ impl Journal {
         let path = self.log_path(key, attempt);
         self.spares.take(&path);
         path
+    }
+
+    /// Gives back a log file [`Journal::new_log`] made for an attempt that never started.
+    pub(crate) fn recycle_log(&self, path: &Path) -> io::Result<()> {
+        self.spares.keep(path)
     }
 
     /// Notes that `key`'s outcome is committed in memory. `rewrite` has one item per attempt: `None`
@@ -133,14 +163,46 @@ impl Journal {
             .ok()
     }
 
-    /// Writes `entry` durably (the file and the folder synced). A first entry is written in place:
-    /// the handler starts only once this returns, so an entry a crash left torn is of a run that
-    /// never started, and [`Journal::entries`] reports it as unreadable. A next attempt's entry
-    /// replaces the last one by a rename, so that a crash never loses the earlier attempts.
-    pub(crate) fn begin(&self, entry: &Entry) -> io::Result<()> {
+    /// Puts a blank file in the place of `key`'s entry and syncs the folder, so that
+    /// [`Journal::begin`] then only writes and syncs the entry's data. A run reserves its entry
+    /// while it waits for its slot, which takes the rename and the folder's sync out of the time
+    /// between one handler's end and the next one's start. `None` when `key` has an entry already
+    /// (a run recovered at a later attempt). A blank entry file says nothing: [`Journal::entries`]
+    /// skips it, and [`Journal::open`] takes back those a crash left.
+    pub(crate) fn reserve(&self, key: &str) -> io::Result<Option<Reserved>> {
+        let path = self.entry_path(key);
+        if path.exists() {
+            return Ok(None);
+        }
+        if !self.entry_spares.take(&path) {
+            let blank = vec![b' '; ENTRY_BLOCK as usize];
+            File::create_new(&path)?.write_all(&blank)?;
+        }
+        let file = fs::OpenOptions::new().write(true).open(&path)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(Some(Reserved { path, file }))
+    }
+
+    /// Gives back the entry file of a run that never started, with the log files of its key.
+    pub(crate) fn unreserve(&self, reserved: Reserved, key: &str) -> io::Result<()> {
+        drop(reserved.file);
+        self.forget(key, true)
+    }
+
+    /// Writes `entry` durably (the file and the folder synced), into the file `reserved` for it
+    /// when there is one. A first entry is written in place: the handler starts only once this
+    /// returns, so an entry a crash left torn is of a run that never started, and
+    /// [`Journal::entries`] reports it as unreadable. A next attempt's entry replaces the last one
+    /// by a rename, so that a crash never loses the earlier attempts.
+    pub(crate) fn begin(&self, entry: &Entry, reserved: Option<Reserved>) -> io::Result<()> {
         let path = self.entry_path(&entry.key);
         let mut bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
         bytes.push(b'\n');
+        if let Some(Reserved { path: at, file }) = reserved {
+            debug_assert_eq!(at, path);
+            // The name is durable already: the data alone is synced.
+            return write_in_place(file, bytes);
+        }
         if path.exists() {
             let tmp = path.with_extension("json.tmp");
             let mut file = File::create(&tmp)?;
@@ -148,20 +210,7 @@ impl Journal {
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
         } else if self.entry_spares.take(&path) {
-            // A spare is blank, but one a crash left half-blanked may still hold another run's
-            // entry: [`Journal::entries`] tells it by its key. An entry that fits is padded with
-            // spaces to the spare's length (the note comes after them; readers skip whitespace),
-            // so the file keeps its size and blocks and only its data is synced.
-            let mut file = fs::OpenOptions::new().write(true).open(&path)?;
-            if bytes.len() as u64 <= ENTRY_BLOCK && file.metadata()?.len() == ENTRY_BLOCK {
-                bytes.resize(ENTRY_BLOCK as usize, b' ');
-                file.write_all(&bytes)?;
-                file.sync_data()?;
-            } else {
-                file.write_all(&bytes)?;
-                file.set_len(bytes.len() as u64)?;
-                file.sync_all()?;
-            }
+            write_in_place(fs::OpenOptions::new().write(true).open(&path)?, bytes)?;
         } else {
             let mut file = File::create_new(&path)?;
             file.write_all(&bytes)?;
@@ -208,29 +257,45 @@ impl Journal {
         Ok(())
     }
 
-    /// Every entry; an unreadable one is reported, not skipped silently.
+    /// Every entry; an unreadable one is reported, not skipped silently. A blank file is a
+    /// reservation ([`Journal::reserve`]), not an entry.
     pub(crate) fn entries(&self) -> io::Result<Vec<Result<Entry, (PathBuf, String)>>> {
         let mut entries = Vec::new();
-        for item in fs::read_dir(&self.dir)? {
-            let path = item?.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-                entries.push(
-                    fs::read(&path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|bytes| parse_entry(&bytes))
-                        .and_then(|entry| match entry.key == stem {
-                            true => Ok(entry),
-                            false => {
-                                Err(format!("an entry of `{}`, left in a spare file", entry.key))
-                            }
-                        })
-                        .map_err(|e| (path.clone(), e)),
-                );
-            }
+        for path in self.entry_files()? {
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            let entry = match fs::read(&path) {
+                Ok(bytes) if is_blank(&bytes) => continue,
+                Ok(bytes) => parse_entry(&bytes).and_then(|entry| match entry.key == stem {
+                    true => Ok(entry),
+                    false => Err(format!("an entry of `{}`, left in a spare file", entry.key)),
+                }),
+                Err(e) => Err(e.to_string()),
+            };
+            entries.push(entry.map_err(|e| (path.clone(), e)));
         }
         Ok(entries)
     }
+}
+
+/// Writes a first entry over a blank spare. A spare is blank, but one a crash left half-blanked may
+/// still hold another run's entry: [`Journal::entries`] tells it by its key. An entry that fits is
+/// padded with spaces to the spare's length (the note comes after them; readers skip whitespace),
+/// so the file keeps its size and blocks and only its data is synced. Its name is the caller's to
+/// make durable.
+fn write_in_place(mut file: File, mut bytes: Vec<u8>) -> io::Result<()> {
+    if bytes.len() as u64 <= ENTRY_BLOCK && file.metadata()?.len() == ENTRY_BLOCK {
+        bytes.resize(ENTRY_BLOCK as usize, b' ');
+        file.write_all(&bytes)?;
+        return file.sync_data();
+    }
+    file.write_all(&bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_all()
+}
+
+/// An entry file of spaces (or empty): a reservation, or a spare.
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
 }
 
 /// An entry file: the entry, then the outcome's note when there is a whole one.
@@ -320,7 +385,7 @@ mod tests {
     fn journal_with_a_run(key: &str) -> (tempfile::TempDir, Journal, PathBuf) {
         let workdir = tempfile::tempdir().unwrap();
         let journal = Journal::open(workdir.path()).unwrap();
-        journal.begin(&entry_of(key)).unwrap();
+        journal.begin(&entry_of(key), None).unwrap();
         let log = journal.new_log(key, 1);
         fs::write(&log, format!("output of {key}\n")).unwrap();
         (workdir, journal, log)
@@ -335,8 +400,13 @@ mod tests {
         assert!(!journal.entry_path("first").exists());
         assert!(!log.exists());
 
-        journal.begin(&entry_of("second")).unwrap();
         let log = journal.new_log("second", 1);
+        let reserved = journal.reserve("second").unwrap();
+        assert!(
+            reserved.is_some(),
+            "a key without an entry gets one reserved"
+        );
+        journal.begin(&entry_of("second"), reserved).unwrap();
         let mut reused = [inode(&journal.entry_path("second")), inode(&log)];
         reused.sort_unstable();
         let mut inodes = inodes;
@@ -355,6 +425,43 @@ mod tests {
         journal.recorded("second", &note(), &[None]).unwrap();
         let entries: Vec<Entry> = journal.entries().unwrap().into_iter().flatten().collect();
         assert_eq!(entries[0].outcome, Some(note()));
+    }
+
+    #[test]
+    fn a_reserved_entry_is_no_entry_and_goes_back_to_the_spares_unused() {
+        let (workdir, journal, _log) = journal_with_a_run("first");
+        journal.finish("first").unwrap();
+        assert!(
+            journal.reserve("first").unwrap().is_some(),
+            "a finished key has no entry"
+        );
+        let log = journal.new_log("second", 1);
+        let reserved = journal.reserve("second").unwrap().expect("no entry yet");
+        assert!(journal.entry_path("second").exists());
+        assert!(
+            journal.entries().unwrap().is_empty(),
+            "a blank file is not an entry, nor an unreadable one"
+        );
+        journal.unreserve(reserved, "second").unwrap();
+        assert!(!journal.entry_path("second").exists());
+        assert!(!log.exists(), "its log goes back too");
+
+        // A crash leaves `first`'s reservation: the next start takes it back.
+        drop(journal);
+        let journal = Journal::open(workdir.path()).unwrap();
+        assert!(!journal.entry_path("first").exists());
+        let spares = fs::read_dir(workdir.path().join("journal").join("spare-entries"))
+            .unwrap()
+            .count();
+        assert_eq!(spares, 2, "both reservations' files are spares");
+        let mut begun = entry_of("third");
+        begun.attempt = 2;
+        journal.begin(&begun, None).unwrap();
+        assert!(
+            journal.reserve("third").unwrap().is_none(),
+            "a key with an entry keeps it"
+        );
+        assert_eq!(journal.entries().unwrap().into_iter().flatten().count(), 1);
     }
 
     #[test]

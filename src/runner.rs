@@ -1,7 +1,8 @@
 //! One request's run, on a worker thread: take one of the `--jobs` slots and the resource lock, then
-//! for each attempt journal it, prepare a fresh working directory, run the handler in the sandbox, and
+//! for each attempt journal it, run the handler in the sandbox in a fresh working directory, and
 //! retry a `failed` or `timed_out` attempt with exponential backoff while the kind has retries left.
-//! The report goes back to the daemon, which alone records outcomes.
+//! The report goes back to the daemon, which alone records outcomes. The first attempt's files (the
+//! journal entry's, the log's, the working directory) are made before the slot is waited for.
 //!
 //! The slot and the lock are given up as soon as the last attempt's handler is gone, before the
 //! working directory is removed and the report sent: a run the daemon started ahead, waiting for a
@@ -249,18 +250,18 @@ fn run_holding<'p>(
 ) -> Result<bool, RunnerError> {
     let spec = &plan.request.route.spec;
     let request_copy = plan.request_copy();
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| RunnerError::Io { path, source }
-    };
-    let copied = write_read_only(&request_copy, &plan.request_bytes).map_err(io(&request_copy));
-    // The slot is asked for even when the copy failed: the runs started after this one wait
-    // for this one's turn to pass.
+    // The first attempt is made ready while the run may still wait for its slot, so that the
+    // handler starts as soon as the slot is given.
+    let ready = write_read_only(&request_copy, &plan.request_bytes)
+        .map_err(io(&request_copy))
+        .and_then(|()| Ready::new(plan, plan.first_attempt));
+    // The slot is asked for even when that failed: the runs started after this one wait for this
+    // one's turn to pass.
     held.slot = plan.stop.take_slot(plan.ticket, &plan.in_flight);
     if held.slot.is_none() {
         return Ok(false);
     }
-    copied?;
+    let mut ready = Some(ready?);
     held.lock = Some(ResourceLock::acquire(
         &plan.lock_dir,
         &plan.request.resource,
@@ -291,21 +292,27 @@ fn run_holding<'p>(
             // The watchdog recorded the run while this thread was stuck: nothing more may run.
             return Ok(true);
         }
+        let mut ready = match ready.take() {
+            Some(ready) => ready,
+            None => Ready::new(plan, number)?,
+        };
         plan.journal
-            .begin(&journal::Entry {
-                key: plan.key.clone(),
-                request_path: plan.request_path.clone(),
-                request_blob: plan.request_blob.to_string(),
-                attempt: number,
-                started_at: rfc3339(SystemTime::now()),
-                dispatcher_pid: std::process::id(),
-                outcome: None,
-            })
+            .begin(
+                &journal::Entry {
+                    key: plan.key.clone(),
+                    request_path: plan.request_path.clone(),
+                    request_blob: plan.request_blob.to_string(),
+                    attempt: number,
+                    started_at: rfc3339(SystemTime::now()),
+                    dispatcher_pid: std::process::id(),
+                    outcome: None,
+                },
+                ready.entry.take(),
+            )
             .map_err(io(&plan.runs_dir))?;
+        ready.started = true;
         crate::failpoint::hit("taken");
-        let work = plan.runs_dir.join(format!("{}.work.{number}", plan.key));
-        fresh_dir(&work, plan.user.as_ref()).map_err(io(&work))?;
-        let log_file = plan.journal.new_log(&plan.key, number);
+        let log_file = ready.log.clone();
         let mut env = handler_env(&plan.request, number);
         env.extend(plan.extra_env.iter().cloned());
         let result = sandbox::run(Job {
@@ -313,7 +320,7 @@ fn run_holding<'p>(
             args: vec![request_copy.clone().into_os_string()],
             stdin: serde_json::to_vec(&plan.request.json).expect("JSON values serialise"),
             env,
-            cwd: &work,
+            cwd: &ready.work,
             timeout: plan.request.timeout,
             grace: spec.grace,
             limits: Limits {
@@ -341,7 +348,7 @@ fn run_holding<'p>(
             // cleans up.
             *held = Held::default();
         }
-        let _ = fs::remove_dir_all(&work);
+        drop(ready);
         attempts.push(attempt);
         if !again {
             return Ok(true);
@@ -363,6 +370,54 @@ fn run_holding<'p>(
             return Ok(true);
         }
         number += 1;
+    }
+}
+
+/// A journal or run directory error at `path`.
+fn io(path: &Path) -> impl FnOnce(io::Error) -> RunnerError {
+    let path = path.to_owned();
+    move |source| RunnerError::Io { path, source }
+}
+
+/// What an attempt needs before its handler starts: its journal entry's file in place (when the
+/// key has none yet), its log file and its working folder. The working folder goes when this is
+/// dropped; before the attempt is journaled (`started`), the entry and the log go back too.
+struct Ready<'p> {
+    plan: &'p Plan,
+    entry: Option<journal::Reserved>,
+    log: PathBuf,
+    work: PathBuf,
+    started: bool,
+}
+
+impl<'p> Ready<'p> {
+    fn new(plan: &'p Plan, attempt: u32) -> Result<Self, RunnerError> {
+        let mut ready = Ready {
+            plan,
+            entry: None,
+            log: plan.journal.new_log(&plan.key, attempt),
+            work: plan.runs_dir.join(format!("{}.work.{attempt}", plan.key)),
+            started: false,
+        };
+        ready.entry = plan
+            .journal
+            .reserve(&plan.key)
+            .map_err(io(&plan.runs_dir))?;
+        fresh_dir(&ready.work, plan.user.as_ref()).map_err(io(&ready.work))?;
+        Ok(ready)
+    }
+}
+
+impl Drop for Ready<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.work);
+        if !self.started {
+            let journal = &self.plan.journal;
+            let _ = match self.entry.take() {
+                Some(entry) => journal.unreserve(entry, &self.plan.key),
+                None => journal.recycle_log(&self.log),
+            };
+        }
     }
 }
 

@@ -452,6 +452,53 @@ fn sigterm_during_a_run_with_one_job_leaves_the_request_taken_ahead_in_the_inbox
     assert!(journal.is_empty(), "left in the journal: {journal:?}");
 }
 
+#[test]
+fn sigkill_while_a_run_waits_for_its_slot_leaves_that_request_to_run_after_the_restart() {
+    let world = World::new().build();
+    add_kinds(&world, &[("gated", &gated_handler(&world), "")]);
+    world.submit("first.yml", "kind: gated\n");
+    world.submit("behind.yml", "kind: gated\n");
+    let dispatcher = world.spawn(world.run_command(
+        world.remote_arg(),
+        &["--poll-interval", "200ms", "--jobs", "1"],
+    ));
+    // `behind` is taken ahead while `first` runs: its journal entry's file is put in place, blank,
+    // before it waits for the slot.
+    let reserved = world.work.join("journal").join("behind.json");
+    let waiting = wait_until(DEADLINE, || {
+        world.markers.join("started-first").exists()
+            && fs::read(&reserved)
+                .is_ok_and(|bytes| !bytes.is_empty() && bytes.iter().all(u8::is_ascii_whitespace))
+    });
+    assert!(
+        waiting,
+        "`first` never ran with `behind` waiting for the slot: {}",
+        dispatcher.output_so_far()
+    );
+    kill(Pid::from_raw(dispatcher.pid() as i32), Signal::SIGKILL).expect("kill -KILL");
+    let killed = dispatcher.wait(DEADLINE);
+    assert_eq!(killed.signal, Some(9), "{killed}");
+
+    fs::write(world.markers.join("go"), "").expect("let the handlers finish");
+    let out = world.run(&[]);
+    out.assert_exit(0);
+    assert!(
+        !out.stderr.contains("unreadable"),
+        "the blank entry was taken for a torn one:\n{out}"
+    );
+    let clone = world.fresh_clone();
+    assert_eq!(clone.status("first")["state"], "abandoned", "{out}");
+    assert_eq!(clone.status("behind")["state"], "succeeded", "{out}");
+    assert_eq!(clone.status("behind")["attempts"], 1, "{out}");
+    assert_eq!(clone.ls("requests"), [".gitkeep"], "{out}");
+    let left: Vec<_> = fs::read_dir(world.work.join("journal"))
+        .expect("the journal")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|name| name != "spare" && name != "spare-entries")
+        .collect();
+    assert!(left.is_empty(), "left in the journal: {left:?}");
+}
+
 fn sigterm_during_a_run(args: &[&str]) -> (World, crate::support::RunOutput) {
     let world = World::new().build();
     add_kinds(&world, &[("gated", &gated_handler(&world), "")]);
