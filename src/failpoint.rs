@@ -6,8 +6,8 @@
 //! its handler not started), `running` (the handler runs), `recorded` (an outcome is committed
 //! in memory, not written out), `committed` (outcomes are written out to the workdir, not pushed), `push` (the remote has updated its ref, the push has not returned).
 //! One stage hangs instead of dying: `stuck` (a run's worker never reports after its handler ended),
-//! for the stale-run watchdog. One fails instead: `write-pack` (writing a pack of outcomes fails, as
-//! on a full disk).
+//! for the stale-run watchdog. Two fail instead: `write-pack` (writing a pack of outcomes fails, as
+//! on a full disk) and `sync-entry` (syncing a run's first journal entry fails).
 
 /// Dies here if the fail point `stage` is armed.
 #[inline]

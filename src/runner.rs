@@ -10,6 +10,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -296,7 +297,8 @@ fn run_holding<'p>(
             Some(ready) => ready,
             None => Ready::new(plan, number)?,
         };
-        plan.journal
+        let syncing = plan
+            .journal
             .begin(
                 &journal::Entry {
                     key: plan.key.clone(),
@@ -335,7 +337,14 @@ fn run_holding<'p>(
             redactor: plan.redactor.clone(),
             marker: ("DISPATCH_ID".to_owned(), plan.key.clone()),
             in_flight: &plan.in_flight,
+            gate: syncing.as_ref().map(|s| s.gate.as_fd()),
         });
+        // The handler started only once its entry was on disk. When that failed, it never started:
+        // the entry goes (a restart runs the request), and the dispatcher cannot go on.
+        if let Some(Err(e)) = syncing.map(journal::Syncing::wait) {
+            let _ = plan.journal.discard(&plan.key);
+            return Err(io(&plan.runs_dir)(e));
+        }
         crate::failpoint::hang("stuck");
         let attempt = Attempt {
             number,

@@ -125,6 +125,8 @@ pub(crate) struct Job<'a> {
     pub marker: (String, String),
     /// Told the handler's pid when it starts (the runner clears it while it waits to retry).
     pub in_flight: &'a InFlight,
+    /// See [`spawn::Spec::gate`].
+    pub gate: Option<BorrowedFd<'a>>,
 }
 
 /// How the handler's process ended.
@@ -170,6 +172,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
             output: writer.as_fd(),
             limits: &job.limits,
             user: job.user.as_ref(),
+            gate: job.gate,
         });
         if let Ok(child) = &spawned {
             handlers.insert(child.pid.as_raw());

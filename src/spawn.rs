@@ -51,6 +51,9 @@ pub(crate) struct Spec<'a> {
     pub limits: &'a Limits,
     /// `None`: keep the dispatcher's user.
     pub user: Option<&'a Identity>,
+    /// Confined, the child reads one byte from this before it executes the handler, and executes
+    /// it only if the byte is 1 (see `journal::Syncing`).
+    pub gate: Option<BorrowedFd<'a>>,
 }
 
 /// A started handler: the leader of a process group of its own.
@@ -73,11 +76,12 @@ enum Step {
     NoNewPrivs,
     DeathSignal,
     Orphaned,
+    Gate,
     Exec,
 }
 
 impl Step {
-    const ALL: [Step; 11] = [
+    const ALL: [Step; 12] = [
         Step::Stdio,
         Step::Chdir,
         Step::ProcessGroup,
@@ -88,6 +92,7 @@ impl Step {
         Step::NoNewPrivs,
         Step::DeathSignal,
         Step::Orphaned,
+        Step::Gate,
         Step::Exec,
     ];
 
@@ -103,6 +108,7 @@ impl Step {
             Step::NoNewPrivs => "set no_new_privs",
             Step::DeathSignal => "set the parent-death signal",
             Step::Orphaned => "start: the dispatcher exited",
+            Step::Gate => "start: the journal entry could not be synced",
             Step::Exec => "execute",
         }
     }
@@ -119,6 +125,8 @@ struct Context {
     limits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
     user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     parent: libc::pid_t,
+    /// [`Spec::gate`], -1 for none.
+    gate: RawFd,
     /// The `Step` that failed, 0 while none has.
     failed: AtomicUsize,
     errno: AtomicI32,
@@ -173,6 +181,7 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
             )
         }),
         parent: nix::unistd::getpid().as_raw(),
+        gate: spec.gate.map_or(-1, |fd| fd.as_raw_fd()),
         failed: AtomicUsize::new(0),
         errno: AtomicI32::new(0),
     };
@@ -299,6 +308,23 @@ unsafe fn confine_and_exec(cx: &Context) -> (Step, c_int) {
         );
         if libc::getppid() != cx.parent {
             return (Step::Orphaned, libc::ESRCH);
+        }
+        // Last, so that the setup above overlaps the sync the gate waits for. Should the
+        // dispatcher die meanwhile, the parent-death signal ends the wait.
+        if cx.gate >= 0 {
+            let mut byte = 0u8;
+            let read = loop {
+                let n = libc::read(cx.gate, (&raw mut byte).cast(), 1);
+                if n >= 0 || errno() != libc::EINTR {
+                    break n;
+                }
+            };
+            if read < 0 {
+                return (Step::Gate, errno());
+            }
+            if read != 1 || byte != 1 {
+                return (Step::Gate, libc::EIO);
+            }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);

@@ -1093,6 +1093,38 @@ fn a_pack_of_outcomes_that_cannot_be_written_leaves_the_branch_on_disk_and_loses
 }
 
 #[test]
+fn a_journal_entry_that_cannot_be_synced_starts_no_handler_and_the_restart_runs_it() {
+    // The handler is started while its entry is synced, but waits for the sync: when it fails (the
+    // fail point, as a failing disk would), the handler never runs, the dispatcher stops with the
+    // error, and the entry goes, so that a restart runs the request once.
+    let (world, failed) = tallies_run_at_fail_point(&["sync-a.yml"], "sync-entry");
+    assert!(
+        failed.code.is_some_and(|code| code != 0),
+        "the dispatcher did not fail: {failed}"
+    );
+    assert!(
+        failed.stderr.contains("fail point `sync-entry`"),
+        "{failed}"
+    );
+    assert_eq!(
+        runs(&world, "sync-a"),
+        Vec::<String>::new(),
+        "the handler ran although its entry was not synced:\n{failed}"
+    );
+    assert!(
+        outcome_ids(&world, &world.remote).is_empty(),
+        "an outcome reached the remote:\n{failed}"
+    );
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_each_recorded_once(&clone, &["sync-a.yml"]);
+    assert_eq!(clone.status("sync-a")["state"], "succeeded");
+    assert_eq!(runs(&world, "sync-a"), ["1"], "`sync-a` did not run once");
+}
+
+#[test]
 fn a_workdir_lock_held_for_a_moment_is_waited_for() {
     // What a dispatcher killed while it started a child leaves: its lock held by that child until
     // the child executes its program (the full suite under load hit this after fail points).
