@@ -444,12 +444,17 @@ fn sigterm_during_a_run_with_one_job_leaves_the_request_taken_ahead_in_the_inbox
             .contains("behind: not started: the dispatcher is stopping"),
         "`behind` was not taken ahead:\n{out}"
     );
-    let journal: Vec<_> = fs::read_dir(world.work.join("journal"))
+    assert_journal_empty(&world);
+}
+
+/// Nothing is left in the dispatcher's journal but its folders of spare files.
+fn assert_journal_empty(world: &World) {
+    let left: Vec<_> = fs::read_dir(world.work.join("journal"))
         .expect("the journal")
         .map(|e| e.expect("entry").file_name())
         .filter(|name| name != "spare" && name != "spare-entries")
         .collect();
-    assert!(journal.is_empty(), "left in the journal: {journal:?}");
+    assert!(left.is_empty(), "left in the journal: {left:?}");
 }
 
 #[test]
@@ -491,12 +496,7 @@ fn sigkill_while_a_run_waits_for_its_slot_leaves_that_request_to_run_after_the_r
     assert_eq!(clone.status("behind")["state"], "succeeded", "{out}");
     assert_eq!(clone.status("behind")["attempts"], 1, "{out}");
     assert_eq!(clone.ls("requests"), [".gitkeep"], "{out}");
-    let left: Vec<_> = fs::read_dir(world.work.join("journal"))
-        .expect("the journal")
-        .map(|e| e.expect("entry").file_name())
-        .filter(|name| name != "spare" && name != "spare-entries")
-        .collect();
-    assert!(left.is_empty(), "left in the journal: {left:?}");
+    assert_journal_empty(&world);
 }
 
 fn sigterm_during_a_run(args: &[&str]) -> (World, crate::support::RunOutput) {
