@@ -211,11 +211,14 @@ impl Journal {
         if path.exists() {
             return Ok(None);
         }
-        if !self.entry_spares.take(&path) {
-            let blank = vec![b' '; ENTRY_BLOCK as usize];
-            File::create_new(&path)?.write_all(&blank)?;
-        }
-        let file = fs::OpenOptions::new().write(true).open(&path)?;
+        let file = match self.entry_spares.take(&path) {
+            true => fs::OpenOptions::new().write(true).open(&path)?,
+            false => {
+                let mut file = File::create_new(&path)?;
+                file.write_all(&[b' '; ENTRY_BLOCK as usize])?;
+                file
+            }
+        };
         File::open(&self.dir)?.sync_all()?;
         Ok(Some(Reserved { path, file }))
     }
@@ -344,13 +347,14 @@ impl Journal {
 /// so the file keeps its size and blocks and only its data needs syncing: the file is returned for
 /// the caller to sync it. Otherwise it is synced whole here. Its name is the caller's to make
 /// durable.
-fn write_in_place(mut file: File, mut bytes: Vec<u8>) -> io::Result<Option<File>> {
+fn write_in_place(file: File, mut bytes: Vec<u8>) -> io::Result<Option<File>> {
+    use std::os::unix::fs::FileExt;
     if bytes.len() as u64 <= ENTRY_BLOCK && file.metadata()?.len() == ENTRY_BLOCK {
         bytes.resize(ENTRY_BLOCK as usize, b' ');
-        file.write_all(&bytes)?;
+        file.write_all_at(&bytes, 0)?;
         return Ok(Some(file));
     }
-    file.write_all(&bytes)?;
+    file.write_all_at(&bytes, 0)?;
     file.set_len(bytes.len() as u64)?;
     file.sync_all()?;
     Ok(None)
@@ -488,6 +492,19 @@ mod tests {
         journal.recorded("second", &note(), &[None]).unwrap();
         let entries: Vec<Entry> = journal.entries().unwrap().into_iter().flatten().collect();
         assert_eq!(entries[0].outcome, Some(note()));
+    }
+
+    #[test]
+    fn an_entry_reserved_without_a_spare_is_written_over_its_blank_in_place() {
+        let workdir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(workdir.path()).unwrap();
+        let reserved = journal.reserve("k").unwrap().expect("no entry yet");
+        if let Some(syncing) = journal.begin(&entry(), Some(reserved)).unwrap() {
+            syncing.wait().unwrap();
+        }
+        let bytes = fs::read(journal.entry_path("k")).unwrap();
+        assert_eq!(bytes.len() as u64, ENTRY_BLOCK, "the entry is not in place");
+        assert_eq!(parse_entry(&bytes).unwrap(), entry());
     }
 
     #[test]
