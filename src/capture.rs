@@ -31,12 +31,21 @@ pub(crate) struct CappedLog {
 }
 
 impl CappedLog {
-    /// A log at `path` keeping at most about `limit` bytes (half head, half tail).
+    /// A log at `path` keeping at most about `limit` bytes (half head, half tail). A file already
+    /// there (an emptied spare, see [`crate::spare`]) is written over; it is truncated only when it
+    /// is not empty. Opening with `O_TRUNC` would truncate an empty file as well, and ext4 then
+    /// writes the log's data out at its close (the `auto_da_alloc` rule for files truncated to zero
+    /// and written again): a block write started for every request, in the time between two
+    /// handlers, for a file that goes once its outcome is committed.
     pub(crate) fn create(path: &Path, limit: u64) -> io::Result<Self> {
         let head_limit = limit / 2;
         let tail_limit = usize::try_from(limit - head_limit).unwrap_or(usize::MAX);
+        let file = File::options().write(true).create(true).open(path)?;
+        if file.metadata()?.len() > 0 {
+            file.set_len(0)?;
+        }
         Ok(Self {
-            file: File::create(path)?,
+            file,
             head_limit,
             head_written: 0,
             tail_limit,
@@ -137,5 +146,16 @@ mod tests {
         assert!(summary.truncated);
         assert_eq!(summary.bytes, 16);
         assert_eq!(summary.sha256, hex(&Sha256::digest(b"0123456789abcdef")));
+    }
+
+    #[test]
+    fn a_log_written_over_an_older_file_holds_only_the_new_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, b"an older and longer output").unwrap();
+        let mut log = CappedLog::create(&path, 100).unwrap();
+        log.write(b"new").unwrap();
+        log.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
     }
 }
