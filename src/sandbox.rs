@@ -469,7 +469,8 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Kills the processes re-parented to the dispatcher whose environment carries `marker`, and reaps them.
-/// Only the dispatcher's own children are looked at (`/proc/self/task/*/children`), not every process.
+/// Only the dispatcher's own children are looked at, not every process: those of its main thread,
+/// which is where the kernel re-parents orphans (to the subreaper's first live thread, its leader).
 /// Killing one re-parents its own children to the dispatcher, so the search repeats until a pass
 /// finds nothing (a bounded number of times: a chain deeper than that is left to the process group
 /// kill and PR_SET_PDEATHSIG). The same passes reap the escapees, of any run, that already exited.
@@ -500,18 +501,15 @@ fn kill_escapees(marker: &(String, String)) {
     }
 }
 
-/// The children of every thread of the dispatcher.
+/// The children of the dispatcher's main thread. Orphans are re-parented to it (the kernel's
+/// `find_new_reaper` takes the subreaper's first thread that is not exiting, the group leader), and
+/// so are the children of a thread that exits; a handler, the child of the worker thread that
+/// started it, is not an escapee. Reading every thread's list took 30 µs per request.
 fn dispatcher_children() -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|pid| pid.parse().ok())
-                .collect::<Vec<i32>>()
-        })
+    let path = format!("/proc/self/task/{}/children", std::process::id());
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
         .collect()
 }
