@@ -1021,7 +1021,13 @@ impl Daemon {
         if let Some(error) = &outcome.error {
             outcome.error = Some(self.cfg.redactor.redact(error));
         }
-        outcome.record(&self.sync)?;
+        let parent = self.sync.tip();
+        let commit = outcome.record(&self.sync)?;
+        if let Some(parent) = parent {
+            self.inbox
+                .taken_out(&self.sync.repo, parent, commit, &outcome.request_path)
+                .map_err(SyncError::from)?;
+        }
         let rewrite: Vec<Option<&[u8]>> = outcome
             .logs
             .iter()

@@ -54,23 +54,23 @@ impl Inbox {
         tip: Oid,
     ) -> Result<Rc<Vec<InboxEntry>>, git2::Error> {
         let commit = repo.find_commit(tip)?;
-        let Some(tree) = requests_tree(repo, &commit)? else {
+        let Some(tree_id) = requests_tree_id(&commit)? else {
             self.arrivals.clear();
             self.last = None;
             return Ok(Rc::default());
         };
-        if let Some((listed, entries)) = &mut self.last {
-            if *listed == tree.id() {
+        if let Some((listed, entries)) = &self.last {
+            if *listed == tree_id {
                 return Ok(Rc::clone(entries));
             }
+        }
+        let tree = repo.find_tree(tree_id)?;
+        if let Some((listed, _)) = &self.last {
             if let Some(gone) = only_removed(&repo.find_tree(*listed)?, &tree) {
-                for key in &gone {
-                    self.arrivals.remove(key);
-                }
-                let gone: HashSet<(String, Oid)> = gone.into_iter().collect();
-                Rc::make_mut(entries).retain(|e| !gone.contains(&(e.name.clone(), e.oid)));
-                *listed = tree.id();
-                return Ok(Rc::clone(entries));
+                let gone: HashSet<(&str, Oid)> =
+                    gone.iter().map(|(n, o)| (n.as_str(), *o)).collect();
+                self.take_out(tree_id, |e| gone.contains(&(e.name.as_str(), e.oid)));
+                return Ok(Rc::clone(&self.last.as_ref().expect("listed above").1));
             }
         }
         let present: Vec<(String, Oid, EntryType)> = tree
@@ -110,6 +110,49 @@ impl Inbox {
         let entries = Rc::new(entries);
         self.last = Some((tree.id(), Rc::clone(&entries)));
         Ok(entries)
+    }
+
+    /// Notes that `commit`, made by this dispatcher on `parent`, took the entry at `path` out of
+    /// `requests/` and changed nothing else there (an outcome commit): the kept listing follows, so
+    /// that the next [`Inbox::list`] reads neither folder. Reading and comparing them took about a
+    /// tenth of the main thread's time on the 1000-request benchmark, whose folder holds 40 KB of
+    /// entries at first. Nothing changes when the listing is of another tree than `parent`'s.
+    pub(crate) fn taken_out(
+        &mut self,
+        repo: &Repository,
+        parent: Oid,
+        commit: Oid,
+        path: &str,
+    ) -> Result<(), git2::Error> {
+        let Some((listed, _)) = &self.last else {
+            return Ok(());
+        };
+        if requests_tree_id(&repo.find_commit(parent)?)? != Some(*listed) {
+            return Ok(());
+        }
+        match requests_tree_id(&repo.find_commit(commit)?)? {
+            Some(after) => self.take_out(after, |e| e.path == path),
+            None => {
+                self.arrivals.clear();
+                self.last = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the entries `gone` picks out of the kept listing, which becomes that of `tree`.
+    fn take_out(&mut self, tree: Oid, gone: impl Fn(&InboxEntry) -> bool) {
+        let Some((listed, entries)) = &mut self.last else {
+            return;
+        };
+        Rc::make_mut(entries).retain(|e| {
+            if gone(e) {
+                self.arrivals.remove(&(e.name.clone(), e.oid));
+                return false;
+            }
+            true
+        });
+        *listed = tree;
     }
 
     /// Commit times have a resolution of one second: requests that arrived in different commits of
@@ -237,13 +280,18 @@ fn requests_tree<'r>(
     repo: &'r Repository,
     commit: &Commit<'r>,
 ) -> Result<Option<Tree<'r>>, git2::Error> {
+    requests_tree_id(commit)?
+        .map(|id| repo.find_tree(id))
+        .transpose()
+}
+
+/// The id of `requests/` at `commit`, without reading the folder.
+fn requests_tree_id(commit: &Commit<'_>) -> Result<Option<Oid>, git2::Error> {
     let tree = commit.tree()?;
-    match tree.get_name(INBOX) {
-        Some(entry) if entry.kind() == Some(git2::ObjectType::Tree) => {
-            Ok(Some(repo.find_tree(entry.id())?))
-        }
-        _ => Ok(None),
-    }
+    Ok(tree
+        .get_name(INBOX)
+        .filter(|entry| entry.kind() == Some(git2::ObjectType::Tree))
+        .map(|entry| entry.id()))
 }
 
 #[cfg(test)]
@@ -323,5 +371,61 @@ mod tests {
         check(tip, &["e.yml"]);
         let tip = commit_inbox(&repo, &[], 500);
         check(tip, &[]);
+    }
+
+    #[test]
+    fn a_listing_told_of_an_outcome_commit_follows_it_without_listing_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let mut kept = Inbox::default();
+        let requests_at = |tip: Oid| requests_tree_id(&repo.find_commit(tip).unwrap()).unwrap();
+        commit_inbox(&repo, &[("a.yml", 1), ("b.yml", 1)], 100);
+        let first = commit_inbox(&repo, &[("a.yml", 1), ("b.yml", 1), ("c.yml", 1)], 200);
+        kept.list(&repo, first).unwrap();
+        // An outcome commit takes `b.yml` out: the listing is of its tree before it is asked for.
+        let second = commit_inbox(&repo, &[("a.yml", 1), ("c.yml", 1)], 300);
+        kept.taken_out(&repo, first, second, "requests/b.yml")
+            .unwrap();
+        assert_eq!(kept.last.as_ref().unwrap().0, requests_at(second).unwrap());
+        assert!(
+            !kept
+                .arrivals
+                .contains_key(&("b.yml".to_owned(), { repo.blob(b"b.yml@1").unwrap() }))
+        );
+        let listed = kept.list(&repo, second).unwrap();
+        let fresh = Inbox::default().list(&repo, second).unwrap();
+        assert_eq!(names(&listed), names(&fresh));
+        assert_eq!(names(&listed).len(), 2);
+        // Told of a commit on another parent than the listed tree's: nothing changes.
+        let third = commit_inbox(&repo, &[("c.yml", 1), ("d.yml", 1)], 400);
+        let fourth = commit_inbox(&repo, &[("d.yml", 1)], 500);
+        kept.taken_out(&repo, third, fourth, "requests/c.yml")
+            .unwrap();
+        assert_eq!(kept.last.as_ref().unwrap().0, requests_at(second).unwrap());
+        let listed = kept.list(&repo, fourth).unwrap();
+        assert_eq!(
+            names(&listed),
+            names(&Inbox::default().list(&repo, fourth).unwrap())
+        );
+        // The last request taken out: the folder goes, and so does the listing.
+        let empty = repo
+            .find_tree(repo.treebuilder(None).unwrap().write().unwrap())
+            .unwrap();
+        let signature = Signature::new("t", "t@example.org", &Time::new(600, 0)).unwrap();
+        let parent = repo.find_commit(fourth).unwrap();
+        let fifth = repo
+            .commit(
+                Some("HEAD"),
+                &signature,
+                &signature,
+                "out",
+                &empty,
+                &[&parent],
+            )
+            .unwrap();
+        kept.taken_out(&repo, fourth, fifth, "requests/d.yml")
+            .unwrap();
+        assert!(kept.last.is_none());
+        assert!(kept.list(&repo, fifth).unwrap().is_empty());
     }
 }
