@@ -40,7 +40,11 @@ impl CappedLog {
     pub(crate) fn create(path: &Path, limit: u64) -> io::Result<Self> {
         let head_limit = limit / 2;
         let tail_limit = usize::try_from(limit - head_limit).unwrap_or(usize::MAX);
-        let file = File::options().write(true).create(true).open(path)?;
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         if file.metadata()?.len() > 0 {
             file.set_len(0)?;
         }

@@ -59,19 +59,18 @@ impl Inbox {
             self.last = None;
             return Ok(Rc::default());
         };
-        if let Some((listed, entries)) = &self.last {
-            if *listed == tree_id {
-                return Ok(Rc::clone(entries));
-            }
+        if let Some((listed, entries)) = &self.last
+            && *listed == tree_id
+        {
+            return Ok(Rc::clone(entries));
         }
         let tree = repo.find_tree(tree_id)?;
-        if let Some((listed, _)) = &self.last {
-            if let Some(gone) = only_removed(&repo.find_tree(*listed)?, &tree) {
-                let gone: HashSet<(&str, Oid)> =
-                    gone.iter().map(|(n, o)| (n.as_str(), *o)).collect();
-                self.take_out(tree_id, |e| gone.contains(&(e.name.as_str(), e.oid)));
-                return Ok(Rc::clone(&self.last.as_ref().expect("listed above").1));
-            }
+        if let Some((listed, _)) = &self.last
+            && let Some(gone) = only_removed(&repo.find_tree(*listed)?, &tree)
+        {
+            let gone: HashSet<(&str, Oid)> = gone.iter().map(|(n, o)| (n.as_str(), *o)).collect();
+            self.take_out(tree_id, |e| gone.contains(&(e.name.as_str(), e.oid)));
+            return Ok(Rc::clone(&self.last.as_ref().expect("listed above").1));
         }
         let present: Vec<(String, Oid, EntryType)> = tree
             .iter()
