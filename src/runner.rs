@@ -6,7 +6,12 @@
 //!
 //! The slot and the lock are given up as soon as the last attempt's handler is gone, before the
 //! working directory is removed and the report sent: a run the daemon started ahead, waiting for a
-//! slot (see `Daemon::take`), starts its handler meanwhile.
+//! slot (see `Daemon::take`), starts its handler meanwhile. The run that gave the slot up waits for
+//! that start (a few milliseconds at most) before it goes on: its clean-up, and the work its report
+//! sets off on the main thread (the outcome commit, the next request taken ahead, made ready), would
+//! otherwise compete for the processors with the process being started, in the one moment no handler
+//! runs. On the 1000-request benchmark's two cores, the time from the gate's opening to the
+//! handler's execution was 346 µs (median) while they competed.
 
 use std::fs;
 use std::io;
@@ -34,6 +39,8 @@ use crate::snapshot::HandlersDir;
 pub(crate) struct Stop {
     state: Mutex<SlotState>,
     changed: Condvar,
+    /// How many slots there are (`--jobs`).
+    slots: usize,
 }
 
 struct SlotState {
@@ -44,15 +51,33 @@ struct SlotState {
     serving: u64,
     /// Runs waiting in [`Stop::take_slot`].
     waiting: usize,
+    /// Slots held by runs whose handler has not started yet.
+    unstarted: usize,
 }
 
 /// A slot a run holds; given back when dropped, unless the watchdog gave it back already.
-struct Slot<'a>(&'a Stop, &'a InFlight);
+struct Slot<'a> {
+    stop: &'a Stop,
+    in_flight: &'a InFlight,
+    /// Whether the run's handler started (see [`Slot::started`]).
+    started: std::cell::Cell<bool>,
+}
+
+impl Slot<'_> {
+    /// Notes that the run's first handler started: the run that gave up this slot may go on.
+    fn started(&self) {
+        if !self.started.replace(true) {
+            self.stop.lock().unstarted -= 1;
+            self.stop.changed.notify_all();
+        }
+    }
+}
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if self.1.give_back_slot() {
-            self.0.give_back();
+        self.started();
+        if self.in_flight.give_back_slot() {
+            self.stop.give_back();
         }
     }
 }
@@ -66,8 +91,10 @@ impl Stop {
                 issued: 0,
                 serving: 0,
                 waiting: 0,
+                unstarted: 0,
             }),
             changed: Condvar::new(),
+            slots,
         }
     }
 
@@ -124,10 +151,37 @@ impl Stop {
         }
         state.free -= 1;
         state.serving += 1;
+        state.unstarted += 1;
         self.changed.notify_all();
-        Some(Slot(self, in_flight))
+        Some(Slot {
+            stop: self,
+            in_flight,
+            started: std::cell::Cell::new(false),
+        })
+    }
+
+    /// After a run gave its slot up, with one slot (`--jobs 1`): waits, at most `bound`, while the
+    /// run that takes it over has not started its handler yet (see the module's comment). True
+    /// when no run is left waiting to start, false when the bound ran out first. With more slots
+    /// a run does not wait: the other runs' handlers keep the processors busy anyway, and one
+    /// waiting for its resource lock would hold up every run that ends meanwhile.
+    fn let_the_next_start(&self, bound: Duration) -> bool {
+        if self.slots > 1 {
+            return true;
+        }
+        let (state, waited) = self
+            .changed
+            .wait_timeout_while(self.lock(), bound, |s| {
+                !s.requested && (s.unstarted > 0 || (s.waiting > 0 && s.free > 0))
+            })
+            .expect("no thread panics holding it");
+        drop(state);
+        !waited.timed_out()
     }
 }
+
+/// How long a run that gave its slot up waits for the next run's handler to start.
+const NEXT_START_BOUND: Duration = Duration::from_millis(5);
 
 /// Everything a run needs, owned so it can move to the worker thread.
 pub(crate) struct Plan {
@@ -338,6 +392,7 @@ fn run_holding<'p>(
             marker: ("DISPATCH_ID".to_owned(), plan.key.clone()),
             in_flight: &plan.in_flight,
             gate: syncing.as_ref().map(|s| s.gate.as_fd()),
+            on_start: &|| held.slot.as_ref().map_or((), Slot::started),
         });
         // The handler started only once its entry was on disk. When that failed, it never started:
         // the entry goes (a restart runs the request), and the dispatcher cannot go on.
@@ -353,9 +408,10 @@ fn run_holding<'p>(
         };
         let again = attempt.failed() && number < last;
         if !again {
-            // The handler is gone: a run waiting for the slot or the lock starts while this one
+            // The handler is gone: a run waiting for the slot or the lock starts, and then this one
             // cleans up.
             *held = Held::default();
+            let _ = plan.stop.let_the_next_start(NEXT_START_BOUND);
         }
         drop(ready);
         attempts.push(attempt);
@@ -513,6 +569,34 @@ mod tests {
         drop(slot);
         late.join().unwrap();
         assert_eq!(order.iter().take(2).collect::<Vec<_>>(), [first, second]);
+    }
+
+    #[test]
+    fn a_run_that_gave_its_slot_up_waits_for_the_next_handler_to_start_and_no_longer() {
+        let stop = Stop::new(1);
+        let (first, second) = (InFlight::default(), InFlight::default());
+        // Nobody else: no wait.
+        let slot = stop.take_slot(stop.ticket(), &first).expect("a free slot");
+        slot.started();
+        drop(slot);
+        assert!(stop.let_the_next_start(Duration::from_secs(10)));
+        // The next run took the slot and has not started its handler: the wait runs to its bound.
+        let next = stop.take_slot(stop.ticket(), &second).expect("a free slot");
+        let bound = Duration::from_millis(20);
+        let clock = std::time::Instant::now();
+        assert!(!stop.let_the_next_start(bound));
+        assert!(clock.elapsed() >= bound);
+        // It started: no wait; nor after a slot dropped unstarted.
+        next.started();
+        assert!(stop.let_the_next_start(Duration::from_secs(10)));
+        drop(next);
+        let unstarted = stop.take_slot(stop.ticket(), &first).expect("a free slot");
+        drop(unstarted);
+        assert!(stop.let_the_next_start(Duration::from_secs(10)));
+        // With more slots than one, a run never waits.
+        let many = Stop::new(2);
+        let _held = many.take_slot(many.ticket(), &second).expect("a free slot");
+        assert!(many.let_the_next_start(Duration::from_secs(10)));
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub(crate) struct Job<'a> {
     pub in_flight: &'a InFlight,
     /// See [`spawn::Spec::gate`].
     pub gate: Option<BorrowedFd<'a>>,
+    /// Called once the handler has started.
+    pub on_start: &'a dyn Fn(),
 }
 
 /// How the handler's process ended.
@@ -192,6 +194,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     };
     let pid = u32::try_from(child.pid().as_raw()).expect("pids are positive");
     job.in_flight.set(Some((pid, clock)));
+    (job.on_start)();
     crate::failpoint::hit("running");
 
     let mut input = (!job.stdin.is_empty()).then_some((stdin_writer, 0));
