@@ -1130,6 +1130,7 @@ impl Daemon {
                 event("push", None, &format!("pushed {pending} outcome(s)"));
                 self.push_failures = 0;
                 self.unpushed_since = None;
+                self.sync.reopen_if_stale();
                 Ok(())
             }
             Err(e) if e.is_transient() => {

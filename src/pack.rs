@@ -57,6 +57,8 @@ pub(crate) struct Pack {
     pub checksum: [u8; 20],
     pub pack: Vec<u8>,
     pub idx: Vec<u8>,
+    /// Each object's id, offset and entry CRC-32, by id: what the index holds.
+    entries: Vec<(Oid, u64, u32)>,
 }
 
 impl Default for PackWriter {
@@ -200,6 +202,14 @@ impl PackWriter {
 
         let mut sorted = std::mem::take(&mut self.entries);
         sorted.sort_unstable_by_key(|e| e.0);
+        self.start();
+        Pack::new(pack, checksum, sorted)
+    }
+}
+
+impl Pack {
+    /// A pack of `pack`'s bytes (checksum included), with the index of `sorted`.
+    fn new(pack: Vec<u8>, checksum: [u8; 20], sorted: Vec<(Oid, u64, u32)>) -> Self {
         let mut idx = Vec::with_capacity(8 + 1024 + sorted.len() * 28 + 40);
         idx.extend_from_slice(b"\xfftOc\0\0\0\x02");
         let mut fanout = [0u32; 256];
@@ -234,19 +244,62 @@ impl PackWriter {
         idx.extend_from_slice(&checksum);
         let idx_checksum = sha1(&idx);
         idx.extend_from_slice(&idx_checksum);
-        self.start();
         Pack {
             checksum,
             pack,
             idx,
+            entries: sorted,
         }
     }
-}
 
-impl Pack {
+    /// One pack of the objects of `packs`, their entries one after the other as they are: a delta
+    /// names its base by its distance back, and every base is in its delta's pack, so no entry
+    /// changes; only the header's count, the offsets in the index and the checksums are new. `None`
+    /// when two of them hold the same object (an index lists each object once).
+    pub(crate) fn concat(packs: &[&Pack]) -> Option<Pack> {
+        let count: usize = packs.iter().map(|p| p.entries.len()).sum();
+        let body: usize = packs.iter().map(|p| p.pack.len() - 12 - 20).sum();
+        let mut pack = Vec::with_capacity(12 + body + 20);
+        pack.extend_from_slice(b"PACK\0\0\0\x02");
+        pack.extend_from_slice(&u32::try_from(count).ok()?.to_be_bytes());
+        let mut entries = Vec::with_capacity(count);
+        for part in packs {
+            let shift = pack.len() as u64 - 12;
+            pack.extend_from_slice(&part.pack[12..part.pack.len() - 20]);
+            entries.extend(
+                part.entries
+                    .iter()
+                    .map(|&(oid, at, crc)| (oid, at + shift, crc)),
+            );
+        }
+        entries.sort_unstable_by_key(|e| e.0);
+        if entries.windows(2).any(|w| w[0].0 == w[1].0) {
+            return None;
+        }
+        let checksum = sha1(&pack);
+        pack.extend_from_slice(&checksum);
+        Some(Pack::new(pack, checksum, entries))
+    }
     /// The checksum in hex, as Git names pack files.
     fn name(&self) -> Oid {
         Oid::from_bytes(&self.checksum).expect("a SHA-1 is 20 bytes")
+    }
+
+    /// The ids of the objects in this pack.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = Oid> + '_ {
+        self.entries.iter().map(|e| e.0)
+    }
+
+    /// Removes this pack's files from `pack_dir`, index first, as `git repack -d` does.
+    pub(crate) fn remove_from(&self, pack_dir: &Path) -> io::Result<()> {
+        let name = format!("pack-{}", self.name());
+        for ext in ["idx", "pack"] {
+            match fs::remove_file(pack_dir.join(format!("{name}.{ext}"))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Writes the pack and then its index into `pack_dir` (`objects/pack` of a repository), each
@@ -412,5 +465,67 @@ mod tests {
         for (oid, bytes) in expected {
             assert_eq!(odb.read(oid).unwrap().data(), &bytes[..], "{oid}");
         }
+    }
+
+    /// Two packs, each with a delta on a base of its own, merged: Git indexes the merged pack as
+    /// we do, and every object reads back; packs that share an object are not merged.
+    #[test]
+    fn packs_merged_into_one_are_indexed_by_git_as_here_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let mut writer = PackWriter::default();
+        let mut expected = Vec::new();
+        let mut parts = Vec::new();
+        for round in 0..2u8 {
+            let base: Vec<u8> = (0..5000u32).map(|i| (i * 13 % 251) as u8 ^ round).collect();
+            let base_oid = Oid::hash_object(ObjectType::Blob, &base).unwrap();
+            writer.add(base_oid, ObjectType::Blob, &base);
+            let mut made = base[..4000].to_vec();
+            made.extend_from_slice(&[round; 40]);
+            let pieces = [
+                Piece::Copy {
+                    start: 0,
+                    len: 4000,
+                },
+                Piece::Insert(vec![round; 40]),
+            ];
+            let oid = Oid::hash_object(ObjectType::Blob, &made).unwrap();
+            assert!(writer.add_delta(oid, base_oid, base.len(), &pieces, made.len()));
+            let note = format!("note {round}\n").into_bytes();
+            let note_oid = Oid::hash_object(ObjectType::Blob, &note).unwrap();
+            writer.add(note_oid, ObjectType::Blob, &note);
+            expected.extend([(base_oid, base), (oid, made), (note_oid, note)]);
+            parts.push(writer.finish());
+        }
+        let merged = Pack::concat(&[&parts[0], &parts[1]]).expect("no object in both");
+        assert_eq!(merged.ids().count(), 6);
+
+        let pack_dir = dir.path().join("objects").join("pack");
+        merged.write_to(&pack_dir).unwrap();
+        let git_idx = dir.path().join("git.idx");
+        let status = Command::new("git")
+            .arg("index-pack")
+            .arg("-o")
+            .arg(&git_idx)
+            .arg(pack_dir.join(format!("pack-{}.pack", merged.name())))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(fs::read(git_idx).unwrap(), merged.idx);
+        let odb = repo.odb().unwrap();
+        odb.refresh().unwrap();
+        for (oid, bytes) in expected {
+            assert_eq!(odb.read(oid).unwrap().data(), &bytes[..], "{oid}");
+        }
+        merged.remove_from(&pack_dir).unwrap();
+        assert_eq!(fs::read_dir(&pack_dir).unwrap().count(), 0);
+
+        let shared = b"the same in both\n";
+        let shared_oid = Oid::hash_object(ObjectType::Blob, shared).unwrap();
+        writer.add(shared_oid, ObjectType::Blob, shared);
+        let first = writer.finish();
+        writer.add(shared_oid, ObjectType::Blob, shared);
+        let second = writer.finish();
+        assert!(Pack::concat(&[&first, &second]).is_none());
     }
 }

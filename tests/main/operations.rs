@@ -499,6 +499,114 @@ fn sigkill_while_a_run_waits_for_its_slot_leaves_that_request_to_run_after_the_r
     assert_journal_empty(&world);
 }
 
+/// The `.pack` files in `objects/pack` of the repository at `git_dir`.
+fn packs(git_dir: &std::path::Path) -> Vec<String> {
+    fs::read_dir(git_dir.join("objects").join("pack"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".pack"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Pack files the process `pid` keeps open although they were removed.
+fn removed_packs_open(pid: u32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|fd| fs::read_link(fd.path()).ok())
+                .map(|target| target.to_string_lossy().into_owned())
+                .filter(|target| target.contains("pack-") && target.ends_with("(deleted)"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn outcomes_written_out_in_many_packs_reach_the_remote_as_one_per_push_and_no_removed_pack_stays_open()
+ {
+    let world = World::new().build();
+    // 600 KB of log each: every outcome is written out in a pack of its own before a push.
+    add_kinds(
+        &world,
+        &[(
+            "loud",
+            "#!/bin/sh
+head -c 600000 /dev/zero | tr '\\0' x\n",
+            "",
+        )],
+    );
+    let files: Vec<(String, &[u8])> = (1..=6)
+        .map(|i| (format!("loud-{i}.yml"), b"kind: loud\n".as_slice()))
+        .collect();
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    world.submit_many(&files);
+    let before = packs(&world.remote).len();
+
+    let mut dispatcher = world.spawn(world.run_command(
+        world.remote_arg(),
+        &["--jobs", "1", "--poll-interval", "200ms"],
+    ));
+    let pushed = wait_until(DEADLINE, || {
+        (1..=6).all(|i| remote_has(&world, &processed(&format!("loud-{i}"), "status.json")))
+            || !dispatcher.running()
+    });
+    assert!(
+        pushed && dispatcher.running(),
+        "the outcomes were not pushed: {}",
+        dispatcher.output_so_far()
+    );
+    let mut open = Vec::new();
+    let released = wait_until(Duration::from_secs(10), || {
+        open = removed_packs_open(dispatcher.pid());
+        open.is_empty()
+    });
+    assert!(
+        released,
+        "the dispatcher keeps removed packs open: {open:?}\n{}",
+        dispatcher.output_so_far()
+    );
+    dispatcher.terminate();
+    let out = dispatcher.wait(DEADLINE);
+    out.assert_exit(0);
+
+    let log = out.all_output();
+    let pushes: Vec<usize> = log
+        .lines()
+        .filter_map(|l| l.split("pushed ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(pushes.iter().sum::<usize>(), 6, "{log}");
+    assert!(
+        pushes.iter().any(|&n| n >= 2),
+        "no push carried several outcomes, so nothing was merged: {log}"
+    );
+    assert_eq!(
+        packs(&world.remote).len(),
+        before + pushes.len(),
+        "the remote did not gain one pack per push: {log}"
+    );
+    for git_dir in [world.remote.clone(), world.work.join("repo.git")] {
+        let fsck = git_command(&world.home, &world.root)
+            .arg("--git-dir")
+            .arg(&git_dir)
+            .args(["fsck", "--strict", "--no-dangling"])
+            .output()
+            .expect("spawn git fsck");
+        assert!(
+            fsck.status.success(),
+            "git fsck in {}: {}",
+            git_dir.display(),
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+    }
+    let clone = world.fresh_clone();
+    for i in 1..=6 {
+        assert_eq!(clone.status(&format!("loud-{i}"))["state"], "succeeded");
+    }
+}
+
 fn sigterm_during_a_run(args: &[&str]) -> (World, crate::support::RunOutput) {
     let world = World::new().build();
     add_kinds(&world, &[("gated", &gated_handler(&world), "")]);
