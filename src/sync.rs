@@ -20,7 +20,7 @@ use git2::{
 };
 use thiserror::Error;
 
-use crate::pack::{Pack, PackWriter};
+use crate::pack::{Pack, PackFile, PackWriter};
 use crate::tree_edit;
 
 const REMOTE: &str = "origin";
@@ -260,7 +260,7 @@ impl Sync {
         self.staging.in_written.borrow_mut().clear();
     }
 
-    /// Merges the packs written since the last push into one (see [`Pack::concat`]), which then
+    /// Merges the packs written since the last push into one (see [`PackFile::merge`]), which then
     /// replaces them in the workdir and is what a local push copies: each push adds one pack to
     /// the remote and to the workdir, not one per write-out (35 for a push of 500 outcomes on the
     /// benchmark, where the workdir's `git repack` took 0.2 s of a core every 24 and the remote's
@@ -271,12 +271,12 @@ impl Sync {
         if written.len() < 2 {
             return;
         }
-        let parts: Vec<&Pack> = written.iter().map(|w| &w.pack).collect();
-        let Some(merged) = Pack::concat(&parts) else {
+        let parts: Vec<&PackFile> = written.iter().map(|w| &w.pack).collect();
+        let dir = self.path.join("objects").join("pack");
+        let Ok(Some(merged)) = PackFile::merge(&parts, &dir) else {
             return;
         };
-        let dir = self.path.join("objects").join("pack");
-        if merged.write_to(&dir).is_err() || self.repo.odb().and_then(|o| o.refresh()).is_err() {
+        if self.repo.odb().and_then(|o| o.refresh()).is_err() {
             return;
         }
         for part in written.iter() {
@@ -506,7 +506,7 @@ impl Sync {
         match (self.staging.base.get(), self.staging.tip.get()) {
             // One pack of all the commits since the last write-out: a push can copy it.
             (Some(base), Some(tip)) if packs.len() == 1 => {
-                let pack = packs.into_iter().next().expect("one pack");
+                let pack = packs.into_iter().next().expect("one pack").into_file();
                 self.staging.in_written.borrow_mut().extend(pack.ids());
                 self.written
                     .borrow_mut()
@@ -822,8 +822,9 @@ impl Sync {
         }
         if chain(&packs, base, local) {
             let dir = remote.path().join("objects").join("pack");
+            let own = self.path.join("objects").join("pack");
             for written in &packs {
-                written.pack.write_to(&dir).map_err(|e| {
+                written.pack.copy(&own, &dir).map_err(|e| {
                     git2::Error::from_str(&format!(
                         "could not write a pack in `{}`: {e}",
                         dir.display()
@@ -1093,7 +1094,7 @@ fn insert_changed(
 struct WrittenPack {
     base: Oid,
     tip: Oid,
-    pack: Pack,
+    pack: PackFile,
 }
 
 /// The in-memory object store (libgit2's mempack backend) where outcome commits are made, and what
