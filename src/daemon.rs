@@ -165,6 +165,8 @@ impl Drop for Daemon {
 
 impl Daemon {
     pub(crate) fn open(cfg: RunConfig) -> Result<Self, DaemonError> {
+        // libgit2 initialises meanwhile (see `configure_libgit2`); `Sync::open` waits for it.
+        std::thread::spawn(crate::sync::configure_libgit2);
         // Created with explicit modes, whatever the umask: the workdir (the bare clone, the journal,
         // captured output) is the dispatcher's alone; the lock directory is readable by the admins
         // and cron jobs that take the same locks, writable by the dispatcher only.

@@ -194,7 +194,11 @@ impl Sync {
         } else {
             fs::create_dir_all(path)
                 .map_err(|e| workdir_err(git2::Error::from_str(&e.to_string())))?;
-            let repo = Repository::init_bare(path).map_err(workdir_err)?;
+            // No template: the sample hooks and the rest are of no use in this clone, and copying
+            // them was a sixth of a first start.
+            let mut options = git2::RepositoryInitOptions::new();
+            options.bare(true).external_template(false);
+            let repo = Repository::init_opts(path, &options).map_err(workdir_err)?;
             repo.remote_with_fetch(
                 REMOTE,
                 url,
@@ -681,8 +685,10 @@ impl Sync {
 /// packs in windows of 1 MiB up to 2 MiB in all (the default maps whole packs, up to 8 GiB, and
 /// mapped pages count in the resident memory: 42.9 MiB peak over 100,000 outcomes with the default,
 /// 30.2 with 8 MiB; no more CPU time either), skip re-hashing every object read from our own object
-/// store, and bound how long a silent server can hold a fetch or push.
-fn configure_libgit2() {
+/// store, and bound how long a silent server can hold a fetch or push. The first call also
+/// initialises libgit2, which loads the system's CA certificates for HTTPS whatever the remote
+/// (about 20 ms, a third of a first start): `Daemon::open` makes it on a thread of its own.
+pub(crate) fn configure_libgit2() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         git2::opts::strict_hash_verification(false);
