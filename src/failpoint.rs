@@ -6,8 +6,10 @@
 //! its handler not started), `running` (the handler runs), `recorded` (an outcome is committed
 //! in memory, not written out), `committed` (outcomes are written out to the workdir, not pushed), `push` (the remote has updated its ref, the push has not returned).
 //! One stage hangs instead of dying: `stuck` (a run's worker never reports after its handler ended),
-//! for the stale-run watchdog. Two fail instead: `write-pack` (writing a pack of outcomes fails, as
-//! on a full disk) and `sync-entry` (syncing a run's first journal entry fails).
+//! for the stale-run watchdog. Three fail instead: `write-pack` (writing a pack of outcomes fails, as
+//! on a full disk), `sync-entry` (syncing a run's first journal entry fails) and `copy-pack` (a pack
+//! of outcomes is gone from the workdir when a push to a local path copies it, as after a `git
+//! repack` that merged it meanwhile).
 
 /// Dies here if the fail point `stage` is armed.
 #[inline]

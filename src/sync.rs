@@ -826,17 +826,25 @@ impl Sync {
         if remote.refname_to_id(&refname).ok() != Some(base) {
             return Err(rejected("fetch first: the remote moved".to_owned()));
         }
-        if chain(&packs, base, local) {
-            let dir = remote.path().join("objects").join("pack");
-            let own = self.path.join("objects").join("pack");
-            for written in &packs {
-                written.pack.copy(&own, &dir).map_err(|e| {
-                    git2::Error::from_str(&format!(
-                        "could not write a pack in `{}`: {e}",
-                        dir.display()
-                    ))
-                })?;
-            }
+        // The packs are copied from the workdir, where a `git repack` that started before one of
+        // them was written may have merged it away meanwhile: the walk does then.
+        let dir = remote.path().join("objects").join("pack");
+        let own = self.path.join("objects").join("pack");
+        let copied = chain(&packs, base, local)
+            && packs
+                .iter()
+                .all(|written| match copy_pack(&written.pack, &own, &dir) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                    Err(e) => {
+                        crate::log::say(&format!(
+                            "could not copy a pack into `{}` ({e}); copying its objects instead",
+                            dir.display()
+                        ));
+                        false
+                    }
+                    Ok(()) => true,
+                });
+        if copied {
             remote.odb()?.refresh()?;
         } else {
             copy_objects(&self.repo, remote, local, base)?;
@@ -985,6 +993,14 @@ fn chain(packs: &[WrittenPack], base: Oid, tip: Oid) -> bool {
         at = pack.tip;
     }
     at == tip
+}
+
+/// [`PackFile::copy`], or the fail point `copy-pack`: the pack is gone.
+fn copy_pack(pack: &PackFile, from: &Path, to: &Path) -> std::io::Result<()> {
+    match crate::failpoint::fails("copy-pack") {
+        true => Err(std::io::ErrorKind::NotFound.into()),
+        false => pack.copy(from, to),
+    }
 }
 
 /// How many packs the repository at `git_dir` holds.

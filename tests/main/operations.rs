@@ -524,25 +524,56 @@ fn removed_packs_open(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
-fn outcomes_written_out_in_many_packs_reach_the_remote_as_one_per_push_and_no_removed_pack_stays_open()
- {
+/// A world with `count` requests `loud-<i>` whose handler prints 600 KB: every outcome is written
+/// out in a pack of its own before a push.
+fn loud_world(count: usize) -> World {
     let world = World::new().build();
-    // 600 KB of log each: every outcome is written out in a pack of its own before a push.
-    add_kinds(
-        &world,
-        &[(
-            "loud",
-            "#!/bin/sh
-head -c 600000 /dev/zero | tr '\\0' x\n",
-            "",
-        )],
-    );
-    let files: Vec<(String, &[u8])> = (1..=6)
+    let loud = "#!/bin/sh\nhead -c 600000 /dev/zero | tr '\\0' x\n";
+    add_kinds(&world, &[("loud", loud, "")]);
+    let files: Vec<(String, &[u8])> = (1..=count)
         .map(|i| (format!("loud-{i}.yml"), b"kind: loud\n".as_slice()))
         .collect();
     let files: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), *b)).collect();
     world.submit_many(&files);
+    world
+}
+
+/// `git fsck --strict` passes in the repository at `git_dir`.
+fn assert_fsck(world: &World, git_dir: &std::path::Path) {
+    let fsck = git_command(&world.home, &world.root)
+        .arg("--git-dir")
+        .arg(git_dir)
+        .args(["fsck", "--strict", "--no-dangling"])
+        .output()
+        .expect("spawn git fsck");
+    assert!(
+        fsck.status.success(),
+        "git fsck in {}: {}",
+        git_dir.display(),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
+#[test]
+fn a_pack_gone_from_the_workdir_before_its_push_is_pushed_by_its_objects() {
+    // The fail point makes every pack of outcomes missing when a push to the local remote copies
+    // it from the workdir, as after a `git repack` that merged it meanwhile: the push copies the
+    // objects the new commits add instead.
+    let world = loud_world(4);
+    let mut cmd = world.run_command(world.remote_arg(), &["--until-empty", "--jobs", "1"]);
+    cmd.env("GIT_DISPATCH_FAILPOINT", "copy-pack");
+    world.output(cmd).assert_exit(0);
+    assert_fsck(&world, &world.remote);
+    let clone = world.fresh_clone();
+    for i in 1..=4 {
+        assert_eq!(clone.status(&format!("loud-{i}"))["state"], "succeeded");
+    }
+}
+
+#[test]
+fn outcomes_written_out_in_many_packs_reach_the_remote_as_one_per_push_and_no_removed_pack_stays_open()
+ {
+    let world = loud_world(6);
     let before = packs(&world.remote).len();
 
     let mut dispatcher = world.spawn(world.run_command(
@@ -587,20 +618,8 @@ head -c 600000 /dev/zero | tr '\\0' x\n",
         before + pushes.len(),
         "the remote did not gain one pack per push: {log}"
     );
-    for git_dir in [world.remote.clone(), world.work.join("repo.git")] {
-        let fsck = git_command(&world.home, &world.root)
-            .arg("--git-dir")
-            .arg(&git_dir)
-            .args(["fsck", "--strict", "--no-dangling"])
-            .output()
-            .expect("spawn git fsck");
-        assert!(
-            fsck.status.success(),
-            "git fsck in {}: {}",
-            git_dir.display(),
-            String::from_utf8_lossy(&fsck.stderr)
-        );
-    }
+    assert_fsck(&world, &world.remote);
+    assert_fsck(&world, &world.work.join("repo.git"));
     let clone = world.fresh_clone();
     for i in 1..=6 {
         assert_eq!(clone.status(&format!("loud-{i}"))["state"], "succeeded");
