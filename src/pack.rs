@@ -11,7 +11,7 @@
 //!
 //! The formats are Git's pack version 2 and pack index version 2 (`gitformat-pack(5)`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -51,6 +51,10 @@ pub(crate) struct PackWriter {
     deflate: Compress,
     /// Level 0: stored blocks, for small trees and deltas (see [`STORE_BELOW`]).
     store: Compress,
+    /// The objects of the packs finished since [`PackWriter::forget_finished`]: not added again,
+    /// so that those packs can be merged into one (see [`PackFile::merge`]), whose index lists each
+    /// object once (two handlers that print the same thing make the same log blob).
+    finished: HashSet<Oid>,
 }
 
 /// A finished pack and its index.
@@ -70,6 +74,7 @@ impl Default for PackWriter {
             at: HashMap::new(),
             deflate: Compress::new(Compression::fast(), true),
             store: Compress::new(Compression::none(), true),
+            finished: HashSet::new(),
         };
         writer.start();
         writer
@@ -88,8 +93,14 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
+    /// Whether `oid` is in this pack or in one finished since [`PackWriter::forget_finished`].
     pub(crate) fn contains(&self, oid: Oid) -> bool {
-        self.at.contains_key(&oid)
+        self.at.contains_key(&oid) || self.finished.contains(&oid)
+    }
+
+    /// Forgets the packs finished so far: their objects may be added again.
+    pub(crate) fn forget_finished(&mut self) {
+        self.finished.clear();
     }
 
     /// Adds an object whole.
@@ -203,6 +214,7 @@ impl PackWriter {
 
         let mut sorted = std::mem::take(&mut self.entries);
         sorted.sort_unstable_by_key(|e| e.0);
+        self.finished.extend(sorted.iter().map(|e| e.0));
         self.start();
         Pack::new(pack, checksum, sorted)
     }
@@ -250,11 +262,6 @@ pub(crate) struct PackFile {
 }
 
 impl PackFile {
-    /// The ids of the objects in this pack.
-    pub(crate) fn ids(&self) -> impl Iterator<Item = Oid> + '_ {
-        self.entries.iter().map(|e| e.0)
-    }
-
     fn path(&self, pack_dir: &Path, ext: &str) -> PathBuf {
         pack_dir.join(format!("{}.{ext}", pack_name(&self.checksum)))
     }
@@ -263,8 +270,9 @@ impl PackFile {
     /// [`Pack::write_to`] writes them.
     pub(crate) fn copy(&self, from: &Path, to: &Path) -> io::Result<()> {
         for ext in ["pack", "idx"] {
-            let name = format!("{}.{ext}", pack_name(&self.checksum));
-            let mut source = fs::File::open(from.join(&name))?;
+            let source = self.path(from, ext);
+            let name = source.file_name().expect("a file name").to_string_lossy();
+            let mut source = fs::File::open(&source)?;
             put(to, &name, |file| io::copy(&mut source, file).map(drop))?;
         }
         Ok(())
@@ -556,7 +564,8 @@ mod tests {
     }
 
     /// Two packs, each with a delta on a base of its own, merged: Git indexes the merged pack as
-    /// we do, and every object reads back; packs that share an object are not merged.
+    /// we do, and every object reads back; the writer does not add an object of a pack it finished
+    /// again, and packs that share an object are not merged.
     #[test]
     fn packs_merged_into_one_are_indexed_by_git_as_here_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -596,7 +605,7 @@ mod tests {
         let merged = PackFile::merge(&[&parts[0], &parts[1]], &pack_dir)
             .unwrap()
             .expect("no object in both");
-        assert_eq!(merged.ids().count(), 6);
+        assert_eq!(merged.entries.len(), 6);
         for part in &parts {
             part.remove_from(&pack_dir).unwrap();
         }
@@ -629,18 +638,25 @@ mod tests {
         merged.remove_from(&pack_dir).unwrap();
         assert_eq!(fs::read_dir(&pack_dir).unwrap().count(), 0);
 
+        // An object of a pack finished since the last `forget_finished` is not added again; once
+        // forgotten, it is, and two packs that hold it are not merged.
         let shared = b"the same in both\n";
         let shared_oid = Oid::hash_object(ObjectType::Blob, shared).unwrap();
-        let mut twice = Vec::new();
-        for _ in 0..2 {
+        let mut packs = Vec::new();
+        for forget in [false, false, true] {
+            if forget {
+                writer.forget_finished();
+            }
             writer.add(shared_oid, ObjectType::Blob, shared);
             let pack = writer.finish();
             pack.write_to(&pack_dir).unwrap();
-            twice.push(pack.into_file());
+            packs.push(pack.into_file());
         }
-        // Both are the same pack here: one file, named by its checksum.
+        assert_eq!(packs[0].entries.len(), 1);
+        assert!(packs[1].entries.is_empty(), "added again before forgetting");
+        assert_eq!(packs[2].entries.len(), 1);
         assert!(
-            PackFile::merge(&[&twice[0], &twice[1]], &pack_dir)
+            PackFile::merge(&[&packs[0], &packs[2]], &pack_dir)
                 .unwrap()
                 .is_none()
         );

@@ -7,7 +7,7 @@
 //! push, never a rewrite of anyone else's commit).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -261,7 +261,7 @@ impl Sync {
     /// Forgets the packs written since the last push: a push walks the commits instead.
     fn forget_written(&self) {
         self.written.borrow_mut().clear();
-        self.staging.in_written.borrow_mut().clear();
+        self.staging.pack.borrow_mut().forget_finished();
     }
 
     /// Merges the packs written since the last push into one (see [`PackFile::merge`]), which then
@@ -511,7 +511,6 @@ impl Sync {
             // One pack of all the commits since the last write-out: a push can copy it.
             (Some(base), Some(tip)) if packs.len() == 1 => {
                 let pack = packs.into_iter().next().expect("one pack").into_file();
-                self.staging.in_written.borrow_mut().extend(pack.ids());
                 self.written
                     .borrow_mut()
                     .push(WrittenPack { base, tip, pack });
@@ -614,7 +613,7 @@ impl Sync {
         self.merge_written();
         // Whatever this push does with them, the packs written so far are its business only.
         let packs = self.written.take();
-        self.staging.in_written.borrow_mut().clear();
+        self.staging.pack.borrow_mut().forget_finished();
         let Some(local) = self.tip() else {
             return Ok(());
         };
@@ -827,23 +826,14 @@ impl Sync {
             return Err(rejected("fetch first: the remote moved".to_owned()));
         }
         // The packs are copied from the workdir, where a `git repack` that started before one of
-        // them was written may have merged it away meanwhile: the walk does then.
+        // them was written may have merged it away meanwhile: the walk does then (and reports what
+        // it cannot do).
         let dir = remote.path().join("objects").join("pack");
         let own = self.path.join("objects").join("pack");
         let copied = chain(&packs, base, local)
             && packs
                 .iter()
-                .all(|written| match copy_pack(&written.pack, &own, &dir) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                    Err(e) => {
-                        crate::log::say(&format!(
-                            "could not copy a pack into `{}` ({e}); copying its objects instead",
-                            dir.display()
-                        ));
-                        false
-                    }
-                    Ok(()) => true,
-                });
+                .all(|written| copy_pack(&written.pack, &own, &dir).is_ok());
         if copied {
             remote.odb()?.refresh()?;
         } else {
@@ -1134,10 +1124,6 @@ struct Staging {
     pack: RefCell<PackWriter>,
     /// Packs finished but not on disk yet (their writing failed).
     pending: RefCell<Vec<Pack>>,
-    /// The objects of the packs written since the last push (`Sync::written`): not packed again,
-    /// so that those packs can be merged into one, whose index lists each object once (two
-    /// handlers that print the same thing make the same log blob).
-    in_written: RefCell<HashSet<Oid>>,
     /// The trees stored whole in that pack and large enough to be worth a delta, with their bytes;
     /// and for each tree in it, the whole one it is a delta of (itself when whole).
     whole: RefCell<HashMap<Oid, tree_edit::Parsed>>,
@@ -1184,7 +1170,6 @@ impl Staging {
             backend,
             pack: RefCell::new(PackWriter::default()),
             pending: RefCell::new(Vec::new()),
-            in_written: RefCell::new(HashSet::new()),
             whole: RefCell::new(HashMap::new()),
             delta_of: RefCell::new(HashMap::new()),
             tip: Cell::new(None),
@@ -1211,10 +1196,10 @@ impl Staging {
     /// of versions took 13 MiB more of the heap on the 1000-request bench.
     fn put_tree(&self, tree: &tree_edit::NewTree) -> Result<(), git2::Error> {
         self.to_mempack(tree.oid, ObjectType::Tree, &tree.bytes)?;
-        if self.in_written.borrow().contains(&tree.oid) {
+        let mut pack = self.pack.borrow_mut();
+        if pack.contains(tree.oid) {
             return Ok(());
         }
-        let mut pack = self.pack.borrow_mut();
         let mut delta_of = self.delta_of.borrow_mut();
         let mut whole = self.whole.borrow_mut();
         let root = tree.base.and_then(|base| delta_of.get(&base).copied());
@@ -1235,9 +1220,7 @@ impl Staging {
 
     fn insert(&self, oid: Oid, kind: ObjectType, bytes: &[u8]) -> Result<(), git2::Error> {
         self.to_mempack(oid, kind, bytes)?;
-        if !self.in_written.borrow().contains(&oid) {
-            self.pack.borrow_mut().add(oid, kind, bytes);
-        }
+        self.pack.borrow_mut().add(oid, kind, bytes);
         Ok(())
     }
 
