@@ -2,11 +2,12 @@
 //! `run --until-empty`, as one commit that moves it to `processed/` with its status file and log; handler
 //! failures and timeouts are outcomes too; the inbox is drained first in, first out.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::support::{
     DEFAULT_INDEX, GitDaemon, World, add_kinds, instant_key, log_file, processed, sha256_hex,
-    utc_rfc3339,
+    utc_rfc3339, wait_until,
 };
 
 const HELLO: &str = "kind: echo\nparams:\n  name: world\n";
@@ -364,15 +365,7 @@ fn pushes_to_a_local_path_remote_are_merged_by_gc_auto_and_pass_fsck() {
         world.submitter.git(&full)
     };
     git_dir(&remote, &["config", "gc.autoPackLimit", "2"]);
-    let packs = || {
-        std::fs::read_dir(world.remote.join("objects/pack"))
-            .expect("the remote's pack folder")
-            .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "pack"))
-            })
-            .count()
-    };
+    let packs = || pack_count(&world.remote);
     for round in 1..=4 {
         submit_echoes(&world, (1..=5).map(|i| format!("g{round}-{i}.yml")));
         world.run(&[]).assert_exit(0);
@@ -390,6 +383,17 @@ fn pushes_to_a_local_path_remote_are_merged_by_gc_auto_and_pass_fsck() {
         workdir.to_str().expect("UTF-8 path"),
         &["fsck", "--no-progress", "--connectivity-only"],
     );
+}
+
+/// How many packs the repository at `git_dir` holds.
+fn pack_count(git_dir: &Path) -> usize {
+    std::fs::read_dir(git_dir.join("objects/pack"))
+        .expect("the pack folder")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        })
+        .count()
 }
 
 /// Submits one `echo` request per name in one commit.
@@ -448,25 +452,38 @@ fn workdir_holds_outcomes_in_merged_packs_and_no_loose_objects() {
     );
 }
 
-#[test]
-fn outcomes_written_out_between_pushes_reach_a_local_path_remote_whole() {
-    // Outcomes in memory are written out every 1 MiB of logs and trees even when no push is due, so
-    // a push then copies a chain of packs: four 600 KB logs make at least two of them.
+/// A world with the requests `big-1` .. `big-<count>`, whose handler prints 600 KB: each outcome
+/// is written out in a pack of its own (every 512 KiB of logs and trees), whatever the pushes.
+fn big_world(count: usize) -> World {
     let world = World::new().build();
-    add_kinds(
-        &world,
-        &[(
-            "big",
-            "#!/bin/sh\nhead -c 600000 /dev/zero | tr '\\0' x\n",
-            "",
-        )],
-    );
-    let names: Vec<String> = (1..=4).map(|i| format!("big-{i}.yml")).collect();
+    let big = "#!/bin/sh\nhead -c 600000 /dev/zero | tr '\\0' x\n";
+    add_kinds(&world, &[("big", big, "")]);
+    let names: Vec<String> = (1..=count).map(|i| format!("big-{i}.yml")).collect();
     let files: Vec<(&str, &[u8])> = names
         .iter()
         .map(|name| (name.as_str(), b"kind: big\n".as_slice()))
         .collect();
     world.submit_many(&files);
+    world
+}
+
+/// `git fsck --strict` in the repository at `git_dir` (the world's helper fails on an error).
+fn fsck(world: &World, git_dir: &Path) {
+    let git_dir = git_dir.to_str().expect("UTF-8 path");
+    world.submitter.git(&[
+        "--git-dir",
+        git_dir,
+        "fsck",
+        "--strict",
+        "--no-progress",
+        "--no-dangling",
+    ]);
+}
+
+#[test]
+fn outcomes_written_out_between_pushes_reach_a_local_path_remote_whole() {
+    // A push then merges a chain of packs into one: four 600 KB logs make four of them.
+    let world = big_world(4);
     world.run(&[]).assert_exit(0);
 
     let clone = world.fresh_clone();
@@ -478,16 +495,97 @@ fn outcomes_written_out_between_pushes_reach_a_local_path_remote_whole() {
             .expect("the log is committed");
         assert_eq!(log.len(), 600_000, "`{key}`'s log");
     }
+    fsck(&world, &world.remote);
+    fsck(&world, &world.work.join("repo.git"));
+}
+
+#[test]
+fn a_pack_gone_from_the_workdir_before_its_push_is_pushed_by_its_objects() {
+    // The fail point makes every pack of outcomes missing when a push to the local remote copies
+    // it from the workdir, as after a `git repack` that merged it meanwhile: the push copies the
+    // objects the new commits add instead.
+    let world = big_world(4);
+    let mut cmd = world.run_command(world.remote_arg(), &["--until-empty", "--jobs", "1"]);
+    cmd.env("GIT_DISPATCH_FAILPOINT", "copy-pack");
+    world.output(cmd).assert_exit(0);
+    fsck(&world, &world.remote);
+    let clone = world.fresh_clone();
+    for i in 1..=4 {
+        assert_eq!(clone.status(&format!("big-{i}"))["state"], "succeeded");
+    }
+}
+
+/// Pack files the process `pid` keeps open although they were removed.
+fn removed_packs_open(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .map(|target| target.to_string_lossy().into_owned())
+                .filter(|target| target.contains("pack-") && target.ends_with("(deleted)"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn outcomes_written_out_in_many_packs_reach_the_remote_as_one_per_push_and_no_removed_pack_stays_open()
+ {
+    let world = big_world(6);
+    let before = pack_count(&world.remote);
     let remote = world.remote_arg().to_owned();
-    world
-        .submitter
-        .git(&["--git-dir", &remote, "fsck", "--strict", "--no-progress"]);
-    let workdir = world.work.join("repo.git");
-    world.submitter.git(&[
-        "--git-dir",
-        workdir.to_str().expect("UTF-8 path"),
-        "fsck",
-        "--no-progress",
-        "--no-dangling",
-    ]);
+    let pushed = |i: usize| {
+        let path = format!("main:{}", processed(&format!("big-{i}"), "status.json"));
+        world
+            .submitter
+            .git_succeeds(&["--git-dir", &remote, "cat-file", "-e", &path])
+    };
+
+    let mut dispatcher = world.spawn(world.run_command(
+        world.remote_arg(),
+        &["--jobs", "1", "--poll-interval", "200ms"],
+    ));
+    let all_pushed = wait_until(Duration::from_secs(40), || {
+        (1..=6).all(pushed) || !dispatcher.running()
+    });
+    assert!(
+        all_pushed && dispatcher.running(),
+        "the outcomes were not pushed: {}",
+        dispatcher.output_so_far()
+    );
+    let mut open = Vec::new();
+    let released = wait_until(Duration::from_secs(10), || {
+        open = removed_packs_open(dispatcher.pid());
+        open.is_empty()
+    });
+    assert!(
+        released,
+        "the dispatcher keeps removed packs open: {open:?}\n{}",
+        dispatcher.output_so_far()
+    );
+    dispatcher.terminate();
+    let out = dispatcher.wait(Duration::from_secs(40));
+    out.assert_exit(0);
+
+    let log = out.all_output();
+    let pushes: Vec<usize> = log
+        .lines()
+        .filter_map(|l| l.split("pushed ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(pushes.iter().sum::<usize>(), 6, "{log}");
+    assert!(
+        pushes.iter().any(|&n| n >= 2),
+        "no push carried several outcomes, so nothing was merged: {log}"
+    );
+    assert_eq!(
+        pack_count(&world.remote),
+        before + pushes.len(),
+        "the remote did not gain one pack per push: {log}"
+    );
+    fsck(&world, &world.remote);
+    fsck(&world, &world.work.join("repo.git"));
+    let clone = world.fresh_clone();
+    for i in 1..=6 {
+        assert_eq!(clone.status(&format!("big-{i}"))["state"], "succeeded");
+    }
 }
