@@ -193,6 +193,18 @@ pub struct RunArgs {
     /// lock) [default: the number of CPUs]
     #[arg(long, env = "GIT_DISPATCH_JOBS")]
     pub jobs: Option<usize>,
+
+    /// The priority of the dispatcher's own work (fetches, commits, pushes, clean-up): `normal`, that
+    /// of the handlers (which always keep the dispatcher's starting priority), or `idle`
+    /// (`SCHED_IDLE`: it yields the processors to the handlers and to every other process; for a
+    /// host that runs little else)
+    #[arg(
+        long,
+        env = "GIT_DISPATCH_BOOKKEEPING_PRIORITY",
+        value_enum,
+        default_value = "normal"
+    )]
+    pub bookkeeping_priority: crate::priority::Bookkeeping,
 }
 
 #[derive(Debug, Args)]

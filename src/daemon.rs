@@ -30,6 +30,7 @@ use crate::layout;
 use crate::log::{event, say};
 use crate::metrics::Metrics;
 use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
+use crate::priority::{self, Bookkeeping, Launcher};
 use crate::request::{self, Candidate, Rejection, Request, is_valid_name, request_stem};
 use crate::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::sandbox::{InFlight, Termination};
@@ -108,6 +109,8 @@ pub(crate) struct Summary {
 
 pub(crate) struct Daemon {
     cfg: RunConfig,
+    /// Starts the runs' threads at the priority handlers run at (see `priority`).
+    launcher: Launcher,
     sync: Sync,
     inbox: Inbox,
     snapshot: Option<Snapshot>,
@@ -223,8 +226,10 @@ impl Daemon {
         let jobs = cfg.jobs;
         let now = Instant::now();
         let cfg_poll = cfg.poll_interval;
+        let launcher = Launcher::new().map_err(io_err("could not start a thread"))?;
         Ok(Self {
             cfg,
+            launcher,
             sync,
             inbox: Inbox::default(),
             snapshot: None,
@@ -278,6 +283,15 @@ impl Daemon {
         ));
         if !self.sync.unpushed_commits()?.is_empty() {
             self.unpushed_since = Some(Instant::now());
+        }
+        // From here on, this thread's work (and the `git gc` it starts) yields to the handlers. The
+        // threads made above (signals, the remote's watcher, metrics) keep the starting priority.
+        if self.cfg.bookkeeping == Bookkeeping::Idle
+            && let Err(e) = priority::lower_this_thread()
+        {
+            say(&format!(
+                "warning: could not lower the dispatcher's own work to idle priority: {e}"
+            ));
         }
         loop {
             if watchdog.is_some() {
@@ -929,9 +943,10 @@ impl Daemon {
             ticket: self.stop.ticket(),
             in_flight: Arc::clone(&in_flight),
             request: request.clone(),
+            idle_when_done: self.cfg.bookkeeping == Bookkeeping::Idle,
         };
         let sender = self.sender.clone();
-        runner::spawn(plan, move |report| {
+        runner::spawn(&self.launcher, plan, move |report| {
             let _ = sender.send(Event::Finished(Box::new(report)));
         });
         self.running.insert(

@@ -35,6 +35,7 @@ pub mod log;
 mod metrics;
 mod outcome;
 mod pack;
+mod priority;
 mod replay;
 mod request;
 mod router;

@@ -19,7 +19,6 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
 use std::time::{Duration, SystemTime};
 
 use git2::Oid;
@@ -28,6 +27,7 @@ use thiserror::Error;
 use crate::journal::{self, Journal};
 use crate::lock::{LockError, ResourceLock};
 use crate::outcome::rfc3339;
+use crate::priority::{self, Launcher};
 use crate::request::Request;
 use crate::sandbox::{self, Finished, Identity, InFlight, Job, Limits, SandboxError, Termination};
 use crate::secrets::Redactor;
@@ -210,6 +210,9 @@ pub(crate) struct Plan {
     pub ticket: u64,
     /// The handler process while one runs, for the daemon's watchdog.
     pub in_flight: Arc<InFlight>,
+    /// Whether the run's thread lowers itself to idle priority once its handler is gone for good
+    /// (`--bookkeeping-priority idle`).
+    pub idle_when_done: bool,
 }
 
 /// One attempt's result and where its log was captured.
@@ -257,9 +260,10 @@ impl Plan {
     }
 }
 
-/// Starts the run on a thread of its own; `done` receives the report.
-pub(crate) fn spawn(plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
-    thread::spawn(move || {
+/// Starts the run on a thread of its own, made by `launcher` (so at the priority handlers run at);
+/// `done` receives the report.
+pub(crate) fn spawn(launcher: &Launcher, plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
+    launcher.spawn(move || {
         let mut attempts = Vec::new();
         let (cancelled, fatal) = match run(&plan, &mut attempts) {
             Ok(ran) => (!ran, None),
@@ -412,6 +416,11 @@ fn run_holding<'p>(
             // cleans up.
             *held = Held::default();
             let _ = plan.stop.let_the_next_start(NEXT_START_BOUND);
+            if plan.idle_when_done {
+                // The clean-up and the report are bookkeeping (see `priority`); failing that, they
+                // run as they are.
+                let _ = priority::lower_this_thread();
+            }
         }
         drop(ready);
         attempts.push(attempt);
@@ -535,6 +544,7 @@ fn fresh_dir(path: &Path, user: Option<&Identity>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
+    use std::thread;
 
     use super::*;
 

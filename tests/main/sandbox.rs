@@ -323,3 +323,47 @@ fn handler_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
         "SIGPIPE is ignored in the handler:\n{log}"
     );
 }
+
+#[test]
+fn with_idle_bookkeeping_the_dispatcher_is_lowered_and_its_handlers_are_not() {
+    let world = World::new()
+        .handler(
+            "policy.sh",
+            // Field 41 of `stat` is the scheduling policy: 0 SCHED_OTHER, 5 SCHED_IDLE. The parent's
+            // is that of the dispatcher's main thread.
+            "#!/bin/sh\nset -- $(cat /proc/$$/stat)\necho \"POLICY=${41}\"\nset -- $(cat /proc/$PPID/stat)\necho \"DISPATCHER=$2 ${41}\"\n",
+        )
+        .index(&format!(
+            "{DEFAULT_INDEX}policy:\n  handler: policy.sh\n  timeout: 30s\n"
+        ))
+        .build();
+    let policies = |key: &str| {
+        let log = world
+            .fresh_clone()
+            .read_string(&log_file(key, 1))
+            .expect("the log is committed");
+        (
+            line_value(&log, "POLICY").trim().to_owned(),
+            line_value(&log, "DISPATCHER").trim().to_owned(),
+        )
+    };
+
+    world.submit("normal.yml", "kind: policy\n");
+    world.run(&[]).assert_exit(0);
+    assert_eq!(
+        policies("normal"),
+        ("0".to_owned(), "(git-dispatch) 0".to_owned()),
+        "by default nothing is lowered"
+    );
+
+    world.submit("idle.yml", "kind: policy\n");
+    world
+        .run(&["--bookkeeping-priority", "idle"])
+        .assert_exit(0);
+    assert_eq!(
+        policies("idle"),
+        ("0".to_owned(), "(git-dispatch) 5".to_owned()),
+        "with `--bookkeeping-priority idle` the handler runs under SCHED_OTHER and the \
+         dispatcher's main thread under SCHED_IDLE"
+    );
+}
