@@ -226,7 +226,8 @@ impl Daemon {
         let jobs = cfg.jobs;
         let now = Instant::now();
         let cfg_poll = cfg.poll_interval;
-        let launcher = Launcher::new().map_err(io_err("could not start a thread"))?;
+        let launcher = Launcher::for_bookkeeping(cfg.bookkeeping)
+            .map_err(io_err("could not start a thread"))?;
         Ok(Self {
             cfg,
             launcher,

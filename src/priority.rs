@@ -52,12 +52,23 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Starts threads at the priority of the thread that made it, whatever the priority of the threads
 /// that ask.
-pub(crate) struct Launcher {
-    jobs: mpsc::Sender<Job>,
+pub(crate) enum Launcher {
+    /// Where they are asked for: nothing is lowered.
+    Here,
+    /// On a thread of its own, which starts them.
+    Thread(mpsc::Sender<Job>),
 }
 
 impl Launcher {
-    pub(crate) fn new() -> io::Result<Self> {
+    /// A launcher for `bookkeeping`: a thread of its own when threads will be lowered.
+    pub(crate) fn for_bookkeeping(bookkeeping: Bookkeeping) -> io::Result<Self> {
+        match bookkeeping {
+            Bookkeeping::Normal => Ok(Self::Here),
+            Bookkeeping::Idle => Self::thread(),
+        }
+    }
+
+    fn thread() -> io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("launcher".to_owned())
@@ -72,15 +83,21 @@ impl Launcher {
                     }
                 }
             })?;
-        Ok(Self { jobs })
+        Ok(Self::Thread(jobs))
     }
 
     /// Runs `job` on a thread of its own.
     pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Box::new(job)) {
-            // The launcher is gone (it only ends with the channel): start it here.
-            thread::spawn(job);
-        }
+        let job: Job = Box::new(job);
+        let job = match self {
+            Self::Here => job,
+            Self::Thread(jobs) => match jobs.send(job) {
+                Ok(()) => return,
+                // The launcher is gone (it only ends with the channel): start it here.
+                Err(mpsc::SendError(job)) => job,
+            },
+        };
+        thread::spawn(job);
     }
 }
 
@@ -92,7 +109,7 @@ mod tests {
     fn threads_launched_for_an_idle_thread_keep_the_launchers_priority() {
         let (tx, rx) = mpsc::channel();
         let asked_from_idle = thread::spawn(move || {
-            let launcher = Launcher::new().unwrap();
+            let launcher = Launcher::for_bookkeeping(Bookkeeping::Idle).unwrap();
             lower_this_thread().unwrap();
             let mine = this_thread_policy();
             let tx_launched = tx.clone();
