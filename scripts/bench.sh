@@ -397,29 +397,29 @@ else
     out "1 throughput, starter: skipped (no yq on PATH; the starter needs the Python yq)"
 fi
 
-say "1: git-dispatch on $N requests"
+# throughput NAME WORLD WORK ARGS...: drains a fresh world of N requests at WORLD with `run
+# --until-empty --jobs 1 ARGS` in WORK; prints its rate and its ratio to the starter's, sets ELAPSED
+# and RATE.
+throughput() {
+    local name=$1 world=$2 work=$3
+    shift 3
+    local what="git-dispatch run --until-empty --jobs 1${*:+ $*}"
+    say "1: $what on $N requests"
+    mkworld "$world" "$N"
+    drain "$name" "$world/remote.git" "$work" $((120 + N)) --jobs 1 "$@" || FAILURES=$((FAILURES + 1))
+    check_drained "1 $name" "$world/remote.git" "$N"
+    RATE=$(calc '%.2f' "$N / $ELAPSED")
+    out "1 throughput, $what: $N requests in ${ELAPSED} s = $RATE req/s (incl. its first clone; $CHECK_NOTE)"
+    if [[ -n $STARTER_RATE ]]; then
+        out "1 throughput ratio, $what / starter: $(calc '%.1f' "$RATE / $STARTER_RATE")x [target >= 100x]"
+    fi
+}
 W=$TMP/w1
-mkworld "$W" "$N"
-SAMPLE_RSS=$TMP/rss1.txt drain gd1 "$W/remote.git" "$TMP/work1" $((120 + N)) --jobs 1 || FAILURES=$((FAILURES + 1))
+SAMPLE_RSS=$TMP/rss1.txt throughput gd1 "$W" "$TMP/work1"
 GD_ELAPSED=$ELAPSED
-check_drained "1 git-dispatch" "$W/remote.git" "$N"
-GD_RATE=$(calc '%.2f' "$N / $GD_ELAPSED")
-out "1 throughput, git-dispatch run --until-empty --jobs 1: $N requests in ${GD_ELAPSED} s = $GD_RATE req/s (incl. its first clone; $CHECK_NOTE)"
-if [[ -n $STARTER_RATE ]]; then
-    out "1 throughput ratio git-dispatch/starter: $(calc '%.1f' "$GD_RATE / $STARTER_RATE")x [target >= 100x]"
-fi
-say "1: git-dispatch --bookkeeping-priority idle on $N requests"
-WI=$TMP/w1i
-mkworld "$WI" "$N"
-drain gd1i "$WI/remote.git" "$TMP/work1i" $((120 + N)) --jobs 1 --bookkeeping-priority idle || FAILURES=$((FAILURES + 1))
+throughput gd1i "$TMP/w1i" "$TMP/work1i" --bookkeeping-priority idle
 GDI_ELAPSED=$ELAPSED
-check_drained "1 git-dispatch idle" "$WI/remote.git" "$N"
-GDI_RATE=$(calc '%.2f' "$N / $GDI_ELAPSED")
-out "1 throughput, git-dispatch run --until-empty --jobs 1 --bookkeeping-priority idle: $N requests in ${GDI_ELAPSED} s = $GDI_RATE req/s ($CHECK_NOTE)"
-if [[ -n $STARTER_RATE ]]; then
-    out "1 throughput ratio git-dispatch (idle bookkeeping)/starter: $(calc '%.1f' "$GDI_RATE / $STARTER_RATE")x [target >= 100x]"
-fi
-rm -rf "$WI" "$TMP/work1i"
+rm -rf "$TMP/w1i" "$TMP/work1i"
 read -r PEAK SAMPLES <"$TMP/rss1.txt" || PEAK=0 SAMPLES=0
 out "5 peak RSS of the dispatcher draining $N requests: $(mib "$PEAK") MiB (VmRSS, $SAMPLES samples every 50 ms) [target < 30 MiB]"
 
