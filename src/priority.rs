@@ -5,7 +5,7 @@
 //! bookkeeping (the main thread's fetches, commits and pushes, and a run's clean-up and report once
 //! its handler is gone) runs under `SCHED_IDLE`: it gets a processor whenever a handler does not want
 //! it. A handler woken, or a process it forks, then starts at once instead of waiting for a commit
-//! to finish; on the 1000-request benchmark's two cores this took 10-15 % off the drain. It is not
+//! to finish; on the 1000-request benchmark's two cores this took 8-24 % off the drain. It is not
 //! the default because on a host kept busy by other work the bookkeeping gets almost nothing (200
 //! requests took 134-138 s instead of 1.4-1.7 s beside four busy loops on two cores).
 //!
@@ -88,16 +88,14 @@ impl Launcher {
 
     /// Runs `job` on a thread of its own.
     pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
-        let job: Job = Box::new(job);
-        let job = match self {
-            Self::Here => job,
-            Self::Thread(jobs) => match jobs.send(job) {
-                Ok(()) => return,
-                // The launcher is gone (it only ends with the channel): start it here.
-                Err(mpsc::SendError(job)) => job,
-            },
-        };
-        thread::spawn(job);
+        match self {
+            Self::Here => {
+                thread::spawn(job);
+            }
+            Self::Thread(jobs) => jobs
+                .send(Box::new(job))
+                .expect("the launcher's thread ends only with its channel (or the process)"),
+        }
     }
 }
 
