@@ -194,15 +194,16 @@ pub struct RunArgs {
     #[arg(long, env = "GIT_DISPATCH_JOBS")]
     pub jobs: Option<usize>,
 
-    /// The priority of the dispatcher's own work (fetches, commits, pushes, clean-up): `normal`, that
-    /// of the handlers (which always keep the dispatcher's starting priority), or `idle`
-    /// (`SCHED_IDLE`: it yields the processors to the handlers and to every other process; for a
-    /// host that runs little else)
+    /// The priority of the dispatcher's own work (fetches, commits, pushes, clean-up); handlers
+    /// always keep the dispatcher's starting priority. `auto`: idle (`SCHED_IDLE`, it yields the
+    /// processors to the handlers) while the host has processors to spare, normal for a while once
+    /// it waited too long for one; `idle`: idle however busy the host; `normal`: that of the
+    /// handlers
     #[arg(
         long,
         env = "GIT_DISPATCH_BOOKKEEPING_PRIORITY",
         value_enum,
-        default_value = "normal"
+        default_value = "auto"
     )]
     pub bookkeeping_priority: crate::priority::Bookkeeping,
 }

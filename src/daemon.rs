@@ -1,6 +1,8 @@
 //! The loop: sync -> take -> validate -> route -> lock -> run -> record -> push.
 //!
-//! One thread owns the Git repository and makes every decision; each handler runs on a worker thread
+//! One thread owns the Git repository and makes every decision (the process's first thread, or a
+//! `bookkeeping` thread of its own while that work runs at idle priority: see `priority`, which may
+//! hand it from one to the other between the steps of the loop); each handler runs on a worker thread
 //! of its own and reports back on the event channel, as do the signal thread and the watcher of a
 //! local remote. Outcomes are committed locally as soon as they are known and pushed in batches (at
 //! most [`RunConfig::push_batch`] old while a backlog drains, at once when the queue is idle), so
@@ -15,6 +17,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,7 +33,7 @@ use crate::layout;
 use crate::log::{event, say};
 use crate::metrics::Metrics;
 use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
-use crate::priority::{self, Bookkeeping, Launcher};
+use crate::priority::{self, BackOff, Bookkeeping, Launcher, Starvation, Starved};
 use crate::request::{self, Candidate, Rejection, Request, is_valid_name, request_stem};
 use crate::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::sandbox::{InFlight, Termination};
@@ -107,10 +110,49 @@ pub(crate) struct Summary {
     pub by_state: std::collections::BTreeMap<String, usize>,
 }
 
+/// What the serving loop keeps from one thread's turn to the next.
+struct Serving {
+    /// systemd's watchdog interval, when it watches.
+    watchdog: Option<Duration>,
+    ready_sent: bool,
+}
+
+/// Until when a thread serves, besides the end of the mode.
+enum Until {
+    Done,
+    /// Until a handler runs, not before the instant.
+    Running {
+        not_before: Instant,
+    },
+    /// Until starved (what it waited, once it is), or no handler runs.
+    Starved(Starvation, Option<Starved>),
+}
+
+impl Until {
+    /// Whether the serving thread hands over now; asked between the steps of the loop.
+    fn hand_over(&mut self, handlers_run: bool) -> bool {
+        match self {
+            Self::Done => false,
+            Self::Running { not_before } => handlers_run && Instant::now() >= *not_before,
+            Self::Starved(starvation, starved) => {
+                *starved = starvation.starved();
+                starved.is_some() || !handlers_run
+            }
+        }
+    }
+}
+
+/// `duration` to the millisecond, for a message.
+fn round_ms(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub(crate) struct Daemon {
     cfg: RunConfig,
     /// Starts the runs' threads at the priority handlers run at (see `priority`).
     launcher: Launcher,
+    /// Whether the bookkeeping runs at idle priority now; told to every run.
+    bookkeeping_lowered: Arc<AtomicBool>,
     sync: Sync,
     inbox: Inbox,
     snapshot: Option<Snapshot>,
@@ -231,6 +273,7 @@ impl Daemon {
         Ok(Self {
             cfg,
             launcher,
+            bookkeeping_lowered: Arc::default(),
             sync,
             inbox: Inbox::default(),
             snapshot: None,
@@ -274,8 +317,10 @@ impl Daemon {
                 "metrics on http://{addr}/metrics, health on http://{addr}/healthz"
             ));
         }
-        let watchdog = sd_notify::watchdog_enabled();
-        let mut ready_sent = false;
+        let mut serving = Serving {
+            watchdog: sd_notify::watchdog_enabled(),
+            ready_sent: false,
+        };
         say(&format!(
             "serving `{}` (branch `{}`) from `{}`",
             self.cfg.remote,
@@ -285,30 +330,126 @@ impl Daemon {
         if !self.sync.unpushed_commits()?.is_empty() {
             self.unpushed_since = Some(Instant::now());
         }
-        // From here on, this thread's work (and the `git gc` it starts) yields to the handlers. The
-        // threads made above (signals, the remote's watcher, metrics) keep the starting priority.
-        if self.cfg.bookkeeping == Bookkeeping::Idle
-            && let Err(e) = priority::lower_this_thread()
-        {
+        // From here on, the work is done by a thread of its own while it runs at idle priority (and
+        // the `git gc` it starts with it); this thread, and those made above (signals, the remote's
+        // watcher, metrics), keep the starting priority.
+        let served = match self.cfg.bookkeeping {
+            Bookkeeping::Normal => self.serve_until(&mut serving, &mut Until::Done),
+            Bookkeeping::Idle => self.serve_lowered(&mut serving, &mut Until::Done),
+            Bookkeeping::Auto => self.serve_lowered_while_not_starved(&mut serving),
+        };
+        Ok(served?.expect("`Until::Done`, and `auto`'s loop, end only with the summary"))
+    }
+
+    /// Serves at idle priority, on a thread of its own, until the summary or `until` says to hand
+    /// over. Where the thread cannot be lowered, it serves at normal priority.
+    fn serve_lowered(
+        &mut self,
+        serving: &mut Serving,
+        until: &mut Until,
+    ) -> Result<Option<Summary>, DaemonError> {
+        thread::scope(|scope| {
+            let bookkeeping = thread::Builder::new()
+                .name("bookkeeping".to_owned())
+                .spawn_scoped(scope, || {
+                    if let Err(e) = priority::lower_this_thread() {
+                        say(&format!(
+                            "warning: could not lower the dispatcher's own work to idle priority: \
+                             {e}"
+                        ));
+                        return self.serve_until(serving, &mut Until::Done);
+                    }
+                    if let Until::Starved(starvation, _) = until {
+                        starvation.count_from_here();
+                    }
+                    self.bookkeeping_lowered.store(true, Ordering::Relaxed);
+                    self.metrics.bookkeeping_lowered(true);
+                    let served = self.serve_until(serving, until);
+                    self.bookkeeping_lowered.store(false, Ordering::Relaxed);
+                    self.metrics.bookkeeping_lowered(false);
+                    served
+                })
+                .map_err(io_err("could not start a thread"))?;
+            bookkeeping
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// `--bookkeeping-priority auto`: serves at normal priority while no handler runs (there is
+    /// nothing to yield to), at idle priority while one does, until starved; then at normal priority
+    /// for a while (see `priority::BackOff`).
+    fn serve_lowered_while_not_starved(
+        &mut self,
+        serving: &mut Serving,
+    ) -> Result<Option<Summary>, DaemonError> {
+        if let Err(e) = Starvation::supported() {
             say(&format!(
-                "warning: could not lower the dispatcher's own work to idle priority: {e}"
+                "warning: cannot tell how long a thread waits for a processor ({e}); the \
+                 dispatcher's own work stays at normal priority"
             ));
+            return self.serve_until(serving, &mut Until::Done);
         }
+        let mut back_off = BackOff::default();
+        let mut not_before = Instant::now();
         loop {
-            if watchdog.is_some() {
+            if let Some(summary) = self.serve_until(serving, &mut Until::Running { not_before })? {
+                return Ok(Some(summary));
+            }
+            let mut until = Until::Starved(Starvation::default(), None);
+            if let Some(summary) = self.serve_lowered(serving, &mut until)? {
+                return Ok(Some(summary));
+            }
+            let Until::Starved(_, Some(starved)) = until else {
+                continue;
+            };
+            let normal_for = back_off.next();
+            not_before = Instant::now() + normal_for;
+            event(
+                "bookkeeping",
+                None,
+                &format!(
+                    "the host is busy: waited {} for a processor in {} ({} a turn); the \
+                     dispatcher's own work runs at normal priority for {}",
+                    humantime::format_duration(round_ms(starved.waited)),
+                    humantime::format_duration(round_ms(starved.over)),
+                    humantime::format_duration(round_ms(starved.per_turn())),
+                    humantime::format_duration(normal_for),
+                ),
+            );
+            self.metrics.bookkeeping_starved();
+        }
+    }
+
+    /// The loop, until the mode says to stop (the summary) or `until` says to hand over (none).
+    fn serve_until(
+        &mut self,
+        serving: &mut Serving,
+        until: &mut Until,
+    ) -> Result<Option<Summary>, DaemonError> {
+        loop {
+            if until.hand_over(!self.running.is_empty()) {
+                return Ok(None);
+            }
+            if serving.watchdog.is_some() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
-            if !ready_sent && self.sync.tip().is_some() {
+            if !serving.ready_sent && self.sync.tip().is_some() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                ready_sent = true;
+                serving.ready_sent = true;
             }
             self.handle_pending_events()?;
             if self.shutting_down && self.running.is_empty() {
                 self.flush()?;
-                return Ok(std::mem::take(&mut self.summary));
+                return Ok(Some(std::mem::take(&mut self.summary)));
             }
+            // Each step below leaves its state in `self`: a thread told to hand over between two of
+            // them leaves the rest of the turn to the next one.
             if !self.shutting_down && Instant::now() >= self.next_sync {
                 self.sync_step()?;
+                if until.hand_over(!self.running.is_empty()) {
+                    return Ok(None);
+                }
             }
             if !self.recovered && self.sync.tip().is_some() {
                 self.recover()?;
@@ -320,7 +461,17 @@ impl Daemon {
                 0
             };
             self.waiting = backlog;
-            for report in std::mem::take(&mut self.finished) {
+            if until.hand_over(!self.running.is_empty()) {
+                return Ok(None);
+            }
+            let mut finished = std::mem::take(&mut self.finished).into_iter();
+            while let Some(report) = finished.next() {
+                if until.hand_over(!self.running.is_empty()) {
+                    // This report and those after it come first in the next turn.
+                    self.finished
+                        .splice(0..0, std::iter::once(report).chain(finished));
+                    return Ok(None);
+                }
                 self.finish(report)?;
             }
             self.watchdog()?;
@@ -343,10 +494,10 @@ impl Daemon {
                 };
                 if done {
                     self.flush()?;
-                    return Ok(std::mem::take(&mut self.summary));
+                    return Ok(Some(std::mem::take(&mut self.summary)));
                 }
             }
-            self.wait(watchdog.map(|w| w / 2))?;
+            self.wait(serving.watchdog.map(|w| w / 2))?;
         }
     }
 
@@ -944,7 +1095,7 @@ impl Daemon {
             ticket: self.stop.ticket(),
             in_flight: Arc::clone(&in_flight),
             request: request.clone(),
-            idle_when_done: self.cfg.bookkeeping == Bookkeeping::Idle,
+            bookkeeping_lowered: Arc::clone(&self.bookkeeping_lowered),
         };
         let sender = self.sender.clone();
         runner::spawn(&self.launcher, plan, move |report| {

@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -210,9 +211,9 @@ pub(crate) struct Plan {
     pub ticket: u64,
     /// The handler process while one runs, for the daemon's watchdog.
     pub in_flight: Arc<InFlight>,
-    /// Whether the run's thread lowers itself to idle priority once its handler is gone for good
-    /// (`--bookkeeping-priority idle`).
-    pub idle_when_done: bool,
+    /// Whether the bookkeeping runs at idle priority (see `priority`), read once the handler is
+    /// gone for good: if so, the run's thread lowers itself for its clean-up and report.
+    pub bookkeeping_lowered: Arc<AtomicBool>,
 }
 
 /// One attempt's result and where its log was captured.
@@ -416,7 +417,7 @@ fn run_holding<'p>(
             // cleans up.
             *held = Held::default();
             let _ = plan.stop.let_the_next_start(NEXT_START_BOUND);
-            if plan.idle_when_done {
+            if plan.bookkeeping_lowered.load(Ordering::Relaxed) {
                 // The clean-up and the report are bookkeeping (see `priority`); failing that, they
                 // run as they are.
                 let _ = priority::lower_this_thread();
