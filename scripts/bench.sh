@@ -12,7 +12,7 @@
 #
 # Figures:
 #   1  throughput draining N queued trivial `echo` requests: the starter, git-dispatch --jobs 1 with
-#      its defaults, and again with --bookkeeping-priority idle (its own work at idle priority)
+#      its defaults (--bookkeeping-priority auto), and again with --bookkeeping-priority normal
 #   2  the same handler run N times from a plain shell loop, and git-dispatch's time over that
 #   3  concurrency: 8 `sleep 1` requests on resources r1..r8 with --jobs 8 and --jobs 1
 #   4  idle loop mode (--poll-interval 1s): CPU % of one core and RSS, local path and git daemon
@@ -22,10 +22,13 @@
 #      processed/S/ID.yml, processed/S/ID.status.json and logs/S/ID.log made with git fast-import),
 #      on a workdir that already cloned the history, with the dispatcher's peak RSS; SCALE_ROUNDS
 #      rounds alternate between the two, and the ratio is of the medians
+#   8  a busy host, 2 busy loops (`yes`) per core: BUSY_N requests drained with the defaults and with
+#      --bookkeeping-priority normal; and the busy loops started in the middle of a drain of ONSET_N,
+#      the time until the dispatcher says the host is busy and runs its own work at normal priority
 #
 # --only=7 (or --only=1,2,6 ...) measures those figures alone.
 # Sizes (default / --quick): N 1000/100, idle 60/10 s, HISTORY 100000/10000, SCALE_N 200/100,
-# SCALE_ROUNDS 7/2.
+# SCALE_ROUNDS 7/2, BUSY_N 200/100, ONSET_N 2000/1000.
 # The default takes about 11 minutes on 2 cores (the starter's 1000 requests 3-3.5 minutes, figure
 # 7 at 100,000 and the two 60 s idles most of the rest), --quick about 1 minute (plus the release
 # build when it is not up to date).
@@ -59,9 +62,9 @@ done
 want() { [[ -z $ONLY || $ONLY == *,$1,* || ($1 == 1 && $ONLY == *,2,*) ]]; }
 
 if ((QUICK)); then
-    N=100 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 SCALE_ROUNDS=2 LAT_RUNS=5
+    N=100 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 SCALE_ROUNDS=2 LAT_RUNS=5 BUSY_N=100 ONSET_N=1000
 else
-    N=1000 IDLE_SECS=60 HISTORY=100000 SCALE_N=200 SCALE_ROUNDS=7 LAT_RUNS=5
+    N=1000 IDLE_SECS=60 HISTORY=100000 SCALE_N=200 SCALE_ROUNDS=7 LAT_RUNS=5 BUSY_N=200 ONSET_N=2000
 fi
 # The starter drains the same N requests (the issue compares both "draining 1,000 queued trivial
 # requests ... on the same world"): its time per request grows with the world (each `git` call
@@ -417,8 +420,8 @@ throughput() {
 W=$TMP/w1
 SAMPLE_RSS=$TMP/rss1.txt throughput gd1 "$W" "$TMP/work1"
 GD_ELAPSED=$ELAPSED
-throughput gd1i "$TMP/w1i" "$TMP/work1i" --bookkeeping-priority idle
-GDI_ELAPSED=$ELAPSED
+throughput gd1n "$TMP/w1i" "$TMP/work1i" --bookkeeping-priority normal
+GDN_ELAPSED=$ELAPSED
 rm -rf "$TMP/w1i" "$TMP/work1i"
 read -r PEAK SAMPLES <"$TMP/rss1.txt" || PEAK=0 SAMPLES=0
 out "5 peak RSS of the dispatcher draining $N requests: $(mib "$PEAK") MiB (VmRSS, $SAMPLES samples every 50 ms) [target < 30 MiB]"
@@ -439,7 +442,7 @@ cd "$TMP"
 LOOP_ELAPSED=$(calc '%.3f' "$t1 - $t0")
 out "2 handlers alone: $N x handlers/echo.sh from a shell loop in ${LOOP_ELAPSED} s ($(calc '%.2f' "$LOOP_ELAPSED * 1000 / $N") ms each)"
 out "2 git-dispatch time / handlers alone: ${GD_ELAPSED} s / ${LOOP_ELAPSED} s = $(calc '%.2f' "$GD_ELAPSED / $LOOP_ELAPSED")x [target <= 3x]"
-out "2 git-dispatch --bookkeeping-priority idle time / handlers alone: ${GDI_ELAPSED} s / ${LOOP_ELAPSED} s = $(calc '%.2f' "$GDI_ELAPSED / $LOOP_ELAPSED")x [target <= 3x]"
+out "2 git-dispatch --bookkeeping-priority normal time / handlers alone: ${GDN_ELAPSED} s / ${LOOP_ELAPSED} s = $(calc '%.2f' "$GDN_ELAPSED / $LOOP_ELAPSED")x [target <= 3x]"
 rm -rf "$W" "$TMP/work1"
 
 fi
@@ -666,6 +669,81 @@ for hist in 0 "$HISTORY"; do
     rm -rf "$TMP/scale$hist" "$TMP/work-scale$hist"
 done
 out "7 scale ratio of the medians, ms/request at $HISTORY / at 0: $(calc '%.2f' "${SCALE[$HISTORY]} / ${SCALE[0]}")x [target <= 1.2x]"
+
+fi
+
+# --- 8: a busy host ------------------------------------------------------------------------------
+if want 8; then
+BUSY=$((2 * $(nproc)))
+BUSY_PIDS=()
+busy_start() {
+    local i
+    for ((i = 0; i < BUSY; i++)); do
+        yes >/dev/null &
+        BUSY_PIDS+=("$!")
+        BG_PIDS+=("$!")
+    done
+}
+busy_stop() {
+    local p
+    kill "${BUSY_PIDS[@]}" 2>/dev/null || true
+    for p in "${BUSY_PIDS[@]}"; do
+        wait "$p" 2>/dev/null || true
+        forget "$p"
+    done
+    BUSY_PIDS=()
+}
+busy_drain() { # NAME ARGS...: drains BUSY_N requests beside the busy loops; sets ELAPSED
+    local name=$1
+    shift
+    say "8: $BUSY busy loops, draining $BUSY_N requests${*:+ with $*}"
+    mkworld "$TMP/w8" "$BUSY_N"
+    busy_start
+    drain "$name" "$TMP/w8/remote.git" "$TMP/work8" 600 --jobs 1 "$@" || FAILURES=$((FAILURES + 1))
+    busy_stop
+    check_drained "8 $name" "$TMP/w8/remote.git" "$BUSY_N"
+    rm -rf "$TMP/w8" "$TMP/work8"
+}
+busy_drain busy-auto
+BUSY_AUTO=$ELAPSED
+TOLD=$(grep -m1 'the host is busy' "$TMP/busy-auto.log" || echo "(nothing said)")
+busy_drain busy-normal --bookkeeping-priority normal
+out "8 busy host, $BUSY busy loops on $(nproc) cores, $BUSY_N requests: defaults ${BUSY_AUTO} s, --bookkeeping-priority normal ${ELAPSED} s = $(calc '%.2f' "$BUSY_AUTO / $ELAPSED")x; the defaults said: $TOLD"
+
+say "8: busy loops started in the middle of a drain of $ONSET_N requests"
+mkworld "$TMP/w8" "$ONSET_N"
+settle
+"$BIN" run --until-empty --remote "$TMP/w8/remote.git" --workdir "$TMP/work8" --jobs 1 </dev/null >"$TMP/onset.log" 2>&1 &
+pid=$!
+BG_PIDS+=("$pid")
+# a tenth of the requests done first: the drain is under way, its own work lowered
+for ((i = 0; i < 600; i++)); do
+    (($(grep -c ': succeeded$' "$TMP/onset.log") >= ONSET_N / 10)) && break
+    kill -0 "$pid" 2>/dev/null || break
+    nap 0.05
+done
+busy_start
+t0=$(now)
+t1=
+for ((i = 0; i < 6000; i++)); do
+    if grep -q 'the host is busy' "$TMP/onset.log"; then
+        t1=$(now)
+        break
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    nap 0.01
+done
+wait "$pid" || FAILURES=$((FAILURES + 1))
+forget "$pid"
+busy_stop
+check_drained "8 onset" "$TMP/w8/remote.git" "$ONSET_N"
+if [[ -n $t1 ]]; then
+    out "8 busy loops started in the middle of a drain of $ONSET_N requests: back at normal priority $(calc '%.0f' "($t1 - $t0) * 1000") ms later ($(grep -m1 'the host is busy' "$TMP/onset.log"); $CHECK_NOTE)"
+else
+    out "8 busy loops started in the middle of a drain of $ONSET_N requests: the dispatcher never said the host was busy ($CHECK_NOTE)"
+    FAILURES=$((FAILURES + 1))
+fi
+rm -rf "$TMP/w8" "$TMP/work8"
 
 fi
 
