@@ -120,23 +120,24 @@ struct Serving {
 /// Until when a thread serves, besides the end of the mode.
 enum Until {
     Done,
-    /// Until a handler runs, not before the instant.
-    Running {
+    /// Until what comes next suits idle priority, not before the instant.
+    SuitsIdle {
         not_before: Instant,
     },
-    /// Until starved (what it waited, once it is), or no handler runs.
+    /// Until starved (what it waited, once it is), or what comes next does not suit idle priority.
     Starved(Starvation, Option<Starved>),
 }
 
 impl Until {
-    /// Whether the serving thread hands over now; asked between the steps of the loop.
-    fn hand_over(&mut self, handlers_run: bool) -> bool {
+    /// Whether the serving thread hands over now, given whether what comes next suits idle priority
+    /// (`Daemon::suits_idle`); asked between the steps of the loop.
+    fn hand_over(&mut self, suits_idle: bool) -> bool {
         match self {
             Self::Done => false,
-            Self::Running { not_before } => handlers_run && Instant::now() >= *not_before,
+            Self::SuitsIdle { not_before } => suits_idle && Instant::now() >= *not_before,
             Self::Starved(starvation, starved) => {
                 *starved = starvation.starved();
-                starved.is_some() || !handlers_run
+                starved.is_some() || !suits_idle
             }
         }
     }
@@ -376,9 +377,9 @@ impl Daemon {
         })
     }
 
-    /// `--bookkeeping-priority auto`: serves at normal priority while no handler runs (there is
-    /// nothing to yield to), at idle priority while one does, until starved; then at normal priority
-    /// for a while (see `priority::BackOff`).
+    /// `--bookkeeping-priority auto`: serves at idle priority while a handler runs and no push is
+    /// due (see [`Daemon::suits_idle`]), until starved; otherwise, and for a while once starved
+    /// (see `priority::BackOff`), at normal priority.
     fn serve_lowered_while_not_starved(
         &mut self,
         serving: &mut Serving,
@@ -393,7 +394,9 @@ impl Daemon {
         let mut back_off = BackOff::default();
         let mut not_before = Instant::now();
         loop {
-            if let Some(summary) = self.serve_until(serving, &mut Until::Running { not_before })? {
+            if let Some(summary) =
+                self.serve_until(serving, &mut Until::SuitsIdle { not_before })?
+            {
                 return Ok(Some(summary));
             }
             let mut until = Until::Starved(Starvation::default(), None);
@@ -428,7 +431,7 @@ impl Daemon {
         until: &mut Until,
     ) -> Result<Option<Summary>, DaemonError> {
         loop {
-            if until.hand_over(!self.running.is_empty()) {
+            if until.hand_over(self.suits_idle()) {
                 return Ok(None);
             }
             if serving.watchdog.is_some() {
@@ -447,7 +450,7 @@ impl Daemon {
             // them leaves the rest of the turn to the next one.
             if !self.shutting_down && Instant::now() >= self.next_sync {
                 self.sync_step()?;
-                if until.hand_over(!self.running.is_empty()) {
+                if until.hand_over(self.suits_idle()) {
                     return Ok(None);
                 }
             }
@@ -461,12 +464,12 @@ impl Daemon {
                 0
             };
             self.waiting = backlog;
-            if until.hand_over(!self.running.is_empty()) {
+            if until.hand_over(self.suits_idle()) {
                 return Ok(None);
             }
             let mut finished = std::mem::take(&mut self.finished).into_iter();
             while let Some(report) = finished.next() {
-                if until.hand_over(!self.running.is_empty()) {
+                if until.hand_over(self.suits_idle()) {
                     // This report and those after it come first in the next turn.
                     self.finished
                         .splice(0..0, std::iter::once(report).chain(finished));
@@ -475,6 +478,9 @@ impl Daemon {
                 self.finish(report)?;
             }
             self.watchdog()?;
+            if until.hand_over(self.suits_idle()) {
+                return Ok(None);
+            }
             if self.push_due(backlog) {
                 self.push_step()?;
             }
@@ -1276,6 +1282,14 @@ impl Daemon {
     }
 
     /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window.
+    /// Whether what comes next suits idle priority (see `priority`): a handler runs, to yield to,
+    /// and no push is due. A push (the write-out, the merge of packs, the transfer) is the longest
+    /// step of the loop: started at idle priority on a host that turned busy, one took 5-9 s to end
+    /// beside four busy loops on two cores, and nothing could hand it over meanwhile.
+    fn suits_idle(&self) -> bool {
+        !self.running.is_empty() && !self.push_due(self.waiting)
+    }
+
     fn push_due(&self, backlog: usize) -> bool {
         let Some(since) = self.unpushed_since else {
             return false;
