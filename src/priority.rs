@@ -182,7 +182,8 @@ impl BackOff {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A thread to start: its name, and what it runs.
+type Job = (&'static str, Box<dyn FnOnce() + Send>);
 
 /// Starts threads at the priority of the thread that made it, whatever the priority of the threads
 /// that ask.
@@ -207,11 +208,11 @@ impl Launcher {
         thread::Builder::new()
             .name("launcher".to_owned())
             .spawn(move || {
-                for job in queue {
+                for (name, job) in queue {
                     // As `thread::spawn` would panic where it was asked for, but the asking thread
                     // would never hear of it and wait for the job's report for ever: the dispatcher
                     // stops here (its journal tells the next start what was running).
-                    if let Err(e) = thread::Builder::new().spawn(job) {
+                    if let Err(e) = thread::Builder::new().name(name.to_owned()).spawn(job) {
                         eprintln!("git-dispatch: cannot start a thread: {e}");
                         std::process::abort();
                     }
@@ -220,14 +221,18 @@ impl Launcher {
         Ok(Self::Thread(jobs))
     }
 
-    /// Runs `job` on a thread of its own.
-    pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+    /// Runs `job` on a thread of its own named `name` (a thread without a name would take the name
+    /// of the thread that made it).
+    pub(crate) fn spawn(&self, name: &'static str, job: impl FnOnce() + Send + 'static) {
         match self {
             Self::Here => {
-                thread::spawn(job);
+                thread::Builder::new()
+                    .name(name.to_owned())
+                    .spawn(job)
+                    .expect("failed to spawn thread");
             }
             Self::Thread(jobs) => jobs
-                .send(Box::new(job))
+                .send((name, Box::new(job)))
                 .expect("the launcher's thread ends only with its channel (or the process)"),
         }
     }
@@ -322,7 +327,7 @@ mod tests {
             lower_this_thread().unwrap();
             let mine = this_thread_policy();
             let tx_launched = tx.clone();
-            launcher.spawn(move || {
+            launcher.spawn("launched", move || {
                 tx_launched
                     .send(("launched", this_thread_policy()))
                     .unwrap()

@@ -264,7 +264,7 @@ impl Plan {
 /// Starts the run on a thread of its own, made by `launcher` (so at the priority handlers run at);
 /// `done` receives the report.
 pub(crate) fn spawn(launcher: &Launcher, plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
-    launcher.spawn(move || {
+    launcher.spawn("run", move || {
         let mut attempts = Vec::new();
         let (cancelled, fatal) = match run(&plan, &mut attempts) {
             Ok(ran) => (!ran, None),

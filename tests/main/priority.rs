@@ -5,11 +5,13 @@
 //! Each handler prints its own scheduling policy and those of the dispatcher's threads (field 41 of
 //! `stat`: 0 `SCHED_OTHER`, 5 `SCHED_IDLE`), and the test reads the log from a fresh clone.
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 
 use nix::libc;
 
-use crate::support::{DEFAULT_INDEX, World, line_value, log_file};
+use crate::support::{DEFAULT_INDEX, GitDaemon, RUN_DEADLINE, World, line_value, log_file};
 
 /// Prints `POLICY=` (its own) and `THREADS=` (the dispatcher's, as `(name)=policy`). With `wait` it
 /// looks again, for up to ten seconds, until the `bookkeeping` thread is seen lowered: the thread
@@ -168,4 +170,61 @@ fn a_starved_bookkeeping_goes_back_to_normal_priority_and_says_so() {
         threads.contains("(git-dispatch)=0") && !threads.contains("=5"),
         "after being starved nothing of the dispatcher runs lowered: {threads}"
     );
+}
+
+#[test]
+fn pushes_are_made_at_normal_priority_even_while_handlers_run() {
+    let world = World::new().build();
+    let marks = world.root.join("marks");
+    fs::create_dir(&marks).unwrap();
+    fs::set_permissions(&marks, fs::Permissions::from_mode(0o777)).unwrap();
+    let marks = marks.to_str().unwrap();
+    // A handler marks that it runs; the remote's hook notes, at each push, whether one ran and
+    // which threads the dispatcher had.
+    world.handler(
+        "slow.sh",
+        &format!("#!/bin/sh\ntouch {marks}/running\nsleep 0.4\nrm -f {marks}/running\n"),
+    );
+    world.index(&format!(
+        "{DEFAULT_INDEX}slow:\n  handler: slow.sh\n  timeout: 30s\n"
+    ));
+    world.publish("a slow kind");
+    let requests: Vec<(String, Vec<u8>)> = (1..=8)
+        .map(|i| (format!("slow-{i}.yml"), b"kind: slow\n".to_vec()))
+        .collect();
+    let files: Vec<(&str, &[u8])> = requests
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    world.submit_many(&files);
+    let hook = world.remote.join("hooks/pre-receive");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\npid=$(cat {marks}/pid)\n\
+             [ -e {marks}/running ] && running=yes || running=no\n\
+             echo \"running=$running threads=$(cat /proc/$pid/task/*/comm | tr '\\n' ' ')\" \
+             >>{marks}/pushes\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = GitDaemon::serve(&world);
+
+    let dispatcher = world.spawn(world.run_command(&daemon.url(), &["--until-empty"]));
+    fs::write(format!("{marks}/pid"), dispatcher.pid().to_string()).unwrap();
+    dispatcher.wait(RUN_DEADLINE).assert_exit(0);
+
+    let pushes = fs::read_to_string(format!("{marks}/pushes")).expect("the hook ran");
+    assert!(
+        pushes.lines().any(|l| l.starts_with("running=yes")),
+        "no push while a handler ran (the batch is a second, the handlers 3.2 s): {pushes}"
+    );
+    assert!(
+        pushes
+            .lines()
+            .all(|l| l.contains("threads=git-dispatch ") && !l.contains("bookkeeping")),
+        "a push was made by the lowered bookkeeping thread: {pushes}"
+    );
+    assert_eq!(world.fresh_clone().status("slow-8")["state"], "succeeded");
 }
