@@ -29,7 +29,7 @@
 # --only=7 (or --only=1,2,6 ...) measures those figures alone.
 # Sizes (default / --quick): N 1000/100, idle 60/10 s, HISTORY 100000/10000, SCALE_N 200/100,
 # SCALE_ROUNDS 7/2, BUSY_N 200/100, ONSET_N 2000/1000.
-# The default takes about 11 minutes on 2 cores (the starter's 1000 requests 3-3.5 minutes, figure
+# The default takes 8-11 minutes on 2 cores (the starter's 1000 requests 3-4 minutes, figure
 # 7 at 100,000 and the two 60 s idles most of the rest), --quick about 1 minute (plus the release
 # build when it is not up to date).
 #

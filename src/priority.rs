@@ -5,15 +5,18 @@
 //! fetches, commits and pushes of its `bookkeeping` thread, and a run's clean-up and report once its
 //! handler is gone) can run under `SCHED_IDLE`: it gets a processor whenever a handler does not want
 //! it. A handler woken, or a process it forks, then starts at once instead of waiting for a commit
-//! to finish; on the 1000-request benchmark's two cores this took 8-24 % off the drain.
+//! to finish; on the 1000-request benchmark's two cores this took 8-24 % off the drain (`idle`;
+//! `auto` about as much).
 //!
 //! On a host kept busy by other work, an idle thread gets almost nothing: 200 requests took 134-138
 //! s instead of 1.4-1.7 s beside four busy loops on two cores (`idle`). So by default (`auto`) the
 //! work is done at idle priority only while a handler runs (before, there is nothing to yield to),
 //! and the bookkeeping thread watches how long it waits for a processor ([`Starvation`]). Once
 //! starved, it hands its work back to the process's first thread, which never left normal priority,
-//! for a while ([`BackOff`]); then a new thread tries idle priority again. The same 200 requests
-//! took 1.9 s against 1.6 s at normal priority, the starvation told 0.4 s after the start.
+//! for a while ([`BackOff`]); then a new thread tries idle priority again. A push, the one long step
+//! of the loop, is made at normal priority too (`Daemon::suits_idle`). The same 200 requests took
+//! 1.9 s against 1.8 s at normal priority; busy loops started in the middle of a drain were told
+//! 0.4-2.8 s later.
 //!
 //! A thread cannot leave `SCHED_IDLE` without `CAP_SYS_NICE`, and threads and processes inherit their
 //! maker's policy. So the run threads, which start the handlers, are started by a [`Launcher`] made

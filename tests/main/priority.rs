@@ -189,12 +189,10 @@ fn pushes_are_made_at_normal_priority_even_while_handlers_run() {
         "{DEFAULT_INDEX}slow:\n  handler: slow.sh\n  timeout: 30s\n"
     ));
     world.publish("a slow kind");
-    let requests: Vec<(String, Vec<u8>)> = (1..=8)
-        .map(|i| (format!("slow-{i}.yml"), b"kind: slow\n".to_vec()))
-        .collect();
-    let files: Vec<(&str, &[u8])> = requests
+    let names: Vec<String> = (1..=8).map(|i| format!("slow-{i}.yml")).collect();
+    let files: Vec<(&str, &[u8])> = names
         .iter()
-        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .map(|n| (n.as_str(), b"kind: slow\n".as_slice()))
         .collect();
     world.submit_many(&files);
     let hook = world.remote.join("hooks/pre-receive");
