@@ -1281,7 +1281,6 @@ impl Daemon {
         ));
     }
 
-    /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window.
     /// Whether what comes next suits idle priority (see `priority`): a handler runs, to yield to,
     /// and no push is due. A push (the write-out, the merge of packs, the transfer) is the longest
     /// step of the loop: started at idle priority on a host that turned busy, one took 5-9 s to end
@@ -1290,6 +1289,7 @@ impl Daemon {
         !self.running.is_empty() && !self.push_due(self.waiting)
     }
 
+    /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window.
     fn push_due(&self, backlog: usize) -> bool {
         let Some(since) = self.unpushed_since else {
             return false;
