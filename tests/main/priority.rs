@@ -201,7 +201,7 @@ fn pushes_are_made_at_normal_priority_even_while_handlers_run() {
         format!(
             "#!/bin/sh\ncat >/dev/null\npid=$(cat {marks}/pid)\n\
              [ -e {marks}/running ] && running=yes || running=no\n\
-             echo \"running=$running threads=$(cat /proc/$pid/task/*/comm | tr '\\n' ' ')\" \
+             echo \"running=$running threads= $(cat /proc/$pid/task/*/comm | tr '\\n' ' ')\" \
              >>{marks}/pushes\n"
         ),
     )
@@ -221,7 +221,8 @@ fn pushes_are_made_at_normal_priority_even_while_handlers_run() {
     assert!(
         pushes
             .lines()
-            .all(|l| l.contains("threads=git-dispatch ") && !l.contains("bookkeeping")),
+            // Any order: a thread's id may be below the process's once ids wrap around.
+            .all(|l| l.contains(" git-dispatch ") && !l.contains("bookkeeping")),
         "a push was made by the lowered bookkeeping thread: {pushes}"
     );
     assert_eq!(world.fresh_clone().status("slow-8")["state"], "succeeded");
