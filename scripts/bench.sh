@@ -208,7 +208,8 @@ sample_rss() {
 }
 
 # drain NAME REMOTE WORKDIR DEADLINE [run options...]: run --until-empty, timed; sets ELAPSED.
-# With SAMPLE_RSS=FILE set, VmRSS is sampled every 50 ms into FILE.
+# With SAMPLE_RSS=FILE set, VmRSS is sampled every 50 ms into FILE; with DURING=FUNCTION set,
+# FUNCTION PID LOG runs once the dispatcher is started.
 drain() {
     local name=$1 remote=$2 work=$3 deadline=$4
     shift 4
@@ -234,6 +235,9 @@ drain() {
     ) </dev/null >/dev/null 2>&1 &
     watchdog=$!
     BG_PIDS+=("$watchdog")
+    if [[ -n ${DURING:-} ]]; then
+        "$DURING" "$pid" "$TMP/$name.log"
+    fi
     wait "$pid" || status=$?
     t1=$(now)
     forget "$pid"
@@ -710,35 +714,35 @@ TOLD=$(grep -m1 'the host is busy' "$TMP/busy-auto.log" || echo "(nothing said)"
 busy_drain busy-normal --bookkeeping-priority normal
 out "8 busy host, $BUSY busy loops on $(nproc) cores, $BUSY_N requests: defaults ${BUSY_AUTO} s, --bookkeeping-priority normal ${ELAPSED} s = $(calc '%.2f' "$BUSY_AUTO / $ELAPSED")x; the defaults said: $TOLD"
 
+# onset_watch PID LOG: once a tenth of the requests are done (the drain under way, its own work
+# lowered), starts the busy loops and times how long the dispatcher takes to say the host is busy;
+# sets TOLD_MS.
+onset_watch() {
+    local pid=$1 log=$2 i t0
+    TOLD_MS=
+    for ((i = 0; i < 600; i++)); do
+        (($(grep -c ': succeeded$' "$log") >= ONSET_N / 10)) && break
+        kill -0 "$pid" 2>/dev/null || return 0
+        nap 0.05
+    done
+    busy_start
+    t0=$(now)
+    for ((i = 0; i < 6000; i++)); do
+        if grep -q 'the host is busy' "$log"; then
+            TOLD_MS=$(calc '%.0f' "($(now) - $t0) * 1000")
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || return 0
+        nap 0.01
+    done
+}
 say "8: busy loops started in the middle of a drain of $ONSET_N requests"
 mkworld "$TMP/w8" "$ONSET_N"
-settle
-"$BIN" run --until-empty --remote "$TMP/w8/remote.git" --workdir "$TMP/work8" --jobs 1 </dev/null >"$TMP/onset.log" 2>&1 &
-pid=$!
-BG_PIDS+=("$pid")
-# a tenth of the requests done first: the drain is under way, its own work lowered
-for ((i = 0; i < 600; i++)); do
-    (($(grep -c ': succeeded$' "$TMP/onset.log") >= ONSET_N / 10)) && break
-    kill -0 "$pid" 2>/dev/null || break
-    nap 0.05
-done
-busy_start
-t0=$(now)
-t1=
-for ((i = 0; i < 6000; i++)); do
-    if grep -q 'the host is busy' "$TMP/onset.log"; then
-        t1=$(now)
-        break
-    fi
-    kill -0 "$pid" 2>/dev/null || break
-    nap 0.01
-done
-wait "$pid" || FAILURES=$((FAILURES + 1))
-forget "$pid"
+DURING=onset_watch drain onset "$TMP/w8/remote.git" "$TMP/work8" 600 --jobs 1 || FAILURES=$((FAILURES + 1))
 busy_stop
 check_drained "8 onset" "$TMP/w8/remote.git" "$ONSET_N"
-if [[ -n $t1 ]]; then
-    out "8 busy loops started in the middle of a drain of $ONSET_N requests: back at normal priority $(calc '%.0f' "($t1 - $t0) * 1000") ms later ($(grep -m1 'the host is busy' "$TMP/onset.log"); $CHECK_NOTE)"
+if [[ -n $TOLD_MS ]]; then
+    out "8 busy loops started in the middle of a drain of $ONSET_N requests: back at normal priority $TOLD_MS ms later ($(grep -m1 'the host is busy' "$TMP/onset.log"); $CHECK_NOTE)"
 else
     out "8 busy loops started in the middle of a drain of $ONSET_N requests: the dispatcher never said the host was busy ($CHECK_NOTE)"
     FAILURES=$((FAILURES + 1))

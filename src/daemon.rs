@@ -143,11 +143,6 @@ impl Until {
     }
 }
 
-/// `duration` to the millisecond, for a message.
-fn round_ms(duration: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
-}
-
 pub(crate) struct Daemon {
     cfg: RunConfig,
     /// Starts the runs' threads at the priority handlers run at (see `priority`).
@@ -412,11 +407,11 @@ impl Daemon {
                 "bookkeeping",
                 None,
                 &format!(
-                    "the host is busy: waited {} for a processor in {} ({} a turn); the \
+                    "the host is busy: waited {}ms for a processor in {}ms ({}ms a turn); the \
                      dispatcher's own work runs at normal priority for {}",
-                    humantime::format_duration(round_ms(starved.waited)),
-                    humantime::format_duration(round_ms(starved.over)),
-                    humantime::format_duration(round_ms(starved.per_turn())),
+                    starved.waited.as_millis(),
+                    starved.over.as_millis(),
+                    starved.per_turn().as_millis(),
                     humantime::format_duration(normal_for),
                 ),
             );
@@ -464,11 +459,9 @@ impl Daemon {
                 0
             };
             self.waiting = backlog;
-            if until.hand_over(self.suits_idle()) {
-                return Ok(None);
-            }
             let mut finished = std::mem::take(&mut self.finished).into_iter();
             while let Some(report) = finished.next() {
+                // Asked before the first report too: right after the take.
                 if until.hand_over(self.suits_idle()) {
                     // This report and those after it come first in the next turn.
                     self.finished

@@ -1,7 +1,7 @@
 //! What an operator watches: `/metrics` in the Prometheus text format (outcomes by kind and state,
 //! run durations, queue depth, push retries and failures, time of the last successful sync, the
-//! bookkeeping's priority and how often it was starved, build info) and `/healthz` (200 while the last sync succeeded within three poll intervals, otherwise 503
-//! with the reason). Served on `--metrics-addr` by a thread of its own; the daemon only updates
+//! bookkeeping's priority and how often it was starved, build info) and `/healthz` (200 while the
+//! last sync succeeded within three poll intervals, otherwise 503 with the reason). Served on `--metrics-addr` by a thread of its own; the daemon only updates
 //! atomics and one small mutex.
 
 use std::net::SocketAddr;
