@@ -183,7 +183,7 @@ pub struct RunArgs {
         value_enum,
         default_value = "libgit2"
     )]
-    pub git_transport: crate::sync::Transport,
+    pub git_transport: crate::git::sync::Transport,
 
     /// With libgit2: the SSH private key to offer (otherwise the SSH agent).
     #[arg(long, env = "GIT_DISPATCH_SSH_KEY")]

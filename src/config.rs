@@ -10,11 +10,11 @@ use anyhow::{Context, bail};
 use nix::unistd::{User, geteuid, getgrouplist};
 
 use crate::cli::RunArgs;
+use crate::git::sync::Access;
+use crate::inbox::router::{parse_duration, parse_size};
 use crate::log::say;
-use crate::router::{parse_duration, parse_size};
-use crate::sandbox::Identity;
+use crate::run::spawn::Identity;
 use crate::secrets::{Redactor, Secrets};
-use crate::sync::Access;
 
 /// When `run` stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

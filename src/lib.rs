@@ -1,55 +1,42 @@
 //! git-dispatch: a Git-backed file-inbox dispatcher.
 //!
-//! The life of a request, and the module that handles each step:
-//! 1. [`sync`]: fetch the inbox repository into a bare clone and reconcile unpushed outcomes.
-//! 2. [`inbox`]: list `requests/` in arrival order (first in, first out; ties by name).
-//! 3. [`request`]: bytes -> a checked request (YAML without duplicate keys, the envelope schema).
-//! 4. [`router`]: `kind` -> its handler and limits, from `handlers/index.yml` at the fetched commit
-//!    ([`snapshot`] compiles it and writes the handlers out).
-//! 5. [`lock`]: an exclusive flock on the request's resource.
-//! 6. [`sandbox`]: run the handler confined, time- and memory-boxed; [`capture`] caps its log.
-//! 7. [`outcome`]: one commit that moves the request to `processed/` with its status and log.
-//! 8. [`sync`] again: push in batches, with backoff; [`daemon`] is the loop that strings it together.
+//! The path of a request through the folders below, in the order it meets them:
+//! 1. [`git`]: fetch the inbox repository into a bare clone and reconcile unpushed outcomes.
+//! 2. [`inbox`]: list `requests/` in arrival order, check one request's bytes against the envelope
+//!    and its kind's schema, and route its kind to a handler through `handlers/index.yml`.
+//! 3. [`run`]: on a worker, a `--jobs` slot, the resource's lock, the journal entry, the handler in
+//!    the sandbox with its output captured, retries with backoff.
+//! 4. [`outcome`]: what became of the request, written down as one commit (status, log, the request
+//!    moved to `processed/`), made by [`git`] and pushed in batches.
+//! 5. [`daemon`]: the loop that strings these together, with recovery after a crash and the events
+//!    (signals, a local remote's changes, systemd, metrics).
 //!
-//! On the submitter's side, in a clone: [`draft`] builds a request and [`checkout`] commits and pushes
-//! it (`submit`); [`history`] reads the queue and the recorded outcomes (`status`, `show`).
+//! On the submitter's side, in a clone: [`submitter`] writes, commits and pushes a request and reads
+//! the queue and the outcomes. [`commands`] holds one file per subcommand; [`cli`] and [`config`]
+//! turn the command line into a checked configuration. Below everything: [`layout`] (where an
+//! outcome is written in the repository), [`secrets`] (the host's secrets and the redactor),
+//! [`log`], [`clock`] and [`failpoint`].
 //!
 //! A failure that belongs to one request becomes its outcome and the loop goes on; only a failure of
 //! the dispatcher itself stops it.
 
-mod capture;
-mod checkout;
 mod cli;
+mod clock;
 mod commands;
 mod config;
 mod daemon;
-mod draft;
 pub mod error;
 mod failpoint;
-mod history;
+mod git;
 mod inbox;
-mod journal;
 mod layout;
-mod lock;
 pub mod log;
-mod metrics;
 mod outcome;
-mod pack;
 mod priority;
 mod replay;
-mod request;
-mod router;
-mod runner;
-mod sandbox;
-mod scaffold;
-mod schema;
+mod run;
 mod secrets;
-mod snapshot;
-mod spare;
-mod spawn;
-mod sync;
-mod tree_edit;
-mod view;
+mod submitter;
 
 use std::ffi::OsString;
 

@@ -54,7 +54,7 @@ pub(crate) fn event(stage: &str, id: Option<&str>, message: &str) {
             None => format!("git-dispatch: {message}"),
         },
         LogFormat::Json => serde_json::to_string(&Line {
-            time: crate::outcome::rfc3339(SystemTime::now()),
+            time: crate::clock::rfc3339(SystemTime::now()),
             stage,
             id,
             message: &message,

@@ -4,15 +4,17 @@
 //! queryable (`git log --format='%(trailers:key=Dispatch-State)'`).
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use git2::{FileMode, Oid};
 use serde::Serialize;
 
-use crate::capture::LogSummary;
-use crate::journal::{Entry, Recorded};
+use crate::clock::{rfc3339, rfc3339_seconds};
+use crate::git::sync::{ID_TRAILER, Sync, SyncError};
+use crate::git::tree_edit::Edit;
 use crate::layout::Place;
-use crate::sync::{Edit, ID_TRAILER, Sync, SyncError};
+use crate::run::capture::LogSummary;
+use crate::run::journal::{Entry, Recorded};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,7 +45,7 @@ pub(crate) struct AttemptLog {
     pub bytes: Vec<u8>,
     pub summary: LogSummary,
     /// Whether these bytes are those of the attempt's log file in the journal (what the handler
-    /// wrote), so the journal need not write them again (see [`crate::journal::Journal::recorded`]).
+    /// wrote), so the journal need not write them again (see [`crate::run::journal::Journal::recorded`]).
     pub in_journal: bool,
 }
 
@@ -60,7 +62,7 @@ impl AttemptLog {
             summary: LogSummary {
                 bytes: bytes.len() as u64,
                 truncated: false,
-                sha256: crate::capture::hex(&sha2::Sha256::digest(&bytes)),
+                sha256: crate::run::capture::hex(&sha2::Sha256::digest(&bytes)),
             },
             bytes,
             in_journal: false,
@@ -213,7 +215,7 @@ impl Outcome {
 
     /// What the journal keeps of the outcome until it is written out (see [`Journal::recorded`]).
     ///
-    /// [`Journal::recorded`]: crate::journal::Journal::recorded
+    /// [`Journal::recorded`]: crate::run::journal::Journal::recorded
     pub(crate) fn journaled(&self) -> Recorded {
         Recorded {
             kind: self.kind.clone(),
@@ -310,13 +312,4 @@ pub(crate) fn sanitize(stem: &str) -> String {
         s.insert(0, 'x');
     }
     s
-}
-
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn rfc3339_seconds(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
 }

@@ -227,7 +227,7 @@ fn encodings(value: &[u8]) -> Vec<Vec<u8>> {
             forms.push(encoded.into_bytes());
         }
     }
-    let hex = crate::capture::hex(value);
+    let hex = crate::run::capture::hex(value);
     forms.push(hex.to_ascii_uppercase().into_bytes());
     forms.push(hex.into_bytes());
     for engine in [&STANDARD, &URL_SAFE] {
@@ -294,8 +294,8 @@ mod tests {
             STANDARD.encode(format!("user:{SECRET}")),
             STANDARD.encode(format!("xy{SECRET}")),
             utf8_percent_encode(SECRET, NON_ALPHANUMERIC).to_string(),
-            crate::capture::hex(SECRET.as_bytes()),
-            crate::capture::hex(SECRET.as_bytes()).to_uppercase(),
+            crate::run::capture::hex(SECRET.as_bytes()),
+            crate::run::capture::hex(SECRET.as_bytes()).to_uppercase(),
             serde_json::to_string(SECRET).unwrap(),
         ];
         for form in forms {

@@ -1,7 +1,7 @@
 //! The one integration-test binary: drives the real `git-dispatch` executable against real Git remotes
 //! (a bare repository, and `git daemon` where a real server matters) and asserts on what a fresh clone of
 //! the remote shows. `support` is the harness; every other module pins down one feature of the contract
-//! in /work/shared/SPEC.md, in the order a request meets it.
+//! in the order a request meets it.
 
 mod support;
 

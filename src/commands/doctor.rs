@@ -12,8 +12,8 @@ use git2::{Direction, Repository};
 use crate::cli::RunArgs;
 use crate::config::RunConfig;
 use crate::error::CommandError;
-use crate::router::Catalog;
-use crate::view::{DirView, HostHandlers, TreeView};
+use crate::git::view::{DirView, HostHandlers, TreeView};
+use crate::inbox::router::Catalog;
 
 /// What one check found.
 enum Finding {
@@ -112,7 +112,7 @@ fn remote(config: &RunConfig) -> Vec<Finding> {
     let Ok(scratch) = tempfile::tempdir() else {
         return vec![problem("no temporary directory".into(), "check TMPDIR")];
     };
-    let sync = match crate::sync::Sync::open(
+    let sync = match crate::git::sync::Sync::open(
         &scratch.path().join("repo.git"),
         &config.remote,
         &config.branch,
@@ -128,7 +128,7 @@ fn remote(config: &RunConfig) -> Vec<Finding> {
                 "remote `{}` is reachable; branch `{}` is at {}",
                 config.remote,
                 config.branch,
-                crate::view::short(tip)
+                crate::git::view::short(tip)
             )));
             tip
         }
@@ -165,7 +165,7 @@ fn remote(config: &RunConfig) -> Vec<Finding> {
     if problems.is_empty() {
         findings.push(Finding::Ok(format!(
             "index, handlers and schemas at {} are usable ({} kinds)",
-            crate::view::short(tip),
+            crate::git::view::short(tip),
             catalog.kinds().len()
         )));
     }

@@ -7,11 +7,11 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::checkout::run_git;
 use crate::cli::InitArgs;
+use crate::commands::scaffold;
 use crate::error::CommandError;
-use crate::router::{INDEX_PATH, parse_index};
-use crate::scaffold;
+use crate::inbox::router::{INDEX_PATH, parse_index};
+use crate::submitter::checkout::run_git;
 
 /// The README of a new inbox: how to submit, where outcomes appear, how to query the history.
 const README: &str = r"# An inbox for git-dispatch

@@ -7,6 +7,7 @@ pub(crate) mod init;
 mod playground;
 pub(crate) mod replay;
 pub(crate) mod run;
+pub(crate) mod scaffold;
 pub(crate) mod selftest;
 pub(crate) mod show;
 pub(crate) mod status;

@@ -7,9 +7,9 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+use crate::commands::scaffold;
 use crate::config::RunConfig;
 use crate::daemon::{Daemon, DaemonError, Summary};
-use crate::scaffold;
 
 pub(crate) struct Playground {
     dir: tempfile::TempDir,

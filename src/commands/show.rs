@@ -4,13 +4,14 @@
 
 use serde_json::{Value as Json, json};
 
-use crate::checkout::{Checkout, Tip};
 use crate::cli::ShowArgs;
-use crate::commands::status::{Paint, age, duration, fetched_tip, now, rfc3339};
+use crate::clock::{now_seconds, rfc3339_seconds};
+use crate::commands::status::{Paint, age, duration, fetched_tip};
 use crate::error::CommandError;
-use crate::history::{History, Recorded, Waiting};
+use crate::git::view::short;
 use crate::layout::Place;
-use crate::view::short;
+use crate::submitter::checkout::{Checkout, Tip};
+use crate::submitter::history::{History, Recorded, Waiting};
 
 pub(crate) fn run(args: &ShowArgs) -> Result<(), CommandError> {
     let id = args.id.as_str();
@@ -86,7 +87,7 @@ fn queued(history: &History<'_>, tip: &Tip, id: &str, json: bool) -> Result<(), 
             Place::Sharded.status(id),
         )));
     };
-    let now = now();
+    let now = now_seconds();
     let position = queue.iter().position(|w| w.id == id).unwrap_or(0) + 1;
     if json {
         println!("{:#}", queued_json(waiting, position, now));
@@ -104,7 +105,7 @@ fn queued(history: &History<'_>, tip: &Tip, id: &str, json: bool) -> Result<(), 
         println!("request    {}", waiting.entry.path);
         println!(
             "arrived    {} (commit {})",
-            rfc3339(waiting.entry.arrival.time),
+            rfc3339_seconds(waiting.entry.arrival.time),
             short(waiting.entry.arrival.commit)
         );
     }
@@ -118,7 +119,7 @@ fn queued_json(waiting: &Waiting, position: usize, now: i64) -> Json {
         "kind": waiting.kind,
         "position": position,
         "path": waiting.entry.path,
-        "arrived_at": rfc3339(waiting.entry.arrival.time),
+        "arrived_at": rfc3339_seconds(waiting.entry.arrival.time),
         "age_seconds": (now - waiting.entry.arrival.time).max(0),
         "commit": waiting.entry.arrival.commit.to_string(),
     })
@@ -128,7 +129,7 @@ fn commit_json(recorded: &Recorded) -> Json {
     json!({
         "hash": recorded.commit.to_string(),
         "subject": recorded.subject,
-        "date": rfc3339(recorded.time),
+        "date": rfc3339_seconds(recorded.time),
     })
 }
 
@@ -184,7 +185,7 @@ fn print_status(id: &str, path: &str, status: &Json, recording: Option<&Recorded
             "recorded   {} {} ({})",
             short(r.commit),
             r.subject,
-            rfc3339(r.time)
+            rfc3339_seconds(r.time)
         ),
         None => println!("recorded   (no commit with `Dispatch-Id: {id}` in the history)"),
     }

@@ -7,15 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value as Json, json};
 
-use crate::checkout::{Checkout, Tip};
 use crate::cli::StatusArgs;
+use crate::clock::{now_seconds, rfc3339_seconds};
 use crate::error::CommandError;
-use crate::history::{History, Recorded, Waiting};
-use crate::view::short;
+use crate::git::view::short;
+use crate::submitter::checkout::{Checkout, Tip};
+use crate::submitter::history::{History, Recorded, Waiting};
 
 /// How many outcomes `recent` lists.
 const RECENT: usize = 20;
@@ -35,7 +35,7 @@ pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
     let checkout = Checkout::open(args.clone.repo.as_deref()).map_err(CommandError::config)?;
     let tip = fetched_tip(&checkout, args.clone.no_fetch)?;
     let history = History::new(&checkout.repo, tip.oid);
-    let now = now();
+    let now = now_seconds();
     let queue = history.queue().map_err(CommandError::config)?;
     let (recent, counts) = outcomes(&history, now)?;
     if args.json {
@@ -99,7 +99,7 @@ fn waiting_json(waiting: &Waiting, now: i64) -> Json {
         "id": waiting.id,
         "kind": waiting.kind,
         "path": waiting.entry.path,
-        "arrived_at": rfc3339(waiting.entry.arrival.time),
+        "arrived_at": rfc3339_seconds(waiting.entry.arrival.time),
         "age_seconds": (now - waiting.entry.arrival.time).max(0),
         "commit": waiting.entry.arrival.commit.to_string(),
     })
@@ -114,7 +114,7 @@ fn recent_json(recorded: &Recorded, status: Option<&Json>) -> Json {
         "duration_ms": field("duration_ms"),
         "exit_code": field("exit_code"),
         "finished_at": match field("finished_at") {
-            Json::Null => Json::String(rfc3339(recorded.time)),
+            Json::Null => Json::String(rfc3339_seconds(recorded.time)),
             at => at,
         },
         "commit": recorded.commit.to_string(),
@@ -254,17 +254,6 @@ impl Paint {
 }
 
 /// Now, in seconds since the epoch.
-pub(crate) fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-pub(crate) fn rfc3339(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// A coarse age: `45s`, `3m 20s`, `2h 5m`, `3d 4h`.
 pub(crate) fn age(secs: i64) -> String {
     let s = secs.max(0);

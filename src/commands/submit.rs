@@ -11,15 +11,15 @@ use std::thread;
 
 use git2::Oid;
 
-use crate::checkout::{Checkout, CheckoutError, Upstream};
 use crate::cli::SubmitArgs;
 use crate::commands::validate;
-use crate::draft::Draft;
 use crate::error::CommandError;
+use crate::git::view::{DirView, RepoView, TreeView, short};
+use crate::inbox::request::{INBOX, is_valid_name};
+use crate::inbox::router::Catalog;
 use crate::layout::Place;
-use crate::request::{INBOX, is_valid_name};
-use crate::router::Catalog;
-use crate::view::{DirView, RepoView, TreeView, short};
+use crate::submitter::checkout::{Checkout, CheckoutError, Upstream};
+use crate::submitter::draft::Draft;
 
 /// Pushes tried before giving up (exit 3), each after a `git pull --rebase` when the remote moved.
 const PUSH_ATTEMPTS: u32 = 5;
@@ -68,7 +68,7 @@ pub(crate) fn run(args: &SubmitArgs) -> Result<(), CommandError> {
 
 /// KIND, `--file`, `--param`s and the id -> the request to write.
 fn draft(args: &SubmitArgs) -> Result<Draft, CommandError> {
-    let classify = |e: crate::draft::DraftError| {
+    let classify = |e: crate::submitter::draft::DraftError| {
         if e.is_invalid_request() {
             CommandError::subject(e)
         } else {

@@ -8,10 +8,10 @@ use anyhow::Context;
 
 use crate::cli::ValidateArgs;
 use crate::error::CommandError;
+use crate::git::view::{DirView, EntryType, RepoView};
+use crate::inbox::request::{self, Candidate};
+use crate::inbox::router::Catalog;
 use crate::layout::Place;
-use crate::request::{self, Candidate};
-use crate::router::Catalog;
-use crate::view::{DirView, EntryType, RepoView};
 
 const DEFAULT_MAX_SIZE: u64 = 64 * 1024;
 

@@ -11,6 +11,8 @@
 //! Shutdown is an event like any other: it stops the taking of new requests, never the recording of
 //! one that ran.
 
+pub(crate) mod metrics;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io;
@@ -27,18 +29,18 @@ use notify::Watcher;
 use thiserror::Error;
 
 use crate::config::{Mode, RunConfig, local_path};
-use crate::inbox::{Inbox, InboxEntry};
-use crate::journal::Journal;
+use crate::daemon::metrics::Metrics;
+use crate::git::sync::{Sync, SyncError};
+use crate::inbox::queue::{Inbox, InboxEntry};
+use crate::inbox::request::{self, Candidate, Rejection, Request, is_valid_name, request_stem};
+use crate::inbox::snapshot::Snapshot;
 use crate::layout;
 use crate::log::{event, say};
-use crate::metrics::Metrics;
 use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
 use crate::priority::{self, BackOff, Bookkeeping, Launcher, Starvation, Starved};
-use crate::request::{self, Candidate, Rejection, Request, is_valid_name, request_stem};
-use crate::runner::{self, Plan, Report, RunnerError, Stop};
-use crate::sandbox::{InFlight, Termination};
-use crate::snapshot::Snapshot;
-use crate::sync::{Sync, SyncError};
+use crate::run::journal::Journal;
+use crate::run::runner::{self, Plan, Report, RunnerError, Stop};
+use crate::run::sandbox::{InFlight, Termination};
 
 /// Backoff for fetches and pushes: first retry after this, doubling, with jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -207,7 +209,7 @@ impl Drop for Daemon {
 impl Daemon {
     pub(crate) fn open(cfg: RunConfig) -> Result<Self, DaemonError> {
         // libgit2 initialises meanwhile (see `configure_libgit2`); `Sync::open` waits for it.
-        std::thread::spawn(crate::sync::configure_libgit2);
+        std::thread::spawn(crate::git::sync::configure_libgit2);
         // Created with explicit modes, whatever the umask: the workdir (the bare clone, the journal,
         // captured output) is the dispatcher's alone; the lock directory is readable by the admins
         // and cron jobs that take the same locks, writable by the dispatcher only.
@@ -854,7 +856,7 @@ impl Daemon {
     ///
     /// With one job, the next request is taken while the current one runs: validated, its worker
     /// started and its request copy written, it waits for the slot, which the current run gives up
-    /// as soon as its handler is gone (see [`crate::runner`]). Its journal entry is written only
+    /// as soon as its handler is gone (see [`crate::run::runner`]). Its journal entry is written only
     /// then, so a stop before leaves it in the inbox, untouched. That takes the work of taking a
     /// request off the time between two handlers.
     fn take(&mut self) -> Result<usize, DaemonError> {
@@ -1038,7 +1040,7 @@ impl Daemon {
             attempts: 0,
             request_path: entry.path.clone(),
             request_blob: entry.oid,
-            request_is_file: matches!(entry.kind, crate::view::EntryType::File { .. }),
+            request_is_file: matches!(entry.kind, crate::git::view::EntryType::File { .. }),
             submitted_in: entry.arrival.commit,
             submitted_at: entry.arrival.time,
             started_at: None,

@@ -12,7 +12,7 @@ macro_rules! file {
     ($path:literal, $exec:literal) => {
         File {
             path: $path,
-            contents: include_str!(concat!("../", $path)),
+            contents: include_str!(concat!("../../", $path)),
             executable: $exec,
         }
     };
@@ -53,7 +53,7 @@ pub(crate) const INIT_EXTRAS: &[File] = &[
     file!("tests/fixtures/echo-hello/expected.log", false),
     File {
         path: ".github/workflows/replay.yml",
-        contents: include_str!("../contrib/replay-workflow.yml"),
+        contents: include_str!("../../contrib/replay-workflow.yml"),
         executable: false,
     },
 ];

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json};
 use serde_yaml::{Mapping, Value as Yaml};
 
-use crate::router::{Catalog, Route, parse_duration};
-use crate::view::EntryType;
+use crate::git::view::EntryType;
+use crate::inbox::router::{Catalog, Route, parse_duration};
 
 pub(crate) const INBOX: &str = "requests";
 const ENVELOPE_KEYS: [&str; 5] = ["kind", "id", "resource", "params", "timeout"];

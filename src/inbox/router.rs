@@ -13,9 +13,9 @@ use git2::Oid;
 use serde::Deserialize;
 use serde_yaml::Value as Yaml;
 
-use crate::request::{is_valid_name, parse_yaml_mapping};
-use crate::schema::Schema;
-use crate::view::{EntryType, RepoView};
+use crate::git::view::{EntryType, RepoView};
+use crate::inbox::request::{is_valid_name, parse_yaml_mapping};
+use crate::inbox::schema::Schema;
 
 pub(crate) const INDEX_PATH: &str = "handlers/index.yml";
 pub(crate) const REQUEST_SCHEMA_PATH: &str = "schemas/request.schema.json";
@@ -229,7 +229,7 @@ pub(crate) fn parse_index(bytes: &[u8]) -> Result<HandlerIndex, String> {
         let Yaml::String(name) = key else {
             return Err(format!(
                 "`{INDEX_PATH}`: every key must be a kind name, got {}",
-                crate::request::describe_yaml(&key)
+                crate::inbox::request::describe_yaml(&key)
             ));
         };
         let spec = parse_kind(&name, value).map_err(|e| format!("`{INDEX_PATH}`: {e}"));

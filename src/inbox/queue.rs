@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use git2::{Commit, Oid, Repository, Tree};
 
-use crate::request::INBOX;
-use crate::view::{EntryType, entry_type};
+use crate::git::view::{EntryType, entry_type};
+use crate::inbox::request::INBOX;
 
 /// The commit a request arrived with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

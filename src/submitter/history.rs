@@ -11,11 +11,11 @@ use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use thiserror::Error;
 
-use crate::inbox::{Inbox, InboxEntry};
+use crate::git::sync::ID_TRAILER;
+use crate::git::view::{RepoView, TreeView, short};
+use crate::inbox::queue::{Inbox, InboxEntry};
+use crate::inbox::request::{parse_yaml_mapping, request_stem};
 use crate::layout::Place;
-use crate::request::{parse_yaml_mapping, request_stem};
-use crate::sync::ID_TRAILER;
-use crate::view::{RepoView, TreeView, short};
 
 #[derive(Debug, Error)]
 pub(crate) enum HistoryError {

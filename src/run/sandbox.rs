@@ -16,12 +16,12 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::unistd::Pid;
 use thiserror::Error;
 
-use crate::capture::{CappedLog, LogSummary};
+use crate::run::capture::{CappedLog, LogSummary};
+use crate::run::spawn::{self, Identity, Limits, Spec};
 use crate::secrets::{RedactStream, Redactor};
-use crate::spawn::{self, Spec};
 
 /// How long the output pipe is drained after the handler's group is gone, in case an escaped
 /// descendant still holds it open.
@@ -41,27 +41,6 @@ pub(crate) enum SandboxError {
         #[source]
         source: io::Error,
     },
-}
-
-/// The user a handler runs as.
-#[derive(Debug, Clone)]
-pub(crate) struct Identity {
-    pub uid: Uid,
-    pub gid: Gid,
-    pub groups: Vec<Gid>,
-}
-
-/// Resource limits applied in the child before it executes the handler.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Limits {
-    /// `RLIMIT_AS`, bytes.
-    pub address_space: Option<u64>,
-    /// `RLIMIT_NPROC`: processes of the handler's user.
-    pub processes: Option<u64>,
-    /// `RLIMIT_NOFILE`.
-    pub open_files: Option<u64>,
-    /// `RLIMIT_FSIZE`, bytes.
-    pub file_size: Option<u64>,
 }
 
 /// The handler process of a run while it lives, and since when: what the daemon's watchdog looks at;

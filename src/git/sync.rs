@@ -20,8 +20,8 @@ use git2::{
 };
 use thiserror::Error;
 
-use crate::pack::{Pack, PackFile, PackWriter};
-use crate::tree_edit;
+use crate::git::pack::{Pack, PackFile, PackWriter};
+use crate::git::tree_edit::{self, Edit};
 
 const REMOTE: &str = "origin";
 /// A trailer every outcome commit carries: how the dispatcher recognises its own commits.
@@ -101,19 +101,6 @@ pub enum Transport {
 pub(crate) struct Access {
     pub transport: Transport,
     pub ssh_key: Option<PathBuf>,
-}
-
-/// One change to a tree.
-#[derive(Debug, Clone)]
-pub(crate) enum Edit {
-    Upsert {
-        path: String,
-        oid: Oid,
-        mode: FileMode,
-    },
-    Remove {
-        path: String,
-    },
 }
 
 /// What [`Sync::reconcile`] did.
@@ -475,7 +462,7 @@ impl Sync {
     }
 
     /// One pack of every object in memory (outcome commits, and those [`Sync::reconcile`] re-created),
-    /// written as they were made (see [`crate::pack`]), then an empty store.
+    /// written as they were made (see [`crate::git::pack`]), then an empty store.
     ///
     /// A pack that could not be written (a full disk) stays pending, with the objects in memory, and
     /// is written first the next time: the branch never moves to a commit that is not on disk.

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spare::Spares;
+use crate::run::spare::Spares;
 
 /// A first entry's file put in its place before the run may start (see [`Journal::reserve`]).
 pub(crate) struct Reserved {

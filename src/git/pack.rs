@@ -21,7 +21,7 @@ use flate2::{Compress, Compression, FlushCompress, Status};
 use git2::{ObjectType, Oid};
 use openssl::sha::{Sha1, sha1};
 
-use crate::tree_edit::Piece;
+use crate::git::tree_edit::Piece;
 
 /// Longest chain of deltas before a tree is stored whole again, as `pack.depth` in Git.
 const MAX_DEPTH: u32 = 50;

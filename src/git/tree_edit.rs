@@ -12,9 +12,20 @@
 
 use std::cmp::Ordering;
 
-use git2::Oid;
+use git2::{FileMode, Oid};
 
-use crate::sync::Edit;
+/// One change to a tree.
+#[derive(Debug, Clone)]
+pub(crate) enum Edit {
+    Upsert {
+        path: String,
+        oid: Oid,
+        mode: FileMode,
+    },
+    Remove {
+        path: String,
+    },
+}
 
 /// The mode Git writes for a folder.
 const TREE_MODE: u32 = 0o040000;

@@ -25,14 +25,15 @@ use std::time::{Duration, SystemTime};
 use git2::Oid;
 use thiserror::Error;
 
-use crate::journal::{self, Journal};
-use crate::lock::{LockError, ResourceLock};
-use crate::outcome::rfc3339;
+use crate::clock::rfc3339;
+use crate::inbox::request::Request;
+use crate::inbox::snapshot::HandlersDir;
 use crate::priority::{self, Launcher};
-use crate::request::Request;
-use crate::sandbox::{self, Finished, Identity, InFlight, Job, Limits, SandboxError, Termination};
+use crate::run::journal::{self, Journal};
+use crate::run::lock::{LockError, ResourceLock};
+use crate::run::sandbox::{self, Finished, InFlight, Job, SandboxError, Termination};
+use crate::run::spawn::{Identity, Limits};
 use crate::secrets::Redactor;
-use crate::snapshot::HandlersDir;
 
 /// The slots handlers run in (`--jobs`), and the stop: once shutdown begins, no run takes a slot,
 /// no new attempt starts, a retry's backoff ends early. Slots go to runs in the order they were

@@ -32,7 +32,7 @@ pub(crate) struct CappedLog {
 
 impl CappedLog {
     /// A log at `path` keeping at most about `limit` bytes (half head, half tail). A file already
-    /// there (an emptied spare, see [`crate::spare`]) is written over; it is truncated only when it
+    /// there (an emptied spare, see [`crate::run::spare`]) is written over; it is truncated only when it
     /// is not empty. Opening with `O_TRUNC` would truncate an empty file as well, and ext4 then
     /// writes the log's data out at its close (the `auto_da_alloc` rule for files truncated to zero
     /// and written again): a block write started for every request, in the time between two

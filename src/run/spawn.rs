@@ -20,9 +20,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use nix::libc::{self, c_char, c_int, c_ulong, c_void};
-use nix::unistd::Pid;
-
-use crate::sandbox::{Identity, Limits};
+use nix::unistd::{Gid, Pid, Uid};
 
 /// The child's stack: it runs a few dozen system calls and no Rust code that allocates.
 const CHILD_STACK: usize = 64 * 1024;
@@ -34,6 +32,27 @@ use libc::{SYS_setgid as SYS_SETGID, SYS_setgroups as SYS_SETGROUPS, SYS_setuid 
 use libc::{
     SYS_setgid32 as SYS_SETGID, SYS_setgroups32 as SYS_SETGROUPS, SYS_setuid32 as SYS_SETUID,
 };
+
+/// The user a handler runs as.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
+}
+
+/// Resource limits applied in the child before it executes the handler.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Limits {
+    /// `RLIMIT_AS`, bytes.
+    pub address_space: Option<u64>,
+    /// `RLIMIT_NPROC`: processes of the handler's user.
+    pub processes: Option<u64>,
+    /// `RLIMIT_NOFILE`.
+    pub open_files: Option<u64>,
+    /// `RLIMIT_FSIZE`, bytes.
+    pub file_size: Option<u64>,
+}
 
 /// What to start and how to confine it.
 pub(crate) struct Spec<'a> {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use git2::{ObjectType, Oid, Repository, Tree};
 
-use crate::router::Catalog;
-use crate::view::{DirView, HostHandlers, TreeView};
+use crate::git::view::{DirView, HostHandlers, TreeView};
+use crate::inbox::router::Catalog;
 
 /// The `handlers/` tree of a commit, written to disk; removed on drop.
 #[derive(Debug)]

@@ -1,0 +1,11 @@
+//! One request on a worker: [`runner`] takes a `--jobs` slot and the resource's [`lock`], journals
+//! each attempt ([`journal`], with files reused from [`spare`]), runs the handler in the [`sandbox`]
+//! (started by [`spawn`]), caps its output ([`capture`]) and retries with backoff.
+
+pub(crate) mod capture;
+pub(crate) mod journal;
+pub(crate) mod lock;
+pub(crate) mod runner;
+pub(crate) mod sandbox;
+pub(crate) mod spare;
+pub(crate) mod spawn;
