@@ -35,7 +35,6 @@ pub mod log;
 mod metrics;
 mod outcome;
 mod pack;
-mod priority;
 mod replay;
 mod request;
 mod router;
