@@ -11,8 +11,8 @@
 # timed run starts after a `sync`, so that no program pays for the writes of the one before.
 #
 # Figures:
-#   1  throughput draining N queued trivial `echo` requests: the starter, git-dispatch --jobs 1 with
-#      its defaults (--bookkeeping-priority auto), and again with --bookkeeping-priority normal
+#   1  throughput draining N queued trivial `echo` requests: the starter, and git-dispatch --jobs 1
+#      with its defaults
 #   2  the same handler run N times from a plain shell loop, and git-dispatch's time over that
 #   3  concurrency: 8 `sleep 1` requests on resources r1..r8 with --jobs 8 and --jobs 1
 #   4  idle loop mode (--poll-interval 1s): CPU % of one core and RSS, local path and git daemon
@@ -22,13 +22,10 @@
 #      processed/S/ID.yml, processed/S/ID.status.json and logs/S/ID.log made with git fast-import),
 #      on a workdir that already cloned the history, with the dispatcher's peak RSS; SCALE_ROUNDS
 #      rounds alternate between the two, and the ratio is of the medians
-#   8  a busy host, 2 busy loops (`yes`) per core: BUSY_N requests drained with the defaults and with
-#      --bookkeeping-priority normal; and the busy loops started in the middle of a drain of ONSET_N,
-#      the time until the dispatcher says the host is busy and runs its own work at normal priority
 #
 # --only=7 (or --only=1,2,6 ...) measures those figures alone.
 # Sizes (default / --quick): N 1000/100, idle 60/10 s, HISTORY 100000/10000, SCALE_N 200/100,
-# SCALE_ROUNDS 7/2, BUSY_N 200/100, ONSET_N 2000/1000.
+# SCALE_ROUNDS 7/2.
 # The default takes 8-11 minutes on 2 cores (the starter's 1000 requests 3-4 minutes, figure
 # 7 at 100,000 and the two 60 s idles most of the rest), --quick about 1 minute (plus the release
 # build when it is not up to date).
@@ -62,9 +59,9 @@ done
 want() { [[ -z $ONLY || $ONLY == *,$1,* || ($1 == 1 && $ONLY == *,2,*) ]]; }
 
 if ((QUICK)); then
-    N=100 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 SCALE_ROUNDS=2 LAT_RUNS=5 BUSY_N=100 ONSET_N=1000
+    N=100 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 SCALE_ROUNDS=2 LAT_RUNS=5
 else
-    N=1000 IDLE_SECS=60 HISTORY=100000 SCALE_N=200 SCALE_ROUNDS=7 LAT_RUNS=5 BUSY_N=200 ONSET_N=2000
+    N=1000 IDLE_SECS=60 HISTORY=100000 SCALE_N=200 SCALE_ROUNDS=7 LAT_RUNS=5
 fi
 # The starter drains the same N requests (the issue compares both "draining 1,000 queued trivial
 # requests ... on the same world"): its time per request grows with the world (each `git` call
@@ -208,8 +205,7 @@ sample_rss() {
 }
 
 # drain NAME REMOTE WORKDIR DEADLINE [run options...]: run --until-empty, timed; sets ELAPSED.
-# With SAMPLE_RSS=FILE set, VmRSS is sampled every 50 ms into FILE; with DURING=FUNCTION set,
-# FUNCTION PID LOG runs once the dispatcher is started.
+# With SAMPLE_RSS=FILE set, VmRSS is sampled every 50 ms into FILE.
 drain() {
     local name=$1 remote=$2 work=$3 deadline=$4
     shift 4
@@ -235,9 +231,6 @@ drain() {
     ) </dev/null >/dev/null 2>&1 &
     watchdog=$!
     BG_PIDS+=("$watchdog")
-    if [[ -n ${DURING:-} ]]; then
-        "$DURING" "$pid" "$TMP/$name.log"
-    fi
     wait "$pid" || status=$?
     t1=$(now)
     forget "$pid"
@@ -424,9 +417,6 @@ throughput() {
 W=$TMP/w1
 SAMPLE_RSS=$TMP/rss1.txt throughput gd1 "$W" "$TMP/work1"
 GD_ELAPSED=$ELAPSED
-throughput gd1n "$TMP/w1i" "$TMP/work1i" --bookkeeping-priority normal
-GDN_ELAPSED=$ELAPSED
-rm -rf "$TMP/w1i" "$TMP/work1i"
 read -r PEAK SAMPLES <"$TMP/rss1.txt" || PEAK=0 SAMPLES=0
 out "5 peak RSS of the dispatcher draining $N requests: $(mib "$PEAK") MiB (VmRSS, $SAMPLES samples every 50 ms) [target < 30 MiB]"
 
@@ -446,7 +436,6 @@ cd "$TMP"
 LOOP_ELAPSED=$(calc '%.3f' "$t1 - $t0")
 out "2 handlers alone: $N x handlers/echo.sh from a shell loop in ${LOOP_ELAPSED} s ($(calc '%.2f' "$LOOP_ELAPSED * 1000 / $N") ms each)"
 out "2 git-dispatch time / handlers alone: ${GD_ELAPSED} s / ${LOOP_ELAPSED} s = $(calc '%.2f' "$GD_ELAPSED / $LOOP_ELAPSED")x [target <= 3x]"
-out "2 git-dispatch --bookkeeping-priority normal time / handlers alone: ${GDN_ELAPSED} s / ${LOOP_ELAPSED} s = $(calc '%.2f' "$GDN_ELAPSED / $LOOP_ELAPSED")x [target <= 3x]"
 rm -rf "$W" "$TMP/work1"
 
 fi
@@ -673,81 +662,6 @@ for hist in 0 "$HISTORY"; do
     rm -rf "$TMP/scale$hist" "$TMP/work-scale$hist"
 done
 out "7 scale ratio of the medians, ms/request at $HISTORY / at 0: $(calc '%.2f' "${SCALE[$HISTORY]} / ${SCALE[0]}")x [target <= 1.2x]"
-
-fi
-
-# --- 8: a busy host ------------------------------------------------------------------------------
-if want 8; then
-BUSY=$((2 * $(nproc)))
-BUSY_PIDS=()
-busy_start() {
-    local i
-    for ((i = 0; i < BUSY; i++)); do
-        yes >/dev/null &
-        BUSY_PIDS+=("$!")
-        BG_PIDS+=("$!")
-    done
-}
-busy_stop() {
-    local p
-    kill "${BUSY_PIDS[@]}" 2>/dev/null || true
-    for p in "${BUSY_PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-        forget "$p"
-    done
-    BUSY_PIDS=()
-}
-busy_drain() { # NAME ARGS...: drains BUSY_N requests beside the busy loops; sets ELAPSED
-    local name=$1
-    shift
-    say "8: $BUSY busy loops, draining $BUSY_N requests${*:+ with $*}"
-    mkworld "$TMP/w8" "$BUSY_N"
-    busy_start
-    drain "$name" "$TMP/w8/remote.git" "$TMP/work8" 600 --jobs 1 "$@" || FAILURES=$((FAILURES + 1))
-    busy_stop
-    check_drained "8 $name" "$TMP/w8/remote.git" "$BUSY_N"
-    rm -rf "$TMP/w8" "$TMP/work8"
-}
-busy_drain busy-auto
-BUSY_AUTO=$ELAPSED
-TOLD=$(grep -m1 'the host is busy' "$TMP/busy-auto.log" || echo "(nothing said)")
-busy_drain busy-normal --bookkeeping-priority normal
-out "8 busy host, $BUSY busy loops on $(nproc) cores, $BUSY_N requests: defaults ${BUSY_AUTO} s, --bookkeeping-priority normal ${ELAPSED} s = $(calc '%.2f' "$BUSY_AUTO / $ELAPSED")x; the defaults said: $TOLD"
-
-# onset_watch PID LOG: once a tenth of the requests are done (the drain under way, its own work
-# lowered), starts the busy loops and times how long the dispatcher takes to say the host is busy;
-# sets TOLD_MS.
-onset_watch() {
-    local pid=$1 log=$2 i t0
-    TOLD_MS=
-    for ((i = 0; i < 600; i++)); do
-        (($(grep -c ': succeeded$' "$log") >= ONSET_N / 10)) && break
-        kill -0 "$pid" 2>/dev/null || return 0
-        nap 0.05
-    done
-    busy_start
-    t0=$(now)
-    for ((i = 0; i < 6000; i++)); do
-        if grep -q 'the host is busy' "$log"; then
-            TOLD_MS=$(calc '%.0f' "($(now) - $t0) * 1000")
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || return 0
-        nap 0.01
-    done
-}
-say "8: busy loops started in the middle of a drain of $ONSET_N requests"
-mkworld "$TMP/w8" "$ONSET_N"
-DURING=onset_watch drain onset "$TMP/w8/remote.git" "$TMP/work8" 600 --jobs 1 || FAILURES=$((FAILURES + 1))
-busy_stop
-check_drained "8 onset" "$TMP/w8/remote.git" "$ONSET_N"
-if [[ -n $TOLD_MS ]]; then
-    out "8 busy loops started in the middle of a drain of $ONSET_N requests: back at normal priority $TOLD_MS ms later ($(grep -m1 'the host is busy' "$TMP/onset.log"); $CHECK_NOTE)"
-else
-    out "8 busy loops started in the middle of a drain of $ONSET_N requests: the dispatcher never said the host was busy ($CHECK_NOTE)"
-    FAILURES=$((FAILURES + 1))
-fi
-rm -rf "$TMP/w8" "$TMP/work8"
 
 fi
 

@@ -193,19 +193,6 @@ pub struct RunArgs {
     /// lock) [default: the number of CPUs]
     #[arg(long, env = "GIT_DISPATCH_JOBS")]
     pub jobs: Option<usize>,
-
-    /// The priority of the dispatcher's own work (fetches, commits, pushes, clean-up); handlers
-    /// always keep the dispatcher's starting priority. `auto`: idle (`SCHED_IDLE`, it yields the
-    /// processors to the handlers) while the host has processors to spare, normal for a while once
-    /// it waited too long for one; `idle`: idle however busy the host; `normal`: that of the
-    /// handlers
-    #[arg(
-        long,
-        env = "GIT_DISPATCH_BOOKKEEPING_PRIORITY",
-        value_enum,
-        default_value = "auto"
-    )]
-    pub bookkeeping_priority: crate::priority::Bookkeeping,
 }
 
 #[derive(Debug, Args)]

@@ -40,8 +40,6 @@ pub(crate) struct RunConfig {
     pub dispatcher_id: String,
     /// How many handlers run at once.
     pub jobs: usize,
-    /// Whether the dispatcher's own work runs at idle priority.
-    pub bookkeeping: crate::priority::Bookkeeping,
     /// Bytes of each handler's output kept in its log.
     pub log_limit: u64,
     /// Outcomes are pushed in batches at most this old while a backlog drains.
@@ -123,7 +121,6 @@ impl RunConfig {
                 Some(n) => n,
                 None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             },
-            bookkeeping: args.bookkeeping_priority,
             log_limit,
             push_batch: Duration::from_secs(1),
             run_as: resolve_run_as(args.run_as.as_deref())?,

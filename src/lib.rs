@@ -32,7 +32,6 @@ mod inbox;
 mod layout;
 pub mod log;
 mod outcome;
-mod priority;
 mod replay;
 mod run;
 mod secrets;

@@ -17,8 +17,6 @@ mod everyday;
 mod operations;
 #[path = "main/pipeline.rs"]
 mod pipeline;
-#[path = "main/priority.rs"]
-mod priority;
 #[path = "main/rejected.rs"]
 mod rejected;
 #[path = "main/reliability.rs"]

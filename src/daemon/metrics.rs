@@ -1,7 +1,7 @@
 //! What an operator watches: `/metrics` in the Prometheus text format (outcomes by kind and state,
-//! run durations, queue depth, push retries and failures, time of the last successful sync, the
-//! bookkeeping's priority and how often it was starved, build info) and `/healthz` (200 while the
-//! last sync succeeded within three poll intervals, otherwise 503 with the reason). Served on `--metrics-addr` by a thread of its own; the daemon only updates
+//! run durations, queue depth, push retries and failures, time of the last successful sync, build
+//! info) and `/healthz` (200 while the last sync succeeded within three poll intervals, otherwise
+//! 503 with the reason). Served on `--metrics-addr` by a thread of its own; the daemon only updates
 //! atomics and one small mutex.
 
 use std::net::SocketAddr;
@@ -42,8 +42,6 @@ pub(crate) struct Metrics {
     push_retries: Counter,
     push_failures: Counter,
     last_sync: Gauge<f64, AtomicU64>,
-    bookkeeping_idle: Gauge,
-    bookkeeping_starved: Counter,
     health: Mutex<Health>,
     poll_interval: Duration,
 }
@@ -83,18 +81,6 @@ impl Metrics {
             "Unix time of the last successful look at the remote",
             last_sync.clone(),
         );
-        let bookkeeping_idle = Gauge::default();
-        registry.register(
-            "bookkeeping_idle",
-            "1 while the dispatcher's own work runs at idle priority, else 0",
-            bookkeeping_idle.clone(),
-        );
-        let bookkeeping_starved = Counter::default();
-        registry.register(
-            "bookkeeping_starved",
-            "Times the dispatcher's own work went back to normal priority, starved at idle priority",
-            bookkeeping_starved.clone(),
-        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -110,8 +96,6 @@ impl Metrics {
             push_retries,
             push_failures,
             last_sync,
-            bookkeeping_idle,
-            bookkeeping_starved,
             health: Mutex::new(Health {
                 last_sync: None,
                 last_error: Some("no sync yet".to_owned()),
@@ -143,14 +127,6 @@ impl Metrics {
 
     pub(crate) fn push_retried(&self) {
         self.push_retries.inc();
-    }
-
-    pub(crate) fn bookkeeping_lowered(&self, idle: bool) {
-        self.bookkeeping_idle.set(i64::from(idle));
-    }
-
-    pub(crate) fn bookkeeping_starved(&self) {
-        self.bookkeeping_starved.inc();
     }
 
     pub(crate) fn synced(&self) {

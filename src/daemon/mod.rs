@@ -1,9 +1,7 @@
 //! The loop: sync -> take -> validate -> route -> lock -> run -> record -> push.
 //!
-//! One thread owns the Git repository and makes every decision (the process's first thread, or a
-//! `bookkeeping` thread of its own while that work runs at idle priority: see `priority`, which may
-//! hand it from one to the other between the steps of the loop); each handler runs on a worker thread
-//! of its own and reports back on the event channel, as do the signal thread and the watcher of a
+//! One thread owns the Git repository and makes every decision (the process's first thread); each
+//! handler runs on a worker thread of its own and reports back on the event channel, as do the signal thread and the watcher of a
 //! local remote. Outcomes are committed locally as soon as they are known and pushed in batches (at
 //! most [`RunConfig::push_batch`] old while a backlog drains, at once when the queue is idle), so
 //! draining a backlog does not cost one push per request.
@@ -19,7 +17,6 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,7 +34,6 @@ use crate::inbox::snapshot::Snapshot;
 use crate::layout;
 use crate::log::{event, say};
 use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
-use crate::priority::{self, BackOff, Bookkeeping, Launcher, Starvation, Starved};
 use crate::run::journal::Journal;
 use crate::run::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::run::sandbox::{InFlight, Termination};
@@ -112,45 +108,8 @@ pub(crate) struct Summary {
     pub by_state: std::collections::BTreeMap<String, usize>,
 }
 
-/// What the serving loop keeps from one thread's turn to the next.
-struct Serving {
-    /// systemd's watchdog interval, when it watches.
-    watchdog: Option<Duration>,
-    ready_sent: bool,
-}
-
-/// Until when a thread serves, besides the end of the mode.
-enum Until {
-    Done,
-    /// Until what comes next suits idle priority, not before the instant.
-    SuitsIdle {
-        not_before: Instant,
-    },
-    /// Until starved (what it waited, once it is), or what comes next does not suit idle priority.
-    Starved(Starvation, Option<Starved>),
-}
-
-impl Until {
-    /// Whether the serving thread hands over now, given whether what comes next suits idle priority
-    /// (`Daemon::suits_idle`); asked between the steps of the loop.
-    fn hand_over(&mut self, suits_idle: bool) -> bool {
-        match self {
-            Self::Done => false,
-            Self::SuitsIdle { not_before } => suits_idle && Instant::now() >= *not_before,
-            Self::Starved(starvation, starved) => {
-                *starved = starvation.starved();
-                starved.is_some() || !suits_idle
-            }
-        }
-    }
-}
-
 pub(crate) struct Daemon {
     cfg: RunConfig,
-    /// Starts the runs' threads at the priority handlers run at (see `priority`).
-    launcher: Launcher,
-    /// Whether the bookkeeping runs at idle priority now; told to every run.
-    bookkeeping_lowered: Arc<AtomicBool>,
     sync: Sync,
     inbox: Inbox,
     snapshot: Option<Snapshot>,
@@ -266,12 +225,8 @@ impl Daemon {
         let jobs = cfg.jobs;
         let now = Instant::now();
         let cfg_poll = cfg.poll_interval;
-        let launcher = Launcher::for_bookkeeping(cfg.bookkeeping)
-            .map_err(io_err("could not start a thread"))?;
         Ok(Self {
             cfg,
-            launcher,
-            bookkeeping_lowered: Arc::default(),
             sync,
             inbox: Inbox::default(),
             snapshot: None,
@@ -315,10 +270,8 @@ impl Daemon {
                 "metrics on http://{addr}/metrics, health on http://{addr}/healthz"
             ));
         }
-        let mut serving = Serving {
-            watchdog: sd_notify::watchdog_enabled(),
-            ready_sent: false,
-        };
+        let watchdog = sd_notify::watchdog_enabled();
+        let mut ready_sent = false;
         say(&format!(
             "serving `{}` (branch `{}`) from `{}`",
             self.cfg.remote,
@@ -328,128 +281,21 @@ impl Daemon {
         if !self.sync.unpushed_commits()?.is_empty() {
             self.unpushed_since = Some(Instant::now());
         }
-        // From here on, the work is done by a thread of its own while it runs at idle priority (and
-        // the `git gc` it starts with it); this thread, and those made above (signals, the remote's
-        // watcher, metrics), keep the starting priority.
-        let served = match self.cfg.bookkeeping {
-            Bookkeeping::Normal => self.serve_until(&mut serving, &mut Until::Done),
-            Bookkeeping::Idle => self.serve_lowered(&mut serving, &mut Until::Done),
-            Bookkeeping::Auto => self.serve_lowered_while_not_starved(&mut serving),
-        };
-        Ok(served?.expect("`Until::Done`, and `auto`'s loop, end only with the summary"))
-    }
-
-    /// Serves at idle priority, on a thread of its own, until the summary or `until` says to hand
-    /// over. Where the thread cannot be lowered, it serves at normal priority.
-    fn serve_lowered(
-        &mut self,
-        serving: &mut Serving,
-        until: &mut Until,
-    ) -> Result<Option<Summary>, DaemonError> {
-        thread::scope(|scope| {
-            let bookkeeping = thread::Builder::new()
-                .name("bookkeeping".to_owned())
-                .spawn_scoped(scope, || {
-                    if let Err(e) = priority::lower_this_thread() {
-                        say(&format!(
-                            "warning: could not lower the dispatcher's own work to idle priority: \
-                             {e}"
-                        ));
-                        return self.serve_until(serving, &mut Until::Done);
-                    }
-                    if let Until::Starved(starvation, _) = until {
-                        starvation.count_from_here();
-                    }
-                    self.bookkeeping_lowered.store(true, Ordering::Relaxed);
-                    self.metrics.bookkeeping_lowered(true);
-                    let served = self.serve_until(serving, until);
-                    self.bookkeeping_lowered.store(false, Ordering::Relaxed);
-                    self.metrics.bookkeeping_lowered(false);
-                    served
-                })
-                .map_err(io_err("could not start a thread"))?;
-            bookkeeping
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-
-    /// `--bookkeeping-priority auto`: serves at idle priority while a handler runs and no push is
-    /// due (see [`Daemon::suits_idle`]), until starved; otherwise, and for a while once starved
-    /// (see `priority::BackOff`), at normal priority.
-    fn serve_lowered_while_not_starved(
-        &mut self,
-        serving: &mut Serving,
-    ) -> Result<Option<Summary>, DaemonError> {
-        if let Err(e) = Starvation::supported() {
-            say(&format!(
-                "warning: cannot tell how long a thread waits for a processor ({e}); the \
-                 dispatcher's own work stays at normal priority"
-            ));
-            return self.serve_until(serving, &mut Until::Done);
-        }
-        let mut back_off = BackOff::default();
-        let mut not_before = Instant::now();
         loop {
-            if let Some(summary) =
-                self.serve_until(serving, &mut Until::SuitsIdle { not_before })?
-            {
-                return Ok(Some(summary));
-            }
-            let mut until = Until::Starved(Starvation::default(), None);
-            if let Some(summary) = self.serve_lowered(serving, &mut until)? {
-                return Ok(Some(summary));
-            }
-            let Until::Starved(_, Some(starved)) = until else {
-                continue;
-            };
-            let normal_for = back_off.next();
-            not_before = Instant::now() + normal_for;
-            event(
-                "bookkeeping",
-                None,
-                &format!(
-                    "the host is busy: waited {}ms for a processor in {}ms ({}ms a turn); the \
-                     dispatcher's own work runs at normal priority for {}",
-                    starved.waited.as_millis(),
-                    starved.over.as_millis(),
-                    starved.per_turn().as_millis(),
-                    humantime::format_duration(normal_for),
-                ),
-            );
-            self.metrics.bookkeeping_starved();
-        }
-    }
-
-    /// The loop, until the mode says to stop (the summary) or `until` says to hand over (none).
-    fn serve_until(
-        &mut self,
-        serving: &mut Serving,
-        until: &mut Until,
-    ) -> Result<Option<Summary>, DaemonError> {
-        loop {
-            if until.hand_over(self.suits_idle()) {
-                return Ok(None);
-            }
-            if serving.watchdog.is_some() {
+            if watchdog.is_some() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
-            if !serving.ready_sent && self.sync.tip().is_some() {
+            if !ready_sent && self.sync.tip().is_some() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                serving.ready_sent = true;
+                ready_sent = true;
             }
             self.handle_pending_events()?;
             if self.shutting_down && self.running.is_empty() {
                 self.flush()?;
-                return Ok(Some(std::mem::take(&mut self.summary)));
+                return Ok(std::mem::take(&mut self.summary));
             }
-            // Each step below leaves its state in `self`: a thread told to hand over between two of
-            // them leaves the rest of the turn to the next one.
             if !self.shutting_down && Instant::now() >= self.next_sync {
                 self.sync_step()?;
-                if until.hand_over(self.suits_idle()) {
-                    return Ok(None);
-                }
             }
             if !self.recovered && self.sync.tip().is_some() {
                 self.recover()?;
@@ -461,21 +307,10 @@ impl Daemon {
                 0
             };
             self.waiting = backlog;
-            let mut finished = std::mem::take(&mut self.finished).into_iter();
-            while let Some(report) = finished.next() {
-                // Asked before the first report too: right after the take.
-                if until.hand_over(self.suits_idle()) {
-                    // This report and those after it come first in the next turn.
-                    self.finished
-                        .splice(0..0, std::iter::once(report).chain(finished));
-                    return Ok(None);
-                }
+            for report in std::mem::take(&mut self.finished) {
                 self.finish(report)?;
             }
             self.watchdog()?;
-            if until.hand_over(self.suits_idle()) {
-                return Ok(None);
-            }
             if self.push_due(backlog) {
                 self.push_step()?;
             }
@@ -495,10 +330,10 @@ impl Daemon {
                 };
                 if done {
                     self.flush()?;
-                    return Ok(Some(std::mem::take(&mut self.summary)));
+                    return Ok(std::mem::take(&mut self.summary));
                 }
             }
-            self.wait(serving.watchdog.map(|w| w / 2))?;
+            self.wait(watchdog.map(|w| w / 2))?;
         }
     }
 
@@ -1096,10 +931,9 @@ impl Daemon {
             ticket: self.stop.ticket(),
             in_flight: Arc::clone(&in_flight),
             request: request.clone(),
-            bookkeeping_lowered: Arc::clone(&self.bookkeeping_lowered),
         };
         let sender = self.sender.clone();
-        runner::spawn(&self.launcher, plan, move |report| {
+        runner::spawn(plan, move |report| {
             let _ = sender.send(Event::Finished(Box::new(report)));
         });
         self.running.insert(
@@ -1274,14 +1108,6 @@ impl Daemon {
         say(&format!(
             "progress: {done} of {total} done ({rate:.1} requests/s)"
         ));
-    }
-
-    /// Whether what comes next suits idle priority (see `priority`): a handler runs, to yield to,
-    /// and no push is due. A push (the write-out, the merge of packs, the transfer) is the longest
-    /// step of the loop: started at idle priority on a host that turned busy, one took 5-9 s to end
-    /// beside four busy loops on two cores, and nothing could hand it over meanwhile.
-    fn suits_idle(&self) -> bool {
-        !self.running.is_empty() && !self.push_due(self.waiting)
     }
 
     /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window.

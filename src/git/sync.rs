@@ -1123,11 +1123,6 @@ struct Staging {
     bytes: Cell<usize>,
 }
 
-// SAFETY: `backend` is owned by the object database of `Sync::repo`, and goes where the repository
-// goes: a `git2::Repository` may move to another thread, as may what libgit2 made for it, as long as
-// no two threads use them at once. `Staging` is not `Sync` (its cells), so none can.
-unsafe impl Send for Staging {}
-
 /// The head of libgit2's `git_odb_backend` (`git2/sys/odb_backend.h`), as far as `write`; the layout
 /// is libgit2's public interface for object database backends, at version 1 since libgit2 0.20.
 #[repr(C)]

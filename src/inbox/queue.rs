@@ -10,7 +10,7 @@
 //! taken out of it, which spares sorting a long backlog again after every request.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::rc::Rc;
 
 use git2::{Commit, Oid, Repository, Tree};
 
@@ -43,7 +43,7 @@ pub(crate) struct Inbox {
     /// Distance from the root along first parents, of arrival commits whose order was needed.
     generations: HashMap<Oid, u64>,
     /// The last listing, and the `requests/` tree it lists.
-    last: Option<(Oid, Arc<Vec<InboxEntry>>)>,
+    last: Option<(Oid, Rc<Vec<InboxEntry>>)>,
 }
 
 impl Inbox {
@@ -52,17 +52,17 @@ impl Inbox {
         &mut self,
         repo: &Repository,
         tip: Oid,
-    ) -> Result<Arc<Vec<InboxEntry>>, git2::Error> {
+    ) -> Result<Rc<Vec<InboxEntry>>, git2::Error> {
         let commit = repo.find_commit(tip)?;
         let Some(tree_id) = requests_tree_id(&commit)? else {
             self.arrivals.clear();
             self.last = None;
-            return Ok(Arc::default());
+            return Ok(Rc::default());
         };
         if let Some((listed, entries)) = &self.last
             && *listed == tree_id
         {
-            return Ok(Arc::clone(entries));
+            return Ok(Rc::clone(entries));
         }
         let tree = repo.find_tree(tree_id)?;
         if let Some((listed, _)) = &self.last
@@ -70,7 +70,7 @@ impl Inbox {
         {
             let gone: HashSet<(&str, Oid)> = gone.iter().map(|(n, o)| (n.as_str(), *o)).collect();
             self.take_out(tree_id, |e| gone.contains(&(e.name.as_str(), e.oid)));
-            return Ok(Arc::clone(&self.last.as_ref().expect("listed above").1));
+            return Ok(Rc::clone(&self.last.as_ref().expect("listed above").1));
         }
         let present: Vec<(String, Oid, EntryType)> = tree
             .iter()
@@ -106,8 +106,8 @@ impl Inbox {
             .collect();
         entries.sort_by(|a, b| (a.arrival.time, &a.name).cmp(&(b.arrival.time, &b.name)));
         self.order_same_second(repo, &mut entries)?;
-        let entries = Arc::new(entries);
-        self.last = Some((tree.id(), Arc::clone(&entries)));
+        let entries = Rc::new(entries);
+        self.last = Some((tree.id(), Rc::clone(&entries)));
         Ok(entries)
     }
 
@@ -144,7 +144,7 @@ impl Inbox {
         let Some((listed, entries)) = &mut self.last else {
             return;
         };
-        Arc::make_mut(entries).retain(|e| {
+        Rc::make_mut(entries).retain(|e| {
             if gone(e) {
                 self.arrivals.remove(&(e.name.clone(), e.oid));
                 return false;

@@ -18,7 +18,6 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +27,6 @@ use thiserror::Error;
 use crate::clock::rfc3339;
 use crate::inbox::request::Request;
 use crate::inbox::snapshot::HandlersDir;
-use crate::priority::{self, Launcher};
 use crate::run::journal::{self, Journal};
 use crate::run::lock::{LockError, ResourceLock};
 use crate::run::sandbox::{self, Finished, InFlight, Job, SandboxError, Termination};
@@ -212,9 +210,6 @@ pub(crate) struct Plan {
     pub ticket: u64,
     /// The handler process while one runs, for the daemon's watchdog.
     pub in_flight: Arc<InFlight>,
-    /// Whether the bookkeeping runs at idle priority (see `priority`), read once the handler is
-    /// gone for good: if so, the run's thread lowers itself for its clean-up and report.
-    pub bookkeeping_lowered: Arc<AtomicBool>,
 }
 
 /// One attempt's result and where its log was captured.
@@ -262,10 +257,9 @@ impl Plan {
     }
 }
 
-/// Starts the run on a thread of its own, made by `launcher` (so at the priority handlers run at);
-/// `done` receives the report.
-pub(crate) fn spawn(launcher: &Launcher, plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
-    launcher.spawn("run", move || {
+/// Starts the run on a thread of its own, named `run`; `done` receives the report.
+pub(crate) fn spawn(plan: Plan, done: impl FnOnce(Report) + Send + 'static) {
+    let job = move || {
         let mut attempts = Vec::new();
         let (cancelled, fatal) = match run(&plan, &mut attempts) {
             Ok(ran) => (!ran, None),
@@ -278,7 +272,11 @@ pub(crate) fn spawn(launcher: &Launcher, plan: Plan, done: impl FnOnce(Report) +
             fatal,
             cancelled,
         });
-    });
+    };
+    std::thread::Builder::new()
+        .name("run".to_owned())
+        .spawn(job)
+        .expect("failed to spawn thread");
 }
 
 /// Runs the attempts; false when the run never took a slot. A run that fails here (the journal
@@ -418,11 +416,6 @@ fn run_holding<'p>(
             // cleans up.
             *held = Held::default();
             let _ = plan.stop.let_the_next_start(NEXT_START_BOUND);
-            if plan.bookkeeping_lowered.load(Ordering::Relaxed) {
-                // The clean-up and the report are bookkeeping (see `priority`); failing that, they
-                // run as they are.
-                let _ = priority::lower_this_thread();
-            }
         }
         drop(ready);
         attempts.push(attempt);

@@ -63,7 +63,7 @@ impl<'r> History<'r> {
 
     /// The requests waiting at the tip, first in first out.
     pub(crate) fn queue(&self) -> Result<Vec<Waiting>, HistoryError> {
-        let entries = std::sync::Arc::unwrap_or_clone(Inbox::default().list(self.repo, self.tip)?);
+        let entries = std::rc::Rc::unwrap_or_clone(Inbox::default().list(self.repo, self.tip)?);
         let view = self.view(self.tip)?;
         Ok(entries
             .into_iter()

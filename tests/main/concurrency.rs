@@ -2,7 +2,10 @@
 //! (receive-pack's atomic ref update) or to the same local path (where the dispatcher writes the pack
 //! and moves the branch itself, with a compare-and-swap). The dispatcher's push is then rejected, and
 //! it must re-create its outcome on the new tip: nothing lost, nothing run twice, history linear.
+//! And the dispatcher's own pushes go on while its handlers run.
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use crate::support::{DEFAULT_INDEX, GitDaemon, World, wait_until};
@@ -89,4 +92,50 @@ fn concurrent_submitter(over_git_daemon: bool) {
         1,
         "the handler was re-run to redo the push"
     );
+}
+
+#[test]
+fn outcomes_are_pushed_while_handlers_run() {
+    let world = World::new().build();
+    let marks = world.root.join("marks");
+    fs::create_dir(&marks).unwrap();
+    fs::set_permissions(&marks, fs::Permissions::from_mode(0o777)).unwrap();
+    let marks = marks.to_str().unwrap();
+    // A handler marks that it runs; the remote's hook notes, at each push, whether one ran.
+    world.handler(
+        "slow.sh",
+        &format!("#!/bin/sh\ntouch {marks}/running\nsleep 0.4\nrm -f {marks}/running\n"),
+    );
+    world.index(&format!(
+        "{DEFAULT_INDEX}slow:\n  handler: slow.sh\n  timeout: 30s\n"
+    ));
+    world.publish("a slow kind");
+    let names: Vec<String> = (1..=8).map(|i| format!("slow-{i}.yml")).collect();
+    let files: Vec<(&str, &[u8])> = names
+        .iter()
+        .map(|n| (n.as_str(), b"kind: slow\n".as_slice()))
+        .collect();
+    world.submit_many(&files);
+    let hook = world.remote.join("hooks/pre-receive");
+    fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\n[ -e {marks}/running ] && running=yes || running=no\n\
+             echo \"running=$running\" >>{marks}/pushes\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = GitDaemon::serve(&world);
+
+    world
+        .output(world.run_command(&daemon.url(), &["--until-empty", "--jobs", "1"]))
+        .assert_exit(0);
+
+    let pushes = fs::read_to_string(format!("{marks}/pushes")).expect("the hook ran");
+    assert!(
+        pushes.lines().any(|l| l == "running=yes"),
+        "no push while a handler ran (the batch is a second, the handlers 3.2 s): {pushes}"
+    );
+    assert_eq!(world.fresh_clone().status("slow-8")["state"], "succeeded");
 }

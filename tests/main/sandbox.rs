@@ -323,3 +323,65 @@ fn handler_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
         "SIGPIPE is ignored in the handler:\n{log}"
     );
 }
+
+#[test]
+fn handler_and_every_thread_of_the_dispatcher_keep_the_dispatchers_starting_priority() {
+    // Each `stat` as "(name)=policy/nice": fields 41 and 19, after the name, which may hold spaces
+    // (0 is SCHED_OTHER); the dispatcher's threads end with `;`.
+    let world = World::new()
+        .handler(
+            "priority.sh",
+            r#"#!/bin/sh
+policy() {
+  stat=$(cat "$1" 2>/dev/null) || return 0
+  name=${stat#*\(}; name=${name%\)*}
+  set -- ${stat##*\) }
+  echo "($name)=${39}/${17}"
+}
+echo "MINE=$(policy /proc/$$/stat)"
+seen=""
+for t in /proc/$PPID/task/*; do seen="$seen$(policy "$t/stat");"; done
+echo "THREADS=$seen"
+"#,
+        )
+        .index(&format!(
+            "{DEFAULT_INDEX}priority:\n  handler: priority.sh\n  timeout: 30s\n"
+        ))
+        .build();
+    world.submit("niced.yml", "kind: priority\n");
+    // SAFETY: `getpriority` only reads this thread's nice value.
+    let base = unsafe { nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0) };
+    let nice = (base + 3).min(19);
+    let mut cmd = world.run_command(world.remote_arg(), &["--until-empty"]);
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(
+            &mut cmd,
+            move || match nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            },
+        );
+    }
+    world.output(cmd).assert_exit(0);
+    let log = world
+        .fresh_clone()
+        .read_string(&log_file("niced", 1))
+        .expect("the log is committed");
+    assert_eq!(
+        line_value(&log, "MINE").trim(),
+        format!("(priority.sh)=0/{nice}"),
+        "the handler runs under SCHED_OTHER at the dispatcher's starting nice value:\n{log}"
+    );
+    let threads = line_value(&log, "THREADS");
+    let threads: Vec<&str> = threads.split(';').filter(|t| !t.is_empty()).collect();
+    assert!(
+        threads.iter().any(|t| t.starts_with("(git-dispatch)=")),
+        "the dispatcher's first thread is seen: {threads:?}"
+    );
+    assert!(
+        threads.iter().all(|t| t.ends_with(&format!("=0/{nice}"))),
+        "every thread of the dispatcher runs under SCHED_OTHER at its starting nice value: \
+         {threads:?}"
+    );
+}
