@@ -69,23 +69,55 @@ fn check(config: &RunConfig) -> Vec<Finding> {
     findings
 }
 
+/// Whether `run` will be able to write in `dir`, without creating or writing anything: an existing
+/// folder must be writable; a missing one must be creatable (its nearest existing ancestor writable).
 fn writable(dir: &Path, what: &str) -> Finding {
-    let probe = dir.join(".git-dispatch-doctor");
-    let result = fs::create_dir_all(dir).and_then(|()| fs::write(&probe, b""));
-    let _ = fs::remove_file(&probe);
-    match result {
-        Ok(()) => Finding::Ok(format!("{what} `{}` is writable", dir.display())),
-        Err(e) => Finding::Problem {
-            what: format!("{what} `{}` is not writable: {e}", dir.display()),
-            fix: format!(
-                "create it and give it to the dispatcher's user, or choose another with --{}",
-                if what.starts_with("lock") {
-                    "lock-dir"
-                } else {
-                    "workdir"
-                }
-            ),
-        },
+    use nix::unistd::{AccessFlags, access};
+    let fix = format!(
+        "create it and give it to the dispatcher's user, or choose another with --{}",
+        if what.starts_with("lock") {
+            "lock-dir"
+        } else {
+            "workdir"
+        }
+    );
+    let problem = |what: String| Finding::Problem {
+        what,
+        fix: fix.clone(),
+    };
+    if dir.exists() {
+        if !dir.is_dir() {
+            return problem(format!("{what} `{}` is not a directory", dir.display()));
+        }
+        return match access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+            Ok(()) => Finding::Ok(format!("{what} `{}` is writable", dir.display())),
+            Err(e) => problem(format!(
+                "{what} `{}` is not writable: {}",
+                dir.display(),
+                e.desc()
+            )),
+        };
+    }
+    let Some(parent) = dir.ancestors().skip(1).find(|a| a.exists()) else {
+        return problem(format!("{what} `{}` has no existing parent", dir.display()));
+    };
+    match access(parent, AccessFlags::W_OK | AccessFlags::X_OK) {
+        Ok(()) if parent.is_dir() => Finding::Ok(format!(
+            "{what} `{}` does not exist yet; `run` will create it (`{}` is writable)",
+            dir.display(),
+            parent.display()
+        )),
+        Ok(()) => problem(format!(
+            "{what} `{}` cannot be created: `{}` is not a directory",
+            dir.display(),
+            parent.display()
+        )),
+        Err(e) => problem(format!(
+            "{what} `{}` cannot be created: `{}` is not writable: {}",
+            dir.display(),
+            parent.display(),
+            e.desc()
+        )),
     }
 }
 

@@ -736,3 +736,66 @@ fn once_takes_only_the_oldest_request() {
     );
     assert_eq!(statuses[0].1["state"], "succeeded");
 }
+
+/// Every path under `dir`, sorted: what "created nothing" compares.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            paths.push(path.display().to_string());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            }
+        }
+    }
+    paths.sort();
+    paths
+}
+
+#[test]
+fn doctor_creates_no_workdir_lock_dir_or_state_folder() {
+    let world = World::new().build();
+    let home_before = tree(&world.home);
+
+    // The default workdir (under `HOME`) and its default lock dir.
+    let mut cmd = world.dispatcher();
+    cmd.args(["doctor", "--remote", world.remote_arg()]);
+    let out = world.spawn(cmd).wait(Duration::from_secs(90));
+    out.assert_exit(0);
+    assert_eq!(
+        tree(&world.home),
+        home_before,
+        "doctor created a default state folder:\n{out}"
+    );
+
+    // A named workdir that does not exist yet: reported as creatable, not created.
+    let mut cmd = world.dispatcher();
+    cmd.args(["doctor", "--remote", world.remote_arg(), "--workdir"])
+        .arg(&world.work);
+    let out = world.spawn(cmd).wait(Duration::from_secs(90));
+    out.assert_exit(0);
+    assert!(
+        !world.work.exists(),
+        "doctor created the workdir (or its `locks`):\n{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("does not exist yet; `run` will create it"),
+        "doctor does not say the workdir will be created:\n{out}"
+    );
+
+    // An existing workdir gets no `locks` folder.
+    fs::create_dir(&world.work).unwrap();
+    let mut cmd = world.dispatcher();
+    cmd.args(["doctor", "--remote", world.remote_arg(), "--workdir"])
+        .arg(&world.work);
+    let out = world.spawn(cmd).wait(Duration::from_secs(90));
+    out.assert_exit(0);
+    assert_eq!(
+        tree(&world.work),
+        Vec::<String>::new(),
+        "doctor wrote into the workdir:\n{out}"
+    );
+}
