@@ -90,11 +90,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// The man page (roff) on standard output.
+    /// The man pages (roff): one on standard output, or all of them written to a folder.
     #[command(
-        after_help = "Example:\n  git-dispatch man > /usr/local/share/man/man1/git-dispatch.1"
+        after_help = "`git dispatch --help` runs `man git-dispatch`: install the pages where \
+        `man` looks.\n\n\
+        Examples:\n  \
+        git-dispatch man --dir /usr/local/share/man/man1\n  \
+        git-dispatch man run | man -l -"
     )]
-    Man,
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -322,4 +326,14 @@ pub struct ReplayArgs {
     /// The inbox repository whose `handlers/` and `schemas/` are used [default: the current directory]
     #[arg(long)]
     pub repo: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The page of this subcommand (`run` for git-dispatch-run.1) [default: git-dispatch.1]
+    pub subcommand: Option<String>,
+
+    /// Write every page (git-dispatch.1, git-dispatch-run.1, ...) into this folder instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+    pub dir: Option<PathBuf>,
 }

@@ -87,6 +87,6 @@ fn run(cli: &Cli) -> Result<(), CommandError> {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Selftest => commands::selftest::run(),
         Command::Completions { shell } => commands::completions::completions(*shell),
-        Command::Man => commands::completions::man(),
+        Command::Man(args) => commands::man::run(args),
     }
 }
