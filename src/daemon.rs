@@ -724,10 +724,11 @@ impl Daemon {
                 }
             ));
             outcome.logs = logs;
-            event(
+            crate::log::event_with(
                 "recover",
                 Some(&entry.key),
                 &format!("abandoned: {}", outcome.error.as_deref().unwrap_or("")),
+                outcome.log_fields(),
             );
             self.record(&outcome)?;
         }
@@ -772,7 +773,12 @@ impl Daemon {
             outcome.logs = run.prior_logs;
             outcome.logs.push(AttemptLog::from_bytes(log));
             outcome.error = Some(why.clone());
-            event("watchdog", Some(&key), &format!("abandoned: {why}"));
+            crate::log::event_with(
+                "watchdog",
+                Some(&key),
+                &format!("abandoned: {why}"),
+                outcome.log_fields(),
+            );
             run.in_flight.abandon();
             // Its worker is stuck with the slot: the runs after it must not wait for it.
             if run.in_flight.give_back_slot() {
@@ -1014,10 +1020,15 @@ impl Daemon {
             },
         };
         let error = self.cfg.redactor.redact(&rejection.error);
-        event("reject", Some(&key), &format!("rejected: {error}"));
         let mut outcome = self.outcome(entry, key, rejection.kind, State::Rejected);
         outcome.logs.push(AttemptLog::text(&format!("{error}\n")));
         outcome.error = Some(error);
+        crate::log::event_with(
+            "reject",
+            Some(&outcome.key),
+            &format!("rejected: {}", outcome.error.as_deref().unwrap_or_default()),
+            outcome.log_fields(),
+        );
         self.record(&outcome)
     }
 
@@ -1180,7 +1191,12 @@ impl Daemon {
                 }
             }
         }
-        event("record", Some(&outcome.key), &outcome.state.to_string());
+        crate::log::event_with(
+            "record",
+            Some(&outcome.key),
+            &outcome.state.to_string(),
+            outcome.log_fields(),
+        );
         self.record(&outcome)
     }
 
