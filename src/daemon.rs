@@ -74,6 +74,16 @@ pub(crate) enum DaemonError {
     },
 }
 
+/// `attempt 2; next in 1.2s`, or for the attempt after which the dispatcher gives up `attempt 6 of
+/// 6, the last`: the last attempt announces no next one.
+fn attempt_note(attempt: u32, attempts: u32, last: bool, delay: Duration) -> String {
+    if last {
+        format!("attempt {attempt} of {attempts}, the last")
+    } else {
+        format!("attempt {attempt}; next in {delay:.1?}")
+    }
+}
+
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
     let context = context.into();
     move |source| DaemonError::Io { context, source }
@@ -837,11 +847,13 @@ impl Daemon {
                 self.sync_failures += 1;
                 self.metrics.sync_failed(&e.to_string());
                 let delay = backoff(self.sync_failures);
+                let last =
+                    self.cfg.mode != Mode::Serve && self.sync_failures >= self.cfg.push_attempts;
                 say(&format!(
-                    "{e} (attempt {}; next in {delay:.1?})",
-                    self.sync_failures
+                    "{e} ({})",
+                    attempt_note(self.sync_failures, self.cfg.push_attempts, last, delay)
                 ));
-                if self.cfg.mode != Mode::Serve && self.sync_failures >= self.cfg.push_attempts {
+                if last {
                     return Err(DaemonError::Remote(format!(
                         "{e}: gave up after {} attempts{}",
                         self.sync_failures,
@@ -1333,9 +1345,11 @@ impl Daemon {
                 } else {
                     backoff(self.push_failures)
                 };
+                let last = (self.cfg.mode != Mode::Serve || self.shutting_down)
+                    && self.push_failures >= self.cfg.push_attempts;
                 say(&format!(
-                    "{e} (attempt {}; next in {delay:.1?})",
-                    self.push_failures
+                    "{e} ({})",
+                    attempt_note(self.push_failures, self.cfg.push_attempts, last, delay)
                 ));
                 if matches!(e, SyncError::Rejected { .. }) {
                     // Most often the remote moved: re-create the outcomes on its new tip.
@@ -1343,9 +1357,7 @@ impl Daemon {
                         say(&format!("after a rejected push: {e}"));
                     }
                 }
-                if (self.cfg.mode != Mode::Serve || self.shutting_down)
-                    && self.push_failures >= self.cfg.push_attempts
-                {
+                if last {
                     return Err(DaemonError::Remote(format!(
                         "{e}: gave up after {} attempts{}",
                         self.push_failures,

@@ -115,7 +115,7 @@ pub(crate) fn event_with(stage: &str, id: Option<&str>, message: &str, fields: F
     if SILENT.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    let message = crate::secrets::redact_global(message);
+    let message = crate::secrets::redact_global(&crate::error::user_text(message));
     let line = match FORMAT.get().copied().unwrap_or(LogFormat::Text) {
         LogFormat::Text => match id {
             Some(id) => format!("git-dispatch: {id}: {message}"),

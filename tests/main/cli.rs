@@ -236,3 +236,69 @@ fn man_pages_one_per_subcommand_with_exit_status_and_environment() {
     cmd.args(["man", "nope"]);
     world.output(cmd).assert_exit(2);
 }
+
+#[test]
+fn the_last_attempt_announces_no_next_one() {
+    let world = World::new().build();
+    let url = format!("git://127.0.0.1:{}/remote.git", free_port());
+    let cmd = world.run_command(&url, &["--until-empty", "--push-attempts", "2"]);
+
+    let out = world.spawn(cmd).wait(Duration::from_secs(90));
+    out.assert_exit(3);
+    let attempts: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("(attempt "))
+        .collect();
+    assert_eq!(attempts.len(), 2, "{out}");
+    assert!(attempts[0].contains("next in"), "{out}");
+    assert!(
+        !attempts[1].contains("next in"),
+        "the last attempt announces a next one:\n{out}"
+    );
+    assert!(
+        !out.stderr.contains("class=") && !out.stderr.contains("code="),
+        "libgit2's class/code suffix reaches the user:\n{out}"
+    );
+}
+
+#[test]
+fn an_error_is_told_once_without_libgit2_suffixes() {
+    let world = World::new().build();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let addr = taken.local_addr().expect("bound").to_string();
+
+    let out = world.run(&["--metrics-addr", &addr]);
+    out.assert_exit(2);
+    assert_eq!(
+        out.stderr.matches("Address already in use").count(),
+        1,
+        "the error text is repeated:\n{out}"
+    );
+
+    // A workdir whose clone is not a repository: libgit2's own error, told once, without its
+    // `class=... code=...` suffix.
+    let work = world.root.join("broken-work");
+    std::fs::create_dir_all(work.join("repo.git")).unwrap();
+    std::fs::write(work.join("repo.git/HEAD"), "garbage").unwrap();
+    let mut cmd = world.dispatcher();
+    cmd.args([
+        "run",
+        "--until-empty",
+        "--remote",
+        world.remote_arg(),
+        "--workdir",
+    ])
+    .arg(&work);
+    let out = world.output(cmd);
+    out.assert_exit(2);
+    assert!(
+        !out.stderr.contains("class=") && !out.stderr.contains("code="),
+        "libgit2's class/code suffix reaches the user:\n{out}"
+    );
+    assert_eq!(
+        out.stderr.matches("not a repository").count(),
+        1,
+        "the error text is repeated:\n{out}"
+    );
+}
