@@ -77,8 +77,9 @@ pub enum Command {
     /// Preflight before enabling a host: the same options as `run`; checks everything, changes nothing.
     #[command(after_help = "Examples:\n  \
         git-dispatch doctor --remote git@example.org:ops/inbox.git --secrets-file /etc/git-dispatch/secrets\n  \
-        GIT_DISPATCH_REMOTE=/srv/git/inbox.git git-dispatch doctor")]
-    Doctor(Box<RunArgs>),
+        GIT_DISPATCH_REMOTE=/srv/git/inbox.git git-dispatch doctor\n  \
+        git-dispatch doctor --service    # systemd's ExecStartPre: only host faults fail")]
+    Doctor(Box<DoctorArgs>),
     /// An end-to-end run in a temporary directory; silent on success, exit 0 or 1.
     Selftest,
     /// Shell completions on standard output.
@@ -336,4 +337,16 @@ pub struct ManArgs {
     /// Write every page (git-dispatch.1, git-dispatch-run.1, ...) into this folder instead.
     #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Before starting the service (systemd's `ExecStartPre`): exit 1 only for faults of the host
+    /// (configuration, workdir, lock directory); an unreachable remote or a broken kind, which the
+    /// running dispatcher tolerates, is printed as a warning.
+    #[arg(long)]
+    pub service: bool,
 }

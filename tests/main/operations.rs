@@ -886,3 +886,49 @@ fn doctor_creates_no_workdir_lock_dir_or_state_folder() {
         "doctor wrote into the workdir:\n{out}"
     );
 }
+
+#[test]
+fn the_shipped_units_pre_start_passes_with_a_broken_kind_and_fails_on_a_host_fault() {
+    let world = World::new().build();
+    world.index(&format!(
+        "{DEFAULT_INDEX}typo:\n  handler: no-such-handler.sh\n"
+    ));
+    world.publish("a kind with a typo");
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/git-dispatch.service"
+    ))
+    .expect("read the shipped unit");
+    let pre = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPre="))
+        .expect("the unit has an ExecStartPre");
+    assert!(
+        !pre.starts_with('-'),
+        "the pre-start ignores every failure (`-`), host faults included: {pre}"
+    );
+    let mut words = pre.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/git-dispatch"), "{pre}");
+    let args: Vec<&str> = words.collect();
+    let pre_start = |workdir: &std::path::Path| {
+        let mut cmd = world.dispatcher();
+        cmd.args(&args)
+            .env("GIT_DISPATCH_REMOTE", world.remote_arg())
+            .env("GIT_DISPATCH_WORKDIR", workdir)
+            .env("GIT_DISPATCH_LOCK_DIR", &world.locks)
+            .env("GIT_DISPATCH_LOG_FORMAT", "json");
+        world.spawn(cmd).wait(Duration::from_secs(90))
+    };
+
+    let out = pre_start(&world.work);
+    out.assert_exit(0);
+    assert!(
+        out.stdout.contains("typo"),
+        "the broken kind is not reported:\n{out}"
+    );
+
+    // A fault of the host itself still stops the start.
+    let file = world.root.join("a-file");
+    fs::write(&file, "not a directory").unwrap();
+    pre_start(&file).assert_exit(1);
+}
