@@ -1232,12 +1232,22 @@ impl Daemon {
         self.journal
             .recorded(&outcome.key, &outcome.journaled(), &rewrite)
             .map_err(io_err("journal"))?;
+        let kind = self.kind_label(outcome.kind.as_deref());
         self.staged(
             &outcome.key,
-            outcome.kind.as_deref(),
+            Some(kind),
             &outcome.state.to_string(),
             outcome.duration,
         )
+    }
+
+    /// The `kind` label of `/metrics`: a kind the index lists, else `unknown`, so that what a
+    /// submitter writes cannot grow the number of series without bound.
+    fn kind_label<'k>(&self, kind: Option<&'k str>) -> &'k str {
+        match (kind, &self.snapshot) {
+            (Some(kind), Some(snapshot)) if snapshot.catalog.kinds().contains(&kind) => kind,
+            _ => crate::metrics::UNKNOWN_KIND,
+        }
     }
 
     /// Counts an outcome committed in memory, and writes the outcomes out when they are many.

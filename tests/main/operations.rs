@@ -932,3 +932,49 @@ fn the_shipped_units_pre_start_passes_with_a_broken_kind_and_fails_on_a_host_fau
     fs::write(&file, "not a directory").unwrap();
     pre_start(&file).assert_exit(1);
 }
+
+#[test]
+fn metrics_label_kinds_the_index_does_not_list_as_unknown() {
+    let world = World::new().build();
+    world.submit("listed.yml", "kind: echo\n");
+    world.submit("free-text.yml", "kind: zz-anything-a-submitter-writes\n");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dispatcher = world.spawn(world.run_command(
+        world.remote_arg(),
+        &["--poll-interval", "200ms", "--metrics-addr", &addr],
+    ));
+
+    let pushed = wait_until(DEADLINE, || {
+        (remote_has(&world, &processed("free-text", "status.json"))
+            && remote_has(&world, &processed("listed", "status.json")))
+            || !dispatcher.running()
+    });
+    assert!(
+        pushed && dispatcher.running(),
+        "{}",
+        dispatcher.output_so_far()
+    );
+    let (code, metrics) = http_get(port, "/metrics")
+        .unwrap_or_else(|| panic!("nothing answers on {addr}: {}", dispatcher.output_so_far()));
+    assert_eq!(code, 200, "GET /metrics:\n{metrics}");
+    let outcomes: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("git_dispatch_requests_total{"))
+        .collect();
+    assert!(
+        !metrics.contains("zz-anything"),
+        "a submitter's free text became a label:\n{metrics}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|l| l.contains("kind=\"unknown\"") && l.contains("state=\"rejected\"")),
+        "the unlisted kind is not counted as `unknown`:\n{metrics}"
+    );
+    assert!(
+        outcomes.iter().any(|l| l.contains("kind=\"echo\"")),
+        "a listed kind lost its label:\n{metrics}"
+    );
+    dispatcher.terminate();
+}
