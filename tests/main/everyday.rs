@@ -599,3 +599,44 @@ fn init_into_a_non_empty_folder_exits_2_and_touches_nothing() {
         "mine\n"
     );
 }
+
+#[test]
+fn inits_scaffold_points_at_sections_that_exist_and_its_ci_validates_the_index() {
+    let world = World::new().build();
+    let dir = world.root.join("scaffolded");
+    everyday(&world, &world.root, &["init", "scaffolded"]).assert_exit(0);
+
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("a README");
+    let index = std::fs::read_to_string(dir.join("handlers/index.yml")).expect("an index");
+    let mut pointers = 0;
+    for line in index.lines().filter(|l| l.starts_with('#')) {
+        let mut rest = line;
+        while let Some((_, after)) = rest.split_once("README.md, \"") {
+            let (section, tail) = after.split_once('"').expect("a closed quote");
+            pointers += 1;
+            assert!(
+                readme
+                    .lines()
+                    .any(|l| l.starts_with("## ") && l[3..].starts_with(section)),
+                "the index points at README section {section:?}, which the README lacks"
+            );
+            rest = tail;
+        }
+    }
+    assert!(pointers > 0, "the index names no README section:\n{index}");
+
+    let workflow =
+        std::fs::read_to_string(dir.join(".github/workflows/replay.yml")).expect("a workflow");
+    assert!(
+        workflow.contains("git-dispatch validate --index"),
+        "the workflow does not run `validate --index`:\n{workflow}"
+    );
+    assert!(
+        workflow.contains("git-dispatch replay"),
+        "the workflow does not replay:\n{workflow}"
+    );
+    assert!(
+        !workflow.contains("your-org") && !workflow.contains("://"),
+        "the workflow installs from a placeholder URL:\n{workflow}"
+    );
+}
