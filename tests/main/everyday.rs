@@ -315,6 +315,42 @@ fn submit_no_push_commits_locally_and_leaves_the_remote_unchanged() {
 }
 
 #[test]
+fn submit_does_not_push_a_request_staged_with_no_push() {
+    let world = World::new().build();
+    let remote_before = head_of(&world, &world.remote);
+    in_submitter(&world, &["submit", "echo", "--id", "staged-1", "--no-push"]).assert_exit(0);
+    let head_before = world.submitter.git(&["rev-parse", "HEAD"]);
+
+    let out = in_submitter(&world, &["submit", "echo", "--id", "next-1"]);
+
+    out.assert_exit(2);
+    assert_eq!(
+        head_of(&world, &world.remote),
+        remote_before,
+        "the staged request was pushed without being asked:\n{out}"
+    );
+    assert!(
+        out.stderr.contains("1 local commit") && out.stderr.contains("git push"),
+        "the refusal does not say why and what to do:\n{out}"
+    );
+    assert_eq!(
+        world.submitter.git(&["rev-parse", "HEAD"]),
+        head_before,
+        "the refused request was committed"
+    );
+    assert_eq!(world.submitter.git(&["status", "--porcelain"]), "");
+
+    // Once the staged one is pushed (the user's choice), the next submit goes through alone.
+    world.submitter.git(&["push", "-q"]);
+    in_submitter(&world, &["submit", "echo", "--id", "next-1"]).assert_exit(0);
+    let clone = world.fresh_clone();
+    assert_eq!(
+        clone.ls("requests"),
+        [".gitkeep", "next-1.yml", "staged-1.yml"]
+    );
+}
+
+#[test]
 fn status_json_after_a_drain_lists_the_outcomes_newest_first_and_counts_them() {
     let world = World::new().build();
     world.submit("ok-1.yml", "kind: echo\n");
