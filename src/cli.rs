@@ -77,8 +77,9 @@ pub enum Command {
     /// Preflight before enabling a host: the same options as `run`; checks everything, changes nothing.
     #[command(after_help = "Examples:\n  \
         git-dispatch doctor --remote git@example.org:ops/inbox.git --secrets-file /etc/git-dispatch/secrets\n  \
-        GIT_DISPATCH_REMOTE=/srv/git/inbox.git git-dispatch doctor")]
-    Doctor(Box<RunArgs>),
+        GIT_DISPATCH_REMOTE=/srv/git/inbox.git git-dispatch doctor\n  \
+        git-dispatch doctor --service    # systemd's ExecStartPre: only host faults fail")]
+    Doctor(Box<DoctorArgs>),
     /// An end-to-end run in a temporary directory; silent on success, exit 0 or 1.
     Selftest,
     /// Shell completions on standard output.
@@ -90,11 +91,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// The man page (roff) on standard output.
+    /// The man pages (roff): one on standard output, or all of them written to a folder.
     #[command(
-        after_help = "Example:\n  git-dispatch man > /usr/local/share/man/man1/git-dispatch.1"
+        after_help = "`git dispatch --help` runs `man git-dispatch`: install the pages where \
+        `man` looks.\n\n\
+        Examples:\n  \
+        git-dispatch man --dir /usr/local/share/man/man1\n  \
+        git-dispatch man run | man -l -"
     )]
-    Man,
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -309,4 +314,26 @@ pub struct ReplayArgs {
     /// The inbox repository whose `handlers/` and `schemas/` are used [default: the current directory]
     #[arg(long)]
     pub repo: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The page of this subcommand (`run` for git-dispatch-run.1) [default: git-dispatch.1]
+    pub subcommand: Option<String>,
+
+    /// Write every page (git-dispatch.1, git-dispatch-run.1, ...) into this folder instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Before starting the service (systemd's `ExecStartPre`): exit 1 only for faults of the host
+    /// (configuration, workdir, lock directory); an unreachable remote or a broken kind, which the
+    /// running dispatcher tolerates, is printed as a warning.
+    #[arg(long)]
+    pub service: bool,
 }

@@ -46,8 +46,16 @@ use crate::error::{CommandError, exit_code};
 
 /// Runs the command line `args` and returns the process exit code.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().collect();
+    if log::json_requested(&args) {
+        log::set_format(log::LogFormat::Json);
+    }
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() && log::json_requested(&args) => {
+            log::fatal(e.render().to_string().trim_end(), 2);
+            return 2;
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { 2 } else { 0 };
@@ -55,7 +63,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     };
     let result = run(&cli);
     if let Err(e) = &result {
-        eprintln!("git-dispatch: error: {e}");
+        log::fatal(&e.to_string(), exit_code(&result));
     }
     exit_code(&result)
 }
@@ -73,6 +81,6 @@ fn run(cli: &Cli) -> Result<(), CommandError> {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Selftest => commands::selftest::run(),
         Command::Completions { shell } => commands::completions::completions(*shell),
-        Command::Man => commands::completions::man(),
+        Command::Man(args) => commands::man::run(args),
     }
 }

@@ -165,6 +165,19 @@ impl Outcome {
         json
     }
 
+    /// What the dispatcher's log line about this outcome carries (`--log-format json`).
+    pub(crate) fn log_fields(&self) -> crate::log::Fields<'_> {
+        crate::log::Fields {
+            kind: self.kind.as_deref(),
+            state: Some(self.state.to_string()),
+            exit_code: self.exit_code,
+            signal: self.signal,
+            duration_ms: self.duration.map(|d| d.as_millis()),
+            attempts: Some(self.attempts),
+            error: self.error.clone(),
+        }
+    }
+
     /// The commit message: a subject, the error as the body, the `Dispatch-*` trailers.
     pub(crate) fn message(&self) -> String {
         let mut detail = vec![self.kind.clone().unwrap_or_else(|| "no kind".to_owned())];

@@ -44,10 +44,25 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CommandError> {
     for (name, body) in REQUESTS {
         println!("     requests/{name}: {}", body.trim().replace('\n', "; "));
     }
-    println!("3. the dispatcher drains the inbox (`git-dispatch run --until-empty`):\n");
-    playground
+    println!(
+        "3. the dispatcher drains the inbox (`git-dispatch run --until-empty`; its own log is on \
+         standard error):"
+    );
+    let summary = playground
         .drain()
         .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
+    // Standard output may be a file while the log goes to the terminal (or nowhere): the step says
+    // what it came to here too.
+    let states: Vec<String> = summary
+        .by_state
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect();
+    println!(
+        "     recorded {} outcome(s) and pushed them: {}",
+        summary.recorded,
+        states.join(", ")
+    );
     let check = playground.fresh_clone()?;
     println!("\n4. what a fresh clone of the remote shows:\n");
     print_outcomes(&check)?;
@@ -76,27 +91,41 @@ fn print_outcomes(check: &Path) -> anyhow::Result<()> {
         rows.push(status);
     }
     rows.sort_by_key(|s| s["finished_at"].as_str().unwrap_or_default().to_owned());
+    let text = |s: &Value, k: &str| s[k].as_str().unwrap_or("-").to_owned();
+    // Each column as wide as its longest cell, so a long kind or id does not shift the others.
+    let width = |k: &str, head: &str| {
+        rows.iter()
+            .map(|s| text(s, k).chars().count())
+            .chain([head.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (id_w, kind_w, state_w) = (
+        width("id", "id"),
+        width("kind", "kind"),
+        width("state", "state"),
+    );
     println!(
-        "   {:<16} {:<8} {:<10} {:>5} {:>7}  error",
+        "   {:<id_w$} {:<kind_w$} {:<state_w$} {:>5} {:>7}  error",
         "id", "kind", "state", "exit", "ms"
     );
-    for s in rows {
-        let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
+    for s in &rows {
         let num = |k: &str| s[k].as_i64().map_or("-".to_owned(), |n| n.to_string());
-        let mut error = text("error");
-        if error.len() > 90 {
-            error.truncate(87);
+        let mut error = text(s, "error");
+        if error.chars().count() > 90 {
+            error = error.chars().take(87).collect();
             error.push_str("...");
         }
-        println!(
-            "   {:<16} {:<8} {:<10} {:>5} {:>7}  {}",
-            text("id"),
-            text("kind"),
-            text("state"),
+        let row = format!(
+            "   {:<id_w$} {:<kind_w$} {:<state_w$} {:>5} {:>7}  {}",
+            text(s, "id"),
+            text(s, "kind"),
+            text(s, "state"),
             num("exit_code"),
             num("duration_ms"),
             if error == "-" { "" } else { &error }
         );
+        println!("{}", row.trim_end());
     }
     Ok(())
 }

@@ -2,14 +2,14 @@
 //! everything `run` will need, changing nothing: the configuration (run-as user, secrets file, handlers
 //! dir), the remote (reachable, the branch exists, pushable), the index, each handler and each schema
 //! at the remote's tip, the workdir and the lock directory. Prints every problem with its fix; exit 1
-//! if there is any.
+//! if there is any. `--service` (the unit's `ExecStartPre`) fails only on faults of the host.
 
 use std::fs;
 use std::path::Path;
 
 use git2::{Direction, Repository};
 
-use crate::cli::RunArgs;
+use crate::cli::DoctorArgs;
 use crate::config::RunConfig;
 use crate::error::CommandError;
 use crate::git::view::{DirView, HostHandlers, TreeView};
@@ -18,12 +18,20 @@ use crate::inbox::router::Catalog;
 /// What one check found.
 enum Finding {
     Ok(String),
-    Problem { what: String, fix: String },
+    Problem {
+        what: String,
+        fix: String,
+    },
+    /// A problem the running dispatcher tolerates, told as such with `--service`.
+    Warning {
+        what: String,
+        fix: String,
+    },
 }
 
-pub(crate) fn run(args: &RunArgs) -> Result<(), CommandError> {
-    let findings = match RunConfig::from_args(args) {
-        Ok(config) => check(&config),
+pub(crate) fn run(args: &DoctorArgs) -> Result<(), CommandError> {
+    let findings = match RunConfig::from_args(&args.run) {
+        Ok(config) => check(&config, args.service),
         Err(e) => vec![Finding::Problem {
             what: format!("configuration: {e:#}"),
             fix: "correct the option named above (see `git-dispatch run --help`)".to_owned(),
@@ -35,7 +43,16 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), CommandError> {
             Finding::Ok(what) => println!("ok       {what}"),
             Finding::Problem { what, fix } => {
                 problems += 1;
-                println!("PROBLEM  {what}\n         fix: {fix}");
+                println!(
+                    "PROBLEM  {}\n         fix: {fix}",
+                    crate::error::user_text(what)
+                );
+            }
+            Finding::Warning { what, fix } => {
+                println!(
+                    "warning  {}\n         fix: {fix}",
+                    crate::error::user_text(what)
+                );
             }
         }
     }
@@ -49,7 +66,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), CommandError> {
     }
 }
 
-fn check(config: &RunConfig) -> Vec<Finding> {
+/// With `service`, the remote's problems (unreachable, a broken kind) are warnings: `run` retries
+/// the remote and records a broken kind's requests `rejected`, so neither may keep it from starting.
+fn check(config: &RunConfig, service: bool) -> Vec<Finding> {
     let mut findings = vec![Finding::Ok(match &config.run_as {
         Some(user) => format!("handlers run as uid {} gid {}", user.uid, user.gid),
         None => format!(
@@ -65,27 +84,62 @@ fn check(config: &RunConfig) -> Vec<Finding> {
     }
     findings.push(writable(&config.lock_dir, "lock directory"));
     findings.push(workdir(config));
-    findings.extend(remote(config));
+    findings.extend(remote(config).into_iter().map(|f| match f {
+        Finding::Problem { what, fix } if service => Finding::Warning { what, fix },
+        f => f,
+    }));
     findings
 }
 
+/// Whether `run` will be able to write in `dir`, without creating or writing anything: an existing
+/// folder must be writable; a missing one must be creatable (its nearest existing ancestor writable).
 fn writable(dir: &Path, what: &str) -> Finding {
-    let probe = dir.join(".git-dispatch-doctor");
-    let result = fs::create_dir_all(dir).and_then(|()| fs::write(&probe, b""));
-    let _ = fs::remove_file(&probe);
-    match result {
-        Ok(()) => Finding::Ok(format!("{what} `{}` is writable", dir.display())),
-        Err(e) => Finding::Problem {
-            what: format!("{what} `{}` is not writable: {e}", dir.display()),
-            fix: format!(
-                "create it and give it to the dispatcher's user, or choose another with --{}",
-                if what.starts_with("lock") {
-                    "lock-dir"
-                } else {
-                    "workdir"
-                }
-            ),
-        },
+    use nix::unistd::{AccessFlags, access};
+    let fix = format!(
+        "create it and give it to the dispatcher's user, or choose another with --{}",
+        if what.starts_with("lock") {
+            "lock-dir"
+        } else {
+            "workdir"
+        }
+    );
+    let problem = |what: String| Finding::Problem {
+        what,
+        fix: fix.clone(),
+    };
+    if dir.exists() {
+        if !dir.is_dir() {
+            return problem(format!("{what} `{}` is not a directory", dir.display()));
+        }
+        return match access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+            Ok(()) => Finding::Ok(format!("{what} `{}` is writable", dir.display())),
+            Err(e) => problem(format!(
+                "{what} `{}` is not writable: {}",
+                dir.display(),
+                e.desc()
+            )),
+        };
+    }
+    let Some(parent) = dir.ancestors().skip(1).find(|a| a.exists()) else {
+        return problem(format!("{what} `{}` has no existing parent", dir.display()));
+    };
+    match access(parent, AccessFlags::W_OK | AccessFlags::X_OK) {
+        Ok(()) if parent.is_dir() => Finding::Ok(format!(
+            "{what} `{}` does not exist yet; `run` will create it (`{}` is writable)",
+            dir.display(),
+            parent.display()
+        )),
+        Ok(()) => problem(format!(
+            "{what} `{}` cannot be created: `{}` is not a directory",
+            dir.display(),
+            parent.display()
+        )),
+        Err(e) => problem(format!(
+            "{what} `{}` cannot be created: `{}` is not writable: {}",
+            dir.display(),
+            parent.display(),
+            e.desc()
+        )),
     }
 }
 

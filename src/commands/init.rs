@@ -73,12 +73,25 @@ Outcome commits carry the trailers `Dispatch-Id`, `Dispatch-Kind` and `Dispatch-
     git log --grep='^Dispatch-State: failed$'    # every failure
     git log --grep='^Dispatch-Id: greet-ada$'    # one request's outcome
 
-## Kinds
+## The index
 
-`handlers/index.yml` maps each kind to an executable in `handlers/` and its limits (timeout, memory,
-lock resource, retries); `schemas/KIND.schema.json` checks its `params`. A new kind is a handler and
-an index entry: the dispatcher picks it up from the next commit it fetches. Whoever can push to
-`handlers/` can run code on the dispatcher's host: protect it with a review rule.
+`handlers/index.yml` maps each kind to an executable in `handlers/` and its limits;
+`schemas/KIND.schema.json` checks its `params`:
+
+    backup:
+      handler: backup.sh            # path inside handlers/
+      schema: backup.schema.json    # optional params schema in schemas/
+      timeout: 10m                  # default 15m
+      resource: db                  # lock key: one run at a time per resource (default: the kind)
+      memory: 512MiB                # address-space limit
+      env: [LANG]                   # variables passed through from the dispatcher's environment
+      secrets: [DB_PASSWORD]        # names looked up in the host's secrets file, never in the repo
+      retries: 2                    # re-runs on failure or timeout, with backoff
+
+A new kind is a handler and an index entry: the dispatcher picks it up from the next commit it
+fetches. `git-dispatch validate --index` checks the index, the handlers and the schemas (the CI
+workflow runs it). Whoever can push to `handlers/` can run code on the dispatcher's host: protect it
+with a review rule. The git-dispatch README lists every key.
 ";
 
 pub(crate) fn run(args: &InitArgs) -> Result<(), CommandError> {

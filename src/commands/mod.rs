@@ -4,6 +4,7 @@ pub(crate) mod completions;
 pub(crate) mod demo;
 pub(crate) mod doctor;
 pub(crate) mod init;
+pub(crate) mod man;
 mod playground;
 pub(crate) mod replay;
 pub(crate) mod run;

@@ -1,6 +1,7 @@
 //! `git-dispatch replay [DIR] [--bless] [--filter PATTERN] [-j N]`: runs the golden fixtures in DIR
 //! (default `tests/fixtures`) through the real pipeline and reports every difference from their
-//! expectations as a unified diff, then `N passed, N failed`. Exit 1 on any difference.
+//! expectations as a unified diff, then `N passed, N failed`. Exit 1 on any difference, and when DIR holds no fixture (a check that ran
+//! nothing must not pass).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -35,6 +36,17 @@ pub(crate) fn run(args: &ReplayArgs) -> Result<(), CommandError> {
         repo.join(dir)
     };
     let fixtures = replay::discover(&dir, args.filter.as_deref()).map_err(CommandError::config)?;
+    if fixtures.is_empty() {
+        // A check that ran nothing has checked nothing: a CI job pointed at the wrong folder fails.
+        let filter = match &args.filter {
+            Some(f) => format!(" whose name contains `{f}`"),
+            None => String::new(),
+        };
+        return Err(CommandError::subject(anyhow::anyhow!(
+            "no fixtures in `{}`{filter} (a fixture is a folder holding `request.yml`)",
+            dir.display()
+        )));
+    }
     let verdicts = run_all(&fixtures, &repo, args.bless, args.jobs.max(1));
     let (mut passed, mut failed) = (0, 0);
     for (fixture, verdict) in fixtures.iter().zip(verdicts) {

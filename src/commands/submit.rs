@@ -2,7 +2,9 @@
 //! inbox, write `requests/ID.yml`, check it with the dispatcher's own checks against the clone's index
 //! and schemas, commit that file alone and push it, rebasing when the remote moved. Prints the id.
 //!
-//! An invalid request is never committed: the file is removed again and the clone is as it was.
+//! An invalid request is never committed: the file is removed again and the clone is as it was. A
+//! submit that pushes refuses while the branch holds unpushed commits: it never sends one the user
+//! staged with `--no-push`.
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -32,15 +34,14 @@ pub(crate) fn run(args: &SubmitArgs) -> Result<(), CommandError> {
     } else {
         Some(checkout.upstream().map_err(CommandError::config)?)
     };
+    if let Some(upstream) = &upstream {
+        ensure_nothing_unpushed(&checkout, upstream)?;
+    }
     let draft = draft(args)?;
     let rel = format!("{INBOX}/{}.yml", draft.id);
     ensure_unused(&checkout, &draft.id)?;
     write(&checkout.root, &rel, &draft.to_yaml())?;
     check(&checkout.root, &rel)?;
-    let earlier = match &upstream {
-        Some(upstream) => checkout.unpushed(upstream).unwrap_or(0),
-        None => 0,
-    };
     let message = format!("request: {} {}", draft.id, draft.kind);
     let commit = checkout.commit_file(&rel, &message).map_err(|e| {
         let _ = fs::remove_file(checkout.root.join(&rel));
@@ -52,18 +53,29 @@ pub(crate) fn run(args: &SubmitArgs) -> Result<(), CommandError> {
     match upstream {
         None => eprintln!("not pushed (--no-push); push it with `git push`"),
         Some(upstream) => {
-            if earlier > 0 {
-                eprintln!(
-                    "note: {earlier} earlier local commit(s) of this branch go to `{}` with it",
-                    upstream.short()
-                );
-            }
             let pushed = push(&checkout, &upstream, &draft.id, commit)?;
             eprintln!("pushed to `{}` ({})", upstream.short(), short(pushed));
         }
     }
     println!("{}", draft.id);
     Ok(())
+}
+
+/// A push sends the branch, so a submit that pushes refuses while the branch holds commits the
+/// upstream lacks (a request staged with `--no-push`, a submit whose push failed, other work): it
+/// pushes its own request only, never one the user chose not to send. Checked before anything is
+/// written.
+fn ensure_nothing_unpushed(checkout: &Checkout, upstream: &Upstream) -> Result<(), CommandError> {
+    let earlier = checkout.unpushed(upstream).map_err(CommandError::config)?;
+    if earlier == 0 {
+        return Ok(());
+    }
+    Err(CommandError::config(anyhow::anyhow!(
+        "the branch has {earlier} local commit(s) not on `{up}` (a request staged with --no-push?), \
+         and a push would send them with this request; nothing was written. Send them first with \
+         `git push` (`git log {up}..` lists them), or stage this one too with --no-push",
+        up = upstream.short()
+    )))
 }
 
 /// KIND, `--file`, `--param`s and the id -> the request to write.

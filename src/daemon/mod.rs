@@ -72,6 +72,16 @@ pub(crate) enum DaemonError {
     },
 }
 
+/// `attempt 2; next in 1.2s`, or for the attempt after which the dispatcher gives up `attempt 6 of
+/// 6, the last`: the last attempt announces no next one.
+fn attempt_note(attempt: u32, attempts: u32, last: bool, delay: Duration) -> String {
+    if last {
+        format!("attempt {attempt} of {attempts}, the last")
+    } else {
+        format!("attempt {attempt}; next in {delay:.1?}")
+    }
+}
+
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
     let context = context.into();
     move |source| DaemonError::Io { context, source }
@@ -561,10 +571,11 @@ impl Daemon {
                 }
             ));
             outcome.logs = logs;
-            event(
+            crate::log::event_with(
                 "recover",
                 Some(&entry.key),
                 &format!("abandoned: {}", outcome.error.as_deref().unwrap_or("")),
+                outcome.log_fields(),
             );
             self.record(&outcome)?;
         }
@@ -609,7 +620,12 @@ impl Daemon {
             outcome.logs = run.prior_logs;
             outcome.logs.push(AttemptLog::from_bytes(log));
             outcome.error = Some(why.clone());
-            event("watchdog", Some(&key), &format!("abandoned: {why}"));
+            crate::log::event_with(
+                "watchdog",
+                Some(&key),
+                &format!("abandoned: {why}"),
+                outcome.log_fields(),
+            );
             run.in_flight.abandon();
             // Its worker is stuck with the slot: the runs after it must not wait for it.
             if run.in_flight.give_back_slot() {
@@ -668,11 +684,13 @@ impl Daemon {
                 self.sync_failures += 1;
                 self.metrics.sync_failed(&e.to_string());
                 let delay = backoff(self.sync_failures);
+                let last =
+                    self.cfg.mode != Mode::Serve && self.sync_failures >= self.cfg.push_attempts;
                 say(&format!(
-                    "{e} (attempt {}; next in {delay:.1?})",
-                    self.sync_failures
+                    "{e} ({})",
+                    attempt_note(self.sync_failures, self.cfg.push_attempts, last, delay)
                 ));
-                if self.cfg.mode != Mode::Serve && self.sync_failures >= self.cfg.push_attempts {
+                if last {
                     return Err(DaemonError::Remote(format!(
                         "{e}: gave up after {} attempts{}",
                         self.sync_failures,
@@ -851,10 +869,15 @@ impl Daemon {
             },
         };
         let error = self.cfg.redactor.redact(&rejection.error);
-        event("reject", Some(&key), &format!("rejected: {error}"));
         let mut outcome = self.outcome(entry, key, rejection.kind, State::Rejected);
         outcome.logs.push(AttemptLog::text(&format!("{error}\n")));
         outcome.error = Some(error);
+        crate::log::event_with(
+            "reject",
+            Some(&outcome.key),
+            &format!("rejected: {}", outcome.error.as_deref().unwrap_or_default()),
+            outcome.log_fields(),
+        );
         self.record(&outcome)
     }
 
@@ -1016,7 +1039,12 @@ impl Daemon {
                 }
             }
         }
-        event("record", Some(&outcome.key), &outcome.state.to_string());
+        crate::log::event_with(
+            "record",
+            Some(&outcome.key),
+            &outcome.state.to_string(),
+            outcome.log_fields(),
+        );
         self.record(&outcome)
     }
 
@@ -1040,12 +1068,22 @@ impl Daemon {
         self.journal
             .recorded(&outcome.key, &outcome.journaled(), &rewrite)
             .map_err(io_err("journal"))?;
+        let kind = self.kind_label(outcome.kind.as_deref());
         self.staged(
             &outcome.key,
-            outcome.kind.as_deref(),
+            Some(kind),
             &outcome.state.to_string(),
             outcome.duration,
         )
+    }
+
+    /// The `kind` label of `/metrics`: a kind the index lists, else `unknown`, so that what a
+    /// submitter writes cannot grow the number of series without bound.
+    fn kind_label<'k>(&self, kind: Option<&'k str>) -> &'k str {
+        match (kind, &self.snapshot) {
+            (Some(kind), Some(snapshot)) if snapshot.catalog.kinds().contains(&kind) => kind,
+            _ => metrics::UNKNOWN_KIND,
+        }
     }
 
     /// Counts an outcome committed in memory, and writes the outcomes out when they are many.
@@ -1145,9 +1183,11 @@ impl Daemon {
                 } else {
                     backoff(self.push_failures)
                 };
+                let last = (self.cfg.mode != Mode::Serve || self.shutting_down)
+                    && self.push_failures >= self.cfg.push_attempts;
                 say(&format!(
-                    "{e} (attempt {}; next in {delay:.1?})",
-                    self.push_failures
+                    "{e} ({})",
+                    attempt_note(self.push_failures, self.cfg.push_attempts, last, delay)
                 ));
                 if matches!(e, SyncError::Rejected { .. }) {
                     // Most often the remote moved: re-create the outcomes on its new tip.
@@ -1155,9 +1195,7 @@ impl Daemon {
                         say(&format!("after a rejected push: {e}"));
                     }
                 }
-                if (self.cfg.mode != Mode::Serve || self.shutting_down)
-                    && self.push_failures >= self.cfg.push_attempts
-                {
+                if last {
                     return Err(DaemonError::Remote(format!(
                         "{e}: gave up after {} attempts{}",
                         self.push_failures,

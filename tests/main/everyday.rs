@@ -315,6 +315,42 @@ fn submit_no_push_commits_locally_and_leaves_the_remote_unchanged() {
 }
 
 #[test]
+fn submit_does_not_push_a_request_staged_with_no_push() {
+    let world = World::new().build();
+    let remote_before = head_of(&world, &world.remote);
+    in_submitter(&world, &["submit", "echo", "--id", "staged-1", "--no-push"]).assert_exit(0);
+    let head_before = world.submitter.git(&["rev-parse", "HEAD"]);
+
+    let out = in_submitter(&world, &["submit", "echo", "--id", "next-1"]);
+
+    out.assert_exit(2);
+    assert_eq!(
+        head_of(&world, &world.remote),
+        remote_before,
+        "the staged request was pushed without being asked:\n{out}"
+    );
+    assert!(
+        out.stderr.contains("1 local commit") && out.stderr.contains("git push"),
+        "the refusal does not say why and what to do:\n{out}"
+    );
+    assert_eq!(
+        world.submitter.git(&["rev-parse", "HEAD"]),
+        head_before,
+        "the refused request was committed"
+    );
+    assert_eq!(world.submitter.git(&["status", "--porcelain"]), "");
+
+    // Once the staged one is pushed (the user's choice), the next submit goes through alone.
+    world.submitter.git(&["push", "-q"]);
+    in_submitter(&world, &["submit", "echo", "--id", "next-1"]).assert_exit(0);
+    let clone = world.fresh_clone();
+    assert_eq!(
+        clone.ls("requests"),
+        [".gitkeep", "next-1.yml", "staged-1.yml"]
+    );
+}
+
+#[test]
 fn status_json_after_a_drain_lists_the_outcomes_newest_first_and_counts_them() {
     let world = World::new().build();
     world.submit("ok-1.yml", "kind: echo\n");
@@ -598,4 +634,97 @@ fn init_into_a_non_empty_folder_exits_2_and_touches_nothing() {
         std::fs::read_to_string(dir.join("keep.txt")).expect("still there"),
         "mine\n"
     );
+}
+
+#[test]
+fn inits_scaffold_points_at_sections_that_exist_and_its_ci_validates_the_index() {
+    let world = World::new().build();
+    let dir = world.root.join("scaffolded");
+    everyday(&world, &world.root, &["init", "scaffolded"]).assert_exit(0);
+
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("a README");
+    let index = std::fs::read_to_string(dir.join("handlers/index.yml")).expect("an index");
+    let mut pointers = 0;
+    for line in index.lines().filter(|l| l.starts_with('#')) {
+        let mut rest = line;
+        while let Some((_, after)) = rest.split_once("README.md, \"") {
+            let (section, tail) = after.split_once('"').expect("a closed quote");
+            pointers += 1;
+            assert!(
+                readme
+                    .lines()
+                    .any(|l| l.starts_with("## ") && l[3..].starts_with(section)),
+                "the index points at README section {section:?}, which the README lacks"
+            );
+            rest = tail;
+        }
+    }
+    assert!(pointers > 0, "the index names no README section:\n{index}");
+
+    let workflow =
+        std::fs::read_to_string(dir.join(".github/workflows/replay.yml")).expect("a workflow");
+    assert!(
+        workflow.contains("git-dispatch validate --index"),
+        "the workflow does not run `validate --index`:\n{workflow}"
+    );
+    assert!(
+        workflow.contains("git-dispatch replay"),
+        "the workflow does not replay:\n{workflow}"
+    );
+    assert!(
+        !workflow.contains("your-org") && !workflow.contains("://"),
+        "the workflow installs from a placeholder URL:\n{workflow}"
+    );
+}
+
+#[test]
+fn demo_piped_to_a_file_shows_every_step_and_keeps_its_table_aligned() {
+    let world = World::new().build();
+    let out = everyday(&world, &world.root, &["demo"]);
+    out.assert_exit(0);
+
+    // Standard output is a file here: step 3 must still say what the dispatcher did.
+    let stdout = &out.stdout;
+    let step3 = stdout
+        .split_once("\n3. ")
+        .and_then(|(_, rest)| rest.split_once("\n4. "))
+        .map(|(step, _)| step)
+        .unwrap_or_else(|| panic!("no steps 3 and 4:\n{out}"));
+    assert!(
+        step3
+            .lines()
+            .skip(1)
+            .any(|l| l.contains("recorded 7 outcome")),
+        "step 3 is empty when piped:\n{out}"
+    );
+
+    // Every row's columns start where the header's do, whatever the length of a kind or an id.
+    let lines: Vec<&str> = stdout.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("id ") && l.contains(" state "))
+        .unwrap_or_else(|| panic!("no table header:\n{out}"));
+    let columns: Vec<usize> = ["kind", "state"]
+        .iter()
+        .map(|c| lines[header].find(&format!(" {c}")).expect("a column") + 1)
+        .collect();
+    let rows: Vec<&str> = lines[header + 1..]
+        .iter()
+        .take_while(|l| !l.trim().is_empty())
+        .copied()
+        .collect();
+    assert_eq!(rows.len(), 7, "{out}");
+    assert!(
+        rows.iter().any(|r| r.contains("reboot-the-world")),
+        "the long kind is missing:\n{out}"
+    );
+    for row in rows {
+        for &at in &columns {
+            assert!(
+                row.len() > at && row.as_bytes()[at - 1] == b' ' && row.as_bytes()[at] != b' ',
+                "a column of this row does not start under its header (offset {at}):\n{}\n{row}",
+                lines[header]
+            );
+        }
+    }
 }

@@ -355,6 +355,93 @@ fn json_log_lines_are_objects_with_time_stage_message_and_the_request_id() {
     assert_eq!(world.fresh_clone().status("logged")["state"], "succeeded");
 }
 
+/// Every non-empty line of `stderr` parsed as JSON; panics on any line that is not an object.
+fn json_lines(out: &crate::support::RunOutput) -> Vec<Value> {
+    out.stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{out}"));
+            assert!(value.is_object(), "not a JSON object: {line}\n{out}");
+            value
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_carry_outcome_fields_and_fatal_errors_are_json_too() {
+    let world = World::new().build();
+    add_kinds(
+        &world,
+        &[("boom", "#!/bin/sh\necho going down\nexit 7\n", "")],
+    );
+    world.submit("fine.yml", "kind: echo\n");
+    world.submit("broken.yml", "kind: boom\n");
+
+    let out = world.run(&["--log-format", "json"]);
+    out.assert_exit(0);
+    let lines = json_lines(&out);
+    for (id, kind, state, exit_code) in [
+        ("fine", "echo", "succeeded", 0),
+        ("broken", "boom", "failed", 7),
+    ] {
+        let record = lines
+            .iter()
+            .find(|l| l["stage"] == "record" && l["id"] == id)
+            .unwrap_or_else(|| panic!("no record line for `{id}`:\n{out}"));
+        assert_eq!(record["kind"], kind, "{record}");
+        assert_eq!(record["state"], state, "{record}");
+        assert_eq!(record["exit_code"], exit_code, "{record}");
+        assert!(record["duration_ms"].is_u64(), "no duration_ms: {record}");
+    }
+
+    // A fatal error: the remote cannot be reached.
+    let url = format!("git://127.0.0.1:{}/remote.git", free_port());
+    let mut cmd = world.dispatcher();
+    cmd.args([
+        "run",
+        "--remote",
+        &url,
+        "--until-empty",
+        "--log-format",
+        "json",
+    ])
+    .args(["--push-attempts=1", "--workdir"])
+    .arg(world.root.join("unreachable-work"));
+    let out = world.spawn(cmd).wait(DEADLINE);
+    out.assert_exit(3);
+    let lines = json_lines(&out);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["stage"] == "fatal" && l["exit_code"] == 3),
+        "no fatal line with the exit code:\n{out}"
+    );
+
+    // A configuration error, the format chosen by the environment.
+    let mut cmd = world.run_command(world.remote_arg(), &["--poll-interval", "soonish"]);
+    cmd.env("GIT_DISPATCH_LOG_FORMAT", "json");
+    let out = world.output(cmd);
+    out.assert_exit(2);
+    let lines = json_lines(&out);
+    assert!(
+        lines.iter().any(|l| l["stage"] == "fatal"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--poll-interval"))),
+        "no fatal line naming the option:\n{out}"
+    );
+
+    // A usage error the command line parser finds.
+    let out = world.run(&["--log-format", "json", "--once"]);
+    out.assert_exit(2);
+    assert!(
+        json_lines(&out).iter().any(|l| l["stage"] == "fatal"),
+        "no fatal line:\n{out}"
+    );
+}
+
 #[test]
 fn metrics_count_outcomes_and_healthz_turns_503_when_the_remote_goes_away() {
     let world = World::new().build();
@@ -733,4 +820,159 @@ fn once_takes_only_the_oldest_request() {
         "{out}"
     );
     assert_eq!(statuses[0].1["state"], "succeeded");
+}
+
+/// Every path under `dir`, sorted: what "created nothing" compares.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            paths.push(path.display().to_string());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            }
+        }
+    }
+    paths.sort();
+    paths
+}
+
+#[test]
+fn doctor_creates_no_workdir_lock_dir_or_state_folder() {
+    let world = World::new().build();
+    let home_before = tree(&world.home);
+
+    // The default workdir (under `HOME`) and its default lock dir.
+    let mut cmd = world.dispatcher();
+    cmd.args(["doctor", "--remote", world.remote_arg()]);
+    let out = world.spawn(cmd).wait(Duration::from_secs(90));
+    out.assert_exit(0);
+    assert_eq!(
+        tree(&world.home),
+        home_before,
+        "doctor created a default state folder:\n{out}"
+    );
+
+    // A named workdir that does not exist yet: reported as creatable, not created.
+    let mut cmd = world.dispatcher();
+    cmd.args(["doctor", "--remote", world.remote_arg(), "--workdir"])
+        .arg(&world.work);
+    let out = world.spawn(cmd).wait(Duration::from_secs(90));
+    out.assert_exit(0);
+    assert!(
+        !world.work.exists(),
+        "doctor created the workdir (or its `locks`):\n{out}"
+    );
+    assert!(
+        out.stdout
+            .contains("does not exist yet; `run` will create it"),
+        "doctor does not say the workdir will be created:\n{out}"
+    );
+
+    // An existing workdir gets no `locks` folder.
+    fs::create_dir(&world.work).unwrap();
+    let mut cmd = world.dispatcher();
+    cmd.args(["doctor", "--remote", world.remote_arg(), "--workdir"])
+        .arg(&world.work);
+    let out = world.spawn(cmd).wait(Duration::from_secs(90));
+    out.assert_exit(0);
+    assert_eq!(
+        tree(&world.work),
+        Vec::<String>::new(),
+        "doctor wrote into the workdir:\n{out}"
+    );
+}
+
+#[test]
+fn the_shipped_units_pre_start_passes_with_a_broken_kind_and_fails_on_a_host_fault() {
+    let world = World::new().build();
+    world.index(&format!(
+        "{DEFAULT_INDEX}typo:\n  handler: no-such-handler.sh\n"
+    ));
+    world.publish("a kind with a typo");
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/git-dispatch.service"
+    ))
+    .expect("read the shipped unit");
+    let pre = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStartPre="))
+        .expect("the unit has an ExecStartPre");
+    assert!(
+        !pre.starts_with('-'),
+        "the pre-start ignores every failure (`-`), host faults included: {pre}"
+    );
+    let mut words = pre.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/git-dispatch"), "{pre}");
+    let args: Vec<&str> = words.collect();
+    let pre_start = |workdir: &std::path::Path| {
+        let mut cmd = world.dispatcher();
+        cmd.args(&args)
+            .env("GIT_DISPATCH_REMOTE", world.remote_arg())
+            .env("GIT_DISPATCH_WORKDIR", workdir)
+            .env("GIT_DISPATCH_LOCK_DIR", &world.locks)
+            .env("GIT_DISPATCH_LOG_FORMAT", "json");
+        world.spawn(cmd).wait(Duration::from_secs(90))
+    };
+
+    let out = pre_start(&world.work);
+    out.assert_exit(0);
+    assert!(
+        out.stdout.contains("typo"),
+        "the broken kind is not reported:\n{out}"
+    );
+
+    // A fault of the host itself still stops the start.
+    let file = world.root.join("a-file");
+    fs::write(&file, "not a directory").unwrap();
+    pre_start(&file).assert_exit(1);
+}
+
+#[test]
+fn metrics_label_kinds_the_index_does_not_list_as_unknown() {
+    let world = World::new().build();
+    world.submit("listed.yml", "kind: echo\n");
+    world.submit("free-text.yml", "kind: zz-anything-a-submitter-writes\n");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dispatcher = world.spawn(world.run_command(
+        world.remote_arg(),
+        &["--poll-interval", "200ms", "--metrics-addr", &addr],
+    ));
+
+    let pushed = wait_until(DEADLINE, || {
+        (remote_has(&world, &processed("free-text", "status.json"))
+            && remote_has(&world, &processed("listed", "status.json")))
+            || !dispatcher.running()
+    });
+    assert!(
+        pushed && dispatcher.running(),
+        "{}",
+        dispatcher.output_so_far()
+    );
+    let (code, metrics) = http_get(port, "/metrics")
+        .unwrap_or_else(|| panic!("nothing answers on {addr}: {}", dispatcher.output_so_far()));
+    assert_eq!(code, 200, "GET /metrics:\n{metrics}");
+    let outcomes: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("git_dispatch_requests_total{"))
+        .collect();
+    assert!(
+        !metrics.contains("zz-anything"),
+        "a submitter's free text became a label:\n{metrics}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|l| l.contains("kind=\"unknown\"") && l.contains("state=\"rejected\"")),
+        "the unlisted kind is not counted as `unknown`:\n{metrics}"
+    );
+    assert!(
+        outcomes.iter().any(|l| l.contains("kind=\"echo\"")),
+        "a listed kind lost its label:\n{metrics}"
+    );
+    dispatcher.terminate();
 }

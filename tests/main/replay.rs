@@ -206,3 +206,22 @@ fn an_inbox_made_by_init_replays_its_own_fixture() {
     out.assert_exit(0);
     assert_eq!(out.stdout.trim(), "1 passed, 0 failed");
 }
+
+#[test]
+fn a_folder_without_fixtures_fails_with_or_without_bless() {
+    let world = world_with_fixtures();
+    let empty = world.submitter.path("tests/empty");
+    fs::create_dir_all(&empty).unwrap();
+    for args in [&["tests/empty"][..], &["tests/empty", "--bless"][..]] {
+        let out = replay(&world, args);
+        out.assert_exit(1);
+        assert!(
+            out.stderr.contains("no fixtures in") && out.stderr.contains("tests/empty"),
+            "the error does not say the folder holds no fixtures:\n{out}"
+        );
+    }
+    // A filter that matches nothing is the same mistake.
+    let out = replay(&world, &["--filter", "no-such-fixture"]);
+    out.assert_exit(1);
+    assert!(out.stderr.contains("no fixtures in"), "{out}");
+}
