@@ -50,6 +50,7 @@ mod spawn;
 mod sync;
 mod tree_edit;
 mod view;
+mod yaml;
 
 use std::ffi::OsString;
 

@@ -1,7 +1,7 @@
 //! bytes -> [`Request`]: the checks every request passes before anything runs, in the order a reader
 //! would make them: where the file is, what it is, its size, its encoding, its YAML (duplicate keys
-//! rejected), its envelope, the envelope schema, its id, its kind's route, its params schema, its
-//! timeout.
+//! rejected, the size it expands to bounded while it is read), its envelope, the envelope schema, its
+//! id, its kind's route, its params schema, its timeout.
 //!
 //! A request that fails any check becomes a [`Rejection`] whose `error` names the file, the field and
 //! what was expected. `run` records it; `validate` prints it: the same words either way.
@@ -13,9 +13,16 @@ use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::router::{Catalog, Route, parse_duration};
 use crate::view::EntryType;
+use crate::yaml::{self, YamlError};
 
 pub(crate) const INBOX: &str = "requests";
 const ENVELOPE_KEYS: [&str; 5] = ["kind", "id", "resource", "params", "timeout"];
+
+/// The most bytes a YAML file's JSON form may take once its aliases are expanded: what stops an
+/// alias bomb while it is parsed, long before it takes memory or time.
+const MAX_EXPANDED: usize = 1024 * 1024;
+// The messages give it in whole MiB.
+const _: () = assert!(MAX_EXPANDED.is_multiple_of(1024 * 1024));
 
 /// A request that passed every check: what the sandbox needs to run it.
 #[derive(Clone)]
@@ -104,6 +111,19 @@ pub(crate) fn check(
     let mapping = parse_request_yaml(&bytes).map_err(|e| reject(None, None, e))?;
     let envelope = Envelope::from_mapping(mapping)
         .map_err(|e| reject(None, e.kind.as_deref(), e.errors.join("; ")))?;
+    let json_size = serde_json::to_string(&envelope.json)
+        .expect("JSON values serialise")
+        .len();
+    if json_size > MAX_EXPANDED {
+        return Err(reject(
+            envelope.id.as_deref().filter(|id| is_valid_name(id)),
+            Some(&envelope.kind),
+            format!(
+                "is {json_size} bytes as JSON (its strings escaped) and {}",
+                too_large(MAX_EXPANDED)
+            ),
+        ));
+    }
     let id = envelope.id.clone().unwrap_or_else(|| stem.to_owned());
     let kind = envelope.kind.as_str();
     let mut errors = match &catalog.request_schema {
@@ -320,12 +340,15 @@ pub(crate) fn parse_yaml_mapping(bytes: &[u8]) -> Result<Mapping, String> {
     if text.trim().is_empty() {
         return Err("is empty; expected a YAML mapping with at least `kind`".into());
     }
-    let value: Yaml = serde_yaml::from_str(text).map_err(|e| {
-        let e = e.to_string();
-        if e.contains("duplicate entry") {
-            format!("has a duplicate key: {e}")
-        } else {
-            format!("is not valid YAML: {e}")
+    let value = yaml::from_str(text, MAX_EXPANDED).map_err(|e| match e {
+        YamlError::TooLarge { limit } => too_large(limit),
+        YamlError::Invalid(e) => {
+            let e = e.to_string();
+            if e.contains("duplicate entry") {
+                format!("has a duplicate key: {e}")
+            } else {
+                format!("is not valid YAML: {e}")
+            }
         }
     })?;
     match value {
@@ -335,6 +358,15 @@ pub(crate) fn parse_yaml_mapping(bytes: &[u8]) -> Result<Mapping, String> {
             describe_yaml(&other)
         )),
     }
+}
+
+/// The words for a file whose JSON form, aliases expanded, is over `limit` ([`MAX_EXPANDED`]).
+fn too_large(limit: usize) -> String {
+    format!(
+        "expands to more than {} MiB ({limit} bytes) of JSON once its YAML aliases are expanded, \
+         the limit of a file's expanded size; use fewer aliases or smaller values",
+        limit / (1024 * 1024)
+    )
 }
 
 /// YAML -> JSON for a value under `at`; keys must be strings and numbers finite.

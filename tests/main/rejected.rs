@@ -324,3 +324,42 @@ fn resubmitting_a_file_name_reuses_its_default_id_and_is_rejected() {
     assert_eq!(clone.status("report~1")["state"], "rejected");
     assert_eq!(clone.ls("requests"), [".gitkeep"]);
 }
+
+#[test]
+fn alias_bomb_over_the_expanded_size_limit_is_rejected_naming_the_limit() {
+    // 22 KB on disk, 900 MB once expanded: one 20,000-character string aliased 300 times, that list
+    // aliased 150 times (few enough aliases for the YAML parser's own repetition bound).
+    let mut yaml = format!(
+        "kind: echo\nid: bomb-1\nparams:\n  s: &s \"{}\"\n  l: &l [{}]\n  m: [{}]\n",
+        "x".repeat(20_000),
+        vec!["*s"; 300].join(","),
+        vec!["*l"; 150].join(",")
+    );
+    yaml.push_str("timeout: 5s\n");
+    assert!(yaml.len() < 24 * 1024, "the file is small: {}", yaml.len());
+    let world = World::new().build();
+    world.submit("laughs.yml", &yaml);
+    let status = assert_rejected_and_kept(&world, "laughs.yml", yaml.as_bytes(), &["alias"]);
+
+    let error = status["error"].as_str().expect("error");
+    assert!(
+        error.contains("1 MiB") && error.contains("1048576"),
+        "the error does not name the limit: {error}"
+    );
+}
+
+#[test]
+fn escaped_strings_count_toward_the_expanded_size_limit() {
+    // 40 KB of YAML, a 10,000-character string of `\x01` aliased 20 times: 200 KB of characters, but
+    // 1.2 MB as JSON, where each is written `\u0001`.
+    let bytes = format!(
+        "kind: echo\nparams:\n  s: &s \"{}\"\n  l: [{}]\n",
+        "\\x01".repeat(10_000),
+        vec!["*s"; 20].join(",")
+    );
+    let world = World::new().build();
+    world.submit("escapes.yml", &bytes);
+    let status = assert_rejected_and_kept(&world, "escapes.yml", bytes.as_bytes(), &["as json"]);
+    let error = status["error"].as_str().expect("error");
+    assert!(error.contains("1048576"), "the limit is not named: {error}");
+}
