@@ -109,8 +109,10 @@ pub(crate) fn check(
     }
     let bytes = bytes().map_err(|e| reject(None, None, format!("could not be read: {e}")))?;
     let mapping = parse_request_yaml(&bytes).map_err(|e| reject(None, None, e))?;
-    let envelope = Envelope::from_mapping(mapping)
-        .map_err(|e| reject(None, e.kind.as_deref(), e.errors.join("; ")))?;
+    let envelope = Envelope::from_mapping(mapping).map_err(|e| {
+        let id = e.id.as_deref().filter(|id| is_valid_name(id));
+        reject(id, e.kind.as_deref(), e.errors.join("; "))
+    })?;
     let json_size = serde_json::to_string(&envelope.json)
         .expect("JSON values serialise")
         .len();
@@ -250,6 +252,8 @@ struct Envelope {
 
 struct EnvelopeErrors {
     kind: Option<String>,
+    /// The id, when the file names one as a string: the request is recorded under it.
+    id: Option<String>,
     errors: Vec<String>,
 }
 
@@ -318,7 +322,7 @@ impl Envelope {
                 timeout,
                 json: Json::Object(json),
             }),
-            (kind, _) => Err(EnvelopeErrors { kind, errors }),
+            (kind, _) => Err(EnvelopeErrors { kind, id, errors }),
         }
     }
 }

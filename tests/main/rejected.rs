@@ -349,6 +349,41 @@ fn alias_bomb_over_the_expanded_size_limit_is_rejected_naming_the_limit() {
 }
 
 #[test]
+fn an_envelope_error_records_the_request_under_the_id_it_names() {
+    let world = World::new().build();
+    world.submit("extra-key.yml", "kind: echo\nid: extra-1\ncolour: blue\n");
+    world.submit("wrong-type.yml", "kind: echo\nid: typed-1\ntimeout: 5\n");
+    world.run(&[]).assert_exit(0);
+    // The ids are used: the same ids again are duplicates.
+    world.submit("extra-again.yml", "kind: echo\nid: extra-1\n");
+    world.submit("typed-again.yml", "kind: echo\nid: typed-1\n");
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.ls("requests"), [".gitkeep"]);
+    for (key, file, needle) in [
+        ("extra-1", "extra-key.yml", "`colour`"),
+        ("typed-1", "wrong-type.yml", "`timeout` must be a string"),
+    ] {
+        let status = clone.status(key);
+        assert_eq!(status["state"], "rejected", "{key}: {status:#}");
+        let error = status["error"].as_str().expect("error");
+        assert!(
+            error.contains(&format!("requests/{file}")) && error.contains(needle),
+            "{key}: {error}"
+        );
+        let again = clone.status(&format!("{key}~1"));
+        assert_eq!(again["state"], "rejected", "{key}~1: {again:#}");
+        assert!(
+            again["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("already used")),
+            "{key}~1: {again:#}"
+        );
+    }
+}
+
+#[test]
 fn escaped_strings_count_toward_the_expanded_size_limit() {
     // 40 KB of YAML, a 10,000-character string of `\x01` aliased 20 times: 200 KB of characters, but
     // 1.2 MB as JSON, where each is written `\u0001`.
