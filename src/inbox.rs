@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use git2::{Commit, Oid, Repository, Tree};
 
-use crate::request::INBOX;
+use crate::request::{INBOX, is_left_alone};
 use crate::view::{EntryType, entry_type};
 
 /// The commit a request arrived with.
@@ -47,7 +47,8 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    /// The entries of `requests/` at `tip`, dotfiles left out, oldest arrival first.
+    /// The entries of `requests/` at `tip`, oldest arrival first; dotfiles not named like requests
+    /// (`.gitkeep`) are left out.
     pub(crate) fn list(
         &mut self,
         repo: &Repository,
@@ -76,7 +77,7 @@ impl Inbox {
             .iter()
             .filter_map(|e| {
                 let name = String::from_utf8_lossy(e.name_bytes()).into_owned();
-                (!name.starts_with('.')).then(|| (name, e.id(), entry_type(e.filemode(), e.kind())))
+                (!is_left_alone(&name)).then(|| (name, e.id(), entry_type(e.filemode(), e.kind())))
             })
             .collect();
         let pending: Vec<(String, Oid)> = present

@@ -91,6 +91,14 @@ pub(crate) fn check(
         ));
     }
     let Some(stem) = stem else {
+        if name == ".yml" || name == ".yaml" {
+            return Err(reject(
+                None,
+                None,
+                "has no name before its extension; requests must be YAML files named `<id>.yml`"
+                    .into(),
+            ));
+        }
         return Err(reject(
             None,
             None,
@@ -220,6 +228,13 @@ pub(crate) fn check(
         timeout,
         route,
     })
+}
+
+/// Whether the inbox leaves the entry `name` alone: a dotfile (`.gitkeep`) that is not named like a
+/// request. One that is (`..yml`, `.draft.yml`) is taken, and rejected for its id, so nothing named
+/// like a request stays in the inbox.
+pub(crate) fn is_left_alone(name: &str) -> bool {
+    name.starts_with('.') && !(name.ends_with(".yml") || name.ends_with(".yaml"))
 }
 
 /// The file name without `.yml`/`.yaml`, or `None` for any other name.

@@ -384,6 +384,28 @@ fn an_envelope_error_records_the_request_under_the_id_it_names() {
 }
 
 #[test]
+fn request_files_named_with_leading_dots_are_rejected_not_left_in_the_inbox() {
+    let world = World::new().build();
+    for name in ["..yml", "...yml", ".yml", ".hidden.yaml"] {
+        world.submit(name, "kind: echo\n");
+    }
+    world.submit(".notes", "not a request\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(
+        clone.ls("requests"),
+        [".gitkeep", ".notes"],
+        "only dotfiles not named like requests stay"
+    );
+    for name in ["..yml", "...yml", ".yml", ".hidden.yaml"] {
+        let (key, _) = clone.rejected_for(&format!("{name}`"));
+        assert!(key.contains('~'), "`{name}` is recorded under `{key}`");
+    }
+}
+
+#[test]
 fn escaped_strings_count_toward_the_expanded_size_limit() {
     // 40 KB of YAML, a 10,000-character string of `\x01` aliased 20 times: 200 KB of characters, but
     // 1.2 MB as JSON, where each is written `\u0001`.
