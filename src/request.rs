@@ -206,6 +206,17 @@ pub(crate) fn check(
         Some(text) => {
             let timeout = parse_duration(text)
                 .map_err(|e| reject(valid_id, Some(kind), format!("`timeout`: {e}")))?;
+            if timeout.is_zero() {
+                return Err(reject(
+                    valid_id,
+                    Some(kind),
+                    format!(
+                        "`timeout`: `{text}` is zero; expected a duration longer than zero, at most \
+                         the handler's timeout of {}",
+                        humantime::format_duration(route.spec.timeout)
+                    ),
+                ));
+            }
             if timeout > route.spec.timeout {
                 return Err(reject(
                     valid_id,

@@ -349,6 +349,14 @@ fn alias_bomb_over_the_expanded_size_limit_is_rejected_naming_the_limit() {
 }
 
 #[test]
+fn zero_timeout_is_rejected_naming_the_field() {
+    let bytes = b"kind: echo\ntimeout: 0s\n";
+    let world = World::new().build();
+    world.submit("instant.yml", bytes);
+    assert_rejected_and_kept(&world, "instant.yml", bytes, &["`timeout`", "`0s`", "zero"]);
+}
+
+#[test]
 fn an_envelope_error_records_the_request_under_the_id_it_names() {
     let world = World::new().build();
     world.submit("extra-key.yml", "kind: echo\nid: extra-1\ncolour: blue\n");
