@@ -1,7 +1,7 @@
 //! bytes -> [`Request`]: the checks every request passes before anything runs, in the order a reader
 //! would make them: where the file is, what it is, its size, its encoding, its YAML (duplicate keys
 //! rejected, the size it expands to bounded while it is read), its envelope, the envelope schema, its
-//! id, its kind's route, its params schema, its timeout.
+//! id, its kind's route, its params schema, the size of its params, its timeout.
 //!
 //! A request that fails any check becomes a [`Rejection`] whose `error` names the file, the field and
 //! what was expected. `run` records it; `validate` prints it: the same words either way.
@@ -23,6 +23,11 @@ const ENVELOPE_KEYS: [&str; 5] = ["kind", "id", "resource", "params", "timeout"]
 const MAX_EXPANDED: usize = 1024 * 1024;
 // The messages give it in whole MiB.
 const _: () = assert!(MAX_EXPANDED.is_multiple_of(1024 * 1024));
+
+/// The most bytes `params` may take as JSON: the handler gets them in `DISPATCH_PARAMS`, one
+/// environment string, which Linux caps at 128 KiB (`MAX_ARG_STRLEN`) with the name, the `=` and the
+/// terminating NUL. Over it, `execve` fails with "Argument list too long".
+const MAX_PARAMS_JSON: usize = 128 * 1024 - "DISPATCH_PARAMS=".len() - 1;
 
 /// A request that passed every check: what the sandbox needs to run it.
 #[derive(Clone)]
@@ -186,6 +191,20 @@ pub(crate) fn check(
                 format!("{} (schema `{}`)", violations.join("; "), schema.path),
             ));
         }
+    }
+    let params_size = serde_json::to_string(&params)
+        .expect("JSON values serialise")
+        .len();
+    if params_size > MAX_PARAMS_JSON {
+        return Err(reject(
+            valid_id,
+            Some(kind),
+            format!(
+                "`params`: its JSON form is {params_size} bytes, over the limit of {MAX_PARAMS_JSON} \
+                 bytes: the handler gets it as `DISPATCH_PARAMS`, one environment string, which \
+                 Linux caps at 128 KiB with its name; pass less data in `params`"
+            ),
+        ));
     }
     let resource = envelope
         .resource

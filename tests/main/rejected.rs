@@ -349,6 +349,62 @@ fn alias_bomb_over_the_expanded_size_limit_is_rejected_naming_the_limit() {
 }
 
 #[test]
+fn params_over_the_limit_of_one_environment_string_are_rejected_up_front() {
+    // The handler prints the length of `DISPATCH_PARAMS`: a request whose params' JSON is exactly at
+    // the limit runs (its JSON: `{"a":"<k>","b":["<k>","<k>","<k>"],"z":"<j>"}`, 23 + 4k + 7 + j
+    // bytes); one byte more is rejected before any handler starts.
+    let world = World::new()
+        .index(&format!(
+            "{}size:\n  handler: size.sh\n  timeout: 30s\n",
+            crate::support::DEFAULT_INDEX
+        ))
+        .handler(
+            "size.sh",
+            "#!/bin/sh\necho \"params length ${#DISPATCH_PARAMS}\"\n",
+        )
+        .build();
+    let request = |j: usize| {
+        format!(
+            "kind: size\nparams:\n  a: &a \"{}\"\n  b: [*a, *a, *a]\n  z: \"{}\"\n",
+            "p".repeat(32_750),
+            "q".repeat(j)
+        )
+    };
+    world.submit("fits.yml", request(25));
+    world.submit("over.yml", request(26));
+    // The example: a 30 KB string aliased 5 times.
+    world.submit(
+        "five.yml",
+        format!(
+            "kind: echo\nparams:\n  s: &s \"{}\"\n  l: [*s, *s, *s, *s, *s]\n",
+            "y".repeat(30_000)
+        ),
+    );
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.ls("requests"), [".gitkeep"]);
+    assert_eq!(clone.status("fits")["state"], "succeeded");
+    let log = clone
+        .read_string(&log_file("fits", 1))
+        .expect("the request at the limit has a log");
+    assert!(log.contains("params length 131055"), "log: {log}");
+    for key in ["over", "five"] {
+        let status = clone.status(key);
+        assert_eq!(status["state"], "rejected", "{key}: {status:#}");
+        let error = status["error"].as_str().expect("error");
+        for needle in ["`params`", "`DISPATCH_PARAMS`", "131055"] {
+            assert!(error.contains(needle), "{key}: no `{needle}` in: {error}");
+        }
+        assert!(
+            !error.contains("Argument list too long"),
+            "{key} was tried: {error}"
+        );
+    }
+}
+
+#[test]
 fn zero_timeout_is_rejected_naming_the_field() {
     let bytes = b"kind: echo\ntimeout: 0s\n";
     let world = World::new().build();
