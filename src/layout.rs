@@ -113,6 +113,17 @@ pub(crate) fn statuses(
     Ok(found)
 }
 
+/// `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`: ids, kinds and resources, all of which become file names.
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,9 +17,10 @@ use crate::cli::SubmitArgs;
 use crate::commands::validate;
 use crate::error::CommandError;
 use crate::git::view::{DirView, RepoView, TreeView, short};
-use crate::inbox::request::{INBOX, is_valid_name};
+use crate::inbox::request::INBOX;
 use crate::inbox::router::Catalog;
 use crate::layout::Place;
+use crate::layout::is_valid_name;
 use crate::submitter::checkout::{Checkout, CheckoutError, Upstream};
 use crate::submitter::draft::Draft;
 

@@ -8,3 +8,4 @@ pub(crate) mod request;
 pub(crate) mod router;
 pub(crate) mod schema;
 pub(crate) mod snapshot;
+pub(crate) mod yaml;

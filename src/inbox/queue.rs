@@ -15,7 +15,7 @@ use std::rc::Rc;
 use git2::{Commit, Oid, Repository, Tree};
 
 use crate::git::view::{EntryType, entry_type};
-use crate::inbox::request::INBOX;
+use crate::inbox::request::{INBOX, is_left_alone};
 
 /// The commit a request arrived with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,8 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    /// The entries of `requests/` at `tip`, dotfiles left out, oldest arrival first.
+    /// The entries of `requests/` at `tip`, oldest arrival first; dotfiles not named like requests
+    /// (`.gitkeep`) are left out.
     pub(crate) fn list(
         &mut self,
         repo: &Repository,
@@ -76,7 +77,7 @@ impl Inbox {
             .iter()
             .filter_map(|e| {
                 let name = String::from_utf8_lossy(e.name_bytes()).into_owned();
-                (!name.starts_with('.')).then(|| (name, e.id(), entry_type(e.filemode(), e.kind())))
+                (!is_left_alone(&name)).then(|| (name, e.id(), entry_type(e.filemode(), e.kind())))
             })
             .collect();
         let pending: Vec<(String, Oid)> = present

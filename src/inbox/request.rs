@@ -1,7 +1,7 @@
 //! bytes -> [`Request`]: the checks every request passes before anything runs, in the order a reader
 //! would make them: where the file is, what it is, its size, its encoding, its YAML (duplicate keys
-//! rejected), its envelope, the envelope schema, its id, its kind's route, its params schema, its
-//! timeout.
+//! rejected, the size it expands to bounded while it is read), its envelope, the envelope schema, its
+//! id, its kind's route, its params schema, the size of its params, its timeout.
 //!
 //! A request that fails any check becomes a [`Rejection`] whose `error` names the file, the field and
 //! what was expected. `run` records it; `validate` prints it: the same words either way.
@@ -13,9 +13,16 @@ use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::git::view::EntryType;
 use crate::inbox::router::{Catalog, Route, parse_duration};
+use crate::inbox::yaml::{MAX_EXPANDED, describe_yaml, parse_yaml_mapping, too_large};
+use crate::layout::is_valid_name;
 
 pub(crate) const INBOX: &str = "requests";
 const ENVELOPE_KEYS: [&str; 5] = ["kind", "id", "resource", "params", "timeout"];
+
+/// The most bytes `params` may take as JSON: the handler gets them in `DISPATCH_PARAMS`, one
+/// environment string, which Linux caps at 128 KiB (`MAX_ARG_STRLEN`) with the name, the `=` and the
+/// terminating NUL. Over it, `execve` fails with "Argument list too long".
+const MAX_PARAMS_JSON: usize = 128 * 1024 - "DISPATCH_PARAMS=".len() - 1;
 
 /// A request that passed every check: what the sandbox needs to run it.
 #[derive(Clone)]
@@ -84,6 +91,14 @@ pub(crate) fn check(
         ));
     }
     let Some(stem) = stem else {
+        if name == ".yml" || name == ".yaml" {
+            return Err(reject(
+                None,
+                None,
+                "has no name before its extension; requests must be YAML files named `<id>.yml`"
+                    .into(),
+            ));
+        }
         return Err(reject(
             None,
             None,
@@ -102,8 +117,23 @@ pub(crate) fn check(
     }
     let bytes = bytes().map_err(|e| reject(None, None, format!("could not be read: {e}")))?;
     let mapping = parse_request_yaml(&bytes).map_err(|e| reject(None, None, e))?;
-    let envelope = Envelope::from_mapping(mapping)
-        .map_err(|e| reject(None, e.kind.as_deref(), e.errors.join("; ")))?;
+    let envelope = Envelope::from_mapping(mapping).map_err(|e| {
+        let id = e.id.as_deref().filter(|id| is_valid_name(id));
+        reject(id, e.kind.as_deref(), e.errors.join("; "))
+    })?;
+    let json_size = serde_json::to_string(&envelope.json)
+        .expect("JSON values serialise")
+        .len();
+    if json_size > MAX_EXPANDED {
+        return Err(reject(
+            envelope.id.as_deref().filter(|id| is_valid_name(id)),
+            Some(&envelope.kind),
+            format!(
+                "is {json_size} bytes as JSON (its strings escaped) and {}",
+                too_large(MAX_EXPANDED)
+            ),
+        ));
+    }
     let id = envelope.id.clone().unwrap_or_else(|| stem.to_owned());
     let kind = envelope.kind.as_str();
     let mut errors = match &catalog.request_schema {
@@ -157,6 +187,20 @@ pub(crate) fn check(
             ));
         }
     }
+    let params_size = serde_json::to_string(&params)
+        .expect("JSON values serialise")
+        .len();
+    if params_size > MAX_PARAMS_JSON {
+        return Err(reject(
+            valid_id,
+            Some(kind),
+            format!(
+                "`params`: its JSON form is {params_size} bytes, over the limit of {MAX_PARAMS_JSON} \
+                 bytes: the handler gets it as `DISPATCH_PARAMS`, one environment string, which \
+                 Linux caps at 128 KiB with its name; pass less data in `params`"
+            ),
+        ));
+    }
     let resource = envelope
         .resource
         .clone()
@@ -176,6 +220,17 @@ pub(crate) fn check(
         Some(text) => {
             let timeout = parse_duration(text)
                 .map_err(|e| reject(valid_id, Some(kind), format!("`timeout`: {e}")))?;
+            if timeout.is_zero() {
+                return Err(reject(
+                    valid_id,
+                    Some(kind),
+                    format!(
+                        "`timeout`: `{text}` is zero; expected a duration longer than zero, at most \
+                         the handler's timeout of {}",
+                        humantime::format_duration(route.spec.timeout)
+                    ),
+                ));
+            }
             if timeout > route.spec.timeout {
                 return Err(reject(
                     valid_id,
@@ -200,22 +255,18 @@ pub(crate) fn check(
     })
 }
 
+/// Whether the inbox leaves the entry `name` alone: a dotfile (`.gitkeep`) that is not named like a
+/// request. One that is (`..yml`, `.draft.yml`) is taken, and rejected for its id, so nothing named
+/// like a request stays in the inbox.
+pub(crate) fn is_left_alone(name: &str) -> bool {
+    name.starts_with('.') && !(name.ends_with(".yml") || name.ends_with(".yaml"))
+}
+
 /// The file name without `.yml`/`.yaml`, or `None` for any other name.
 pub(crate) fn request_stem(name: &str) -> Option<&str> {
     name.strip_suffix(".yml")
         .or_else(|| name.strip_suffix(".yaml"))
         .filter(|stem| !stem.is_empty())
-}
-
-/// `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`: ids, kinds and resources, all of which become file names.
-pub(crate) fn is_valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 128
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The envelope of the SPEC, read from the mapping by hand so each problem names its field.
@@ -230,6 +281,8 @@ struct Envelope {
 
 struct EnvelopeErrors {
     kind: Option<String>,
+    /// The id, when the file names one as a string: the request is recorded under it.
+    id: Option<String>,
     errors: Vec<String>,
 }
 
@@ -298,7 +351,7 @@ impl Envelope {
                 timeout,
                 json: Json::Object(json),
             }),
-            (kind, _) => Err(EnvelopeErrors { kind, errors }),
+            (kind, _) => Err(EnvelopeErrors { kind, id, errors }),
         }
     }
 }
@@ -306,35 +359,6 @@ impl Envelope {
 /// Decodes a request file: UTF-8 (a BOM is allowed), not empty, YAML, a mapping at the top level.
 fn parse_request_yaml(bytes: &[u8]) -> Result<Mapping, String> {
     parse_yaml_mapping(bytes)
-}
-
-/// Bytes -> a YAML mapping, refusing duplicate keys (parsing straight into JSON would keep the last).
-pub(crate) fn parse_yaml_mapping(bytes: &[u8]) -> Result<Mapping, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        format!(
-            "is not valid UTF-8 (invalid byte at offset {})",
-            e.valid_up_to()
-        )
-    })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if text.trim().is_empty() {
-        return Err("is empty; expected a YAML mapping with at least `kind`".into());
-    }
-    let value: Yaml = serde_yaml::from_str(text).map_err(|e| {
-        let e = e.to_string();
-        if e.contains("duplicate entry") {
-            format!("has a duplicate key: {e}")
-        } else {
-            format!("is not valid YAML: {e}")
-        }
-    })?;
-    match value {
-        Yaml::Mapping(m) => Ok(m),
-        other => Err(format!(
-            "must be a YAML mapping (`key: value` lines), got {}",
-            describe_yaml(&other)
-        )),
-    }
 }
 
 /// YAML -> JSON for a value under `at`; keys must be strings and numbers finite.
@@ -383,18 +407,6 @@ fn yaml_to_json(value: Yaml, at: &str) -> Result<Json, String> {
             ));
         }
     })
-}
-
-pub(crate) fn describe_yaml(value: &Yaml) -> String {
-    match value {
-        Yaml::Null => "null".into(),
-        Yaml::Bool(b) => format!("the boolean {b}"),
-        Yaml::Number(n) => format!("the number {n}"),
-        Yaml::String(s) => format!("the string {s:?}"),
-        Yaml::Sequence(_) => "a list".into(),
-        Yaml::Mapping(_) => "a mapping".into(),
-        Yaml::Tagged(t) => format!("a value tagged `{}`", t.tag),
-    }
 }
 
 fn describe_json(value: &Json) -> String {

@@ -14,8 +14,9 @@ use serde::Deserialize;
 use serde_yaml::Value as Yaml;
 
 use crate::git::view::{EntryType, RepoView};
-use crate::inbox::request::{is_valid_name, parse_yaml_mapping};
 use crate::inbox::schema::Schema;
+use crate::inbox::yaml::{describe_yaml, parse_yaml_mapping};
+use crate::layout::is_valid_name;
 
 pub(crate) const INDEX_PATH: &str = "handlers/index.yml";
 pub(crate) const REQUEST_SCHEMA_PATH: &str = "schemas/request.schema.json";
@@ -229,7 +230,7 @@ pub(crate) fn parse_index(bytes: &[u8]) -> Result<HandlerIndex, String> {
         let Yaml::String(name) = key else {
             return Err(format!(
                 "`{INDEX_PATH}`: every key must be a kind name, got {}",
-                crate::inbox::request::describe_yaml(&key)
+                describe_yaml(&key)
             ));
         };
         let spec = parse_kind(&name, value).map_err(|e| format!("`{INDEX_PATH}`: {e}"));

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde_yaml::{Mapping, Value as Yaml};
 use thiserror::Error;
 
-use crate::inbox::request::{describe_yaml, parse_yaml_mapping};
+use crate::inbox::yaml::{describe_yaml, parse_yaml_mapping};
 
 #[derive(Debug, Error)]
 pub(crate) enum DraftError {
@@ -292,7 +292,7 @@ mod tests {
         let now = SystemTime::now();
         let a = id_at(now);
         let b = id_at(now + std::time::Duration::from_millis(1));
-        assert!(crate::inbox::request::is_valid_name(&a), "{a}");
+        assert!(crate::layout::is_valid_name(&a), "{a}");
         assert_eq!(a.len(), 26);
         assert!(a < b, "{a} !< {b}");
     }

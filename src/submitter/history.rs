@@ -14,7 +14,8 @@ use thiserror::Error;
 use crate::git::sync::ID_TRAILER;
 use crate::git::view::{RepoView, TreeView, short};
 use crate::inbox::queue::{Inbox, InboxEntry};
-use crate::inbox::request::{parse_yaml_mapping, request_stem};
+use crate::inbox::request::request_stem;
+use crate::inbox::yaml::parse_yaml_mapping;
 use crate::layout::Place;
 
 #[derive(Debug, Error)]

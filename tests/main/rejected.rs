@@ -324,3 +324,163 @@ fn resubmitting_a_file_name_reuses_its_default_id_and_is_rejected() {
     assert_eq!(clone.status("report~1")["state"], "rejected");
     assert_eq!(clone.ls("requests"), [".gitkeep"]);
 }
+
+#[test]
+fn alias_bomb_over_the_expanded_size_limit_is_rejected_naming_the_limit() {
+    // 22 KB on disk, 900 MB once expanded: one 20,000-character string aliased 300 times, that list
+    // aliased 150 times (few enough aliases for the YAML parser's own repetition bound).
+    let mut yaml = format!(
+        "kind: echo\nid: bomb-1\nparams:\n  s: &s \"{}\"\n  l: &l [{}]\n  m: [{}]\n",
+        "x".repeat(20_000),
+        vec!["*s"; 300].join(","),
+        vec!["*l"; 150].join(",")
+    );
+    yaml.push_str("timeout: 5s\n");
+    assert!(yaml.len() < 24 * 1024, "the file is small: {}", yaml.len());
+    let world = World::new().build();
+    world.submit("laughs.yml", &yaml);
+    let status = assert_rejected_and_kept(&world, "laughs.yml", yaml.as_bytes(), &["alias"]);
+
+    let error = status["error"].as_str().expect("error");
+    assert!(
+        error.contains("1 MiB") && error.contains("1048576"),
+        "the error does not name the limit: {error}"
+    );
+}
+
+#[test]
+fn params_over_the_limit_of_one_environment_string_are_rejected_up_front() {
+    // The handler prints the length of `DISPATCH_PARAMS`: a request whose params' JSON is exactly at
+    // the limit runs (its JSON: `{"a":"<k>","b":["<k>","<k>","<k>"],"z":"<j>"}`, 23 + 4k + 7 + j
+    // bytes); one byte more is rejected before any handler starts.
+    let world = World::new()
+        .index(&format!(
+            "{}size:\n  handler: size.sh\n  timeout: 30s\n",
+            crate::support::DEFAULT_INDEX
+        ))
+        .handler(
+            "size.sh",
+            "#!/bin/sh\necho \"params length ${#DISPATCH_PARAMS}\"\n",
+        )
+        .build();
+    let request = |j: usize| {
+        format!(
+            "kind: size\nparams:\n  a: &a \"{}\"\n  b: [*a, *a, *a]\n  z: \"{}\"\n",
+            "p".repeat(32_750),
+            "q".repeat(j)
+        )
+    };
+    world.submit("fits.yml", request(25));
+    world.submit("over.yml", request(26));
+    // The example: a 30 KB string aliased 5 times.
+    world.submit(
+        "five.yml",
+        format!(
+            "kind: echo\nparams:\n  s: &s \"{}\"\n  l: [*s, *s, *s, *s, *s]\n",
+            "y".repeat(30_000)
+        ),
+    );
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.ls("requests"), [".gitkeep"]);
+    assert_eq!(clone.status("fits")["state"], "succeeded");
+    let log = clone
+        .read_string(&log_file("fits", 1))
+        .expect("the request at the limit has a log");
+    assert!(log.contains("params length 131055"), "log: {log}");
+    for key in ["over", "five"] {
+        let status = clone.status(key);
+        assert_eq!(status["state"], "rejected", "{key}: {status:#}");
+        let error = status["error"].as_str().expect("error");
+        for needle in ["`params`", "`DISPATCH_PARAMS`", "131055"] {
+            assert!(error.contains(needle), "{key}: no `{needle}` in: {error}");
+        }
+        assert!(
+            !error.contains("Argument list too long"),
+            "{key} was tried: {error}"
+        );
+    }
+}
+
+#[test]
+fn zero_timeout_is_rejected_naming_the_field() {
+    let bytes = b"kind: echo\ntimeout: 0s\n";
+    let world = World::new().build();
+    world.submit("instant.yml", bytes);
+    assert_rejected_and_kept(&world, "instant.yml", bytes, &["`timeout`", "`0s`", "zero"]);
+}
+
+#[test]
+fn an_envelope_error_records_the_request_under_the_id_it_names() {
+    let world = World::new().build();
+    world.submit("extra-key.yml", "kind: echo\nid: extra-1\ncolour: blue\n");
+    world.submit("wrong-type.yml", "kind: echo\nid: typed-1\ntimeout: 5\n");
+    world.run(&[]).assert_exit(0);
+    // The ids are used: the same ids again are duplicates.
+    world.submit("extra-again.yml", "kind: echo\nid: extra-1\n");
+    world.submit("typed-again.yml", "kind: echo\nid: typed-1\n");
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.ls("requests"), [".gitkeep"]);
+    for (key, file, needle) in [
+        ("extra-1", "extra-key.yml", "`colour`"),
+        ("typed-1", "wrong-type.yml", "`timeout` must be a string"),
+    ] {
+        let status = clone.status(key);
+        assert_eq!(status["state"], "rejected", "{key}: {status:#}");
+        let error = status["error"].as_str().expect("error");
+        assert!(
+            error.contains(&format!("requests/{file}")) && error.contains(needle),
+            "{key}: {error}"
+        );
+        let again = clone.status(&format!("{key}~1"));
+        assert_eq!(again["state"], "rejected", "{key}~1: {again:#}");
+        assert!(
+            again["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("already used")),
+            "{key}~1: {again:#}"
+        );
+    }
+}
+
+#[test]
+fn request_files_named_with_leading_dots_are_rejected_not_left_in_the_inbox() {
+    let world = World::new().build();
+    for name in ["..yml", "...yml", ".yml", ".hidden.yaml"] {
+        world.submit(name, "kind: echo\n");
+    }
+    world.submit(".notes", "not a request\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(
+        clone.ls("requests"),
+        [".gitkeep", ".notes"],
+        "only dotfiles not named like requests stay"
+    );
+    for name in ["..yml", "...yml", ".yml", ".hidden.yaml"] {
+        let (key, _) = clone.rejected_for(&format!("{name}`"));
+        assert!(key.contains('~'), "`{name}` is recorded under `{key}`");
+    }
+}
+
+#[test]
+fn escaped_strings_count_toward_the_expanded_size_limit() {
+    // 40 KB of YAML, a 10,000-character string of `\x01` aliased 20 times: 200 KB of characters, but
+    // 1.2 MB as JSON, where each is written `\u0001`.
+    let bytes = format!(
+        "kind: echo\nparams:\n  s: &s \"{}\"\n  l: [{}]\n",
+        "\\x01".repeat(10_000),
+        vec!["*s"; 20].join(",")
+    );
+    let world = World::new().build();
+    world.submit("escapes.yml", &bytes);
+    let status = assert_rejected_and_kept(&world, "escapes.yml", bytes.as_bytes(), &["as json"]);
+    let error = status["error"].as_str().expect("error");
+    assert!(error.contains("1048576"), "the limit is not named: {error}");
+}
