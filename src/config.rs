@@ -14,7 +14,7 @@ use crate::log::say;
 use crate::router::{parse_duration, parse_size};
 use crate::sandbox::Identity;
 use crate::secrets::{Redactor, Secrets};
-use crate::sync::Access;
+use crate::sync::{Access, Password};
 
 /// When `run` stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub(crate) struct RunConfig {
 
 impl RunConfig {
     pub(crate) fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
-        let remote = normalize_remote(&args.remote)?;
+        let (remote, password) = without_password(&normalize_remote(&args.remote)?);
         let workdir = match &args.workdir {
             Some(dir) => absolute(dir)?,
             None => default_workdir(&remote)?,
@@ -133,6 +133,7 @@ impl RunConfig {
             access: Access {
                 transport: args.git_transport,
                 ssh_key: args.ssh_key.as_deref().map(absolute).transpose()?,
+                password,
             },
             dry_run: args.dry_run,
             metrics_addr: args.metrics_addr,
@@ -209,10 +210,42 @@ fn normalize_remote(remote: &str) -> anyhow::Result<String> {
     if remote.is_empty() {
         bail!("--remote must not be empty");
     }
-    if local_path(remote).is_some() {
-        return Ok(absolute(Path::new(remote))?.to_string_lossy().into_owned());
+    if let Some(path) = local_path(remote) {
+        let path = absolute(&path)?;
+        if !path.exists() {
+            bail!(
+                "--remote `{}`: the path does not exist (a remote on this host is the path of a Git \
+                 repository)",
+                path.display()
+            );
+        }
+        return Ok(if remote.starts_with("file://") {
+            remote.to_owned()
+        } else {
+            path.to_string_lossy().into_owned()
+        });
     }
     Ok(remote.to_owned())
+}
+
+/// The remote URL without the password of its user info, and that password (decoded): the URL is
+/// what is shown and stored in the workdir, the password stays in memory and reaches the transport
+/// through a credential callback (libgit2) or a credential helper reading it from the environment
+/// (`git`).
+pub(crate) fn without_password(remote: &str) -> (String, Option<Password>) {
+    let Ok(mut url) = url::Url::parse(remote) else {
+        return (remote.to_owned(), None);
+    };
+    let Some(password) = url.password().map(str::to_owned) else {
+        return (remote.to_owned(), None);
+    };
+    let password = percent_encoding::percent_decode_str(&password)
+        .decode_utf8_lossy()
+        .into_owned();
+    if url.set_password(None).is_err() {
+        return (remote.to_owned(), None);
+    }
+    (url.to_string(), Some(Password(password)))
 }
 
 /// The remote as a local folder, where it is one (a path or a `file://` URL).
@@ -246,4 +279,24 @@ fn default_workdir(remote: &str) -> anyhow::Result<PathBuf> {
         })
         .collect();
     Ok(state.join("git-dispatch").join(name.trim_matches('_')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_password_is_taken_out_of_the_url_and_decoded() {
+        let (url, password) = without_password("https://bob:p%40ss%3Aword@example.test/x.git");
+        assert_eq!(url, "https://bob@example.test/x.git");
+        assert_eq!(password.map(|p| p.0).as_deref(), Some("p@ss:word"));
+        for plain in [
+            "https://bob@example.test/x.git",
+            "git@example.test:x.git",
+            "/srv/x.git",
+        ] {
+            let (url, password) = without_password(plain);
+            assert_eq!((url.as_str(), password.is_none()), (plain, true));
+        }
+    }
 }
