@@ -11,6 +11,7 @@ use nix::unistd::{User, geteuid, getgrouplist};
 
 use crate::cli::RunArgs;
 use crate::git::sync::Access;
+use crate::git::url::{local_path, without_password};
 use crate::inbox::router::{parse_duration, parse_size};
 use crate::log::say;
 use crate::run::spawn::Identity;
@@ -61,7 +62,7 @@ pub(crate) struct RunConfig {
 
 impl RunConfig {
     pub(crate) fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
-        let remote = normalize_remote(&args.remote)?;
+        let (remote, password) = without_password(&normalize_remote(&args.remote)?);
         let workdir = match &args.workdir {
             Some(dir) => absolute(dir)?,
             None => default_workdir(&remote)?,
@@ -130,6 +131,7 @@ impl RunConfig {
             access: Access {
                 transport: args.git_transport,
                 ssh_key: args.ssh_key.as_deref().map(absolute).transpose()?,
+                password,
             },
             dry_run: args.dry_run,
             metrics_addr: args.metrics_addr,
@@ -206,21 +208,22 @@ fn normalize_remote(remote: &str) -> anyhow::Result<String> {
     if remote.is_empty() {
         bail!("--remote must not be empty");
     }
-    if local_path(remote).is_some() {
-        return Ok(absolute(Path::new(remote))?.to_string_lossy().into_owned());
+    if let Some(path) = local_path(remote) {
+        let path = absolute(&path)?;
+        if !path.exists() {
+            bail!(
+                "--remote `{}`: the path does not exist (a remote on this host is the path of a Git \
+                 repository)",
+                path.display()
+            );
+        }
+        return Ok(if remote.starts_with("file://") {
+            remote.to_owned()
+        } else {
+            path.to_string_lossy().into_owned()
+        });
     }
     Ok(remote.to_owned())
-}
-
-/// The remote as a local folder, where it is one (a path or a `file://` URL).
-pub(crate) fn local_path(remote: &str) -> Option<PathBuf> {
-    if let Some(path) = remote.strip_prefix("file://") {
-        return Some(PathBuf::from(path));
-    }
-    let scp_like = remote
-        .split_once(':')
-        .is_some_and(|(host, _)| !host.contains('/'));
-    (!remote.contains("://") && !scp_like).then(|| PathBuf::from(remote))
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {

@@ -27,5 +27,7 @@ mod replay;
 mod routing;
 #[path = "main/sandbox.rs"]
 mod sandbox;
+#[path = "main/transports.rs"]
+mod transports;
 #[path = "main/validate_cmd.rs"]
 mod validate_cmd;

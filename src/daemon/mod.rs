@@ -25,9 +25,10 @@ use git2::Oid;
 use notify::Watcher;
 use thiserror::Error;
 
-use crate::config::{Mode, RunConfig, local_path};
+use crate::config::{Mode, RunConfig};
 use crate::daemon::metrics::Metrics;
 use crate::git::sync::{Sync, SyncError};
+use crate::git::url::local_path;
 use crate::inbox::queue::{Inbox, InboxEntry};
 use crate::inbox::request::{self, Candidate, Rejection, Request, request_stem};
 use crate::inbox::snapshot::Snapshot;
@@ -155,6 +156,9 @@ pub(crate) struct Daemon {
     _workdir_lock: fs::File,
     /// Set by the first SIGTERM/SIGINT: take nothing new, finish, record, push, exit.
     shutting_down: bool,
+    /// Why the dispatcher gave up on the remote while handlers ran: it shuts down as on SIGTERM,
+    /// records their outcomes locally, and then fails with this (see [`Daemon::give_up`]).
+    gave_up: Option<String>,
     /// Set once `--once` has taken its request.
     took_one: bool,
     next_sync: Instant,
@@ -258,6 +262,7 @@ impl Daemon {
             started: now,
             recovered: false,
             shutting_down: false,
+            gave_up: None,
             took_one: false,
             next_sync: now,
             sync_failures: 0,
@@ -302,6 +307,13 @@ impl Daemon {
             }
             self.handle_pending_events()?;
             if self.shutting_down && self.running.is_empty() {
+                if let Some(why) = self.gave_up.take() {
+                    self.persist()?;
+                    return Err(DaemonError::Remote(format!(
+                        "{why}{}",
+                        self.unpushed_note()
+                    )));
+                }
                 self.flush()?;
                 return Ok(std::mem::take(&mut self.summary));
             }
@@ -330,8 +342,12 @@ impl Daemon {
                     Mode::Serve => false,
                     Mode::Once => true,
                     Mode::UntilEmpty => {
-                        if self.checked_when_empty {
+                        // Only a look at the remote that worked tells the inbox is empty: after a
+                        // failed one, the sync's retries go on until they give up.
+                        if self.checked_when_empty && self.sync_failures == 0 {
                             true
+                        } else if self.checked_when_empty {
+                            false
                         } else {
                             self.checked_when_empty = true;
                             self.next_sync = Instant::now();
@@ -388,7 +404,11 @@ impl Daemon {
 
     /// Blocks until an event or the next deadline.
     fn wait(&mut self, at_most: Option<Duration>) -> Result<(), DaemonError> {
-        let mut deadline = self.next_sync;
+        // Shutting down, nothing syncs: its time does not count (a past one would spin).
+        let mut deadline = match self.shutting_down {
+            true => Instant::now() + Duration::from_secs(3600),
+            false => self.next_sync,
+        };
         if let Some(limit) = at_most {
             deadline = deadline.min(Instant::now() + limit);
         }
@@ -405,7 +425,7 @@ impl Daemon {
                 None => Instant::now() + Duration::from_secs(1),
             });
         }
-        if let Some(since) = self.unpushed_since {
+        if let Some(since) = self.unpushed_since.filter(|_| self.gave_up.is_none()) {
             deadline = deadline.min((since + self.cfg.push_batch).max(self.next_push));
         }
         let timeout = deadline.saturating_duration_since(Instant::now());
@@ -692,11 +712,16 @@ impl Daemon {
                     attempt_note(self.sync_failures, self.cfg.push_attempts, last, delay)
                 ));
                 if last {
-                    return Err(DaemonError::Remote(format!(
-                        "{e}: gave up after {} attempts{}",
-                        self.sync_failures,
-                        self.unpushed_note()
-                    )));
+                    let drain = match self.cfg.mode {
+                        Mode::UntilEmpty => {
+                            "; the inbox could not be looked at, so it is not drained"
+                        }
+                        _ => "",
+                    };
+                    return self.give_up(format!(
+                        "{e}: gave up after {} attempts{drain}",
+                        self.sync_failures
+                    ));
                 }
                 self.next_sync = Instant::now() + delay;
                 Ok(())
@@ -1151,7 +1176,7 @@ impl Daemon {
 
     /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window.
     fn push_due(&self, backlog: usize) -> bool {
-        let Some(since) = self.unpushed_since else {
+        let Some(since) = self.unpushed_since.filter(|_| self.gave_up.is_none()) else {
             return false;
         };
         let now = Instant::now();
@@ -1197,17 +1222,37 @@ impl Daemon {
                     }
                 }
                 if last {
-                    return Err(DaemonError::Remote(format!(
-                        "{e}: gave up after {} attempts{}",
-                        self.push_failures,
-                        self.unpushed_note()
-                    )));
+                    return self.give_up(format!(
+                        "{e}: gave up after {} attempts",
+                        self.push_failures
+                    ));
                 }
                 self.next_push = Instant::now() + delay;
                 Ok(())
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Gives up on the remote (exit 3), with `why`. Handlers that run are not cut short: as on
+    /// SIGTERM, nothing new is taken, they finish, and their outcomes are recorded in the workdir
+    /// (the next run pushes them); the dispatcher fails once they are.
+    fn give_up(&mut self, why: String) -> Result<(), DaemonError> {
+        if self.running.is_empty() {
+            return Err(DaemonError::Remote(format!(
+                "{why}{}",
+                self.unpushed_note()
+            )));
+        }
+        say(&format!(
+            "{why}; waiting for {} running handler(s) to finish, to record their outcomes in the \
+             workdir",
+            self.running.len()
+        ));
+        self.gave_up = Some(why);
+        self.shutting_down = true;
+        self.stop.request();
+        Ok(())
     }
 
     /// Pushes until everything is out, or the attempts run out.

@@ -6,4 +6,5 @@
 pub(crate) mod pack;
 pub(crate) mod sync;
 pub(crate) mod tree_edit;
+pub(crate) mod url;
 pub(crate) mod view;

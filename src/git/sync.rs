@@ -22,6 +22,7 @@ use thiserror::Error;
 
 use crate::git::pack::{Pack, PackFile, PackWriter};
 use crate::git::tree_edit::{self, Edit};
+use crate::git::url::Password;
 
 const REMOTE: &str = "origin";
 /// A trailer every outcome commit carries: how the dispatcher recognises its own commits.
@@ -101,6 +102,29 @@ pub enum Transport {
 pub(crate) struct Access {
     pub transport: Transport,
     pub ssh_key: Option<PathBuf>,
+    /// The password the remote URL held (see [`crate::git::url::without_password`]).
+    pub password: Option<Password>,
+}
+
+/// The environment variable that hands the password to the `git` transport's credential helper.
+const PASSWORD_VAR: &str = "GIT_DISPATCH_REMOTE_PASSWORD";
+
+/// The methods offered so far, each named once (libgit2 asks again after each failure).
+struct Methods<'a>(std::cell::RefMut<'a, Vec<String>>);
+
+impl Methods<'_> {
+    fn push(&mut self, method: String) {
+        if !self.0.contains(&method) {
+            self.0.push(method);
+        }
+    }
+}
+
+/// What the credentials callback offered during one connection, for the error when it fails.
+#[derive(Default)]
+struct Tried {
+    count: Cell<u32>,
+    methods: RefCell<Vec<String>>,
 }
 
 /// What [`Sync::reconcile`] did.
@@ -200,7 +224,10 @@ impl Sync {
             .url()
             .unwrap_or_default()
             .to_owned();
-        if found != url {
+        if found != url && crate::git::url::without_password(&found).0 == url {
+            // Made before passwords were kept out of the workdir: forget the stored one.
+            repo.remote_set_url(REMOTE, url).map_err(workdir_err)?;
+        } else if found != url {
             return Err(SyncError::OtherRemote {
                 path: path.to_owned(),
                 found,
@@ -315,13 +342,13 @@ impl Sync {
                 .and_then(|oid| Oid::from_str(oid).ok()));
         }
         let mut remote = self.repo.find_remote(REMOTE)?;
-        let tries = Cell::new(0);
+        let tried = Tried::default();
         let connection = remote
-            .connect_auth(Direction::Fetch, Some(self.callbacks(&tries)), None)
-            .map_err(|e| self.unreachable(&e))?;
+            .connect_auth(Direction::Fetch, Some(self.callbacks(&tried)), None)
+            .map_err(|e| self.unreachable(&e, &tried))?;
         let head = connection
             .list()
-            .map_err(|e| self.unreachable(&e))?
+            .map_err(|e| self.unreachable(&e, &tried))?
             .iter()
             .find(|h| h.name() == wanted)
             .map(git2::RemoteHead::oid);
@@ -343,12 +370,12 @@ impl Sync {
             return fetched;
         }
         let mut remote = self.repo.find_remote(REMOTE)?;
-        let tries = Cell::new(0);
+        let tried = Tried::default();
         let mut options = FetchOptions::new();
-        options.remote_callbacks(self.callbacks(&tries));
+        options.remote_callbacks(self.callbacks(&tried));
         remote
             .download(&[&refspec], Some(&mut options))
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(&e, &tried))?;
         crate::failpoint::hit("fetch");
         remote
             .update_tips(
@@ -357,7 +384,7 @@ impl Sync {
                 git2::AutotagOption::None,
                 None,
             )
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|e| self.unreachable(&e, &tried))?;
         remote.disconnect()?;
         self.remote_tip().ok_or_else(|| SyncError::NoBranch {
             url: self.url.clone(),
@@ -365,10 +392,40 @@ impl Sync {
         })
     }
 
-    fn unreachable(&self, e: &git2::Error) -> SyncError {
+    /// A libgit2 failure to reach the remote, with what libgit2's SSH leaves unsaid: the methods
+    /// offered when authentication failed, where an unknown host key was looked for, and what it
+    /// does not support.
+    fn unreachable(&self, e: &git2::Error, tried: &Tried) -> SyncError {
+        let mut message = e.message().to_owned();
+        if let Some(path) = crate::git::url::local_path(&self.url).filter(|p| !p.exists()) {
+            message = format!("the path `{}` does not exist", path.display());
+        }
+        if e.class() == git2::ErrorClass::Ssh {
+            let lower = message.to_lowercase();
+            if lower.contains("hostkey") || lower.contains("host key") {
+                message.push_str(&format!(
+                    "; libgit2 looks for the host key in `{}` only (add it there, e.g. with \
+                     `ssh-keyscan`), or use --git-transport cli, where OpenSSH reads the known \
+                     hosts and ~/.ssh/config of the account's home",
+                    libgit2_known_hosts().display()
+                ));
+            } else if lower.contains("authentication") || !tried.methods.borrow().is_empty() {
+                let methods = tried.methods.borrow();
+                message.push_str(&format!(
+                    "; tried: {}; libgit2 uses only --ssh-key or the ssh agent, without \
+                     ~/.ssh/config host aliases or key passphrases: use --git-transport cli for \
+                     those",
+                    if methods.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        methods.join(", ")
+                    }
+                ));
+            }
+        }
         SyncError::Unreachable {
             url: self.url.clone(),
-            message: e.message().to_owned(),
+            message,
         }
     }
 
@@ -621,9 +678,9 @@ impl Sync {
     /// reports success for it.
     fn push_libgit2(&self, local: Oid) -> Result<(), SyncError> {
         let mut remote = self.repo.find_remote(REMOTE)?;
-        let tries = Cell::new(0);
+        let tried = Tried::default();
         let refused: RefCell<Option<(String, String)>> = RefCell::new(None);
-        let mut cbs = self.callbacks(&tries);
+        let mut cbs = self.callbacks(&tried);
         cbs.push_update_reference(|refname, status| {
             match status {
                 Some(status) => {
@@ -653,7 +710,7 @@ impl Sync {
                     reason: e.message().to_owned(),
                 }
             } else {
-                self.unreachable(&e)
+                self.unreachable(&e, &tried)
             });
         }
         self.repo
@@ -693,6 +750,21 @@ pub(crate) fn configure_libgit2() {
     });
 }
 
+/// Where libgit2 looks for SSH host keys: `.ssh/known_hosts` in `$HOME` (OpenSSH reads the home of
+/// the account instead).
+fn libgit2_known_hosts() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+        .unwrap_or_default();
+    home.join(".ssh").join("known_hosts")
+}
+
 /// The key an outcome commit records (its `Dispatch-Id` trailer); `None` for any other commit.
 pub(crate) fn outcome_key(commit: &Commit<'_>) -> Option<String> {
     let message = commit.message_raw().ok()?;
@@ -705,37 +777,46 @@ pub(crate) fn outcome_key(commit: &Commit<'_>) -> Option<String> {
 
 impl Sync {
     /// Callbacks with a bounded credentials callback (libgit2 calls it again after every failure,
-    /// forever otherwise); the error says which methods were tried.
-    fn callbacks<'a>(&'a self, tries: &'a Cell<u32>) -> RemoteCallbacks<'a> {
-        let tried: RefCell<Vec<&'static str>> = RefCell::new(Vec::new());
+    /// forever otherwise); `tried` keeps which methods were offered, for the error.
+    fn callbacks<'a>(&'a self, tried: &'a Tried) -> RemoteCallbacks<'a> {
         let mut callbacks = RemoteCallbacks::new();
         callbacks.credentials(move |url, username, allowed| {
-            let n = tries.get() + 1;
-            tries.set(n);
+            let n = tried.count.get() + 1;
+            tried.count.set(n);
+            let url = crate::git::url::without_password(url).0;
             if n > MAX_CREDENTIAL_ATTEMPTS {
                 return Err(git2::Error::from_str(&format!(
                     "authentication to `{url}` failed after {MAX_CREDENTIAL_ATTEMPTS} attempts (tried: {}); \
                      check the key, the agent or the credential helper, or use --git-transport cli",
-                    tried.borrow().join(", ")
+                    tried.methods.borrow().join(", ")
                 )));
             }
             let user = username.unwrap_or("git");
-            if allowed.contains(CredentialType::SSH_KEY) {
+            let mut methods = Methods(tried.methods.borrow_mut());
+            if let Some(password) = self
+                .access
+                .password
+                .as_ref()
+                .filter(|_| allowed.contains(CredentialType::USER_PASS_PLAINTEXT))
+            {
+                methods.push(format!("the password in the URL for `{user}`"));
+                Cred::userpass_plaintext(user, &password.0)
+            } else if allowed.contains(CredentialType::SSH_KEY) {
                 if let Some(key) = &self.access.ssh_key {
-                    tried.borrow_mut().push("ssh key from --ssh-key");
+                    methods.push(format!("key `{}` (--ssh-key) for `{user}`", key.display()));
                     return Cred::ssh_key(user, None, key, None);
                 }
-                tried.borrow_mut().push("ssh agent");
+                methods.push(format!("the ssh agent for `{user}`"));
                 Cred::ssh_key_from_agent(user)
             } else if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-                tried.borrow_mut().push("git credential helper");
+                methods.push("the git credential helper".to_owned());
                 let config = git2::Config::open_default()?;
-                Cred::credential_helper(&config, url, username)
+                Cred::credential_helper(&config, &url, username)
             } else if allowed.contains(CredentialType::USERNAME) {
-                tried.borrow_mut().push("user name");
+                methods.push("a user name".to_owned());
                 Cred::username(user)
             } else {
-                tried.borrow_mut().push("default credentials");
+                methods.push("default credentials".to_owned());
                 Cred::default()
             }
         });
@@ -764,20 +845,42 @@ impl Sync {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// The system `git` on the bare clone. It never prompts: not for credentials, and ssh runs in
+    /// batch mode (its host key and passphrase prompts go to the terminal, which
+    /// `GIT_TERMINAL_PROMPT` does not cover) unless `GIT_SSH_COMMAND`, `GIT_SSH` or
+    /// `core.sshCommand` say how to run it. A password from the URL is handed to `git` by a
+    /// credential helper of its own that reads it from the environment.
     fn git_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("git");
-        command
-            .arg("--git-dir")
-            .arg(&self.path)
-            .args(args)
-            .env("GIT_TERMINAL_PROMPT", "0");
+        command.env("GIT_TERMINAL_PROMPT", "0");
+        let own_ssh = ["GIT_SSH_COMMAND", "GIT_SSH"]
+            .iter()
+            .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+            || self
+                .repo
+                .config()
+                .and_then(|c| c.get_string("core.sshCommand"))
+                .is_ok_and(|c| !c.is_empty());
+        if !own_ssh {
+            command.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+        }
+        if let Some(password) = &self.access.password {
+            command
+                .args(["-c", "credential.helper="])
+                .arg("-c")
+                .arg(format!(
+                    "credential.helper=!f() {{ test \"$1\" = get && printf 'password=%s\\n' \"${PASSWORD_VAR}\"; }}; f"
+                ))
+                .env(PASSWORD_VAR, &password.0);
+        }
+        command.arg("--git-dir").arg(&self.path).args(args);
         command
     }
 
     /// A push with the system `git`; `--porcelain` says for each ref whether the server took it.
     /// The remote as a bare repository on this host, when it is one (a local path or `file://`).
     fn local_remote(&self) -> Option<Repository> {
-        let path = crate::config::local_path(&self.url)?;
+        let path = crate::git::url::local_path(&self.url)?;
         Repository::open_bare(path).ok()
     }
 

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod servers;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_git-dispatch");
 
