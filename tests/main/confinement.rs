@@ -356,6 +356,57 @@ echo "CHAIN-SID=$(cut -d' ' -f6 /proc/$(cat chain.pid)/stat)"
 }
 
 #[test]
+fn a_chain_of_40_nested_sessions_left_behind_is_killed_to_its_last_link() {
+    // Each link starts the next in a session of its own and becomes a `sleep`: killing one
+    // re-parents the next to the dispatcher (a child subreaper), so the chain is found one link
+    // per search. The handler waits until the deepest link is up, shows how many there are, and
+    // exits 0.
+    const DEPTH: u32 = 40;
+    let link = Strays::sleeping(31346);
+    let script = format!(
+        r#"#!/bin/sh
+mkdir links
+cat > chain.sh <<'EOF'
+echo $$ > links/$1
+if [ "$1" -gt 0 ]; then setsid sh chain.sh $(($1 - 1)) </dev/null >/dev/null 2>&1 & fi
+exec {link}
+EOF
+( setsid sh chain.sh {DEPTH} </dev/null >/dev/null 2>&1 & )
+while [ ! -s links/0 ]; do sleep 0.05; done
+echo "LINKS=$(ls links | wc -l)"
+echo "MY-SID=$(cut -d' ' -f6 /proc/$$/stat)"
+echo "DEEPEST-SID=$(cut -d' ' -f6 /proc/$(cat links/0)/stat)"
+"#,
+        link = link.command
+    );
+    let world = World::new()
+        .handler("chain.sh", &script)
+        .index(&index_with(&[entry(
+            "chain",
+            "chain.sh",
+            &["timeout: 60s", "grace: 1s"],
+        )]))
+        .build();
+    world.submit("chain.yml", "kind: chain\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let status = clone.status("chain");
+    let log = clone
+        .read_string(&log_file("chain", 1))
+        .expect("the log is committed");
+    assert_eq!(status["state"], "succeeded", "{status:#}\n{log}");
+    assert_eq!(line_value(&log, "LINKS"), (DEPTH + 1).to_string(), "{log}");
+    assert_ne!(
+        line_value(&log, "DEEPEST-SID"),
+        line_value(&log, "MY-SID"),
+        "the chain did not leave the handler's session, so this proves nothing:\n{log}"
+    );
+    link.assert_gone("a link of the chain of sessions");
+}
+
+#[test]
 fn descendants_that_exit_before_the_handler_are_reaped_not_left_as_zombies() {
     // The subshell exits at once, so its child is re-parented to the dispatcher (a child
     // subreaper), where it exits too while the handler still runs: a zombie of the dispatcher's
