@@ -43,6 +43,7 @@ mod runner;
 mod sandbox;
 mod scaffold;
 mod schema;
+mod scratch;
 mod secrets;
 mod snapshot;
 mod spare;
