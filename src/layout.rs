@@ -66,7 +66,7 @@ impl Place {
 /// `a/b/c`: the shard folders of `key`.
 pub(crate) fn shard(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    let hex = crate::run::capture::hex(&digest[..DEPTH.div_ceil(2)]);
+    let hex = hex::encode(&digest[..DEPTH.div_ceil(2)]);
     let mut shard = String::with_capacity(2 * DEPTH);
     for digit in hex.chars().take(DEPTH) {
         if !shard.is_empty() {

@@ -62,7 +62,7 @@ impl AttemptLog {
             summary: LogSummary {
                 bytes: bytes.len() as u64,
                 truncated: false,
-                sha256: crate::run::capture::hex(&sha2::Sha256::digest(&bytes)),
+                sha256: hex::encode(sha2::Sha256::digest(&bytes)),
             },
             bytes,
             in_journal: false,

@@ -4,8 +4,9 @@
 //!
 //! A value is replaced with `[REDACTED:NAME]` in the forms a handler commonly prints it: as is,
 //! JSON-escaped, percent-encoded, hex, and base64 (standard and URL-safe, at each of the three byte
-//! alignments it can have inside a longer encoded string). The redactor works on a stream and holds
-//! back just enough bytes to catch a value split across two reads.
+//! alignments it can have inside a longer encoded string), also when it is wrapped over lines (LF or
+//! CRLF), as `base64` and `xxd -p` print it. The redactor works on a stream and holds back just
+//! enough bytes to catch a value split across two reads.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -166,14 +167,31 @@ impl Redactor {
         RedactStream {
             redactor: self,
             pending: Vec::new(),
+            last_written: None,
+            joined: Vec::new(),
+            joins: Vec::new(),
         }
     }
 }
 
 /// The state of one redacted stream: the bytes held back because a secret may start in them.
+///
+/// The matcher looks at them with the line breaks (LF or CRLF) inside an encoded run left out, so
+/// that base64 and hex wrapped over lines (`base64`, `xxd -p`) are found as well; a match is
+/// replaced in the output with the breaks inside it. Only a break between two characters that can
+/// belong to such a run is left out, so each byte the matcher sees stands for at most three held
+/// back, and the memory held stays bounded by the longest form.
 pub(crate) struct RedactStream<'r> {
     redactor: &'r Redactor,
+    /// Output not yet written: a secret may start in it.
     pending: Vec<u8>,
+    /// The byte written just before `pending`: whether a line break that starts it is inside a run.
+    last_written: Option<u8>,
+    /// `pending` as the matcher sees it, rebuilt at each feed (kept to reuse its memory).
+    joined: Vec<u8>,
+    /// For each line break left out of `joined`: where in `joined` the byte after it is, and how
+    /// many bytes of `pending` were left out up to there.
+    joins: Vec<(usize, usize)>,
 }
 
 impl RedactStream<'_> {
@@ -184,35 +202,92 @@ impl RedactStream<'_> {
             return;
         };
         self.pending.extend_from_slice(input);
-        // A match starting before `safe` lies wholly in the buffer; one starting later may not.
-        let safe = self.pending.len().saturating_sub(self.redactor.longest - 1);
-        self.emit(matcher, safe, out);
+        self.emit(matcher, false, out);
     }
 
     /// Flushes what was held back.
     pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
         if let Some(matcher) = &self.redactor.matcher {
-            let all = self.pending.len();
-            self.emit(matcher, all, out);
+            self.emit(matcher, true, out);
         } else {
             out.append(&mut self.pending);
         }
     }
 
-    fn emit(&mut self, matcher: &AhoCorasick, safe: usize, out: &mut Vec<u8>) {
+    /// Writes out what no secret can still start in (everything at the `end` of the stream).
+    fn emit(&mut self, matcher: &AhoCorasick, end: bool, out: &mut Vec<u8>) {
+        let settled = self.join(end);
+        // A match starting before `safe` lies wholly in the settled part; one starting later may not.
+        let safe = if end {
+            settled
+        } else {
+            settled.saturating_sub(self.redactor.longest - 1)
+        };
         let mut done = 0;
-        for m in matcher.find_iter(&self.pending) {
+        for m in matcher.find_iter(&self.joined) {
             if m.start() >= safe {
                 break;
             }
-            out.extend_from_slice(&self.pending[done..m.start()]);
+            let start = self.held_at(m.start());
+            out.extend_from_slice(&self.pending[done..start]);
             out.extend_from_slice(&self.redactor.replacements[m.pattern().as_usize()]);
-            done = m.end();
+            done = self.held_at(m.end() - 1) + 1;
         }
-        let keep_from = done.max(safe);
+        let keep_from = done.max(self.held_at(safe));
         out.extend_from_slice(&self.pending[done..keep_from]);
+        if keep_from > 0 {
+            self.last_written = Some(self.pending[keep_from - 1]);
+        }
         self.pending.drain(..keep_from);
     }
+
+    /// Rebuilds `joined` from `pending`; returns how much of it is settled: a line break at the very
+    /// end is left out or not depending on the bytes still to come.
+    fn join(&mut self, end: bool) -> usize {
+        self.joined.clear();
+        self.joins.clear();
+        let held = &self.pending;
+        let mut from = 0;
+        let mut left_out = 0;
+        for lf in memchr::memchr_iter(b'\n', held) {
+            let brk = if lf > 0 && held[lf - 1] == b'\r' {
+                lf - 1
+            } else {
+                lf
+            };
+            let before = brk
+                .checked_sub(1)
+                .map_or(self.last_written, |i| Some(held[i]));
+            let Some(&after) = held.get(lf + 1) else {
+                break;
+            };
+            if before.is_some_and(in_encoded_run) && in_encoded_run(after) {
+                self.joined.extend_from_slice(&held[from..brk]);
+                left_out += lf + 1 - brk;
+                from = lf + 1;
+                self.joins.push((self.joined.len(), left_out));
+            }
+        }
+        self.joined.extend_from_slice(&held[from..]);
+        let unsettled = match held.as_slice() {
+            _ if end => 0,
+            [.., b'\r', b'\n'] => 2,
+            [.., b'\r' | b'\n'] => 1,
+            _ => 0,
+        };
+        self.joined.len() - unsettled
+    }
+
+    /// Where the byte at `at` in `joined` is in `pending`.
+    fn held_at(&self, at: usize) -> usize {
+        let i = self.joins.partition_point(|(after, _)| *after <= at);
+        at + i.checked_sub(1).map_or(0, |i| self.joins[i].1)
+    }
+}
+
+/// Whether `byte` can be part of a base64 (standard or URL-safe) or hex run.
+fn in_encoded_run(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'/' | b'=' | b'-' | b'_')
 }
 
 /// The forms of `value` to look for.
@@ -227,7 +302,7 @@ fn encodings(value: &[u8]) -> Vec<Vec<u8>> {
             forms.push(encoded.into_bytes());
         }
     }
-    let hex = crate::run::capture::hex(value);
+    let hex = hex::encode(value);
     forms.push(hex.to_ascii_uppercase().into_bytes());
     forms.push(hex.into_bytes());
     for engine in [&STANDARD, &URL_SAFE] {
@@ -294,8 +369,8 @@ mod tests {
             STANDARD.encode(format!("user:{SECRET}")),
             STANDARD.encode(format!("xy{SECRET}")),
             utf8_percent_encode(SECRET, NON_ALPHANUMERIC).to_string(),
-            crate::run::capture::hex(SECRET.as_bytes()),
-            crate::run::capture::hex(SECRET.as_bytes()).to_uppercase(),
+            hex::encode(SECRET.as_bytes()),
+            hex::encode(SECRET.as_bytes()).to_uppercase(),
             serde_json::to_string(SECRET).unwrap(),
         ];
         for form in forms {
@@ -319,6 +394,96 @@ mod tests {
                 String::from_utf8(out).unwrap(),
                 "a[REDACTED:TOKEN]b",
                 "cut at {cut}"
+            );
+        }
+    }
+
+    /// `text` with a line break (`eol`) after every `width` bytes, as `base64` (76) and `xxd -p`
+    /// (60) wrap their output.
+    fn wrapped(text: &str, width: usize, eol: &str) -> String {
+        let lines: Vec<&str> = text
+            .as_bytes()
+            .chunks(width)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        lines.join(eol) + eol
+    }
+
+    /// A secret long enough that `base64` and `xxd -p` wrap it, wherever it starts on a line.
+    const LONG_SECRET: &str = "s3cr3t/Pa55+w0rd-that-is-long-enough-to-wrap-0123456789-abcdefghij";
+
+    #[test]
+    fn base64_and_hex_wrapped_over_lines_are_replaced_with_lf_or_crlf() {
+        let r = Redactor::new([("TOKEN", LONG_SECRET)]);
+        let hex = hex::encode(LONG_SECRET.as_bytes());
+        let cases = [
+            ("base64", STANDARD.encode(LONG_SECRET), 76),
+            (
+                "base64 of user:",
+                STANDARD.encode(format!("user:{LONG_SECRET}")),
+                76,
+            ),
+            ("base64 -w 64", STANDARD.encode(LONG_SECRET), 64),
+            ("xxd -p", hex.clone(), 60),
+            ("HEX", hex.to_uppercase(), 60),
+        ];
+        for (name, encoded, width) in cases {
+            for eol in ["\n", "\r\n"] {
+                // At the start of the output and after a prefix that moves it along the line.
+                for prefix in ["", "data: ", "x"] {
+                    let text = wrapped(&format!("{prefix}{encoded}"), width, eol);
+                    let out = r.redact(&text);
+                    assert!(out.contains("[REDACTED:TOKEN]"), "{name} {eol:?}:\n{out}");
+                    let joined: String = out.split(['\r', '\n']).collect();
+                    assert!(!joined.contains(&encoded), "{name} {eol:?}:\n{out}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrapped_base64_split_across_reads_is_still_replaced() {
+        let r = Redactor::new([("TOKEN", LONG_SECRET)]);
+        let text = format!(
+            "a\r\n{}b\n",
+            wrapped(&STANDARD.encode(LONG_SECRET), 76, "\r\n")
+        );
+        for cut in 0..text.len() {
+            let mut out = Vec::new();
+            let mut stream = r.stream();
+            stream.feed(&text.as_bytes()[..cut], &mut out);
+            stream.feed(&text.as_bytes()[cut..], &mut out);
+            stream.finish(&mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "a\r\n[REDACTED:TOKEN]\r\nb\n",
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn line_breaks_between_ordinary_lines_are_kept() {
+        let r = redactor();
+        let text = "line one\nline two\r\n\n=end\n";
+        assert_eq!(r.redact(text), text);
+    }
+
+    #[test]
+    fn what_is_held_back_stays_bounded_whatever_the_output() {
+        let r = Redactor::new([("TOKEN", LONG_SECRET)]);
+        let mut stream = r.stream();
+        let mut out = Vec::new();
+        for chunk in [
+            "ab\n".repeat(10_000),
+            "\n".repeat(10_000),
+            "a\r\n".repeat(10_000),
+        ] {
+            stream.feed(chunk.as_bytes(), &mut out);
+            assert!(
+                stream.pending.len() <= 3 * r.longest,
+                "{}",
+                stream.pending.len()
             );
         }
     }

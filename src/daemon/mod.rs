@@ -39,6 +39,7 @@ use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
 use crate::run::journal::Journal;
 use crate::run::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::run::sandbox::{InFlight, Termination};
+use crate::run::scratch::Scratch;
 
 /// Backoff for fetches and pushes: first retry after this, doubling, with jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -136,7 +137,7 @@ pub(crate) struct Daemon {
     /// Runs the watchdog recorded `abandoned`: a report that still comes is ignored.
     watchdogged: std::collections::HashSet<String>,
     /// Where handlers and their run folders live on disk; removed at exit.
-    scratch: tempfile::TempDir,
+    scratch: Scratch,
     events: Receiver<Event>,
     sender: Sender<Event>,
     journal: Arc<Journal>,
@@ -219,13 +220,15 @@ impl Daemon {
             &cfg.dispatcher_id,
             cfg.access.clone(),
         )?;
-        let scratch = tempfile::Builder::new()
-            .prefix("git-dispatch-")
-            .tempdir()
-            .map_err(io_err("could not create a scratch directory"))?;
+        let swept = Scratch::sweep();
+        if swept > 0 {
+            say(&format!(
+                "removed {swept} scratch folder(s) left by dispatchers that were killed"
+            ));
+        }
         // Handlers may run as another user: they must be able to reach their files, not list them.
-        fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o711))
-            .map_err(io_err("scratch directory"))?;
+        let scratch =
+            Scratch::create(0o711).map_err(io_err("could not create a scratch directory"))?;
         let runs = scratch.path().join(RUNS);
         fs::create_dir(&runs)
             .and_then(|()| fs::set_permissions(&runs, fs::Permissions::from_mode(0o711)))

@@ -84,7 +84,7 @@ impl CappedLog {
     pub(crate) fn finish(mut self) -> io::Result<LogSummary> {
         let kept = self.head_written + self.tail.len() as u64;
         let truncated = kept < self.total;
-        let sha256 = hex(&self.hasher.finalize());
+        let sha256 = hex::encode(self.hasher.finalize());
         if truncated {
             writeln!(
                 self.file,
@@ -103,16 +103,6 @@ impl CappedLog {
             sha256,
         })
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]
@@ -149,7 +139,10 @@ mod tests {
         assert!(text.ends_with("def"), "{text}");
         assert!(summary.truncated);
         assert_eq!(summary.bytes, 16);
-        assert_eq!(summary.sha256, hex(&Sha256::digest(b"0123456789abcdef")));
+        assert_eq!(
+            summary.sha256,
+            hex::encode(Sha256::digest(b"0123456789abcdef"))
+        );
     }
 
     #[test]

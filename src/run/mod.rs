@@ -7,5 +7,6 @@ pub(crate) mod journal;
 pub(crate) mod lock;
 pub(crate) mod runner;
 pub(crate) mod sandbox;
+pub(crate) mod scratch;
 pub(crate) mod spare;
 pub(crate) mod spawn;

@@ -26,6 +26,10 @@ use crate::secrets::{RedactStream, Redactor};
 /// How long the output pipe is drained after the handler's group is gone, in case an escaped
 /// descendant still holds it open.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+/// How long the search for a run's escapees may go on while it still finds some: each pass kills
+/// one more link of a chain of sessions (a few hundred microseconds), so this ends only escapees
+/// that multiply faster than they are killed.
+const ESCAPEE_SEARCH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub(crate) enum SandboxError {
@@ -454,12 +458,14 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Only the dispatcher's own children are looked at, not every process: those of its main thread,
 /// which is where the kernel re-parents orphans (to the subreaper's first live thread, its leader).
 /// Killing one re-parents its own children to the dispatcher, so the search repeats until a pass
-/// finds nothing (a bounded number of times: a chain deeper than that is left to the process group
-/// kill and PR_SET_PDEATHSIG). The same passes reap the escapees, of any run, that already exited.
+/// finds nothing, however deep the chain: only time bounds it ([`ESCAPEE_SEARCH`], against
+/// escapees that start new ones as fast as they are killed). The same passes reap the escapees, of
+/// any run, that already exited.
 fn kill_escapees(marker: &(String, String)) {
     let needle = format!("\0{}={}\0", marker.0, marker.1).into_bytes();
     let own_group = nix::unistd::getpgrp().as_raw();
-    for _ in 0..16 {
+    let deadline = Instant::now() + ESCAPEE_SEARCH;
+    while Instant::now() < deadline {
         let mut killed = 0;
         for pid in dispatcher_children() {
             if reap_if_orphaned_zombie(pid, own_group) {

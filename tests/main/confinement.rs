@@ -21,7 +21,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    DEFAULT_INDEX, RUN_DEADLINE, Strays, World, git_command, id, line_value, log_file,
+    DEFAULT_INDEX, RUN_DEADLINE, Strays, World, between, git_command, id, line_value, log_file,
     root_or_skip, running_as_root, sha256_hex,
 };
 
@@ -356,6 +356,57 @@ echo "CHAIN-SID=$(cut -d' ' -f6 /proc/$(cat chain.pid)/stat)"
 }
 
 #[test]
+fn a_chain_of_40_nested_sessions_left_behind_is_killed_to_its_last_link() {
+    // Each link starts the next in a session of its own and becomes a `sleep`: killing one
+    // re-parents the next to the dispatcher (a child subreaper), so the chain is found one link
+    // per search. The handler waits until the deepest link is up, shows how many there are, and
+    // exits 0.
+    const DEPTH: u32 = 40;
+    let link = Strays::sleeping(31346);
+    let script = format!(
+        r#"#!/bin/sh
+mkdir links
+cat > chain.sh <<'EOF'
+echo $$ > links/$1
+if [ "$1" -gt 0 ]; then setsid sh chain.sh $(($1 - 1)) </dev/null >/dev/null 2>&1 & fi
+exec {link}
+EOF
+( setsid sh chain.sh {DEPTH} </dev/null >/dev/null 2>&1 & )
+while [ ! -s links/0 ]; do sleep 0.05; done
+echo "LINKS=$(ls links | wc -l)"
+echo "MY-SID=$(cut -d' ' -f6 /proc/$$/stat)"
+echo "DEEPEST-SID=$(cut -d' ' -f6 /proc/$(cat links/0)/stat)"
+"#,
+        link = link.command
+    );
+    let world = World::new()
+        .handler("chain.sh", &script)
+        .index(&index_with(&[entry(
+            "chain",
+            "chain.sh",
+            &["timeout: 60s", "grace: 1s"],
+        )]))
+        .build();
+    world.submit("chain.yml", "kind: chain\n");
+
+    world.run(&[]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let status = clone.status("chain");
+    let log = clone
+        .read_string(&log_file("chain", 1))
+        .expect("the log is committed");
+    assert_eq!(status["state"], "succeeded", "{status:#}\n{log}");
+    assert_eq!(line_value(&log, "LINKS"), (DEPTH + 1).to_string(), "{log}");
+    assert_ne!(
+        line_value(&log, "DEEPEST-SID"),
+        line_value(&log, "MY-SID"),
+        "the chain did not leave the handler's session, so this proves nothing:\n{log}"
+    );
+    link.assert_gone("a link of the chain of sessions");
+}
+
+#[test]
 fn descendants_that_exit_before_the_handler_are_reaped_not_left_as_zombies() {
     // The subshell exits at once, so its child is re-parented to the dispatcher (a child
     // subreaper), where it exits too while the handler still runs: a zombie of the dispatcher's
@@ -577,6 +628,88 @@ fn a_listed_secret_reaches_the_handler_and_no_encoding_of_it_reaches_the_log_or_
         "the secret leaked:\n- {}\n--- committed log ---\n{log}",
         problems.join("\n- ")
     );
+}
+
+/// Longer than `base64` (57 bytes) and `xxd -p` (30 bytes) put on one line, so both wrap it.
+const LONG_TOKEN: &str = "tok/9f8e+7d6c=5b4a-a-secret-long-enough-to-wrap-0123456789-abcdefghijklm";
+
+/// Prints `$LONG_TOKEN` as `base64` and `xxd -p` wrap it, and `base64` with CRLF line ends, each
+/// between a `BEGIN-x` and an `END-x` line.
+const WRAPPING: &str = r#"#!/bin/sh
+echo BEGIN-base64
+printf %s "$LONG_TOKEN" | base64
+echo END-base64
+echo BEGIN-xxd
+printf %s "$LONG_TOKEN" | xxd -p
+echo END-xxd
+echo BEGIN-crlf
+printf %s "$LONG_TOKEN" | base64 | sed 's/$/\r/'
+echo END-crlf
+printf 'sha256=%s\n' "$(printf %s "$LONG_TOKEN" | sha256sum | cut -d' ' -f1)"
+"#;
+
+#[test]
+fn a_secret_wrapped_over_lines_by_base64_or_xxd_is_redacted() {
+    assert!(
+        LONG_TOKEN.len() > 57,
+        "the token must be long enough for `base64` to wrap it"
+    );
+    let world = World::new()
+        .handler("wrapping.sh", WRAPPING)
+        .index(&index_with(&[entry(
+            "wrapping",
+            "wrapping.sh",
+            &["secrets: [LONG_TOKEN]", "timeout: 30s", "grace: 1s"],
+        )]))
+        .build();
+    let secrets = world.root.join("secrets.env");
+    fs::write(&secrets, format!("LONG_TOKEN={LONG_TOKEN}\n")).expect("write the secrets file");
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).expect("chmod");
+    world.submit("wrapping.yml", "kind: wrapping\n");
+
+    world
+        .run(&["--secrets-file", secrets.to_str().expect("UTF-8 path")])
+        .assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let status = clone.status("wrapping");
+    let log = clone
+        .read_string(&log_file("wrapping", 1))
+        .expect("the log is committed");
+    assert_eq!(status["state"], "succeeded", "{status:#}\n{log}");
+    assert_eq!(
+        line_value(&log, "sha256"),
+        sha256_hex(LONG_TOKEN.as_bytes()),
+        "the handler was not given the secret:\n{log}"
+    );
+    let hex: String = LONG_TOKEN.bytes().map(|b| format!("{b:02x}")).collect();
+    let decode_hex = |text: &str| -> Option<Vec<u8>> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+            .collect()
+    };
+    for (section, encoded) in [
+        ("base64", STANDARD.encode(LONG_TOKEN)),
+        ("xxd", hex),
+        ("crlf", STANDARD.encode(LONG_TOKEN)),
+    ] {
+        let printed = between(&log, &format!("BEGIN-{section}"), &format!("END-{section}"));
+        let joined: String = printed.split(['\r', '\n']).collect();
+        let decoded = if section == "xxd" {
+            decode_hex(&joined)
+        } else {
+            STANDARD.decode(&joined).ok()
+        };
+        assert!(
+            printed.contains("[REDACTED:LONG_TOKEN]"),
+            "`{section}` is not redacted:\n{log}"
+        );
+        assert!(
+            !joined.contains(&encoded) && decoded.as_deref() != Some(LONG_TOKEN.as_bytes()),
+            "the `{section}` output decodes to the secret:\n{log}"
+        );
+    }
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::{DEFAULT_INDEX, World, between, line_value, log_file};
+use crate::support::{
+    DEFAULT_INDEX, RUN_DEADLINE, World, between, line_value, log_file, wait_until,
+};
 
 const PROBE: &str = r#"#!/bin/sh
 echo "ARGV1-MODE=$(stat -c %A "$1")"
@@ -384,4 +386,82 @@ echo "THREADS=$seen"
         "every thread of the dispatcher runs under SCHED_OTHER at its starting nice value: \
          {threads:?}"
     );
+}
+
+/// The dispatchers' scratch folders (`git-dispatch-*`) in `tmp`.
+fn scratch_folders(tmp: &Path) -> BTreeSet<String> {
+    fs::read_dir(tmp)
+        .expect("read the temporary folder")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.starts_with("git-dispatch-"))
+        .collect()
+}
+
+#[test]
+fn scratch_folders_of_a_killed_dispatcher_are_swept_at_start_and_a_live_ones_are_not() {
+    // One temporary folder for every dispatcher here, as on one host; handlers run as `nobody`
+    // when the tests run as root, so it must be reachable.
+    let tmp = tempfile::tempdir().expect("temporary folder");
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
+    let with_tmp = |mut cmd: Command| {
+        cmd.env("TMPDIR", tmp.path());
+        cmd
+    };
+
+    // A dispatcher that keeps running meanwhile, on another remote and workdir.
+    let live_world = World::new().build();
+    let mut live = live_world.spawn(with_tmp(
+        live_world.run_command(live_world.remote_arg(), &["--poll-interval", "200ms"]),
+    ));
+    let mut live_scratch = BTreeSet::new();
+    assert!(
+        wait_until(RUN_DEADLINE, || {
+            live_scratch = scratch_folders(tmp.path());
+            !live_scratch.is_empty()
+        }),
+        "the live dispatcher made no scratch folder: {}",
+        live.output_so_far()
+    );
+
+    // A dispatcher killed while its handler runs: its scratch folder (the request's copy) stays.
+    let world = World::new().build();
+    world.submit("killed.yml", "kind: echo\n");
+    let mut crashing = with_tmp(world.run_command(world.remote_arg(), &["--until-empty"]));
+    crashing.env("GIT_DISPATCH_FAILPOINT", "running");
+    let crashed = world.spawn(crashing).wait(RUN_DEADLINE);
+    assert_eq!(crashed.signal, Some(9), "{crashed}");
+    let left: BTreeSet<String> = scratch_folders(tmp.path())
+        .difference(&live_scratch)
+        .cloned()
+        .collect();
+    assert_eq!(left.len(), 1, "the killed dispatcher left {left:?}");
+
+    // Started again, it sweeps what it left and not what the live dispatcher uses.
+    world
+        .output(with_tmp(
+            world.run_command(world.remote_arg(), &["--until-empty"]),
+        ))
+        .assert_exit(0);
+    let status = world.fresh_clone().status("killed");
+    assert!(
+        status["state"].is_string(),
+        "no outcome after the restart: {status:#}"
+    );
+    assert!(live.running(), "{}", live.output_so_far());
+    assert_eq!(
+        scratch_folders(tmp.path()),
+        live_scratch,
+        "the scratch folders after the restart are not just the live dispatcher's"
+    );
+    for name in &live_scratch {
+        assert!(
+            tmp.path().join(name).join("runs").is_dir(),
+            "the live dispatcher's scratch folder `{name}` lost its content"
+        );
+    }
+
+    live.terminate();
+    live.wait(RUN_DEADLINE).assert_exit(0);
+    assert_eq!(scratch_folders(tmp.path()), BTreeSet::new());
 }
