@@ -210,9 +210,8 @@ pub struct ValidateArgs {
     #[arg(long)]
     pub index: bool,
 
-    /// The inbox repository whose index and schemas apply [default: the repository around the current directory]
-    #[arg(long)]
-    pub repo: Option<PathBuf>,
+    #[command(flatten)]
+    pub repo: RepoArg,
 }
 
 #[derive(Debug, Args)]
@@ -244,9 +243,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub no_push: bool,
 
-    /// The clone of the inbox [default: the repository around the current directory]
-    #[arg(long)]
-    pub repo: Option<PathBuf>,
+    #[command(flatten)]
+    pub repo: RepoArg,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +257,14 @@ pub struct StatusArgs {
     pub clone: CloneArgs,
 }
 
+/// The inbox repository a command works in.
+#[derive(Debug, Args)]
+pub struct RepoArg {
+    /// The inbox repository (a clone) [default: the one around the current directory]
+    #[arg(long = "repo")]
+    pub path: Option<PathBuf>,
+}
+
 /// Which clone to read, and whether to fetch first.
 #[derive(Debug, Args)]
 pub struct CloneArgs {
@@ -266,9 +272,8 @@ pub struct CloneArgs {
     #[arg(long)]
     pub no_fetch: bool,
 
-    /// The clone of the inbox [default: the repository around the current directory]
-    #[arg(long)]
-    pub repo: Option<PathBuf>,
+    #[command(flatten)]
+    pub repo: RepoArg,
 }
 
 #[derive(Debug, Args)]
@@ -311,9 +316,8 @@ pub struct ReplayArgs {
     #[arg(short = 'j', long = "jobs", default_value_t = 1)]
     pub jobs: usize,
 
-    /// The inbox repository whose `handlers/` and `schemas/` are used [default: the current directory]
-    #[arg(long)]
-    pub repo: Option<PathBuf>,
+    #[command(flatten)]
+    pub repo: RepoArg,
 }
 
 #[derive(Debug, Args)]

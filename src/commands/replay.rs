@@ -22,7 +22,7 @@ enum Verdict {
 
 pub(crate) fn run(args: &ReplayArgs) -> Result<(), CommandError> {
     crate::log::silence();
-    let repo = match &args.repo {
+    let repo = match &args.repo.path {
         Some(repo) => repo.clone(),
         None => std::env::current_dir().context("no current directory")?,
     };

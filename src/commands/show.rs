@@ -27,7 +27,7 @@ pub(crate) fn run(args: &ShowArgs) -> Result<(), CommandError> {
             "`{id}` is not a request id (letters, digits, `.`, `_`, `-`; `~N` for a duplicate)"
         )));
     }
-    let checkout = Checkout::open(args.clone.repo.as_deref()).map_err(CommandError::config)?;
+    let checkout = Checkout::open(args.clone.repo.path.as_deref()).map_err(CommandError::config)?;
     let tip = fetched_tip(&checkout, args.clone.no_fetch)?;
     let history = History::new(&checkout.repo, tip.oid);
     let status = history.status(id, tip.oid).map_err(CommandError::config)?;

@@ -32,7 +32,7 @@ const STATES: [&str; 6] = [
 ];
 
 pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
-    let checkout = Checkout::open(args.clone.repo.as_deref()).map_err(CommandError::config)?;
+    let checkout = Checkout::open(args.clone.repo.path.as_deref()).map_err(CommandError::config)?;
     let tip = fetched_tip(&checkout, args.clone.no_fetch)?;
     let history = History::new(&checkout.repo, tip.oid);
     let now = now_seconds();

@@ -28,7 +28,7 @@ use crate::submitter::draft::Draft;
 const PUSH_ATTEMPTS: u32 = 5;
 
 pub(crate) fn run(args: &SubmitArgs) -> Result<(), CommandError> {
-    let checkout = Checkout::open(args.repo.as_deref()).map_err(CommandError::config)?;
+    let checkout = Checkout::open(args.repo.path.as_deref()).map_err(CommandError::config)?;
     // Known before anything is written: a request that cannot be pushed is not committed either.
     let upstream = if args.no_push {
         None

@@ -16,7 +16,7 @@ use crate::layout::Place;
 const DEFAULT_MAX_SIZE: u64 = 64 * 1024;
 
 pub(crate) fn run(args: &ValidateArgs) -> Result<(), CommandError> {
-    let root = match &args.repo {
+    let root = match &args.repo.path {
         Some(repo) => repo.clone(),
         None => find_root().map_err(CommandError::config)?,
     };
