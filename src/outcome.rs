@@ -125,7 +125,7 @@ struct StatusFile<'a> {
 }
 
 impl Outcome {
-    /// `logs/…/KEY.log` for the first attempt, `logs/…/KEY.N.log` for attempt N.
+    /// `logs/…/KEY.log` for the first attempt, `logs/…/KEY@N.log` for attempt N.
     pub(crate) fn log_path(&self, attempt: usize) -> String {
         Place::Sharded.log(&self.key, attempt as u64)
     }

@@ -19,6 +19,8 @@ mod operations;
 mod pipeline;
 #[path = "main/priority.rs"]
 mod priority;
+#[path = "main/records.rs"]
+mod records;
 #[path = "main/rejected.rs"]
 mod rejected;
 #[path = "main/reliability.rs"]
