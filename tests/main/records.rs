@@ -4,7 +4,18 @@
 //! deleted with the outcome of the version that ran; a remote branch rewritten under a running
 //! dispatcher is noticed and said. Every test asserts on a fresh clone of the remote.
 
-use crate::support::{Checkout, World, add_kinds, log_file, processed, sha256_hex, shard};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::{
+    Background, Checkout, World, add_kinds, free_port, git_command, log_file, processed,
+    sha256_hex, shard, wait_until,
+};
+
+/// How long a dispatcher process of these tests may take to do what a test waits for.
+const DEADLINE: Duration = Duration::from_secs(40);
 
 /// The bytes of the file a status's `log` names match its `log_sha256`.
 fn assert_log_matches(clone: &Checkout, key: &str) {
@@ -111,4 +122,259 @@ fn show_finds_a_later_attempts_log_under_its_earlier_name() {
         .filter_map(|log| log["text"].as_str())
         .collect();
     assert_eq!(texts, ["attempt 1\n", "attempt 2\n"], "{out}");
+}
+
+/// `git --git-dir DIR ARGS...` in the world's environment; trimmed stdout, `None` when it fails.
+fn git_dir(world: &World, dir: &Path, args: &[&str]) -> Option<String> {
+    let out = git_command(&world.home, &world.root)
+        .arg("--git-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("spawn git");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn remote_head(world: &World) -> String {
+    git_dir(world, &world.remote, &["rev-parse", "refs/heads/main"]).expect("the remote's head")
+}
+
+/// Whether the dispatcher's workdir has fetched the remote's head.
+fn fetched(world: &World) -> bool {
+    git_dir(
+        world,
+        &world.work.join("repo.git"),
+        &["rev-parse", "refs/remotes/origin/main"],
+    ) == Some(remote_head(world))
+}
+
+/// GET `path` from 127.0.0.1:`port`: the body of a 200.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.lines().next()?.split_whitespace().nth(1)?;
+    (code == "200").then(|| body.to_owned())
+}
+
+/// The value of the sample `name` (no labels) on `/metrics`, once served.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    http_get(port, "/metrics")?
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A world with kind `held`, whose first run (in any dispatcher) waits until `markers/release`
+/// exists, after `markers/held`; the other runs do not wait.
+fn world_with_a_held_kind() -> World {
+    let world = World::new().build();
+    let markers = world.markers.display();
+    add_kinds(
+        &world,
+        &[(
+            "held",
+            &format!(
+                "#!/bin/sh\necho \"ran $DISPATCH_ID\"\nif mkdir '{markers}/held' 2>/dev/null; then\n\
+                 while [ ! -e '{markers}/release' ]; do sleep 0.05; done\nfi\n"
+            ),
+            "",
+        )],
+    );
+    world
+}
+
+/// The polling dispatcher with `/metrics` on a port of its own, once its first run holds.
+fn polling_dispatcher_holding_its_run(world: &World) -> (Background, u16) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dispatcher = world.spawn(world.run_command(
+        world.remote_arg(),
+        &["--poll-interval", "100ms", "--metrics-addr", &addr],
+    ));
+    let held = wait_until(DEADLINE, || {
+        world.markers.join("held").exists() || !dispatcher.running()
+    });
+    assert!(
+        held && dispatcher.running(),
+        "the run did not start: {}",
+        dispatcher.output_so_far()
+    );
+    (dispatcher, port)
+}
+
+/// Lets the held run end, once the dispatcher has fetched what the remote holds now.
+fn release_once_fetched(world: &World, dispatcher: &Background) {
+    assert!(
+        wait_until(DEADLINE, || fetched(world)),
+        "the dispatcher did not fetch the remote's head: {}",
+        dispatcher.output_so_far()
+    );
+    std::fs::write(world.markers.join("release"), b"").expect("write the release marker");
+}
+
+/// The commits of the remote that modified (not added) `path`.
+fn modifications(clone: &Checkout, path: &str) -> String {
+    clone.git(&["log", "--format=%h %s", "--diff-filter=M", "--", path])
+}
+
+/// Dispatcher A runs `twice` while dispatcher B (another workdir) records it and pushes; A fetches
+/// that, and its run then ends: A records no second outcome, and says so in its log and /metrics.
+#[test]
+fn an_id_another_dispatcher_recorded_meanwhile_gets_no_second_outcome() {
+    let world = world_with_a_held_kind();
+    world.submit("twice.yml", "kind: held\n");
+    let (mut a, port) = polling_dispatcher_holding_its_run(&world);
+
+    let mut b = world.dispatcher();
+    b.args(["run", "--remote", world.remote_arg(), "--until-empty"])
+        .arg("--workdir")
+        .arg(world.root.join("work-b"))
+        .arg("--lock-dir")
+        .arg(world.root.join("locks-b"));
+    world.output(b).assert_exit(0);
+    let recorded_by_b = remote_head(&world);
+    release_once_fetched(&world, &a);
+
+    let settled = wait_until(DEADLINE, || {
+        metric(port, "git_dispatch_outcomes_already_recorded_total").is_some_and(|n| n >= 1.0)
+            || remote_head(&world) != recorded_by_b
+            || !a.running()
+    });
+    assert!(settled, "A did nothing: {}", a.output_so_far());
+    let counted = metric(port, "git_dispatch_outcomes_already_recorded_total");
+    a.terminate();
+    let out = a.wait(DEADLINE);
+    out.assert_exit(0);
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.trailers("Dispatch-Id"), ["twice"], "{out}");
+    assert_eq!(
+        modifications(&clone, &processed("twice", "status.json")),
+        ""
+    );
+    assert_eq!(remote_head(&world), recorded_by_b, "A pushed something");
+    assert!(
+        out.stderr.contains("not recorded") && out.stderr.contains("twice"),
+        "A's log does not report its run:\n{out}"
+    );
+    assert!(
+        out.stderr.contains("done: 0 outcome(s)"),
+        "A counts an outcome as recorded:\n{out}"
+    );
+    assert_eq!(counted, Some(1.0), "{out}");
+}
+
+/// `edited.yml` is changed and pushed while its run holds: the outcome records the version that ran
+/// and leaves the changed one in the inbox, where it is taken as a submission of its own (rejected:
+/// its id is used now).
+#[test]
+fn a_request_changed_after_it_was_taken_stays_in_the_inbox_as_a_new_submission() {
+    let world = world_with_a_held_kind();
+    let ran = "kind: held\nid: edited\n";
+    world.submit("edited.yml", ran);
+    let (dispatcher, port) = polling_dispatcher_holding_its_run(&world);
+    let changed = "kind: held\nid: edited\n# changed after it was taken\n";
+    world.submit("edited.yml", changed);
+    release_once_fetched(&world, &dispatcher);
+
+    let settled = wait_until(DEADLINE, || {
+        let clone = world.fresh_clone();
+        clone.read(&processed("edited", "status.json")).is_some()
+            && (clone.read("requests/edited.yml").is_none()
+                || clone.read(&processed("edited~1", "status.json")).is_some())
+    });
+    assert!(settled, "nothing recorded: {}", dispatcher.output_so_far());
+    let counted = metric(port, "git_dispatch_requests_changed_after_taken_total");
+    dispatcher.terminate();
+    let out = dispatcher.wait(DEADLINE);
+    out.assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let status = clone.status("edited");
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    assert_eq!(
+        clone.read_string(&processed("edited", "yml")).as_deref(),
+        Some(ran),
+        "the outcome does not keep the version that ran"
+    );
+    let again = clone.status("edited~1");
+    assert_eq!(again["state"], "rejected", "{again:#}");
+    assert_eq!(
+        clone.read_string(&processed("edited~1", "yml")).as_deref(),
+        Some(changed),
+        "the changed version is not recorded as a submission of its own"
+    );
+    assert_eq!(clone.ls("requests"), [".gitkeep"]);
+    assert!(
+        out.stderr
+            .contains("`requests/edited.yml` was changed after it was taken"),
+        "the change is not reported:\n{out}"
+    );
+    assert_eq!(counted, Some(1.0), "{out}");
+}
+
+/// The remote's branch is reset to before an outcome the dispatcher pushed: the dispatcher says so,
+/// counts it, re-creates that outcome on the rewritten branch and pushes it; the request, back in the
+/// inbox, does not run again.
+#[test]
+fn a_remote_branch_rewritten_under_a_running_dispatcher_is_reported_and_nothing_runs_twice() {
+    let world = World::new().build();
+    let markers = world.markers.display();
+    add_kinds(
+        &world,
+        &[(
+            "tally",
+            &format!("#!/bin/sh\necho ran >> '{markers}/runs-'\"$DISPATCH_ID\"\n"),
+            "",
+        )],
+    );
+    world.submit("once.yml", "kind: tally\n");
+    let before = remote_head(&world);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dispatcher = world.spawn(world.run_command(
+        world.remote_arg(),
+        &["--poll-interval", "100ms", "--metrics-addr", &addr],
+    ));
+    let pushed = wait_until(DEADLINE, || {
+        remote_head(&world) != before && fetched(&world) || !dispatcher.running()
+    });
+    assert!(
+        pushed && dispatcher.running(),
+        "the outcome was not pushed: {}",
+        dispatcher.output_so_far()
+    );
+
+    git_dir(
+        &world,
+        &world.remote,
+        &["update-ref", "refs/heads/main", &before],
+    )
+    .expect("reset the remote's branch");
+    let restored = wait_until(DEADLINE, || {
+        let clone = world.fresh_clone();
+        clone.read(&processed("once", "status.json")).is_some()
+    });
+    let counted = metric(port, "git_dispatch_remote_rewritten_total");
+    dispatcher.terminate();
+    let out = dispatcher.wait(DEADLINE);
+    out.assert_exit(0);
+    assert!(restored, "the outcome was not pushed again:\n{out}");
+
+    let clone = world.fresh_clone();
+    assert_eq!(clone.trailers("Dispatch-Id"), ["once"]);
+    assert_eq!(clone.ls("requests"), [".gitkeep"]);
+    let runs = std::fs::read_to_string(world.markers.join("runs-once")).unwrap_or_default();
+    assert_eq!(runs, "ran\n", "the request ran again");
+    assert!(
+        out.stderr.contains("was rewritten"),
+        "the rewrite is not reported:\n{out}"
+    );
+    assert_eq!(counted, Some(1.0), "{out}");
 }
