@@ -1,7 +1,7 @@
 //! Where an outcome is written down, and how readers find it.
 //!
 //! An outcome of key `KEY` is `processed/a/b/c/KEY.yml`, `processed/a/b/c/KEY.status.json` and
-//! `logs/a/b/c/KEY.log` (attempt N: `KEY.N.log`), where `a`, `b` and `c` are the first three hex
+//! `logs/a/b/c/KEY.log` (attempt N: `KEY@N.log`), where `a`, `b` and `c` are the first three hex
 //! digits of the SHA-256 of the key, one folder each (`printf %s KEY | sha256sum | cut -c1-3`).
 //!
 //! The shards are there because Git stores a folder as one object listing all its entries: with
@@ -12,6 +12,10 @@
 //!
 //! Outcomes recorded before the shards (`processed/KEY.status.json`, `logs/KEY.log`) are still found:
 //! every reader asks [`Place::ALL`] in turn, and an id recorded in either place is used.
+//!
+//! No key contains `@` (ids are letters, digits, `.`, `_` and `-`; other keys add `~N`), so no key's
+//! logs can take another's path. Versions before wrote attempt N as `KEY.N.log`, the path of the first
+//! log of the id `KEY.N`: readers look there too ([`Place::log_names`]) when `KEY@N.log` is absent.
 
 use git2::{Oid, Repository, Tree, TreeWalkMode, TreeWalkResult};
 use sha2::{Digest, Sha256};
@@ -52,14 +56,24 @@ impl Place {
         format!("{}/{key}{STATUS_SUFFIX}", self.folder(PROCESSED, key))
     }
 
-    /// `logs/.../KEY.log` for the first attempt, `logs/.../KEY.N.log` for attempt N.
+    /// `logs/.../KEY.log` for the first attempt, `logs/.../KEY@N.log` for attempt N.
     pub(crate) fn log(self, key: &str, attempt: u64) -> String {
         let folder = self.folder(LOGS, key);
         if attempt <= 1 {
             format!("{folder}/{key}.log")
         } else {
-            format!("{folder}/{key}.{attempt}.log")
+            format!("{folder}/{key}@{attempt}.log")
         }
+    }
+
+    /// Where a reader looks for the log of an attempt, in turn: [`Place::log`], then for a later
+    /// attempt `logs/.../KEY.N.log`, as versions before wrote it.
+    pub(crate) fn log_names(self, key: &str, attempt: u64) -> Vec<String> {
+        let mut names = vec![self.log(key, attempt)];
+        if attempt > 1 {
+            names.push(format!("{}/{key}.{attempt}.log", self.folder(LOGS, key)));
+        }
+        names
     }
 }
 
@@ -138,8 +152,24 @@ mod tests {
         );
         assert_eq!(Place::Sharded.request("hello"), "processed/2/c/f/hello.yml");
         assert_eq!(Place::Sharded.log("hello", 1), "logs/2/c/f/hello.log");
-        assert_eq!(Place::Sharded.log("hello", 3), "logs/2/c/f/hello.3.log");
+        assert_eq!(Place::Sharded.log("hello", 3), "logs/2/c/f/hello@3.log");
         assert_eq!(Place::Flat.status("hello"), "processed/hello.status.json");
-        assert_eq!(Place::Flat.log("hello", 2), "logs/hello.2.log");
+        assert_eq!(Place::Flat.log("hello", 2), "logs/hello@2.log");
+    }
+
+    #[test]
+    fn readers_look_for_a_later_attempts_log_under_its_earlier_name_too() {
+        assert_eq!(
+            Place::Sharded.log_names("hello", 1),
+            ["logs/2/c/f/hello.log"]
+        );
+        assert_eq!(
+            Place::Sharded.log_names("hello", 2),
+            ["logs/2/c/f/hello@2.log", "logs/2/c/f/hello.2.log"]
+        );
+        assert_eq!(
+            Place::Flat.log_names("hello", 3),
+            ["logs/hello@3.log", "logs/hello.3.log"]
+        );
     }
 }

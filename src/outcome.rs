@@ -127,7 +127,7 @@ struct StatusFile<'a> {
 }
 
 impl Outcome {
-    /// `logs/…/KEY.log` for the first attempt, `logs/…/KEY.N.log` for attempt N.
+    /// `logs/…/KEY.log` for the first attempt, `logs/…/KEY@N.log` for attempt N.
     pub(crate) fn log_path(&self, attempt: usize) -> String {
         Place::Sharded.log(&self.key, attempt as u64)
     }
@@ -212,14 +212,15 @@ impl Outcome {
         message
     }
 
-    /// Writes the outcome as one commit on the local branch; returns the commit.
-    pub(crate) fn record(&self, sync: &Sync) -> Result<Oid, SyncError> {
+    /// Writes the outcome as one commit on the local branch, unless its key has an outcome there
+    /// already (see [`Written`]).
+    pub(crate) fn record(&self, sync: &Sync) -> Result<Written, SyncError> {
         let logs: Vec<&[u8]> = self.logs.iter().map(|l| l.bytes.as_slice()).collect();
         commit(
             sync,
             &self.key,
             &self.request_path,
-            self.request_is_file.then_some(self.request_blob),
+            (self.request_blob, self.request_is_file),
             &self.status_json(),
             &logs,
             &self.message(),
@@ -247,41 +248,67 @@ pub(crate) fn recommit(
     entry: &Entry,
     recorded: &Recorded,
     logs: &[Vec<u8>],
-) -> Result<Oid, SyncError> {
-    let request_blob = match recorded.request_is_file {
-        true => Some(Oid::from_str(&entry.request_blob)?),
-        false => None,
-    };
+) -> Result<Written, SyncError> {
+    let request_blob = Oid::from_str(&entry.request_blob)?;
     let logs: Vec<&[u8]> = logs.iter().map(Vec::as_slice).collect();
     commit(
         sync,
         &entry.key,
         &entry.request_path,
-        request_blob,
+        (request_blob, recorded.request_is_file),
         &recorded.status_json,
         &logs,
         &recorded.message,
     )
 }
 
-/// One outcome commit: the request leaves `requests/`; its blob (when it is a file), the status
-/// file and a log per attempt go to the shard folders of `key`.
+/// What [`Outcome::record`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// The outcome commit. `changed` is the blob the request's path holds in the tree it was made
+    /// on when that is not the request that ran (the file was changed after it was taken): that
+    /// version stays in `requests/`, to be taken as a submission of its own.
+    Committed { commit: Oid, changed: Option<Oid> },
+    /// Nothing was written: the tree the commit would have been made on records an outcome for the
+    /// key already (another dispatcher recorded it while this one ran it).
+    AlreadyRecorded,
+}
+
+/// One outcome commit on the local tip, checked against the tip's tree: nothing when the key has an
+/// outcome there (in either place of [`crate::layout`]). The request leaves `requests/` (unless its
+/// path holds another blob than `request`'s, see [`Written::Committed`]); its blob (when it is a
+/// file), the status file and a log per attempt go to the shard folders of `key`.
 fn commit(
     sync: &Sync,
     key: &str,
     request_path: &str,
-    request_blob: Option<Oid>,
+    (request_blob, request_is_file): (Oid, bool),
     status_json: &str,
     logs: &[&[u8]],
     message: &str,
-) -> Result<Oid, SyncError> {
-    let mut edits = vec![Edit::Remove {
-        path: request_path.to_owned(),
-    }];
-    if let Some(oid) = request_blob {
+) -> Result<Written, SyncError> {
+    let mut changed = None;
+    if let Some(tip) = sync.tip() {
+        let tree = sync.repo.find_commit(tip)?.tree()?;
+        if crate::layout::is_recorded(&tree, key) {
+            return Ok(Written::AlreadyRecorded);
+        }
+        changed = tree
+            .get_path(std::path::Path::new(request_path))
+            .ok()
+            .map(|entry| entry.id())
+            .filter(|oid| *oid != request_blob);
+    }
+    let mut edits = Vec::new();
+    if changed.is_none() {
+        edits.push(Edit::Remove {
+            path: request_path.to_owned(),
+        });
+    }
+    if request_is_file {
         edits.push(Edit::Upsert {
             path: Place::Sharded.request(key),
-            oid,
+            oid: request_blob,
             mode: FileMode::Blob,
         });
     }
@@ -297,7 +324,8 @@ fn commit(
             mode: FileMode::Blob,
         });
     }
-    sync.commit(&edits, message)
+    let commit = sync.commit(&edits, message)?;
+    Ok(Written::Committed { commit, changed })
 }
 
 /// A name under which nothing is recorded yet: `base~1`, `base~2`, ... `~` never occurs in an id.

@@ -17,6 +17,8 @@ mod everyday;
 mod operations;
 #[path = "main/pipeline.rs"]
 mod pipeline;
+#[path = "main/records.rs"]
+mod records;
 #[path = "main/rejected.rs"]
 mod rejected;
 #[path = "main/reliability.rs"]

@@ -1,7 +1,8 @@
 //! What an operator watches: `/metrics` in the Prometheus text format (outcomes by kind and state,
-//! run durations, queue depth, push retries and failures, time of the last successful sync, build
-//! info) and `/healthz` (200 while the last sync succeeded within three poll intervals, otherwise
-//! 503 with the reason). Served on `--metrics-addr` by a thread of its own; the daemon only updates
+//! run durations, queue depth, push retries and failures, time of the last successful sync, runs
+//! whose id another dispatcher recorded first, requests changed after they were taken, rewrites of
+//! the remote branch, build info) and `/healthz` (200 while the
+//! last sync succeeded within three poll intervals, otherwise 503 with the reason). Served on `--metrics-addr` by a thread of its own; the daemon only updates
 //! atomics and one small mutex.
 
 use std::net::SocketAddr;
@@ -45,6 +46,9 @@ pub(crate) struct Metrics {
     push_retries: Counter,
     push_failures: Counter,
     last_sync: Gauge<f64, AtomicU64>,
+    already_recorded: Counter,
+    changed_after_taken: Counter,
+    remote_rewritten: Counter,
     health: Mutex<Health>,
     poll_interval: Duration,
 }
@@ -84,6 +88,27 @@ impl Metrics {
             "Unix time of the last successful look at the remote",
             last_sync.clone(),
         );
+        let already_recorded = Counter::default();
+        registry.register(
+            "outcomes_already_recorded",
+            "Runs whose outcome was not recorded (or was dropped before its push): the id had an \
+             outcome already, recorded by another dispatcher",
+            already_recorded.clone(),
+        );
+        let changed_after_taken = Counter::default();
+        registry.register(
+            "requests_changed_after_taken",
+            "Request files changed after they were taken: the outcome records the version that ran, \
+             the changed one stays in the inbox",
+            changed_after_taken.clone(),
+        );
+        let remote_rewritten = Counter::default();
+        registry.register(
+            "remote_rewritten",
+            "Times the remote branch was found rewritten: its head no longer descends from the one \
+             last fetched or pushed",
+            remote_rewritten.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -99,6 +124,9 @@ impl Metrics {
             push_retries,
             push_failures,
             last_sync,
+            already_recorded,
+            changed_after_taken,
+            remote_rewritten,
             health: Mutex::new(Health {
                 last_sync: None,
                 last_error: Some("no sync yet".to_owned()),
@@ -130,6 +158,18 @@ impl Metrics {
 
     pub(crate) fn push_retried(&self) {
         self.push_retries.inc();
+    }
+
+    pub(crate) fn already_recorded(&self) {
+        self.already_recorded.inc();
+    }
+
+    pub(crate) fn changed_after_taken(&self) {
+        self.changed_after_taken.inc();
+    }
+
+    pub(crate) fn remote_rewritten(&self) {
+        self.remote_rewritten.inc();
     }
 
     pub(crate) fn synced(&self) {

@@ -35,7 +35,7 @@ use crate::inbox::snapshot::Snapshot;
 use crate::layout;
 use crate::layout::is_valid_name;
 use crate::log::{event, say};
-use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
+use crate::outcome::{AttemptLog, Outcome, State, Written, free_key, sanitize};
 use crate::run::journal::Journal;
 use crate::run::runner::{self, Plan, Report, RunnerError, Stop};
 use crate::run::sandbox::{InFlight, Termination};
@@ -168,6 +168,9 @@ pub(crate) struct Daemon {
     checked_when_empty: bool,
     /// When the oldest unpushed outcome was recorded; `None` when everything is pushed.
     unpushed_since: Option<Instant>,
+    /// The state of each outcome this process counted in `summary` and has not pushed yet, by key:
+    /// one a reconcile drops (the remote records the id already) is taken out of the count.
+    unpushed_counted: HashMap<String, String>,
     next_push: Instant,
     push_failures: u32,
     summary: Summary,
@@ -271,6 +274,7 @@ impl Daemon {
             sync_failures: 0,
             checked_when_empty: false,
             unpushed_since: None,
+            unpushed_counted: HashMap::new(),
             next_push: now,
             push_failures: 0,
             summary: Summary::default(),
@@ -528,8 +532,13 @@ impl Daemon {
                         recorded.state
                     ),
                 );
-                crate::outcome::recommit(&self.sync, &entry, recorded, &logs)?;
-                self.staged(&entry.key, recorded.kind.as_deref(), &recorded.state, None)?;
+                let written = crate::outcome::recommit(&self.sync, &entry, recorded, &logs)?;
+                if self
+                    .written(&entry.key, &entry.request_path, written)?
+                    .is_some()
+                {
+                    self.staged(&entry.key, recorded.kind.as_deref(), &recorded.state, None)?;
+                }
                 continue;
             }
             let mut logs = Vec::new();
@@ -677,27 +686,47 @@ impl Daemon {
     fn sync_step(&mut self) -> Result<(), DaemonError> {
         // A reconcile may move the branch, which writes out what is in memory.
         self.persist()?;
+        let seen = self.sync.remote_tip();
         let result = (|| {
             let head = self.sync.probe()?;
             if head.is_none() || head != self.sync.remote_tip() || self.sync.tip().is_none() {
                 self.sync.fetch()?;
             }
-            self.sync.reconcile()
+            match self.sync.rewritten_since(seen)? {
+                true => Ok::<_, SyncError>((true, self.sync.reconcile_rewritten()?)),
+                false => Ok((false, self.sync.reconcile()?)),
+            }
         })();
         match result {
-            Ok(reconciled) => {
+            Ok((rewritten, reconciled)) => {
+                if rewritten {
+                    self.rewritten(seen, &reconciled);
+                }
                 for key in &reconciled.already_recorded {
                     event(
                         "sync",
                         Some(key),
                         "the remote already records an outcome; the local one is dropped",
                     );
+                    self.metrics.already_recorded();
+                    if let Some(state) = self.unpushed_counted.remove(key) {
+                        self.summary.recorded -= 1;
+                        if let Some(n) = self.summary.by_state.get_mut(&state) {
+                            *n -= 1;
+                        }
+                        self.summary.by_state.retain(|_, n| *n > 0);
+                    }
+                }
+                for (key, path) in &reconciled.changed {
+                    self.changed_after_taken(key, path, "another version");
                 }
                 if reconciled.replayed > 0 {
                     say(&format!(
                         "the remote moved: re-created {} unpushed outcome(s) on its tip",
                         reconciled.replayed
                     ));
+                    // Outcomes pushed before a rewrite of the remote are unpushed again.
+                    self.unpushed_since.get_or_insert_with(Instant::now);
                 }
                 self.sync_failures = 0;
                 self.metrics.synced();
@@ -731,6 +760,26 @@ impl Daemon {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Says that the remote's head no longer descends from `seen`, the head last fetched or pushed:
+    /// the branch was rewritten (reset, or force-pushed). The local branch follows the remote's, with
+    /// the outcome commits it lacks re-created on it by [`Sync::reconcile_rewritten`] (skipping ids
+    /// it records already): a request that ran is not run again because a rewrite put it back in the
+    /// inbox.
+    fn rewritten(&self, seen: Option<Oid>, reconciled: &crate::git::sync::Reconciled) {
+        let short = |oid: Option<Oid>| oid.map(crate::git::view::short).unwrap_or_default();
+        say(&format!(
+            "the remote branch `{}` was rewritten: its head {} does not descend from {}, the head last \
+             fetched or pushed; following it, {} outcome commit(s) it lacks are re-created on it and \
+             will be pushed, {} other commit(s) it lacks are dropped",
+            self.cfg.branch,
+            short(self.sync.remote_tip()),
+            short(seen),
+            reconciled.replayed,
+            reconciled.dropped
+        ));
+        self.metrics.remote_rewritten();
     }
 
     /// Takes requests in arrival order while there is room: records rejections at once, starts the
@@ -1083,8 +1132,11 @@ impl Daemon {
             outcome.error = Some(self.cfg.redactor.redact(error));
         }
         let parent = self.sync.tip();
-        let commit = outcome.record(&self.sync)?;
-        if let Some(parent) = parent {
+        let written = outcome.record(&self.sync)?;
+        let Some(commit) = self.written(&outcome.key, &outcome.request_path, written)? else {
+            return Ok(());
+        };
+        if let (Some(parent), Written::Committed { changed: None, .. }) = (parent, written) {
             self.inbox
                 .taken_out(&self.sync.repo, parent, commit, &outcome.request_path)
                 .map_err(SyncError::from)?;
@@ -1115,6 +1167,57 @@ impl Daemon {
         }
     }
 
+    /// Says what an outcome commit found that the run did not expect; returns the commit, if one was
+    /// made. A key recorded already gets none: its run is reported and its journal entry closed.
+    fn written(
+        &mut self,
+        key: &str,
+        request_path: &str,
+        written: Written,
+    ) -> Result<Option<Oid>, DaemonError> {
+        match written {
+            Written::AlreadyRecorded => {
+                event(
+                    "record",
+                    Some(key),
+                    &format!(
+                        "not recorded: `{}` already records an outcome for this id (another \
+                         dispatcher recorded it while this one ran it); this run's outcome is dropped",
+                        layout::Place::Sharded.status(key)
+                    ),
+                );
+                self.metrics.already_recorded();
+                if self.watchdogged.contains(key) {
+                    self.journal.discard(key)
+                } else {
+                    self.journal.finish(key)
+                }
+                .map_err(io_err("journal"))?;
+                Ok(None)
+            }
+            Written::Committed { commit, changed } => {
+                if let Some(blob) = changed {
+                    self.changed_after_taken(key, request_path, &format!("blob {blob}"));
+                }
+                Ok(Some(commit))
+            }
+        }
+    }
+
+    /// Reports a request file changed after it was taken: the version now there stays in the inbox.
+    fn changed_after_taken(&self, key: &str, request_path: &str, now: &str) {
+        event(
+            "record",
+            Some(key),
+            &format!(
+                "`{request_path}` was changed after it was taken (it now holds {now}): the outcome \
+                 records the version that ran, and the changed file stays in `requests/` as a new \
+                 submission"
+            ),
+        );
+        self.metrics.changed_after_taken();
+    }
+
     /// Counts an outcome committed in memory, and writes the outcomes out when they are many.
     fn staged(
         &mut self,
@@ -1131,6 +1234,8 @@ impl Daemon {
         }
         self.summary.recorded += 1;
         *self.summary.by_state.entry(state.to_owned()).or_default() += 1;
+        self.unpushed_counted
+            .insert(key.to_owned(), state.to_owned());
         self.unpushed_since.get_or_insert_with(Instant::now);
         self.checked_when_empty = false;
         self.show_progress();
@@ -1199,6 +1304,7 @@ impl Daemon {
         match self.sync.push() {
             Ok(()) => {
                 event("push", None, &format!("pushed {pending} outcome(s)"));
+                self.unpushed_counted.clear();
                 self.push_failures = 0;
                 self.unpushed_since = None;
                 self.sync.reopen_if_stale();

@@ -136,6 +136,9 @@ pub(crate) struct Reconciled {
     pub dropped: usize,
     /// Keys of unpushed outcomes left out because the remote already records an outcome for them.
     pub already_recorded: Vec<String>,
+    /// (key, request path) of re-created outcomes whose request file the remote holds in another
+    /// version than the one that ran: that version is left in `requests/`.
+    pub changed: Vec<(String, String)>,
 }
 
 pub(crate) struct Sync {
@@ -432,6 +435,26 @@ impl Sync {
     /// Brings the local branch onto the remote's tip, re-creating the dispatcher's own unpushed
     /// outcome commits on top of it in their order. Anything else that is only local is dropped.
     pub(crate) fn reconcile(&self) -> Result<Reconciled, SyncError> {
+        self.reconcile_onto_remote(false)
+    }
+
+    /// Whether the remote's tip no longer descends from `seen` (a tip fetched or pushed before): the
+    /// branch was rewritten.
+    pub(crate) fn rewritten_since(&self, seen: Option<Oid>) -> Result<bool, SyncError> {
+        let (Some(seen), Some(tip)) = (seen, self.remote_tip()) else {
+            return Ok(false);
+        };
+        Ok(seen != tip && !self.repo.graph_descendant_of(tip, seen)?)
+    }
+
+    /// [`Sync::reconcile`] after the remote's branch was rewritten: a local branch ahead of it (the
+    /// rewrite went back to an ancestor) is rebuilt the same way, so that only outcome commits are
+    /// pushed again, never the rest of what the rewrite removed.
+    pub(crate) fn reconcile_rewritten(&self) -> Result<Reconciled, SyncError> {
+        self.reconcile_onto_remote(true)
+    }
+
+    fn reconcile_onto_remote(&self, rewritten: bool) -> Result<Reconciled, SyncError> {
         let Some(remote) = self.remote_tip() else {
             return Err(SyncError::NoBranch {
                 url: self.url.clone(),
@@ -442,7 +465,7 @@ impl Sync {
             self.set_tip(remote, "git-dispatch: start from the remote")?;
             return Ok(Reconciled::default());
         };
-        if local == remote || self.repo.graph_descendant_of(local, remote)? {
+        if local == remote || (!rewritten && self.repo.graph_descendant_of(local, remote)?) {
             return Ok(Reconciled::default());
         }
         let mut result = Reconciled::default();
@@ -459,7 +482,21 @@ impl Sync {
                 result.already_recorded.push(key);
                 continue;
             }
-            let edits = self.edits_of(&commit)?;
+            let mut edits = self.edits_of(&commit)?;
+            let (before, now) = (commit.parent(0)?.tree()?, base_commit.tree()?);
+            edits.retain(|edit| {
+                let Edit::Remove { path } = edit else {
+                    return true;
+                };
+                let blob = |tree: &git2::Tree<'_>| tree.get_path(Path::new(path)).map(|e| e.id());
+                match (blob(&before), blob(&now)) {
+                    (Ok(ran), Ok(there)) if ran != there => {
+                        result.changed.push((key.clone(), path.clone()));
+                        false
+                    }
+                    _ => true,
+                }
+            });
             let tree = self.apply(&base_commit, &edits)?;
             base = self.make_commit(
                 &commit.author(),

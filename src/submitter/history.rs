@@ -140,7 +140,7 @@ impl<'r> History<'r> {
     }
 
     /// The log of each attempt of `id` at the tip, oldest first, in `place`: `logs/…/ID.log`,
-    /// `logs/…/ID.2.log`, ...
+    /// `logs/…/ID@2.log` (or `ID.2.log`, as versions before named it), ...
     pub(crate) fn logs(
         &self,
         id: &str,
@@ -149,9 +149,11 @@ impl<'r> History<'r> {
     ) -> Result<Vec<(String, Vec<u8>)>, HistoryError> {
         let mut logs = Vec::new();
         for attempt in 1..=attempts.max(1) {
-            let path = place.log(id, attempt);
-            if let Some(bytes) = self.read(self.tip, &path)? {
-                logs.push((path, bytes));
+            for path in place.log_names(id, attempt) {
+                if let Some(bytes) = self.read(self.tip, &path)? {
+                    logs.push((path, bytes));
+                    break;
+                }
             }
         }
         Ok(logs)

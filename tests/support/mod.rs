@@ -198,12 +198,12 @@ pub fn processed(key: &str, ext: &str) -> String {
     format!("processed/{}/{key}.{ext}", shard(key))
 }
 
-/// `logs/a/b/c/KEY.log` for attempt 1, `KEY.N.log` for attempt N.
+/// `logs/a/b/c/KEY.log` for attempt 1, `KEY@N.log` for attempt N.
 pub fn log_file(key: &str, attempt: u32) -> String {
     if attempt <= 1 {
         format!("logs/{}/{key}.log", shard(key))
     } else {
-        format!("logs/{}/{key}.{attempt}.log", shard(key))
+        format!("logs/{}/{key}@{attempt}.log", shard(key))
     }
 }
 
