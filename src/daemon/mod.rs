@@ -87,10 +87,15 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
     move |source| DaemonError::Io { context, source }
 }
 
+/// A dispatcher on one workdir: opened by [`Daemon::open`], run by [`Daemon::serve`] (or asked
+/// what it would do by [`Daemon::dry_run`]). Only the loop's thread touches it.
 pub(crate) struct Daemon {
     cfg: RunConfig,
+    /// The bare clone and the remote: the only way to Git.
     sync: Sync,
+    /// The queue at the tip, kept between looks so a look costs only what changed.
     inbox: Inbox,
+    /// The handlers and the index at the tip, reloaded when their trees change.
     snapshot: Option<Snapshot>,
     /// Keys of outcomes recorded in memory and not yet written out; their journal entries stay until
     /// they are (see [`Daemon::persist`]).
@@ -105,6 +110,8 @@ pub(crate) struct Daemon {
     /// Where handlers and their run folders live on disk; removed at exit.
     scratch: Scratch,
     events: Receiver<Event>,
+    /// Cloned into every worker, the signal thread and the watcher; holding it, the loop's channel
+    /// never disconnects.
     sender: Sender<Event>,
     journal: Arc<Journal>,
     /// Told to every run: stop retrying when shutdown begins.
@@ -114,6 +121,7 @@ pub(crate) struct Daemon {
     /// Whether the journal of a previous process was reconciled (after the first sync).
     recovered: bool,
     metrics: Arc<Metrics>,
+    /// The counts and timing of the progress line.
     progress: Progress,
     /// Held for its flock: one dispatcher per workdir.
     _workdir_lock: fs::File,
@@ -128,6 +136,7 @@ pub(crate) struct Daemon {
     syncing: SyncState,
     /// What is recorded and not pushed yet, and when the next push may be tried.
     push: PushState,
+    /// What this process recorded, handed back when the loop ends well.
     summary: Summary,
 }
 

@@ -36,6 +36,8 @@ const WORKDIR_LOCK_POLL: Duration = Duration::from_millis(20);
 pub(super) const RUNS: &str = "runs";
 
 impl Daemon {
+    /// Prepares the workdir and the lock directory, takes the workdir's lock and opens the bare
+    /// clone; nothing is fetched yet.
     pub(crate) fn open(cfg: RunConfig) -> Result<Self, DaemonError> {
         // libgit2 initialises meanwhile (see `configure_libgit2`); `Sync::open` waits for it.
         std::thread::spawn(crate::git::sync::configure_libgit2);
