@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::RunConfig;
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Shutdown};
 use crate::layout;
 
 /// Status fields that differ between two runs of the same fixture.
@@ -116,7 +116,7 @@ impl Fixture {
                 .push(("SOURCE_DATE_EPOCH".into(), epoch.to_string()));
         }
         Daemon::open(config)
-            .and_then(Daemon::serve)
+            .and_then(|daemon| daemon.serve(Shutdown::on_signals()))
             .map_err(|e| anyhow::anyhow!("the dispatcher failed: {e}"))?;
         outcome(&Repository::open_bare(&remote)?, &request_path)
     }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::commands::scaffold;
 use crate::config::RunConfig;
-use crate::daemon::{Daemon, DaemonError, Summary};
+use crate::daemon::{Daemon, DaemonError, Shutdown, Summary};
 
 pub(crate) struct Playground {
     dir: tempfile::TempDir,
@@ -67,7 +67,7 @@ impl Playground {
         let config =
             RunConfig::until_empty_local(&self.remote, &self.root().join("work"), "playground")
                 .map_err(|e| DaemonError::Remote(format!("{e:#}")))?;
-        Daemon::open(config).and_then(Daemon::serve)
+        Daemon::open(config).and_then(|daemon| daemon.serve(Shutdown::on_signals()))
     }
 
     /// A fresh clone of the remote: what a reviewer sees.

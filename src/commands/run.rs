@@ -2,7 +2,7 @@
 
 use crate::cli::RunArgs;
 use crate::config::RunConfig;
-use crate::daemon::{Daemon, DaemonError};
+use crate::daemon::{Daemon, DaemonError, Shutdown};
 use crate::error::CommandError;
 use crate::log::say;
 
@@ -22,22 +22,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<(), CommandError> {
         return Ok(());
     }
     let summary = Daemon::open(config)
-        .and_then(Daemon::serve)
+        .and_then(|daemon| daemon.serve(Shutdown::on_signals()))
         .map_err(classify)?;
-    let counts: Vec<String> = summary
-        .by_state
-        .iter()
-        .map(|(state, n)| format!("{n} {state}"))
-        .collect();
-    say(&format!(
-        "done: {} outcome(s) recorded and pushed{}",
-        summary.recorded,
-        if counts.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", counts.join(", "))
-        }
-    ));
+    say(&summary.to_string());
     Ok(())
 }
 

@@ -1,0 +1,241 @@
+//! Pushing the outcomes committed locally: in batches while a backlog drains, at once when the
+//! queue is idle; retried with backoff; and giving up on the remote when the attempts run out.
+//!
+//! The invariant: `PushState::since` is set while any outcome commit is not on the remote (it is
+//! cleared only by a push that worked, or by finding nothing to push), so the loop never stops with
+//! an outcome that is neither pushed nor reported as left in the workdir.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::daemon::events::Event;
+use crate::daemon::retry::{attempt_note, is_last, push_delay};
+use crate::daemon::{Daemon, DaemonError};
+use crate::git::sync::SyncError;
+use crate::log::{event, say};
+
+/// What is recorded and not pushed yet, and when the next push may be tried.
+pub(super) struct PushState {
+    /// When the oldest unpushed outcome was recorded; `None` when everything is pushed.
+    since: Option<Instant>,
+    /// The state of each outcome this process counted in the summary and has not pushed yet, by
+    /// key: one a reconcile drops (the remote records the id already) is taken out of the count.
+    counted: HashMap<String, String>,
+    /// When the next push may be tried: later than now only after a failed one.
+    next: Instant,
+    /// Failed pushes in a row; reset by one that works.
+    failures: u32,
+}
+
+impl PushState {
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            since: None,
+            counted: HashMap::new(),
+            next: now,
+            failures: 0,
+        }
+    }
+
+    /// An outcome was recorded (and counted in the summary in `state`) and waits to be pushed.
+    pub(super) fn unpushed(&mut self, key: &str, state: &str) {
+        self.counted.insert(key.to_owned(), state.to_owned());
+        self.mark_unpushed();
+    }
+
+    /// Outcome commits wait to be pushed that this process did not count (found at start, or
+    /// re-created on a remote that moved).
+    pub(super) fn mark_unpushed(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// The remote records `key` already, so its local commit was dropped: the state it was counted
+    /// in, if this process counted it and had not pushed it.
+    pub(super) fn dropped(&mut self, key: &str) -> Option<String> {
+        self.counted.remove(key)
+    }
+
+    /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window, and
+    /// not before a failed push's backoff ran out.
+    fn due(&self, now: Instant, backlog: usize, batch: Duration) -> bool {
+        let Some(since) = self.since else {
+            return false;
+        };
+        now >= self.next && (backlog == 0 || now >= since + batch)
+    }
+
+    /// When a push falls due if nothing else happens: at the end of the batch window, or of the
+    /// backoff if that is later. `None` when nothing waits.
+    pub(super) fn next_due(&self, batch: Duration) -> Option<Instant> {
+        self.since.map(|since| (since + batch).max(self.next))
+    }
+}
+
+impl Daemon {
+    /// Whether to push now; never after giving up on the remote.
+    pub(super) fn push_due(&self, backlog: usize) -> bool {
+        self.gave_up.is_none() && self.push.due(Instant::now(), backlog, self.cfg.push_batch)
+    }
+
+    pub(super) fn push_step(&mut self) -> Result<(), DaemonError> {
+        self.persist()?;
+        let pending = self.sync.unpushed_commits()?.len();
+        if pending == 0 {
+            self.push.since = None;
+            return Ok(());
+        }
+        if self.push.failures > 0 {
+            self.metrics.push_retried();
+        }
+        match self.sync.push() {
+            Ok(()) => {
+                event("push", None, &format!("pushed {pending} outcome(s)"));
+                self.push.counted.clear();
+                self.push.failures = 0;
+                self.push.since = None;
+                self.sync.reopen_if_stale();
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.push.failures += 1;
+                self.metrics.push_failed();
+                let rejected = matches!(e, SyncError::Rejected { .. });
+                let delay = push_delay(self.push.failures, rejected);
+                let last = is_last(
+                    self.cfg.mode,
+                    self.shutting_down,
+                    self.push.failures,
+                    self.cfg.push_attempts,
+                );
+                say(&format!(
+                    "{e} ({})",
+                    attempt_note(self.push.failures, self.cfg.push_attempts, last, delay)
+                ));
+                if rejected {
+                    // Most often the remote moved: re-create the outcomes on its new tip.
+                    if let Err(e) = self.sync.fetch().and_then(|_| self.sync.reconcile()) {
+                        say(&format!("after a rejected push: {e}"));
+                    }
+                }
+                if last {
+                    return self.give_up(format!(
+                        "{e}: gave up after {} attempts",
+                        self.push.failures
+                    ));
+                }
+                self.push.next = Instant::now() + delay;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Gives up on the remote (exit 3), with `why`. Handlers that run are not cut short: as on
+    /// SIGTERM, nothing new is taken, they finish, and their outcomes are recorded in the workdir
+    /// (the next run pushes them); the dispatcher fails once they are.
+    pub(super) fn give_up(&mut self, why: String) -> Result<(), DaemonError> {
+        if self.running.is_empty() {
+            return Err(DaemonError::Remote(format!(
+                "{why}{}",
+                self.unpushed_note()
+            )));
+        }
+        say(&format!(
+            "{why}; waiting for {} running handler(s) to finish, to record their outcomes in the \
+             workdir",
+            self.running.len()
+        ));
+        self.gave_up = Some(why);
+        self.shutting_down = true;
+        self.stop.request();
+        Ok(())
+    }
+
+    /// Pushes until everything is out, or the attempts run out.
+    pub(super) fn flush(&mut self) -> Result<(), DaemonError> {
+        while self.push.since.is_some() {
+            let wait = self.push.next.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                // Runs have all ended here; only a second interrupt matters while waiting to push.
+                if let Ok(Event::Signal(signal)) = self.events.recv_timeout(wait) {
+                    self.handle(Event::Signal(signal))?;
+                }
+                continue;
+            }
+            self.push_step()?;
+        }
+        Ok(())
+    }
+
+    /// `; 2 outcome(s) are recorded in ... but not pushed ...`, for the error of a dispatcher that
+    /// gave up: what the workdir holds for the next run. Empty when everything is pushed.
+    pub(super) fn unpushed_note(&self) -> String {
+        let Ok(commits) = self.sync.unpushed_commits() else {
+            return String::new();
+        };
+        if commits.is_empty() {
+            return String::new();
+        }
+        let subjects: Vec<String> = commits
+            .iter()
+            .filter_map(|oid| self.sync.repo.find_commit(*oid).ok())
+            .filter_map(|c| c.summary().ok().flatten().map(str::to_owned))
+            .collect();
+        format!(
+            "; {} outcome(s) are recorded in `{}` but not pushed (the next run pushes them): {}",
+            subjects.len(),
+            self.cfg.workdir.display(),
+            subjects.join("; ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BATCH: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn nothing_unpushed_is_never_due() {
+        let now = Instant::now();
+        let push = PushState::new(now);
+        assert!(!push.due(now, 0, BATCH));
+        assert!(!push.due(now + BATCH * 10, 0, BATCH));
+        assert_eq!(push.next_due(BATCH), None);
+    }
+
+    #[test]
+    fn an_idle_queue_pushes_at_once_and_a_backlog_waits_for_the_batch_window() {
+        let now = Instant::now();
+        let mut push = PushState::new(now);
+        push.since = Some(now);
+        assert!(push.due(now, 0, BATCH));
+        assert!(!push.due(now, 3, BATCH));
+        assert!(!push.due(now + BATCH / 2, 3, BATCH));
+        assert!(push.due(now + BATCH, 3, BATCH));
+        assert_eq!(push.next_due(BATCH), Some(now + BATCH));
+    }
+
+    #[test]
+    fn a_failed_push_is_not_tried_again_before_its_backoff_ran_out() {
+        let now = Instant::now();
+        let mut push = PushState::new(now);
+        push.since = Some(now);
+        push.next = now + BATCH * 2;
+        assert!(!push.due(now, 0, BATCH));
+        assert!(!push.due(now + BATCH, 3, BATCH));
+        assert!(push.due(now + BATCH * 2, 0, BATCH));
+        assert_eq!(push.next_due(BATCH), Some(now + BATCH * 2));
+    }
+
+    #[test]
+    fn an_outcome_counted_and_dropped_gives_back_its_state_once() {
+        let mut push = PushState::new(Instant::now());
+        push.unpushed("a", "succeeded");
+        assert!(push.since.is_some());
+        assert_eq!(push.dropped("a").as_deref(), Some("succeeded"));
+        assert_eq!(push.dropped("a"), None);
+        assert_eq!(push.dropped("never-counted"), None);
+    }
+}

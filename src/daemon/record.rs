@@ -1,0 +1,253 @@
+//! Recording: a run's report becomes an [`Outcome`], committed in memory on the local branch,
+//! journaled, counted, and written out to the workdir in batches.
+//!
+//! The invariant: a run's journal entry stays until its outcome is written out (see
+//! [`Daemon::persist`]), so a crash at any point finds it either recorded or interrupted, never
+//! lost; and an id the tip records already gets no second outcome.
+
+use std::fs;
+use std::time::Duration;
+
+use git2::Oid;
+
+use crate::daemon::metrics;
+use crate::daemon::{Daemon, DaemonError, io_err};
+use crate::git::sync::SyncError;
+use crate::layout;
+use crate::log::event;
+use crate::outcome::{AttemptLog, Outcome, State, Written};
+use crate::run::runner::Report;
+use crate::run::sandbox::Termination;
+
+/// The state an attempt's handler ended in: a timeout wins over how it was killed, and only an
+/// exit with status 0 is a success.
+fn end_state(timed_out: bool, termination: Termination) -> State {
+    if timed_out {
+        State::TimedOut
+    } else if termination == Termination::Exited(0) {
+        State::Succeeded
+    } else {
+        State::Failed
+    }
+}
+
+impl Daemon {
+    /// Records the outcome of a run that ended.
+    pub(super) fn finish(&mut self, report: Report) -> Result<(), DaemonError> {
+        let running = self
+            .running
+            .remove(&report.key)
+            .expect("every finished run was started");
+        if report.cancelled {
+            event(
+                "run",
+                Some(&report.key),
+                "not started: the dispatcher is stopping; the request stays in the inbox",
+            );
+            return Ok(());
+        }
+        if let Some(fatal) = report.fatal {
+            // The dispatcher could not carry the run. Attempts that did run are in the journal, and
+            // the request is still in the inbox: the next start records them.
+            return Err(DaemonError::Runner(fatal));
+        }
+        let request = &running.request;
+        let mut outcome = self.outcome(
+            &running.entry,
+            report.key.clone(),
+            Some(request.kind.clone()),
+            State::Failed,
+        );
+        outcome.handler = Some(request.route.handler_path.clone());
+        outcome.handler_blob = request.route.handler_blob;
+        outcome.logs = running.prior_logs;
+        for attempt in report.attempts {
+            outcome.attempts = attempt.number;
+            outcome.error = None;
+            outcome.exit_code = None;
+            outcome.signal = None;
+            match attempt.result {
+                Ok(finished) => {
+                    outcome.started_at.get_or_insert(finished.started);
+                    outcome.duration = Some(finished.duration);
+                    match finished.termination {
+                        Termination::Exited(code) => outcome.exit_code = Some(code),
+                        Termination::Signaled(signal) => outcome.signal = Some(signal),
+                    }
+                    outcome.state = end_state(finished.timed_out, finished.termination);
+                    if finished.timed_out {
+                        outcome.error = Some(format!(
+                            "timed out after {}",
+                            humantime::format_duration(request.timeout)
+                        ));
+                    }
+                    let bytes = fs::read(&attempt.log_file).map_err(io_err("handler log"))?;
+                    outcome.logs.push(AttemptLog {
+                        bytes,
+                        summary: finished.log,
+                        in_journal: true,
+                    });
+                }
+                Err(e) => {
+                    outcome.state = State::Failed;
+                    outcome.error = Some(e.to_string());
+                    outcome.logs.push(AttemptLog::text(&format!("{e}\n")));
+                }
+            }
+        }
+        crate::log::event_with(
+            "record",
+            Some(&outcome.key),
+            &outcome.state.to_string(),
+            outcome.log_fields(),
+        );
+        self.record(&outcome)
+    }
+
+    pub(super) fn record(&mut self, outcome: &Outcome) -> Result<(), DaemonError> {
+        let mut outcome = outcome.clone();
+        if let Some(error) = &outcome.error {
+            outcome.error = Some(self.cfg.redactor.redact(error));
+        }
+        let parent = self.sync.tip();
+        let written = outcome.record(&self.sync)?;
+        let Some(commit) = self.written(&outcome.key, &outcome.request_path, written)? else {
+            return Ok(());
+        };
+        if let (Some(parent), Written::Committed { changed: None, .. }) = (parent, written) {
+            self.inbox
+                .taken_out(&self.sync.repo, parent, commit, &outcome.request_path)
+                .map_err(SyncError::from)?;
+        }
+        let rewrite: Vec<Option<&[u8]>> = outcome
+            .logs
+            .iter()
+            .map(|l| (!l.in_journal).then_some(l.bytes.as_slice()))
+            .collect();
+        self.journal
+            .recorded(&outcome.key, &outcome.journaled(), &rewrite)
+            .map_err(io_err("journal"))?;
+        let kind = self.kind_label(outcome.kind.as_deref());
+        self.staged(
+            &outcome.key,
+            Some(kind),
+            &outcome.state.to_string(),
+            outcome.duration,
+        )
+    }
+
+    /// The `kind` label of `/metrics`: a kind the index lists, else `unknown`, so that what a
+    /// submitter writes cannot grow the number of series without bound.
+    fn kind_label<'k>(&self, kind: Option<&'k str>) -> &'k str {
+        match (kind, &self.snapshot) {
+            (Some(kind), Some(snapshot)) if snapshot.catalog.kinds().contains(&kind) => kind,
+            _ => metrics::UNKNOWN_KIND,
+        }
+    }
+
+    /// Says what an outcome commit found that the run did not expect; returns the commit, if one was
+    /// made. A key recorded already gets none: its run is reported and its journal entry closed.
+    pub(super) fn written(
+        &mut self,
+        key: &str,
+        request_path: &str,
+        written: Written,
+    ) -> Result<Option<Oid>, DaemonError> {
+        match written {
+            Written::AlreadyRecorded => {
+                event(
+                    "record",
+                    Some(key),
+                    &format!(
+                        "not recorded: `{}` already records an outcome for this id (another \
+                         dispatcher recorded it while this one ran it); this run's outcome is dropped",
+                        layout::Place::Sharded.status(key)
+                    ),
+                );
+                self.metrics.already_recorded();
+                if self.watchdogged.contains(key) {
+                    self.journal.discard(key)
+                } else {
+                    self.journal.finish(key)
+                }
+                .map_err(io_err("journal"))?;
+                Ok(None)
+            }
+            Written::Committed { commit, changed } => {
+                if let Some(blob) = changed {
+                    self.changed_after_taken(key, request_path, &format!("blob {blob}"));
+                }
+                Ok(Some(commit))
+            }
+        }
+    }
+
+    /// Reports a request file changed after it was taken: the version now there stays in the inbox.
+    pub(super) fn changed_after_taken(&self, key: &str, request_path: &str, now: &str) {
+        event(
+            "record",
+            Some(key),
+            &format!(
+                "`{request_path}` was changed after it was taken (it now holds {now}): the outcome \
+                 records the version that ran, and the changed file stays in `requests/` as a new \
+                 submission"
+            ),
+        );
+        self.metrics.changed_after_taken();
+    }
+
+    /// Counts an outcome committed in memory, and writes the outcomes out when they are many.
+    pub(super) fn staged(
+        &mut self,
+        key: &str,
+        kind: Option<&str>,
+        state: &str,
+        duration: Option<Duration>,
+    ) -> Result<(), DaemonError> {
+        crate::failpoint::hit("recorded");
+        self.staged.push(key.to_owned());
+        self.metrics.recorded(kind, state, duration);
+        if self.sync.staging_full() {
+            self.persist()?;
+        }
+        self.summary.count(state);
+        self.push.unpushed(key, state);
+        self.syncing.checked_when_empty = false;
+        self.show_progress();
+        Ok(())
+    }
+
+    /// Writes the outcomes recorded in memory to the workdir, then closes their journal entries: from
+    /// here on a crash finds them recorded, not interrupted.
+    pub(super) fn persist(&mut self) -> Result<(), DaemonError> {
+        self.sync.persist()?;
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        crate::failpoint::hit("committed");
+        for key in std::mem::take(&mut self.staged) {
+            if self.watchdogged.contains(&key) {
+                self.journal.discard(&key)
+            } else {
+                self.journal.finish(&key)
+            }
+            .map_err(io_err("journal"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_exit_with_status_zero_in_time_succeeds() {
+        assert_eq!(end_state(false, Termination::Exited(0)), State::Succeeded);
+        assert_eq!(end_state(false, Termination::Exited(4)), State::Failed);
+        assert_eq!(end_state(false, Termination::Signaled(9)), State::Failed);
+        // A handler killed at its timeout, or one that exited 0 just as it passed, timed out.
+        assert_eq!(end_state(true, Termination::Signaled(9)), State::TimedOut);
+        assert_eq!(end_state(true, Termination::Exited(0)), State::TimedOut);
+    }
+}

@@ -1,0 +1,406 @@
+//! Taking requests off the inbox: in arrival order, while there is room, each checked (parsed,
+//! validated, routed, its secrets found) and either started on a worker or recorded `rejected` at
+//! once. Also `--dry-run`, which says what taking would do and does nothing.
+//!
+//! The invariant: a request is running (in `running`) from the moment its worker is spawned until
+//! its outcome is recorded, and no two runs share a resource or a key; a request is taken at most
+//! once while its file is in `requests/`.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use git2::Oid;
+
+use crate::config::Mode;
+use crate::daemon::events::Event;
+use crate::daemon::open::RUNS;
+use crate::daemon::{Daemon, DaemonError, io_err};
+use crate::git::sync::SyncError;
+use crate::inbox::queue::InboxEntry;
+use crate::inbox::request::{self, Candidate, Rejection, Request, request_stem};
+use crate::inbox::snapshot::Snapshot;
+use crate::layout::{self, is_valid_name};
+use crate::log::say;
+use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
+use crate::run::runner::{self, Plan};
+use crate::run::sandbox::InFlight;
+
+/// How many waiting requests on busy resources `take` looks past for one it can start.
+const LOOKAHEAD: usize = 64;
+
+/// A request that is running: what the outcome needs besides the run's report.
+pub(super) struct Running {
+    /// Set when the handler's run ended; its outcome is not recorded yet.
+    pub(super) ended: bool,
+    /// The handler process while one runs, for the watchdog.
+    pub(super) in_flight: Arc<InFlight>,
+    pub(super) entry: InboxEntry,
+    pub(super) request: Request,
+    /// Logs of attempts before a crash, for a run resumed as a later attempt.
+    pub(super) prior_logs: Vec<AttemptLog>,
+}
+
+impl Running {
+    /// How long after its handler started a run counts as stale: its timeout plus twice its grace,
+    /// by when the sandbox has killed every handler (see [`Daemon::watchdog`]).
+    pub(super) fn stale_after(&self) -> Duration {
+        self.request.timeout + self.request.route.spec.grace * 2
+    }
+}
+
+/// The key a rejected request's outcome is recorded under: its id where that is free; else, where
+/// no id could be read, the default id (the file stem) where it is a valid free one; else a free
+/// variant of either (`x~1`, `x~2`, ...), so a rejection never overwrites an outcome.
+fn rejected_key(id: Option<&str>, file_name: &str, is_taken: impl Fn(&str) -> bool) -> String {
+    match id {
+        Some(id) if !is_taken(id) => id.to_owned(),
+        Some(id) => free_key(id, is_taken),
+        None => match request_stem(file_name) {
+            Some(stem) if is_valid_name(stem) && !is_taken(stem) => stem.to_owned(),
+            stem => free_key(&sanitize(stem.unwrap_or(file_name)), is_taken),
+        },
+    }
+}
+
+impl Daemon {
+    /// Fetches, then validates and routes every waiting request and says what would happen to it, in
+    /// the order it would be taken. Nothing runs, nothing is committed or pushed.
+    pub(crate) fn dry_run(mut self) -> Result<Vec<String>, DaemonError> {
+        self.sync.fetch().map_err(|e| match e {
+            e if e.is_transient() => DaemonError::Remote(e.to_string()),
+            e => e.into(),
+        })?;
+        self.sync.reconcile()?;
+        let tip = self.sync.tip().expect("reconcile sets the local branch");
+        self.refresh_snapshot(tip)?;
+        let entries = self
+            .inbox
+            .list(&self.sync.repo, tip)
+            .map_err(SyncError::from)?;
+        let mut lines = Vec::new();
+        for entry in entries.iter() {
+            let checked = self
+                .check(entry)
+                .and_then(|request| self.secret_env(entry, &request).map(|_| request));
+            lines.push(match checked {
+                Ok(r) => format!(
+                    "would run    {}  kind={} handler={} resource={} timeout={}",
+                    r.id,
+                    r.kind,
+                    r.route.handler_path,
+                    r.resource,
+                    humantime::format_duration(r.timeout)
+                ),
+                Err(rejection) => format!(
+                    "would reject {}  {}",
+                    entry.path,
+                    self.cfg.redactor.redact(&rejection.error)
+                ),
+            });
+        }
+        Ok(lines)
+    }
+
+    /// Takes requests in arrival order while there is room: records rejections at once, starts the
+    /// rest. Returns how many requests wait (not counting running ones).
+    ///
+    /// With one job, the next request is taken while the current one runs: validated, its worker
+    /// started and its request copy written, it waits for the slot, which the current run gives up
+    /// as soon as its handler is gone (see [`crate::run::runner`]). Its journal entry is written only
+    /// then, so a stop before leaves it in the inbox, untouched. That takes the work of taking a
+    /// request off the time between two handlers.
+    pub(super) fn take(&mut self) -> Result<usize, DaemonError> {
+        let tip = self.sync.tip().expect("take runs after the first sync");
+        self.refresh_snapshot(tip)?;
+        let entries = self
+            .inbox
+            .list(&self.sync.repo, tip)
+            .map_err(SyncError::from)?;
+        self.metrics.queue(entries.len());
+        let mut waiting = 0;
+        let mut skipped = 0;
+        let mut busy: Vec<String> = self
+            .running
+            .values()
+            .filter(|r| !r.ended)
+            .map(|r| r.request.resource.clone())
+            .collect();
+        let ahead = usize::from(self.cfg.jobs == 1 && self.cfg.mode != Mode::Once);
+        for (i, entry) in entries.iter().enumerate() {
+            if self.running.values().any(|r| r.entry.path == entry.path) {
+                continue;
+            }
+            if self.cfg.mode == Mode::Once && self.took_one {
+                break;
+            }
+            if self.running.values().filter(|r| !r.ended).count() >= self.cfg.jobs + ahead {
+                waiting += entries[i..].len();
+                break;
+            }
+            let checked = self
+                .check(entry)
+                .and_then(|request| self.secret_env(entry, &request).map(|env| (request, env)));
+            match checked {
+                Err(rejection) => {
+                    self.took_one = true;
+                    self.reject(entry, rejection)?;
+                }
+                Ok((request, _)) if ahead == 0 && busy.contains(&request.resource) => {
+                    // Its resource is taken: look further, but only so far, so that a long queue on
+                    // one resource costs no more than a short one.
+                    skipped += 1;
+                    if skipped >= LOOKAHEAD {
+                        waiting += entries[i..].len();
+                        break;
+                    }
+                    waiting += 1;
+                }
+                Ok((request, secrets)) => {
+                    self.took_one = true;
+                    busy.push(request.resource.clone());
+                    self.start(entry.clone(), request, secrets)?;
+                }
+            }
+        }
+        Ok(waiting)
+    }
+
+    pub(super) fn check(&self, entry: &InboxEntry) -> Result<Request, Rejection> {
+        let repo = &self.sync.repo;
+        let size = repo
+            .odb()
+            .and_then(|odb| odb.read_header(entry.oid))
+            .map(|(size, _)| size as u64)
+            .unwrap_or(0);
+        let candidate = Candidate {
+            path: &entry.path,
+            entry: entry.kind,
+            size,
+            max_size: self.cfg.max_request_size,
+        };
+        let catalog = &self
+            .snapshot
+            .as_ref()
+            .expect("refresh_snapshot ran")
+            .catalog;
+        request::check(
+            &candidate,
+            || {
+                repo.find_blob(entry.oid)
+                    .map(|b| b.content().to_vec())
+                    .map_err(io::Error::other)
+            },
+            catalog,
+            &|id| self.is_taken(id),
+        )
+    }
+
+    /// The kind's `secrets`, as environment variables; naming one the host lacks rejects the request.
+    fn secret_env(
+        &self,
+        entry: &InboxEntry,
+        request: &Request,
+    ) -> Result<Vec<(String, String)>, Rejection> {
+        request
+            .route
+            .spec
+            .secrets
+            .iter()
+            .map(|name| match self.cfg.secrets.get(name) {
+                Some(value) => Ok((name.clone(), value.to_owned())),
+                None => Err(Rejection {
+                    id: Some(request.id.clone()),
+                    kind: Some(request.kind.clone()),
+                    error: format!(
+                        "request `{}`: kind `{}` needs the secret `{name}`, which {}",
+                        entry.path,
+                        request.kind,
+                        if self.cfg.secrets.is_empty() {
+                            "is not defined: the dispatcher has no --secrets-file".to_owned()
+                        } else {
+                            "the dispatcher's --secrets-file does not define".to_owned()
+                        }
+                    ),
+                }),
+            })
+            .collect()
+    }
+
+    /// Whether `key` has an outcome at the tip or is running.
+    pub(super) fn is_taken(&self, key: &str) -> bool {
+        if self.running.contains_key(key) {
+            return true;
+        }
+        self.sync.tip().is_some_and(|tip| {
+            let tree = self.sync.repo.find_commit(tip).and_then(|c| c.tree());
+            tree.is_ok_and(|tree| layout::is_recorded(&tree, key))
+        })
+    }
+
+    pub(super) fn refresh_snapshot(&mut self, tip: Oid) -> Result<(), DaemonError> {
+        let trees = Snapshot::trees_of(&self.sync.repo, tip).map_err(SyncError::from)?;
+        if self.snapshot.as_ref().is_none_or(|s| s.trees != trees) {
+            let snapshot = Snapshot::load(
+                &self.sync.repo,
+                tip,
+                self.scratch.path(),
+                self.cfg.handlers_dir.as_deref(),
+            )
+            .map_err(io_err("could not write out the handlers"))?;
+            for problem in snapshot.catalog.problems() {
+                say(&format!("configuration: {problem}"));
+            }
+            self.snapshot = Some(snapshot);
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, entry: &InboxEntry, rejection: Rejection) -> Result<(), DaemonError> {
+        let key = rejected_key(rejection.id.as_deref(), &entry.name, |k| self.is_taken(k));
+        let error = self.cfg.redactor.redact(&rejection.error);
+        let mut outcome = self.outcome(entry, key, rejection.kind, State::Rejected);
+        outcome.logs.push(AttemptLog::text(&format!("{error}\n")));
+        outcome.error = Some(error);
+        crate::log::event_with(
+            "reject",
+            Some(&outcome.key),
+            &format!("rejected: {}", outcome.error.as_deref().unwrap_or_default()),
+            outcome.log_fields(),
+        );
+        self.record(&outcome)
+    }
+
+    pub(super) fn outcome(
+        &self,
+        entry: &InboxEntry,
+        key: String,
+        kind: Option<String>,
+        state: State,
+    ) -> Outcome {
+        Outcome {
+            key,
+            kind,
+            state,
+            error: None,
+            exit_code: None,
+            signal: None,
+            attempts: 0,
+            request_path: entry.path.clone(),
+            request_blob: entry.oid,
+            request_is_file: matches!(entry.kind, crate::git::view::EntryType::File { .. }),
+            submitted_in: entry.arrival.commit,
+            submitted_at: entry.arrival.time,
+            started_at: None,
+            finished_at: SystemTime::now(),
+            duration: None,
+            handler: None,
+            handler_blob: None,
+            dispatcher: self.cfg.dispatcher_id.clone(),
+            logs: Vec::new(),
+        }
+    }
+
+    fn start(
+        &mut self,
+        entry: InboxEntry,
+        request: Request,
+        secrets: Vec<(String, String)>,
+    ) -> Result<(), DaemonError> {
+        let key = request.id.clone();
+        let handlers = self
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.handlers.clone())
+            .expect("a routed handler exists in handlers/");
+        let request_bytes = self
+            .sync
+            .repo
+            .find_blob(entry.oid)
+            .map_err(SyncError::from)?
+            .content()
+            .to_vec();
+        let resumed = self.resume.remove(&entry.path);
+        let (first_attempt, prior_logs) = match resumed {
+            Some(r) => (r.next_attempt, r.logs),
+            None => (1, Vec::new()),
+        };
+        let in_flight = Arc::new(InFlight::default());
+        let plan = Plan {
+            key: key.clone(),
+            request_path: entry.path.clone(),
+            request_blob: entry.oid,
+            request_bytes,
+            handlers,
+            runs_dir: self.scratch.path().join(RUNS),
+            first_attempt,
+            extra_env: self.cfg.fixed_env.iter().cloned().chain(secrets).collect(),
+            lock_dir: self.cfg.lock_dir.clone(),
+            log_limit: request.route.spec.log_limit.unwrap_or(self.cfg.log_limit),
+            user: self.cfg.run_as.clone(),
+            redactor: self.cfg.redactor.clone(),
+            journal: Arc::clone(&self.journal),
+            stop: Arc::clone(&self.stop),
+            ticket: self.stop.ticket(),
+            in_flight: Arc::clone(&in_flight),
+            request: request.clone(),
+        };
+        let sender = self.sender.clone();
+        runner::spawn(plan, move |report| {
+            let _ = sender.send(Event::Finished(Box::new(report)));
+        });
+        self.running.insert(
+            key,
+            Running {
+                ended: false,
+                in_flight,
+                entry,
+                request,
+                prior_logs,
+            },
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(keys: &[&str]) -> impl Fn(&str) -> bool {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        move |k| keys.iter().any(|t| t == k)
+    }
+
+    #[test]
+    fn a_rejection_with_a_free_id_is_recorded_under_it() {
+        assert_eq!(rejected_key(Some("job-1"), "x.yml", taken(&[])), "job-1");
+    }
+
+    #[test]
+    fn a_rejection_never_takes_the_key_of_an_outcome() {
+        assert_eq!(
+            rejected_key(Some("job-1"), "x.yml", taken(&["job-1"])),
+            "job-1~1"
+        );
+        assert_eq!(
+            rejected_key(Some("job-1"), "x.yml", taken(&["job-1", "job-1~1"])),
+            "job-1~2"
+        );
+        assert_eq!(
+            rejected_key(None, "build.yml", taken(&["build"])),
+            "build~1"
+        );
+    }
+
+    #[test]
+    fn a_rejection_without_an_id_uses_the_file_stem_where_it_is_a_valid_name() {
+        assert_eq!(rejected_key(None, "build.yml", taken(&[])), "build");
+        assert_eq!(rejected_key(None, "build.yaml", taken(&[])), "build");
+        // A stem that is no valid id is made one, and suffixed so it cannot be an id submitted.
+        assert_eq!(rejected_key(None, "my build.yml", taken(&[])), "my_build~1");
+        assert_eq!(rejected_key(None, "_x.yml", taken(&[])), "x_x~1");
+        // A file whose name has no request suffix is named after the whole name.
+        assert_eq!(rejected_key(None, "notes.txt", taken(&[])), "notes.txt~1");
+    }
+}
