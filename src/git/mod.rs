@@ -4,6 +4,7 @@
 //! tree) for the checks above.
 
 pub(crate) mod pack;
+pub(crate) mod pack_writer;
 pub(crate) mod sync;
 pub(crate) mod tree_edit;
 pub(crate) mod url;

@@ -20,7 +20,8 @@ use git2::{
 };
 use thiserror::Error;
 
-use crate::git::pack::{Pack, PackFile, PackWriter};
+use crate::git::pack::{Pack, PackFile};
+use crate::git::pack_writer::PackWriter;
 use crate::git::tree_edit::{self, Edit};
 use crate::git::url::Password;
 
