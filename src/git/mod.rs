@@ -20,3 +20,6 @@ pub(crate) mod tree_edit;
 pub(crate) mod url;
 pub(crate) mod view;
 pub(crate) mod written;
+
+#[cfg(test)]
+mod tests;
