@@ -52,8 +52,9 @@ pub(crate) struct PackWriter {
     /// Level 0: stored blocks, for small trees and deltas (see [`STORE_BELOW`]).
     store: Compress,
     /// The objects of the packs finished since [`PackWriter::forget_finished`]: not added again,
-    /// so that those packs can be merged into one (see [`PackFile::merge`]), whose index lists each
-    /// object once (two handlers that print the same thing make the same log blob).
+    /// so that those packs can be merged into one (see [`crate::git::pack::PackFile::merge`]),
+    /// whose index lists each object once (two handlers that print the same thing make the same
+    /// log blob).
     finished: HashSet<Oid>,
 }
 
