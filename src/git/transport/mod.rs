@@ -1,0 +1,174 @@
+//! How the workdir reaches the remote: three transports behind one small interface, [`Remote`]'s
+//! [`probe`](Remote::probe), [`fetch`](Remote::fetch) and [`push`](Remote::push).
+//!
+//! - [`libgit2`]: in process, over SSH (agent or `--ssh-key`), HTTPS (credential helper) or a path;
+//! - [`cli`]: the system `git`, so the user's SSH config, known hosts and credential helpers apply;
+//! - [`local`]: a bare repository on this host reached through libgit2, written directly (objects
+//!   copied, the ref moved with a compare-and-swap) instead of through libgit2's local transport.
+//!
+//! In: the workdir's bare clone, the remote's URL and [`Access`]. Out: the remote-tracking branch
+//! `refs/remotes/origin/<branch>` moved to what the remote holds (after a fetch) or to what it took
+//! (after a push); a push the remote refuses is [`SyncError::Rejected`], never a silent success.
+//! Never a force push.
+
+mod cli;
+mod libgit2;
+mod local;
+
+use std::path::{Path, PathBuf};
+
+use git2::{Oid, Repository};
+
+use crate::git::error::SyncError;
+use crate::git::url::Password;
+use crate::git::written::WrittenPacks;
+
+/// The name of the remote in the workdir's configuration.
+pub(crate) const REMOTE: &str = "origin";
+
+/// How fetches and pushes reach the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Transport {
+    /// libgit2, in process: SSH agent or `--ssh-key`, HTTPS through the credential helper.
+    #[default]
+    Libgit2,
+    /// The system `git`, so the user's SSH config, known hosts and credential helpers apply.
+    Cli,
+}
+
+/// What the dispatcher needs to reach the remote.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Access {
+    pub transport: Transport,
+    pub ssh_key: Option<PathBuf>,
+    /// The password the remote URL held (see [`crate::git::url::without_password`]).
+    pub password: Option<Password>,
+}
+
+/// The local branch `branch`.
+pub(crate) fn local_ref(branch: &str) -> String {
+    format!("refs/heads/{branch}")
+}
+
+/// The remote-tracking branch of `branch`.
+pub(crate) fn remote_ref(branch: &str) -> String {
+    format!("refs/remotes/{REMOTE}/{branch}")
+}
+
+/// The remote as seen from the workdir, for one exchange.
+pub(crate) struct Remote<'a> {
+    /// The workdir's bare clone.
+    repo: &'a Repository,
+    /// Its folder, for the `git` command line and the copy of packs.
+    git_dir: &'a Path,
+    url: &'a str,
+    access: &'a Access,
+    branch: &'a str,
+}
+
+impl<'a> Remote<'a> {
+    pub(crate) fn new(
+        repo: &'a Repository,
+        git_dir: &'a Path,
+        url: &'a str,
+        access: &'a Access,
+        branch: &'a str,
+    ) -> Self {
+        Self {
+            repo,
+            git_dir,
+            url,
+            access,
+            branch,
+        }
+    }
+
+    /// Looks at the remote's head without fetching anything: cheap enough to poll.
+    pub(crate) fn probe(&self) -> Result<Option<Oid>, SyncError> {
+        match self.access.transport {
+            Transport::Cli => cli::probe(self),
+            Transport::Libgit2 => libgit2::probe(self),
+        }
+    }
+
+    /// Fetches the branch into `refs/remotes/origin/<branch>`; returns the remote's tip.
+    pub(crate) fn fetch(&self) -> Result<Oid, SyncError> {
+        match self.access.transport {
+            Transport::Cli => cli::fetch(self)?,
+            Transport::Libgit2 => {
+                if let Some(fetched) = local::fetch(self) {
+                    return fetched;
+                }
+                libgit2::fetch(self)?;
+            }
+        }
+        self.remote_tip().ok_or_else(|| self.no_branch())
+    }
+
+    /// Pushes the local branch, at `local`, to the remote's; `packs` are those written since the
+    /// last push, which a push to a local path may copy. Returns the remote's folder when it is a
+    /// bare repository on this host that was written directly (no receive-pack tends it).
+    pub(crate) fn push(
+        &self,
+        local: Oid,
+        packs: WrittenPacks,
+    ) -> Result<Option<PathBuf>, SyncError> {
+        if self.access.transport == Transport::Cli {
+            cli::push(self, local)?;
+            return Ok(None);
+        }
+        if let Some(remote) = local::open(self) {
+            local::push(self, &remote, local, &packs)?;
+            return Ok(Some(remote.path().to_owned()));
+        }
+        libgit2::push(self, local)?;
+        Ok(None)
+    }
+
+    fn local_ref(&self) -> String {
+        local_ref(self.branch)
+    }
+
+    fn remote_ref(&self) -> String {
+        remote_ref(self.branch)
+    }
+
+    /// The refspec of a fetch of the branch.
+    fn fetch_refspec(&self) -> String {
+        format!("+{}:{}", self.local_ref(), self.remote_ref())
+    }
+
+    /// The remote's tip as last fetched or pushed.
+    fn remote_tip(&self) -> Option<Oid> {
+        self.repo.refname_to_id(&self.remote_ref()).ok()
+    }
+
+    /// Notes that the remote took `local`: the remote-tracking branch follows.
+    fn pushed(&self, local: Oid) -> Result<(), SyncError> {
+        self.repo
+            .reference(&self.remote_ref(), local, true, "git-dispatch: pushed")?;
+        Ok(())
+    }
+
+    fn no_branch(&self) -> SyncError {
+        SyncError::NoBranch {
+            url: self.url.to_owned(),
+            branch: self.branch.to_owned(),
+        }
+    }
+
+    fn rejected(&self, refname: String, reason: String) -> SyncError {
+        SyncError::Rejected {
+            url: self.url.to_owned(),
+            refname,
+            reason,
+        }
+    }
+
+    fn unreachable(&self, message: String) -> SyncError {
+        SyncError::Unreachable {
+            url: self.url.to_owned(),
+            message,
+        }
+    }
+}
