@@ -21,7 +21,7 @@ mod pipeline;
 mod records;
 #[path = "main/rejected.rs"]
 mod rejected;
-#[path = "main/reliability.rs"]
+#[path = "main/reliability/mod.rs"]
 mod reliability;
 #[path = "main/replay.rs"]
 mod replay;
