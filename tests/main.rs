@@ -9,7 +9,7 @@ mod support;
 mod cli;
 #[path = "main/concurrency.rs"]
 mod concurrency;
-#[path = "main/confinement.rs"]
+#[path = "main/confinement/mod.rs"]
 mod confinement;
 #[path = "main/everyday.rs"]
 mod everyday;
