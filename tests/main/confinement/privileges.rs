@@ -1,6 +1,6 @@
-//! Privileges: a dispatcher running as root runs handlers as `nobody` (only `nobody`'s groups), as root
-//! only when told to (`--run-as root`) and with a warning; one not started as root refuses to switch users; a handler
-//! cannot write into the dispatcher's workdir or lock dir.
+//! Privileges: a dispatcher running as root runs handlers as `nobody` (only `nobody`'s groups), as
+//! root only when told to (`--run-as root`) and with a warning; one not started as root refuses to
+//! switch users; a handler cannot write into the dispatcher's workdir or lock dir.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
