@@ -13,7 +13,7 @@ mod concurrency;
 mod confinement;
 #[path = "main/everyday.rs"]
 mod everyday;
-#[path = "main/operations.rs"]
+#[path = "main/operations/mod.rs"]
 mod operations;
 #[path = "main/pipeline.rs"]
 mod pipeline;
