@@ -11,7 +11,7 @@ mod cli;
 mod concurrency;
 #[path = "main/confinement/mod.rs"]
 mod confinement;
-#[path = "main/everyday.rs"]
+#[path = "main/everyday/mod.rs"]
 mod everyday;
 #[path = "main/operations/mod.rs"]
 mod operations;
