@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{World, free_port, git_command, kill_group, wait_until};
+use super::git::{git_command, kill_group};
+use super::wait::{free_port, wait_until};
+use super::world::World;
 
 const SSHD: &str = "/usr/sbin/sshd";
 const LIGHTTPD: &str = "/usr/sbin/lighttpd";
