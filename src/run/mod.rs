@@ -1,4 +1,5 @@
-//! One request on a worker: [`runner`] takes a `--jobs` slot and the resource's [`lock`], journals
+//! One request on a worker: [`runner`] takes a `--jobs` slot (in ticket order, from [`slots`],
+//! which also carry the stop) and the resource's [`lock`], journals
 //! each attempt ([`journal`], with files reused from [`spare`]), runs the handler in the [`sandbox`]
 //! (started by [`spawn`]), caps its output ([`capture`]) and retries with backoff.
 
@@ -8,5 +9,6 @@ pub(crate) mod lock;
 pub(crate) mod runner;
 pub(crate) mod sandbox;
 pub(crate) mod scratch;
+pub(crate) mod slots;
 pub(crate) mod spare;
 pub(crate) mod spawn;
