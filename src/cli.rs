@@ -198,6 +198,15 @@ pub struct RunArgs {
     /// lock) [default: the number of CPUs]
     #[arg(long, env = "GIT_DISPATCH_JOBS")]
     pub jobs: Option<usize>,
+
+    /// How long a claim on a resource lasts without a renewal: a dispatcher that cannot renew stops
+    /// its handlers before it ends, and another records them `abandoned` after it.
+    #[arg(long, env = "GIT_DISPATCH_LEASE", default_value = "30s")]
+    pub lease: String,
+
+    /// This dispatcher's labels: it takes only kinds whose `runs_on` labels it has all of.
+    #[arg(long, env = "GIT_DISPATCH_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -58,6 +58,12 @@ pub(crate) struct RunConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Variables every handler gets on top of the SPEC's (`replay` fixtures set these).
     pub fixed_env: Vec<(String, String)>,
+    /// How long a claim lasts without a renewal (see [`crate::claim`]).
+    pub lease: Duration,
+    /// This dispatcher's labels, for the kinds' `runs_on`.
+    pub labels: Vec<String>,
+    /// The host's name, as the heartbeat and the claims say it.
+    pub host: String,
 }
 
 impl RunConfig {
@@ -81,13 +87,40 @@ impl RunConfig {
         if args.push_attempts == 0 {
             bail!("--push-attempts must be at least 1");
         }
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let dispatcher_id = match &args.dispatcher_id {
             Some(id) => id.clone(),
-            None => nix::unistd::gethostname()
-                .context("could not read the host name; pass --dispatcher-id")?
-                .to_string_lossy()
-                .into_owned(),
+            None if host.is_empty() => bail!("could not read the host name; pass --dispatcher-id"),
+            None => host.clone(),
         };
+        if !crate::claim::protocol::is_ref_safe(&dispatcher_id) {
+            bail!(
+                "--dispatcher-id `{dispatcher_id}`: expected a name of letters, digits, `.`, `_` \
+                 and `-` (at most 128, starting with a letter or digit, without `..` or a \
+                 `.lock` ending)"
+            );
+        }
+        let lease = parse_duration(&args.lease).map_err(|e| anyhow::anyhow!("--lease: {e}"))?;
+        if lease < Duration::from_secs(2) {
+            bail!("--lease must be at least 2s");
+        }
+        let mut labels = Vec::new();
+        for label in args
+            .labels
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+        {
+            if !crate::layout::is_valid_name(label) {
+                bail!(
+                    "--labels: `{label}` is not a label: expected letters, digits, `.`, `_` and `-`, \
+                     starting with a letter or digit"
+                );
+            }
+            labels.push(label.to_owned());
+        }
         let log_limit =
             parse_size(&args.log_limit).map_err(|e| anyhow::anyhow!("--log-limit: {e}"))?;
         let secrets = match &args.secrets_file {
@@ -136,6 +169,9 @@ impl RunConfig {
             dry_run: args.dry_run,
             metrics_addr: args.metrics_addr,
             fixed_env: Vec::new(),
+            lease,
+            labels,
+            host,
         })
     }
 }

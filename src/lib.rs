@@ -20,6 +20,7 @@
 //! A failure that belongs to one request becomes its outcome and the loop goes on; only a failure of
 //! the dispatcher itself stops it.
 
+mod claim;
 mod cli;
 mod clock;
 mod commands;
