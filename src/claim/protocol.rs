@@ -68,8 +68,8 @@ pub(crate) struct Claim {
     pub resource: String,
     #[serde(flatten)]
     pub holder: Holder,
-    /// The ids of the requests the holder may start; a request is started only once it is listed.
-    pub requests: Vec<String>,
+    /// The requests the holder may start; a request is started only once it is listed.
+    pub requests: Vec<Claimed>,
     /// When this holder first made the claim (RFC 3339).
     pub since: String,
     /// When it was last rewritten: a claim whose ref stays the same for a whole lease has expired.
@@ -79,6 +79,13 @@ pub(crate) struct Claim {
     /// Whose expired claim this one took over, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub took_over_from: Option<Holder>,
+}
+
+/// A request a claim lists: its id, and its file in `requests/` (for telling it left the inbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Claimed {
+    pub id: String,
+    pub path: String,
 }
 
 /// One request a dispatcher runs, as its heartbeat lists it.
@@ -163,7 +170,10 @@ mod tests {
                 boot: "b1".into(),
                 host: "h".into(),
             },
-            requests: vec!["x".into(), "y".into()],
+            requests: vec![Claimed {
+                id: "x".into(),
+                path: "requests/x.yml".into(),
+            }],
             since: "2026-12-05T00:00:00Z".into(),
             renewed_at: "2026-12-05T00:00:01Z".into(),
             lease_ms: 30_000,

@@ -139,6 +139,9 @@ impl Daemon {
         {
             deadline = deadline.min(due);
         }
+        if let Some(by) = self.claims.wake_by(Instant::now()) {
+            deadline = deadline.min(by);
+        }
         let timeout = deadline.saturating_duration_since(Instant::now());
         match self.events.recv_timeout(timeout) {
             Ok(event) => self.handle(event),

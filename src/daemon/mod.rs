@@ -14,12 +14,15 @@
 //! - `events`: the event channel, signals, the local remote's watcher, waiting;
 //! - `sync`: looking at the remote and following it;
 //! - `take`: taking requests off the inbox, checking and starting them, rejecting the rest;
+//! - `claims`: claiming resources before their requests start, the heartbeat, renewals, fencing,
+//!   taking over the claims of dispatchers that died, releasing;
 //! - `record`: turning reports into outcomes, committing them, writing them out;
 //! - `push`: pushing in batches, retrying, giving up on the remote;
 //! - `recover`: the journal a previous process left, and the stale-run watchdog;
 //! - `service`: what systemd and a terminal see (readiness, watchdog pings, the progress line);
 //! - `retry`: backoff and attempt notes; `summary`: the closing line; `metrics`: `/metrics`.
 
+mod claims;
 mod events;
 pub(crate) mod metrics;
 mod open;
@@ -42,6 +45,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use thiserror::Error;
 
 use crate::config::{Mode, RunConfig};
+use crate::daemon::claims::Claims;
 use crate::daemon::events::Event;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::push::PushState;
@@ -138,6 +142,8 @@ pub(crate) struct Daemon {
     push: PushState,
     /// What this process recorded, handed back when the loop ends well.
     summary: Summary,
+    /// The claims held and seen, the heartbeat, fencing (see [`crate::claim`]).
+    claims: Claims,
 }
 
 impl Drop for Daemon {
@@ -191,6 +197,7 @@ impl Daemon {
             let backlog = self.take_step()?;
             self.record_finished()?;
             self.watchdog()?;
+            self.claims_step()?;
             if self.push_due(backlog) {
                 self.push_step()?;
             }
@@ -255,6 +262,7 @@ impl Daemon {
     /// Pushes what is left and hands back the counts.
     fn done(&mut self) -> Result<Summary, DaemonError> {
         self.flush()?;
+        self.claims_farewell()?;
         Ok(std::mem::take(&mut self.summary))
     }
 }

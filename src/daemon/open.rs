@@ -16,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::RunConfig;
+use crate::daemon::claims::Claims;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::push::PushState;
 use crate::daemon::service::Progress;
@@ -121,6 +122,7 @@ impl Daemon {
             syncing: SyncState::new(now),
             push: PushState::new(now),
             summary: Summary::default(),
+            claims: Claims::new(&cfg.dispatcher_id, &cfg.host, cfg.lease),
             cfg,
         })
     }

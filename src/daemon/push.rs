@@ -49,6 +49,11 @@ impl PushState {
         self.since.get_or_insert_with(Instant::now);
     }
 
+    /// Whether every outcome recorded here is on the remote, as far as this process knows.
+    pub(super) fn all_pushed(&self) -> bool {
+        self.since.is_none()
+    }
+
     /// The remote records `key` already, so its local commit was dropped: the state it was counted
     /// in, if this process counted it and had not pushed it.
     pub(super) fn dropped(&mut self, key: &str) -> Option<String> {

@@ -46,6 +46,15 @@ impl Daemon {
             );
             return Ok(());
         }
+        let fenced = self.claims.fenced.remove(&report.key);
+        if fenced.is_some() && report.attempts.is_empty() {
+            event(
+                "fence",
+                Some(&report.key),
+                "not started: its claim was fenced; the request stays in the inbox",
+            );
+            return Ok(());
+        }
         if let Some(fatal) = report.fatal {
             // The dispatcher could not carry the run. Attempts that did run are in the journal, and
             // the request is still in the inbox: the next start records them.
@@ -94,6 +103,18 @@ impl Daemon {
                     outcome.logs.push(AttemptLog::text(&format!("{e}\n")));
                 }
             }
+        }
+        if let Some(took) = outcome.duration {
+            self.claims.ledger.ran(took);
+        }
+        if let Some(why) = fenced {
+            outcome.state = State::Abandoned;
+            if let Some(log) = outcome.logs.last_mut() {
+                let mut bytes = std::mem::take(&mut log.bytes);
+                bytes.extend_from_slice(format!("\n[git-dispatch: {why}]\n").as_bytes());
+                *log = AttemptLog::from_bytes(bytes);
+            }
+            outcome.error = Some(why);
         }
         crate::log::event_with(
             "record",

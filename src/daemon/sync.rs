@@ -5,6 +5,7 @@
 //! drops is reported, counted in `/metrics` and taken out of the summary; and a remote that cannot
 //! be looked at is given up on only outside serving, after `--push-attempts` tries.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use git2::Oid;
@@ -40,6 +41,11 @@ impl SyncState {
         Instant::now() >= self.next
     }
 
+    /// Look at the remote at once (after a claim was made, before anything of it starts).
+    pub(super) fn look_now(&mut self) {
+        self.next = Instant::now();
+    }
+
     /// The inbox was found empty: look at the remote once more, now, before believing it.
     pub(super) fn look_again(&mut self) {
         self.checked_when_empty = true;
@@ -62,11 +68,14 @@ impl Daemon {
         // A reconcile may move the branch, which writes out what is in memory.
         self.persist()?;
         let seen = self.sync.remote_tip();
+        let mut dispatch = BTreeMap::new();
         let result = (|| {
-            let head = self.sync.probe()?;
+            let look = self.sync.look()?;
+            let head = look.head;
             if head.is_none() || head != self.sync.remote_tip() || self.sync.tip().is_none() {
                 self.sync.fetch()?;
             }
+            dispatch = look.dispatch;
             match self.sync.rewritten_since(seen)? {
                 true => Ok::<_, SyncError>((true, self.sync.reconcile_rewritten()?)),
                 false => Ok((false, self.sync.reconcile()?)),
@@ -78,6 +87,8 @@ impl Daemon {
                     self.rewritten(seen, &reconciled);
                 }
                 self.reconciled(&reconciled);
+                self.observe_claims(&dispatch);
+                self.claims_verified();
                 self.syncing.failures = 0;
                 self.metrics.synced();
                 self.syncing.next = Instant::now() + self.cfg.poll_interval;

@@ -6,22 +6,26 @@
 //! its outcome is recorded, and no two runs share a resource or a key; a request is taken at most
 //! once while its file is in `requests/`.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use git2::Oid;
 
+use crate::claim::ledger::{MAX_BATCH, May};
+use crate::claim::protocol::Claimed;
 use crate::config::Mode;
 use crate::daemon::events::Event;
 use crate::daemon::open::RUNS;
+use crate::daemon::recover::Resume;
 use crate::daemon::{Daemon, DaemonError, io_err};
 use crate::git::sync::SyncError;
 use crate::inbox::queue::InboxEntry;
 use crate::inbox::request::{self, Candidate, Rejection, Request, request_stem};
 use crate::inbox::snapshot::Snapshot;
 use crate::layout::{self, is_valid_name};
-use crate::log::say;
+use crate::log::{event, say};
 use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
 use crate::run::runner::{self, Plan};
 use crate::run::sandbox::InFlight;
@@ -127,6 +131,9 @@ impl Daemon {
             .map(|r| r.request.resource.clone())
             .collect();
         let ahead = usize::from(self.cfg.jobs == 1 && self.cfg.mode != Mode::Once);
+        let now = Instant::now();
+        let mut wants: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
+        let mut first_want = None;
         for (i, entry) in entries.iter().enumerate() {
             if self.running.values().any(|r| r.entry.path == entry.path) {
                 continue;
@@ -157,13 +164,122 @@ impl Daemon {
                     waiting += 1;
                 }
                 Ok((request, secrets)) => {
-                    self.took_one = true;
-                    busy.push(request.resource.clone());
-                    self.start(entry.clone(), request, secrets)?;
+                    let resource = request.resource.clone();
+                    match self.claims.ledger.may(&resource, &request.id, now) {
+                        May::Start if !self.claims.unverified.contains(&resource) => {
+                            self.took_one = true;
+                            busy.push(resource);
+                            match self.claims.inherited.remove(&request.id) {
+                                Some(why) => self.inherit(entry, request, secrets, why)?,
+                                None => self.start(entry.clone(), request, secrets)?,
+                            }
+                        }
+                        May::Claim | May::Extend => {
+                            first_want.get_or_insert(i);
+                            wants.entry(resource.clone()).or_default().push(Claimed {
+                                id: request.id.clone(),
+                                path: entry.path.clone(),
+                            });
+                            busy.push(resource);
+                            waiting += 1;
+                        }
+                        // Claimed and waiting for the look that follows, held by another, or
+                        // fenced: it waits, and counts toward the look-ahead like a busy resource.
+                        May::Start | May::HeldElsewhere | May::Fenced => {
+                            skipped += 1;
+                            waiting += 1;
+                            if skipped >= LOOKAHEAD {
+                                waiting += entries[i + 1..].len();
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         }
+        if let Some(first) = first_want {
+            self.fill_batches(&entries[first + 1..], &mut wants, now);
+            self.claim(wants)?;
+        }
         Ok(waiting)
+    }
+
+    /// Adds to each claim `take` wants the requests of its resource that follow in the queue, up to
+    /// a batch ([`Ledger::batch`](crate::claim::ledger::Ledger::batch)), looking at no more than
+    /// [`MAX_BATCH`] of them: one push claims what the next second or so will start.
+    fn fill_batches(
+        &self,
+        entries: &[InboxEntry],
+        wants: &mut BTreeMap<String, Vec<Claimed>>,
+        now: Instant,
+    ) {
+        let batch = self.claims.ledger.batch(self.cfg.jobs);
+        for entry in entries.iter().take(MAX_BATCH) {
+            if wants.values().all(|w| w.len() >= batch) {
+                break;
+            }
+            let Ok(request) = self.check(entry) else {
+                continue;
+            };
+            let Some(want) = wants.get_mut(&request.resource) else {
+                continue;
+            };
+            let may = self.claims.ledger.may(&request.resource, &request.id, now);
+            if want.len() < batch
+                && matches!(may, May::Claim | May::Extend)
+                && !want.iter().any(|c| c.id == request.id)
+                && !self.running.contains_key(&request.id)
+            {
+                want.push(Claimed {
+                    id: request.id,
+                    path: entry.path.clone(),
+                });
+            }
+        }
+    }
+
+    /// A request of a claim taken over from a dispatcher that stopped renewing it: recorded
+    /// `abandoned` with `why`, or, for an idempotent kind with retries left, started again as its
+    /// second attempt.
+    fn inherit(
+        &mut self,
+        entry: &InboxEntry,
+        request: Request,
+        secrets: Vec<(String, String)>,
+        why: String,
+    ) -> Result<(), DaemonError> {
+        let spec = &request.route.spec;
+        if spec.idempotent && spec.retries >= 1 {
+            event(
+                "claim",
+                Some(&request.id),
+                &format!("runs again (idempotent): {why}"),
+            );
+            self.resume.entry(entry.path.clone()).or_insert(Resume {
+                next_attempt: 2,
+                logs: vec![AttemptLog::text(&format!("[git-dispatch: {why}]\n"))],
+            });
+            return self.start(entry.clone(), request, secrets);
+        }
+        let mut outcome = self.outcome(
+            entry,
+            request.id.clone(),
+            Some(request.kind.clone()),
+            State::Abandoned,
+        );
+        outcome.handler = Some(request.route.handler_path.clone());
+        outcome.handler_blob = request.route.handler_blob;
+        outcome
+            .logs
+            .push(AttemptLog::text(&format!("[git-dispatch: {why}]\n")));
+        outcome.error = Some(why.clone());
+        crate::log::event_with(
+            "claim",
+            Some(&outcome.key),
+            &format!("abandoned: {why}"),
+            outcome.log_fields(),
+        );
+        self.record(&outcome)
     }
 
     pub(super) fn check(&self, entry: &InboxEntry) -> Result<Request, Rejection> {

@@ -7,6 +7,7 @@
 //! [`view`] reads a commit's tree (or a working tree) for the checks above; [`url`] reads the
 //! remote's URL; [`settings`] tunes libgit2 once per process; [`error`] is what can go wrong.
 
+pub(crate) mod dispatch_refs;
 pub(crate) mod error;
 pub(crate) mod housekeeping;
 pub(crate) mod mempack;
