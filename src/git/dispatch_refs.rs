@@ -1,39 +1,173 @@
-//! STUB for the lead's branch only: replaced by the transport helper's file at merge.
-#![allow(dead_code, unused_variables)]
+//! The refs under `refs/dispatch/` on the remote (claims and heartbeats, see
+//! [`crate::claim::protocol`]): looked at, written with a compare-and-swap, and read back.
+//!
+//! In: [`RefUpdate`]s (a ref, the oid it must still hold, the oid it is to hold) and the notes
+//! [`Sync::note`] makes. Out: [`Look`] (the branch's head and every `refs/dispatch/` ref, in one
+//! round trip) and one [`RefOutcome`] per update, from one push.
+//!
+//! The invariant: an update is applied only if the remote's ref still holds its `expect` at the
+//! moment the remote moves it, so of several dispatchers racing for one ref exactly one wins.
+//! libgit2 pushes only the updates whose advertised value is their `expect` and sends that value
+//! as the old one, which `git receive-pack` checks under its ref lock; the `git` command line
+//! pushes with `--force-with-lease=<ref>:<expect>`; a bare repository on this host is written in a
+//! libgit2 transaction that locks each ref before reading it. Notes are written to the workdir's
+//! object files, never only to the in-memory store, so that every transport can send them.
+
 use std::collections::BTreeMap;
 
-use git2::Oid;
+use git2::{ErrorClass, ErrorCode, Oid, Reference, Repository};
 
-use crate::git::sync::{Sync, SyncError};
+use crate::claim::protocol::PREFIX;
+use crate::git::error::SyncError;
+use crate::git::sync::Sync;
 
+/// A change to one ref under refs/dispatch/ on the remote, made only if the remote's ref is
+/// `expect`: a create when `expect` is `None`, a delete when `new` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RefUpdate {
+    /// The full ref name, e.g. `refs/dispatch/claims/db`.
     pub name: String,
     pub expect: Option<Oid>,
     pub new: Option<Oid>,
 }
+
+/// What became of one [`RefUpdate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RefOutcome {
+    /// The remote's ref now holds `new` (or is gone, for a delete).
     Updated,
+    /// The remote's ref was not `expect`: someone else moved it. `current` is what it holds
+    /// (`None`: no such ref), as seen by this push or by a look right after it.
     Lost { current: Option<Oid> },
+    /// Not applied for another reason (a name outside `refs/dispatch/`, a hook or the server's
+    /// configuration refused it, a ref locked by another writer): the remote still holds `expect`.
     Refused(String),
 }
+
+/// The remote as one look shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Look {
+    /// The branch's head (`None`: no such branch).
     pub head: Option<Oid>,
+    /// Every ref under `refs/dispatch/`, by full name.
     pub dispatch: BTreeMap<String, Oid>,
 }
+
+impl Look {
+    /// The look at a remote that advertises `refs` (name, oid), whose branch is the ref `branch`.
+    pub(crate) fn from_refs<'a>(
+        branch: &str,
+        refs: impl IntoIterator<Item = (&'a str, Oid)>,
+    ) -> Self {
+        let mut look = Look::default();
+        for (name, oid) in refs {
+            if name == branch {
+                look.head = Some(oid);
+            } else if name.starts_with(PREFIX) && !name.ends_with("^{}") {
+                look.dispatch.insert(name.to_owned(), oid);
+            }
+        }
+        look
+    }
+}
+
 impl Sync {
+    /// The branch's head and every ref under refs/dispatch/ on the remote, in one look.
     pub(crate) fn look(&self) -> Result<Look, SyncError> {
-        todo!()
+        self.remote().look()
     }
+
+    /// A commit with the empty tree and no parent carrying `message`, written where every
+    /// transport can send it (not only the in-memory store): through a second handle on the
+    /// workdir, whose object database has no in-memory store, so it goes to the object files.
     pub(crate) fn note(&self, message: &str) -> Result<Oid, SyncError> {
-        todo!()
+        let disk = Repository::open_bare(self.repo.path())?;
+        let tree = disk.find_tree(disk.treebuilder(None)?.write()?)?;
+        let signature = self.signature()?;
+        Ok(disk.commit(None, &signature, &signature, message, &tree, &[])?)
     }
+
+    /// One push applying every update whose remote ref is still its `expect`; one outcome per
+    /// update, in their order. Err only when the remote could not be reached. `new` must be in the
+    /// workdir's object files (a [`Sync::note`]). An update that is refused is looked at again
+    /// (one more round trip, only then): a ref that moved meanwhile is [`RefOutcome::Lost`].
     pub(crate) fn update_dispatch_refs(
         &self,
         updates: &[RefUpdate],
     ) -> Result<Vec<RefOutcome>, SyncError> {
-        todo!()
+        let mut outcomes: Vec<Option<RefOutcome>> = updates
+            .iter()
+            .enumerate()
+            .map(|(i, update)| self.refusal(update, &updates[..i]).map(RefOutcome::Refused))
+            .collect();
+        let sent: Vec<RefUpdate> = updates
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_none())
+            .map(|(update, _)| update.clone())
+            .collect();
+        if sent.is_empty() {
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        let mut results = self.remote().update_dispatch_refs(&sent)?;
+        if results.iter().any(|r| matches!(r, RefOutcome::Refused(_))) {
+            // A refusal of a ref that no longer holds its `expect` is a race lost at the remote's
+            // lock (or a lease that was stale): say who won. Without a look, it stays a refusal.
+            if let Ok(look) = self.look() {
+                for (result, update) in results.iter_mut().zip(&sent) {
+                    let current = look.dispatch.get(&update.name).copied();
+                    if matches!(result, RefOutcome::Refused(_)) && current != update.expect {
+                        *result = RefOutcome::Lost { current };
+                    }
+                }
+            }
+        }
+        let mut results = results.into_iter();
+        for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+            *outcome = Some(results.next().unwrap_or_else(|| {
+                RefOutcome::Refused("the transport did not report this update".to_owned())
+            }));
+        }
+        Ok(outcomes.into_iter().flatten().collect())
     }
+
+    /// The message of commit `oid`, which the remote's ref `name` held; fetched when not here.
+    /// A ref that no longer names `oid` on the remote (and whose commit is not here) is an error
+    /// of [`ErrorCode::NotFound`].
     pub(crate) fn note_message(&self, name: &str, oid: Oid) -> Result<String, SyncError> {
-        todo!()
+        if let Some(message) = message_of(&self.repo, oid) {
+            return Ok(message);
+        }
+        self.remote().fetch_note(name, oid)?;
+        message_of(&self.repo, oid).ok_or_else(|| {
+            SyncError::Git(git2::Error::new(
+                ErrorCode::NotFound,
+                ErrorClass::Reference,
+                format!("`{name}` on the remote no longer names commit {oid}"),
+            ))
+        })
     }
+
+    /// Why `update` is not sent at all (`earlier` are the updates before it in the same call).
+    fn refusal(&self, update: &RefUpdate, earlier: &[RefUpdate]) -> Option<String> {
+        let name = &update.name;
+        if !name.starts_with(PREFIX) || !Reference::is_valid_name(name) {
+            return Some(format!("`{name}` is not a valid ref under `{PREFIX}`"));
+        }
+        if earlier.iter().any(|e| e.name == *name) {
+            return Some(format!("`{name}` is updated twice in one call"));
+        }
+        match update.new {
+            Some(new) if self.repo.find_commit(new).is_err() => {
+                Some(format!("commit {new} for `{name}` is not in the workdir"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The message of commit `oid` in `repo`, if it holds it.
+pub(crate) fn message_of(repo: &Repository, oid: Oid) -> Option<String> {
+    let commit = repo.find_commit(oid).ok()?;
+    Some(String::from_utf8_lossy(commit.message_raw_bytes()).into_owned())
 }

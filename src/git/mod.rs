@@ -5,7 +5,8 @@
 //! ([`pack_writer`] makes it, [`pack`] writes, copies and merges pack files, [`written`] keeps those
 //! a local push copies), and [`housekeeping`] repacks after a push. [`tree_edit`] splices trees;
 //! [`view`] reads a commit's tree (or a working tree) for the checks above; [`url`] reads the
-//! remote's URL; [`settings`] tunes libgit2 once per process; [`error`] is what can go wrong.
+//! remote's URL; [`dispatch_refs`] looks at and writes the refs several dispatchers share on the
+//! remote; [`settings`] tunes libgit2 once per process; [`error`] is what can go wrong.
 
 pub(crate) mod dispatch_refs;
 pub(crate) mod error;
@@ -22,5 +23,7 @@ pub(crate) mod url;
 pub(crate) mod view;
 pub(crate) mod written;
 
+#[cfg(test)]
+mod dispatch_refs_tests;
 #[cfg(test)]
 mod tests;

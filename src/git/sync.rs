@@ -26,6 +26,8 @@ use crate::git::transport::{self, REMOTE, Remote};
 use crate::git::tree_edit::{self, Edit};
 use crate::git::written::WrittenPacks;
 
+#[allow(unused_imports)]
+pub(crate) use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 pub(crate) use crate::git::error::SyncError;
 pub(crate) use crate::git::settings::configure_libgit2;
 pub(crate) use crate::git::transport::Access;
@@ -172,7 +174,7 @@ impl Sync {
     }
 
     /// The remote, as the transport of [`Access`] reaches it.
-    fn remote(&self) -> Remote<'_> {
+    pub(super) fn remote(&self) -> Remote<'_> {
         Remote::new(
             &self.repo,
             &self.path,
@@ -180,6 +182,11 @@ impl Sync {
             &self.access,
             &self.branch,
         )
+    }
+
+    /// The dispatcher's signature, as author and committer, at this moment.
+    pub(super) fn signature(&self) -> Result<Signature<'static>, git2::Error> {
+        Signature::now(&self.signature_name, &self.signature_email)
     }
 
     fn pack_dir(&self) -> PathBuf {
@@ -216,11 +223,6 @@ impl Sync {
         self.repo
             .refname_to_id(&transport::remote_ref(&self.branch))
             .ok()
-    }
-
-    /// Looks at the remote's head without fetching anything: cheap enough to poll.
-    pub(crate) fn probe(&self) -> Result<Option<Oid>, SyncError> {
-        self.remote().probe()
     }
 
     /// Fetches the branch into `refs/remotes/origin/<branch>`; returns the remote's tip.
@@ -418,7 +420,7 @@ impl Sync {
         let parent_oid = self.tip().ok_or_else(|| self.no_branch())?;
         let parent = self.repo.find_commit(parent_oid)?;
         let tree = self.apply(&parent, edits)?;
-        let signature = Signature::now(&self.signature_name, &self.signature_email)?;
+        let signature = self.signature()?;
         let oid = self.make_commit(&signature, &signature, message, tree, &parent)?;
         self.staging.staged(parent_oid, oid);
         Ok(oid)

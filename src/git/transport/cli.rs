@@ -6,25 +6,22 @@
 //! refused (`push --porcelain` marks it with `!`) is [`SyncError::Rejected`], any other failure
 //! [`SyncError::Unreachable`] with `git`'s stderr. The invariant: `git` never prompts (see
 //! [`command`]), and the password of the URL reaches it only through the environment.
+//!
+//! The refs under `refs/dispatch/` are looked at with one `git ls-remote` and written with one
+//! `git push --porcelain --force-with-lease=<ref>:<expect>` (empty: the ref must not exist), whose
+//! output says each ref's fate.
 
+use std::collections::HashMap;
 use std::process::Command;
 
 use git2::Oid;
 
 use super::{REMOTE, Remote};
+use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 use crate::git::error::SyncError;
 
 /// The environment variable that hands the password to the `git` transport's credential helper.
 const PASSWORD_VAR: &str = "GIT_DISPATCH_REMOTE_PASSWORD";
-
-/// The remote's head, from `git ls-remote`.
-pub(super) fn probe(remote: &Remote<'_>) -> Result<Option<Oid>, SyncError> {
-    let out = git(remote, &["ls-remote", REMOTE, &remote.local_ref()])?;
-    Ok(out
-        .split_whitespace()
-        .next()
-        .and_then(|oid| Oid::from_str(oid).ok()))
-}
 
 /// `git fetch` of the branch into the remote-tracking branch.
 pub(super) fn fetch(remote: &Remote<'_>) -> Result<(), SyncError> {
@@ -55,6 +52,85 @@ pub(super) fn push(remote: &Remote<'_>, local: Oid) -> Result<(), SyncError> {
     }
     crate::failpoint::hit("push");
     remote.pushed(local)
+}
+
+/// The branch's head and every ref under `refs/dispatch/`, from one `git ls-remote`.
+pub(super) fn look(remote: &Remote<'_>) -> Result<Look, SyncError> {
+    let branch = remote.local_ref();
+    let out = git(remote, &["ls-remote", REMOTE, &branch, "refs/dispatch/*"])?;
+    let refs = out.lines().filter_map(|line| {
+        let (oid, name) = line.split_once('\t')?;
+        Some((name, Oid::from_str(oid).ok()?))
+    });
+    Ok(Look::from_refs(&branch, refs))
+}
+
+/// One `git push --porcelain` of `updates`, each with `--force-with-lease=<ref>:<expect>`: `git`
+/// sends only those whose advertised value is their `expect`, with that value as the old one,
+/// which the server checks under its ref lock. A ref marked `!` (a stale lease, or the server's
+/// refusal) is [`RefOutcome::Refused`] with `git`'s reason; the caller looks again.
+pub(super) fn update_dispatch_refs(
+    remote: &Remote<'_>,
+    updates: &[RefUpdate],
+) -> Result<Vec<RefOutcome>, SyncError> {
+    let mut args = vec!["push".to_owned(), "--porcelain".to_owned()];
+    for update in updates {
+        let expect = update.expect.map(|o| o.to_string()).unwrap_or_default();
+        args.push(format!("--force-with-lease={}:{expect}", update.name));
+    }
+    args.push(REMOTE.to_owned());
+    for update in updates {
+        let src = update.new.map(|o| o.to_string()).unwrap_or_default();
+        args.push(format!("{src}:{}", update.name));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = command(remote, &args)
+        .output()
+        .map_err(|e| remote.unreachable(format!("could not run `git`: {e}")))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // `<flag>\t<from>:<to>\t<summary>`, flag `!` for a ref not updated.
+    let fates: HashMap<&str, (char, &str)> = stdout
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let flag = fields.next()?.chars().next()?;
+            let (_, to) = fields.next()?.rsplit_once(':')?;
+            Some((to, (flag, fields.next().unwrap_or_default())))
+        })
+        .collect();
+    if fates.is_empty() && !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(remote.unreachable(stderr.trim().to_owned()));
+    }
+    Ok(updates
+        .iter()
+        .map(|update| match fates.get(update.name.as_str()) {
+            Some(('!', reason)) => RefOutcome::Refused(format!("`git push`: {reason}")),
+            Some(_) => RefOutcome::Updated,
+            None => RefOutcome::Refused("`git push` did not report it".to_owned()),
+        })
+        .collect())
+}
+
+/// `git fetch` of the remote's ref `name`, for its objects only (no ref is written).
+pub(super) fn fetch_ref(remote: &Remote<'_>, name: &str) -> Result<(), SyncError> {
+    let args = [
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-write-fetch-head",
+        REMOTE,
+        name,
+    ];
+    match git(remote, &args) {
+        // Deleted meanwhile: the caller finds the commit missing.
+        Err(SyncError::Unreachable { message, .. })
+            if message.contains("couldn't find remote ref") =>
+        {
+            Ok(())
+        }
+        other => other.map(drop),
+    }
 }
 
 /// Runs the system `git` on the bare clone; never prompts.

@@ -6,15 +6,22 @@
 //! and what it does not support. The invariant: the credentials callback gives up after
 //! [`MAX_CREDENTIAL_ATTEMPTS`] (libgit2 asks again after every failure, forever otherwise), and a
 //! ref the server refuses is an error even though libgit2 reports success for it.
+//!
+//! The refs under `refs/dispatch/` are looked at by listing what the server advertises, and
+//! written over the connection that advertised them: only the updates whose advertised value is
+//! their `expect` are pushed, with that value as the old one (which `git receive-pack` checks
+//! under its ref lock), and the push negotiation checks it once more before anything is sent.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use git2::{
-    Cred, CredentialType, Direction, ErrorCode, FetchOptions, PushOptions, RemoteCallbacks,
+    Cred, CredentialType, Direction, ErrorCode, FetchOptions, Oid, PushOptions, RemoteCallbacks,
 };
 
 use super::{REMOTE, Remote};
+use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 use crate::git::error::SyncError;
 
 /// Credential callbacks are asked again after every failure; past this many, give up.
@@ -36,23 +43,6 @@ impl Methods<'_> {
 struct Tried {
     count: Cell<u32>,
     methods: RefCell<Vec<String>>,
-}
-
-/// The remote's head, from the list of refs it advertises.
-pub(super) fn probe(remote: &Remote<'_>) -> Result<Option<git2::Oid>, SyncError> {
-    let wanted = remote.local_ref();
-    let mut origin = remote.repo.find_remote(REMOTE)?;
-    let tried = Tried::default();
-    let connection = origin
-        .connect_auth(Direction::Fetch, Some(callbacks(remote, &tried)), None)
-        .map_err(|e| unreachable(remote, &e, &tried))?;
-    let head = connection
-        .list()
-        .map_err(|e| unreachable(remote, &e, &tried))?
-        .iter()
-        .find(|h| h.name() == wanted)
-        .map(git2::RemoteHead::oid);
-    Ok(head)
 }
 
 /// Downloads the branch and moves the remote-tracking branch.
@@ -108,6 +98,120 @@ pub(super) fn push(remote: &Remote<'_>, local: git2::Oid) -> Result<(), SyncErro
         });
     }
     remote.pushed(local)
+}
+
+/// The branch's head and every ref under `refs/dispatch/`, from the list the server advertises.
+pub(super) fn look(remote: &Remote<'_>) -> Result<Look, SyncError> {
+    let mut origin = remote.repo.find_remote(REMOTE)?;
+    let tried = Tried::default();
+    let connection = origin
+        .connect_auth(Direction::Fetch, Some(callbacks(remote, &tried)), None)
+        .map_err(|e| unreachable(remote, &e, &tried))?;
+    let heads = connection
+        .list()
+        .map_err(|e| unreachable(remote, &e, &tried))?;
+    let refs = heads.iter().map(|h| (h.name(), h.oid()));
+    Ok(Look::from_refs(&remote.local_ref(), refs))
+}
+
+/// One push of the `updates` whose ref the server advertises at their `expect`, over the
+/// connection that advertised it: a `+new:ref` (or `:ref`) refspec sends the advertised value as
+/// the old one, which the server checks under its ref lock. An update whose ref was advertised at
+/// another value is [`RefOutcome::Lost`] without being sent; one the server refuses is
+/// [`RefOutcome::Refused`] (libgit2's push succeeds even then; `push_update_reference` tells).
+pub(super) fn update_dispatch_refs(
+    remote: &Remote<'_>,
+    updates: &[RefUpdate],
+) -> Result<Vec<RefOutcome>, SyncError> {
+    let mut origin = remote.repo.find_remote(REMOTE)?;
+    let tried = Tried::default();
+    let mut connection = origin
+        .connect_auth(Direction::Push, Some(callbacks(remote, &tried)), None)
+        .map_err(|e| unreachable(remote, &e, &tried))?;
+    let advertised: HashMap<String, Oid> = connection
+        .list()
+        .map_err(|e| unreachable(remote, &e, &tried))?
+        .iter()
+        .map(|h| (h.name().to_owned(), h.oid()))
+        .collect();
+    let mut outcomes: Vec<Option<RefOutcome>> = Vec::with_capacity(updates.len());
+    let mut expected: HashMap<&str, Option<Oid>> = HashMap::new();
+    let mut refspecs = Vec::new();
+    for update in updates {
+        let current = advertised.get(&update.name).copied();
+        if current != update.expect {
+            outcomes.push(Some(RefOutcome::Lost { current }));
+        } else if update.new == current {
+            outcomes.push(Some(RefOutcome::Updated));
+        } else {
+            outcomes.push(None);
+            expected.insert(&update.name, update.expect);
+            let src = update.new.map(|o| o.to_string()).unwrap_or_default();
+            refspecs.push(format!("+{src}:{}", update.name));
+        }
+    }
+    if refspecs.is_empty() {
+        return Ok(outcomes.into_iter().flatten().collect());
+    }
+    let reports: RefCell<HashMap<String, Option<String>>> = RefCell::new(HashMap::new());
+    let moved = Cell::new(false);
+    let mut cbs = callbacks(remote, &tried);
+    cbs.push_negotiation(|sent| {
+        // What the push sends as each ref's old value must be its `expect`; it is the value
+        // listed above, from the same connection, so this never fails unless libgit2 changes.
+        let zero_is_none = |oid: Oid| (!oid.is_zero()).then_some(oid);
+        let stale = sent.iter().any(|u| {
+            let name = u.dst_refname().unwrap_or_default();
+            expected.get(name) != Some(&zero_is_none(u.src()))
+        });
+        moved.set(stale);
+        match stale {
+            true => Err(git2::Error::from_str(
+                "a ref's old value is not its `expect`",
+            )),
+            false => Ok(()),
+        }
+    });
+    cbs.push_update_reference(|name, status| {
+        let status = status.map(str::to_owned);
+        reports.borrow_mut().insert(name.to_owned(), status);
+        Ok(())
+    });
+    let mut options = PushOptions::new();
+    options.remote_callbacks(cbs);
+    let pushed = connection.remote().push(&refspecs, Some(&mut options));
+    drop(options);
+    if let Err(e) = pushed
+        && !moved.get()
+    {
+        return Err(unreachable(remote, &e, &tried));
+    }
+    let reports = reports.into_inner();
+    let fate = |name: &str| match reports.get(name) {
+        _ if moved.get() => RefOutcome::Refused("not sent: the remote's refs moved".to_owned()),
+        Some(None) => RefOutcome::Updated,
+        Some(Some(reason)) => RefOutcome::Refused(format!("the remote refused it: {reason}")),
+        None => RefOutcome::Refused("the remote did not report it".to_owned()),
+    };
+    Ok(outcomes
+        .into_iter()
+        .zip(updates)
+        .map(|(outcome, update)| outcome.unwrap_or_else(|| fate(&update.name)))
+        .collect())
+}
+
+/// Downloads the objects of the remote's ref `name` (no ref is written).
+pub(super) fn fetch_ref(remote: &Remote<'_>, name: &str) -> Result<(), SyncError> {
+    let mut origin = remote.repo.find_remote(REMOTE)?;
+    let tried = Tried::default();
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(callbacks(remote, &tried));
+    options.download_tags(git2::AutotagOption::None);
+    origin
+        .download(&[name], Some(&mut options))
+        .map_err(|e| unreachable(remote, &e, &tried))?;
+    origin.disconnect()?;
+    Ok(())
 }
 
 /// A libgit2 failure to reach the remote, with what libgit2's SSH leaves unsaid: the methods

@@ -8,12 +8,18 @@
 //! meanwhile is a rejection, as over the network; and a ref never names an object the repository
 //! does not hold. Like libgit2's own local push, this runs no hooks: a remote that needs them is
 //! served over `git daemon`, SSH or HTTPS.
+//!
+//! The refs under `refs/dispatch/` are read from the remote's ref store, and written in one libgit2
+//! transaction that locks each ref before reading it, so an update is applied only if the ref
+//! still holds its `expect` while no other writer (git or libgit2) can move it.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use git2::{ErrorCode, Oid, Repository};
 
 use super::Remote;
+use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 use crate::git::error::SyncError;
 use crate::git::pack::PackFile;
 use crate::git::written::WrittenPacks;
@@ -98,6 +104,115 @@ pub(super) fn push(
     }
     crate::failpoint::hit("push");
     remote.pushed(local)
+}
+
+/// The branch's head and every ref under `refs/dispatch/` of the bare repository `origin`.
+pub(super) fn look(remote: &Remote<'_>, origin: &Repository) -> Look {
+    let branch = remote.local_ref();
+    let mut refs: Vec<(String, Oid)> = Vec::new();
+    refs.extend(
+        origin
+            .refname_to_id(&branch)
+            .ok()
+            .map(|oid| (branch.clone(), oid)),
+    );
+    if let Ok(dispatch) = origin.references_glob("refs/dispatch/*") {
+        for reference in dispatch.flatten() {
+            let oid = reference.resolve().ok().and_then(|r| r.target());
+            if let (Ok(name), Some(oid)) = (reference.name(), oid) {
+                refs.push((name.to_owned(), oid));
+            }
+        }
+    }
+    Look::from_refs(
+        &branch,
+        refs.iter().map(|(name, oid)| (name.as_str(), *oid)),
+    )
+}
+
+/// Applies each of `updates` to the bare repository `origin` whose ref holds its `expect`: the
+/// notes copied first, then one transaction that locks every ref, reads it under the lock, and
+/// moves or deletes those that match. A ref another writer holds locked is waited for a moment,
+/// then refused.
+pub(super) fn update_dispatch_refs(
+    remote: &Remote<'_>,
+    origin: &Repository,
+    updates: &[RefUpdate],
+) -> Result<Vec<RefOutcome>, SyncError> {
+    for new in updates.iter().filter_map(|u| u.new) {
+        copy_note(remote.repo, origin, new)?;
+    }
+    let mut outcomes = Vec::with_capacity(updates.len());
+    let mut transaction = origin.transaction()?;
+    let mut changed = Vec::new();
+    for (i, update) in updates.iter().enumerate() {
+        if let Err(e) = lock(&mut transaction, &update.name) {
+            outcomes.push(RefOutcome::Refused(format!(
+                "`{}`: {}",
+                update.name,
+                e.message()
+            )));
+            continue;
+        }
+        let current = origin.refname_to_id(&update.name).ok();
+        if current != update.expect {
+            outcomes.push(RefOutcome::Lost { current });
+            continue;
+        }
+        match update.new {
+            _ if update.new == current => {}
+            Some(new) => transaction.set_target(&update.name, new, None, "git-dispatch")?,
+            None => transaction.remove(&update.name)?,
+        }
+        outcomes.push(RefOutcome::Updated);
+        changed.push(i);
+    }
+    if let Err(e) = transaction.commit() {
+        for i in changed {
+            outcomes[i] = RefOutcome::Refused(format!("`{}`: {}", updates[i].name, e.message()));
+        }
+    }
+    Ok(outcomes)
+}
+
+/// How long a ref another writer holds locked is waited for, as `git` waits for a ref lock
+/// (`core.filesRefLockTimeout`, 100 ms by default): a writer holds it for a moment only.
+const LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// Locks `name` in `transaction`, waiting up to [`LOCK_WAIT`] for another writer's lock to go.
+fn lock(transaction: &mut git2::Transaction<'_>, name: &str) -> Result<(), git2::Error> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match transaction.lock_ref(name) {
+            Err(e) if e.code() == ErrorCode::Locked && start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            locked => return locked,
+        }
+    }
+}
+
+/// Copies the note `oid` (a commit and its tree, which is empty) from `from` into `to`, as loose
+/// objects, unless `to` holds it (or `from` does not). `to` must be a handle without an in-memory store, where a write
+/// goes to the object files.
+pub(super) fn copy_note(from: &Repository, to: &Repository, oid: Oid) -> Result<(), SyncError> {
+    let (source, target) = (from.odb()?, to.odb()?);
+    if target.exists(oid) {
+        return Ok(());
+    }
+    let Ok(commit) = from.find_commit(oid) else {
+        return Ok(()); // Gone from `from` too: the caller finds it missing.
+    };
+    let tree = commit.tree_id();
+    for object in [tree, oid] {
+        if !target.exists(object) {
+            let read = source.read(object)?;
+            target.write(read.kind(), read.data())?;
+        }
+    }
+    Ok(())
 }
 
 /// [`PackFile::copy`], or the fail point `copy-pack`: the pack is gone.

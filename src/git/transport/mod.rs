@@ -1,5 +1,8 @@
 //! How the workdir reaches the remote: three transports behind one small interface, [`Remote`]'s
-//! [`probe`](Remote::probe), [`fetch`](Remote::fetch) and [`push`](Remote::push).
+//! [`fetch`](Remote::fetch) and [`push`](Remote::push) of the branch, and
+//! [`look`](Remote::look), [`update_dispatch_refs`](Remote::update_dispatch_refs) and
+//! [`fetch_note`](Remote::fetch_note) for the refs under `refs/dispatch/` (see
+//! [`crate::git::dispatch_refs`]).
 //!
 //! - [`libgit2`]: in process, over SSH (agent or `--ssh-key`), HTTPS (credential helper) or a path;
 //! - [`cli`]: the system `git`, so the user's SSH config, known hosts and credential helpers apply;
@@ -19,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
 
+use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 use crate::git::error::SyncError;
 use crate::git::url::Password;
 use crate::git::written::WrittenPacks;
@@ -83,14 +87,6 @@ impl<'a> Remote<'a> {
         }
     }
 
-    /// Looks at the remote's head without fetching anything: cheap enough to poll.
-    pub(crate) fn probe(&self) -> Result<Option<Oid>, SyncError> {
-        match self.access.transport {
-            Transport::Cli => cli::probe(self),
-            Transport::Libgit2 => libgit2::probe(self),
-        }
-    }
-
     /// Fetches the branch into `refs/remotes/origin/<branch>`; returns the remote's tip.
     pub(crate) fn fetch(&self) -> Result<Oid, SyncError> {
         match self.access.transport {
@@ -123,6 +119,49 @@ impl<'a> Remote<'a> {
         }
         libgit2::push(self, local)?;
         Ok(None)
+    }
+
+    /// The branch's head and every ref under `refs/dispatch/`, in one round trip.
+    pub(crate) fn look(&self) -> Result<Look, SyncError> {
+        if self.access.transport == Transport::Cli {
+            return cli::look(self);
+        }
+        if let Some(remote) = local::open(self) {
+            return Ok(local::look(self, &remote));
+        }
+        libgit2::look(self)
+    }
+
+    /// One push of `updates` (valid names under `refs/dispatch/`, each once, whose `new` the
+    /// workdir holds), each applied only if the remote's ref is its `expect`. A refusal by the
+    /// server, or a lease the remote's ref no longer matched, is [`RefOutcome::Refused`] here; the
+    /// caller looks again to tell a lost race from a refusal.
+    pub(crate) fn update_dispatch_refs(
+        &self,
+        updates: &[RefUpdate],
+    ) -> Result<Vec<RefOutcome>, SyncError> {
+        if self.access.transport == Transport::Cli {
+            return cli::update_dispatch_refs(self, updates);
+        }
+        if let Some(remote) = local::open(self) {
+            return local::update_dispatch_refs(self, &remote, updates);
+        }
+        libgit2::update_dispatch_refs(self, updates)
+    }
+
+    /// Brings commit `oid`, which the remote's ref `name` held, into the workdir: a fetch of
+    /// `name` (which may name another commit by now), or a copy from a bare repository on this
+    /// host.
+    pub(crate) fn fetch_note(&self, name: &str, oid: Oid) -> Result<(), SyncError> {
+        if self.access.transport == Transport::Cli {
+            return cli::fetch_ref(self, name);
+        }
+        if let Some(remote) = local::open(self) {
+            // A handle of its own on the workdir: the objects go to its object files.
+            let disk = Repository::open_bare(self.git_dir)?;
+            return local::copy_note(&remote, &disk, oid);
+        }
+        libgit2::fetch_ref(self, name)
     }
 
     fn local_ref(&self) -> String {
