@@ -208,6 +208,11 @@ impl Ledger {
         }
     }
 
+    /// The oid last seen on the claim ref `name` of another dispatcher.
+    pub(crate) fn seen(&self, name: &str) -> Option<Oid> {
+        self.seen.get(name).map(|s| s.oid)
+    }
+
     /// The claims of others whose oid this dispatcher has seen unchanged for a whole lease:
     /// `(ref name, oid)`. Whether the claim's own lease ran out too is for [`Ledger::outlived`].
     pub(crate) fn expired(&self, now: Instant) -> Vec<(String, Oid)> {

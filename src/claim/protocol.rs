@@ -124,6 +124,10 @@ pub(crate) struct Heartbeat {
     /// `running`; `stopping` once it takes nothing new before it exits; `stopped` at a clean exit.
     pub state: String,
     pub running: Vec<RunningEntry>,
+    /// The resources whose claims it holds (or makes in the push that carries this heartbeat): a
+    /// restart on the same workdir takes them back at once.
+    #[serde(default)]
+    pub claims: Vec<String>,
 }
 
 /// The message of the commit that carries `record`: `summary`, a blank line, one line of JSON.

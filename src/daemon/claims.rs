@@ -11,6 +11,8 @@
 //!   tip and none of its runs is in flight here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use git2::Oid;
@@ -25,6 +27,9 @@ use crate::git::dispatch_refs::{RefOutcome, RefUpdate};
 use crate::git::sync::SyncError;
 use crate::layout;
 use crate::log::{event, say};
+
+/// The file in the workdir that keeps the boot id of the dispatcher that runs (or ran) on it.
+const BOOT_FILE: &str = "boot";
 
 /// What the daemon keeps of the claims besides the [`Ledger`].
 pub(super) struct Claims {
@@ -47,16 +52,31 @@ pub(super) struct Claims {
     failures: u32,
     /// Set at a clean exit: the last heartbeat says `stopped`.
     stopped: bool,
+    /// The boot id of the dispatcher that ran on this workdir before this one.
+    previous: Option<String>,
+    /// The resources whose claims that previous boot held, as its last heartbeat says: taken back
+    /// at once, without waiting for their lease.
+    leftovers: Vec<String>,
     started_at: String,
 }
 
 impl Claims {
-    pub(super) fn new(dispatcher: &str, host: &str, lease: Duration) -> Self {
+    /// This boot's claims; `workdir` keeps the boot id of the last dispatcher that ran on it (whose
+    /// claims a restart takes back at once: holding the workdir's lock, it knows that one is gone).
+    pub(super) fn new(dispatcher: &str, host: &str, lease: Duration, workdir: &Path) -> Self {
         let me = Holder {
             dispatcher: dispatcher.to_owned(),
             boot: ulid::Ulid::generate().to_string(),
             host: host.to_owned(),
         };
+        let file = workdir.join(BOOT_FILE);
+        let previous = fs::read_to_string(&file)
+            .ok()
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty());
+        if let Err(e) = fs::write(&file, format!("{}\n", me.boot)) {
+            say(&format!("could not write `{}`: {e}", file.display()));
+        }
         Self {
             ledger: Ledger::new(me, lease),
             unverified: HashSet::new(),
@@ -67,6 +87,8 @@ impl Claims {
             retry_at: None,
             failures: 0,
             stopped: false,
+            previous,
+            leftovers: Vec::new(),
             started_at: rfc3339(SystemTime::now()),
         }
     }
@@ -108,6 +130,7 @@ impl Daemon {
         let mine = protocol::heartbeat_ref(&self.cfg.dispatcher_id);
         if self.claims.ledger.beat.is_none() {
             self.claims.beat_oid = dispatch.get(&mine).copied();
+            self.claims.leftovers = self.leftovers(&mine);
         }
         for resource in self.claims.ledger.observe(dispatch, now) {
             self.claims.ledger.let_go(&resource);
@@ -222,11 +245,41 @@ impl Daemon {
         self.push_claims(changes)
     }
 
-    /// The claims of others seen unchanged for a whole lease (and their own): taken over, listing
-    /// what they list that is not recorded yet.
+    /// The resources the previous boot on this workdir held claims of, from its last heartbeat.
+    fn leftovers(&self, heartbeat: &str) -> Vec<String> {
+        let (Some(previous), Some(oid)) = (&self.claims.previous, self.claims.beat_oid) else {
+            return Vec::new();
+        };
+        match self.sync.note_message(heartbeat, oid) {
+            Ok(message) => protocol::decode::<Heartbeat>(&message)
+                .filter(|beat| &beat.boot == previous)
+                .map(|beat| beat.claims)
+                .unwrap_or_default(),
+            Err(e) => {
+                say(&format!("could not read this dispatcher's last heartbeat: {e}"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// The claims of others seen unchanged for a whole lease: taken over, listing what they list
+    /// that is not recorded yet. The claims the previous boot on this workdir left are taken back
+    /// at once, listing nothing: its journal says what it started.
     fn take_overs(&mut self, now: Instant) -> Result<Vec<Change>, DaemonError> {
         let mut changes = Vec::new();
-        for (name, oid) in self.claims.ledger.expired(now) {
+        let leftovers: Vec<(String, Oid)> = std::mem::take(&mut self.claims.leftovers)
+            .iter()
+            .map(|resource| protocol::claim_ref(resource))
+            .filter_map(|name| Some((name.clone(), self.claims.ledger.seen(&name)?)))
+            .collect();
+        let expired = self.claims.ledger.expired(now);
+        for (name, oid) in leftovers.into_iter().chain(expired) {
+            if changes
+                .iter()
+                .any(|c| matches!(c, Change::TakeOver { oid: o, .. } if *o == oid))
+            {
+                continue;
+            }
             let message = match self.sync.note_message(&name, oid) {
                 Ok(message) => message,
                 Err(e) if e.is_transient() => {
@@ -241,14 +294,16 @@ impl Daemon {
                 ));
                 continue;
             };
-            if !self.claims.ledger.outlived(&name, &from, now) {
+            let own = from.holder.dispatcher == self.cfg.dispatcher_id
+                && self.claims.previous.as_ref() == Some(&from.holder.boot);
+            if !own && !self.claims.ledger.outlived(&name, &from, now) {
                 continue;
             }
             let stamp = rfc3339(SystemTime::now());
             let mut claim = self
                 .claims
                 .ledger
-                .claim(&from.resource, from.requests.clone(), &stamp);
+                .claim(&from.resource, if own { Vec::new() } else { from.requests.clone() }, &stamp);
             claim.took_over_from = Some(from.holder.clone());
             changes.push(Change::TakeOver { claim, from, oid });
         }
@@ -301,10 +356,19 @@ impl Daemon {
     /// One push of `changes` and the heartbeat, each a compare-and-swap; what the remote took is
     /// noted, what it did not is acted on.
     fn push_claims(&mut self, mut changes: Vec<Change>) -> Result<(), DaemonError> {
+        let making: Vec<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Claim { claim, made: true } | Change::TakeOver { claim, .. } => {
+                    Some(claim.resource.clone())
+                }
+                _ => None,
+            })
+            .collect();
         changes.insert(0, Change::Heartbeat);
         let mut updates = Vec::with_capacity(changes.len());
         for change in &changes {
-            updates.push(self.update_for(change)?);
+            updates.push(self.update_for(change, &making)?);
         }
         let started = Instant::now();
         let outcomes = match self.sync.update_dispatch_refs(&updates) {
@@ -329,12 +393,13 @@ impl Daemon {
         Ok(())
     }
 
-    fn update_for(&self, change: &Change) -> Result<RefUpdate, SyncError> {
+    /// The ref update of `change`; the heartbeat lists the claims held and those `making`.
+    fn update_for(&self, change: &Change, making: &[String]) -> Result<RefUpdate, SyncError> {
         let note =
             |summary: String, json: String| self.sync.note(&format!("{summary}\n\n{json}\n"));
         Ok(match change {
             Change::Heartbeat => {
-                let beat = self.heartbeat();
+                let beat = self.heartbeat(making);
                 RefUpdate {
                     name: protocol::heartbeat_ref(&self.cfg.dispatcher_id),
                     expect: self.claims.beat_oid,
@@ -448,14 +513,16 @@ impl Daemon {
                     humantime::format_duration(Duration::from_millis(from.lease_ms)),
                     self.cfg.dispatcher_id
                 );
-                for request in &from.requests {
+                // What the claim lists is inherited; one taken back from this workdir's previous
+                // boot lists nothing (its journal tells what it started).
+                for request in &claim.requests {
                     self.claims
                         .inherited
                         .insert(request.id.clone(), why.clone());
                 }
                 say(&format!(
-                    "took over the expired claim on resource `{resource}` of dispatcher `{}`",
-                    from.holder.dispatcher
+                    "took over the claim on resource `{resource}` of dispatcher `{}` (boot {})",
+                    from.holder.dispatcher, from.holder.boot
                 ));
                 self.claims.unverified.insert(resource);
                 self.syncing.look_now();
@@ -519,7 +586,7 @@ impl Daemon {
     }
 
     /// What this dispatcher says of itself now.
-    fn heartbeat(&self) -> Heartbeat {
+    fn heartbeat(&self, making: &[String]) -> Heartbeat {
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut running: Vec<RunningEntry> = self
@@ -562,6 +629,13 @@ impl Daemon {
             }
             .to_owned(),
             running,
+            claims: self
+                .claims
+                .ledger
+                .held()
+                .map(|(resource, _)| resource.clone())
+                .chain(making.iter().cloned())
+                .collect(),
         }
     }
 }

@@ -122,7 +122,7 @@ impl Daemon {
             syncing: SyncState::new(now),
             push: PushState::new(now),
             summary: Summary::default(),
-            claims: Claims::new(&cfg.dispatcher_id, &cfg.host, cfg.lease),
+            claims: Claims::new(&cfg.dispatcher_id, &cfg.host, cfg.lease, &cfg.workdir),
             cfg,
         })
     }
