@@ -22,6 +22,7 @@ use nix::unistd::Pid;
 use crate::claim::ledger::{Held, Ledger};
 use crate::claim::protocol::{self, Claim, Claimed, Heartbeat, Holder, RunningEntry};
 use crate::clock::{now_seconds, rfc3339};
+use crate::daemon::retry::{attempt_note, is_last};
 use crate::daemon::{Daemon, DaemonError};
 use crate::git::dispatch_refs::{RefOutcome, RefUpdate};
 use crate::git::sync::SyncError;
@@ -374,21 +375,65 @@ impl Daemon {
         let outcomes = match self.sync.update_dispatch_refs(&updates) {
             Ok(outcomes) => outcomes,
             Err(e) if e.is_transient() => {
-                self.claims.failures += 1;
-                let delay =
-                    crate::daemon::backoff(self.claims.failures).min(self.claims.ledger.lease / 8);
-                self.claims.retry_at = Some(Instant::now() + delay);
-                say(&format!(
+                return self.claims_failed(format!(
                     "could not write the claims and the heartbeat: {e}"
                 ));
-                return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
-        self.claims.failures = 0;
         self.claims.retry_at = None;
+        let refused: Vec<String> = outcomes
+            .iter()
+            .zip(&updates)
+            .filter_map(|(o, u)| match o {
+                RefOutcome::Refused(reason) => Some(format!(
+                    "`{}` ({})",
+                    u.name,
+                    reason.trim_start_matches("the remote refused it: ")
+                )),
+                _ => None,
+            })
+            .collect();
         for ((change, update), outcome) in changes.into_iter().zip(&updates).zip(outcomes) {
             self.took_or_not(change, update, outcome, started);
+        }
+        if !refused.is_empty() {
+            return self.claims_failed(format!(
+                "the remote refused {}; dispatchers need to create, update and delete refs \
+                 under `refs/dispatch/`",
+                refused.join(", ")
+            ));
+        }
+        self.claims.failures = 0;
+        Ok(())
+    }
+
+    /// A claim push that did not work: tried again after a backoff (at most an eighth of the
+    /// lease); outside serving, given up on (exit 3) after `--push-attempts`, like a push.
+    fn claims_failed(&mut self, why: String) -> Result<(), DaemonError> {
+        if self.claims.stopped {
+            say(&why);
+            return Ok(());
+        }
+        self.claims.failures += 1;
+        let delay = crate::daemon::backoff(self.claims.failures).min(self.claims.ledger.lease / 8);
+        let retry_at = Instant::now() + delay;
+        self.claims.retry_at = Some(self.claims.retry_at.map_or(retry_at, |t| t.max(retry_at)));
+        let last = is_last(
+            self.cfg.mode,
+            self.shutting_down,
+            self.claims.failures,
+            self.cfg.push_attempts,
+        );
+        say(&format!(
+            "{why} ({})",
+            attempt_note(self.claims.failures, self.cfg.push_attempts, last, delay)
+        ));
+        if last {
+            return self.give_up(format!(
+                "{why}: gave up after {} attempts",
+                self.claims.failures
+            ));
         }
         Ok(())
     }
@@ -539,15 +584,8 @@ impl Daemon {
                 self.claims.ledger.let_go(&resource);
             }
             (Change::Release { resource }, RefOutcome::Lost { .. }) => self.lost(&resource),
-            (_, RefOutcome::Refused(reason)) => {
-                say(&format!(
-                    "the remote refused `{}`: {reason}; dispatchers need to write refs under \
-                     `refs/dispatch/` (tried again in {})",
-                    update.name,
-                    humantime::format_duration(self.claims.ledger.lease / 4)
-                ));
-                self.claims.retry_at = Some(now + self.claims.ledger.lease / 4);
-            }
+            // Said, counted and retried by `push_claims`.
+            (_, RefOutcome::Refused(_)) => {}
             (_, RefOutcome::Lost { .. }) => {}
         }
     }

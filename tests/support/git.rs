@@ -104,3 +104,11 @@ pub(super) fn kill_group(child: &mut Child) {
     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
     let _ = child.wait();
 }
+
+/// A pre-receive hook that refuses every update of a branch ("pushes are frozen for maintenance")
+/// and lets the dispatchers' claims and heartbeats under `refs/dispatch/` through: a push of
+/// outcomes is refused while requests can still be claimed and run.
+pub const BRANCH_FROZEN_HOOK: &str = "#!/bin/sh\nwhile read old new ref; do\n  case \"$ref\" in refs/heads/*) echo 'pushes are frozen for maintenance' >&2; exit 1;; esac\ndone\nexit 0\n";
+
+/// A pre-receive hook that refuses every push, claims included.
+pub const ALL_FROZEN_HOOK: &str = "#!/bin/sh\necho 'pushes are frozen for maintenance' >&2\nexit 1\n";

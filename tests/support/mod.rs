@@ -24,7 +24,7 @@ mod wait;
 mod world;
 
 pub use checkout::Checkout;
-pub use git::{GitDaemon, git_command};
+pub use git::{ALL_FROZEN_HOOK, BRANCH_FROZEN_HOOK, GitDaemon, git_command};
 pub use host::{Strays, id, root_or_skip, running_as_root};
 pub use layout::{log_file, processed, sha256_hex, shard};
 pub use run::{Background, RUN_DEADLINE, RunOutput};

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use super::remote_tip;
-use crate::support::{GitDaemon, World};
+use crate::support::{ALL_FROZEN_HOOK, BRANCH_FROZEN_HOOK, GitDaemon, World};
 
 #[test]
 fn cli_git_transport_fetches_and_pushes_through_git_daemon() {
@@ -30,7 +30,7 @@ fn cli_git_transport_reports_a_push_refused_by_a_hook_with_exit_3() {
     let hook = world.remote.join("hooks/pre-receive");
     fs::write(
         &hook,
-        "#!/bin/sh\necho 'pushes are frozen for maintenance' >&2\nexit 1\n",
+        BRANCH_FROZEN_HOOK,
     )
     .expect("write the hook");
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod the hook");
@@ -47,5 +47,38 @@ fn cli_git_transport_reports_a_push_refused_by_a_hook_with_exit_3() {
         out.stderr.contains("held"),
         "the unpushed outcome is not named:\n{out}"
     );
+    assert_eq!(remote_tip(&world), tip, "the remote moved despite its hook");
+}
+
+/// A remote that refuses the claims under `refs/dispatch/`: nothing is started (a request runs only
+/// once its resource is claimed), and `--until-empty` gives up with exit 3 after its attempts,
+/// saying which ref was refused and what the dispatchers need.
+#[test]
+fn a_remote_that_refuses_claims_starts_nothing_and_until_empty_exits_3() {
+    let world = World::new().build();
+    world.submit("unclaimed.yml", "kind: echo\n");
+    let daemon = GitDaemon::serve(&world);
+    let hook = world.remote.join("hooks/pre-receive");
+    fs::write(&hook, ALL_FROZEN_HOOK).expect("write the hook");
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod the hook");
+    let tip = remote_tip(&world);
+
+    for transport in ["libgit2", "cli"] {
+        let out = world.run_via(
+            &daemon.url(),
+            &["--git-transport", transport, "--push-attempts", "2"],
+        );
+        out.assert_exit(3);
+        assert!(
+            out.stderr.contains("refs/dispatch/claims/echo")
+                && out.stderr.contains("pre-receive hook declined")
+                && out.stderr.contains("gave up after 2 attempts"),
+            "{transport}: the refused claim is not named:\n{out}"
+        );
+        assert!(
+            !out.stderr.contains("running `handlers/"),
+            "{transport}: a handler started without a claim:\n{out}"
+        );
+    }
     assert_eq!(remote_tip(&world), tip, "the remote moved despite its hook");
 }

@@ -11,7 +11,7 @@ use super::{
     DEADLINE, assert_each_recorded_once, assert_local_branch_is_the_remote, counting_handler,
     git_dir, outcome_ids, runs,
 };
-use crate::support::{World, add_kinds, wait_until};
+use crate::support::{BRANCH_FROZEN_HOOK, World, add_kinds, wait_until};
 
 #[test]
 fn push_refused_by_a_pre_receive_hook_exits_3_and_the_next_run_pushes_it_once() {
@@ -22,7 +22,7 @@ fn push_refused_by_a_pre_receive_hook_exits_3_and_the_next_run_pushes_it_once() 
     let hook = world.remote.join("hooks/pre-receive");
     fs::write(
         &hook,
-        "#!/bin/sh\necho 'pushes are frozen for maintenance' >&2\nexit 1\n",
+        BRANCH_FROZEN_HOOK,
     )
     .expect("write the hook");
     fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
