@@ -51,6 +51,9 @@ pub(super) struct Claims {
     retry_at: Option<Instant>,
     /// Failed claim pushes in a row.
     failures: u32,
+    /// The messages of other dispatchers' claims read so far, by oid (an expired claim is read
+    /// once, however long it waits for its own lease).
+    read: HashMap<Oid, String>,
     /// Set at a clean exit: the last heartbeat says `stopped`.
     stopped: bool,
     /// The boot id of the dispatcher that ran on this workdir before this one.
@@ -88,6 +91,7 @@ impl Claims {
             retry_at: None,
             failures: 0,
             stopped: false,
+            read: HashMap::new(),
             previous,
             leftovers: Vec::new(),
             started_at: rfc3339(SystemTime::now()),
@@ -281,8 +285,15 @@ impl Daemon {
             {
                 continue;
             }
-            let message = match self.sync.note_message(&name, oid) {
-                Ok(message) => message,
+            let message = match self.claims.read.get(&oid) {
+                Some(message) => Ok(message.clone()),
+                None => self.sync.note_message(&name, oid),
+            };
+            let message = match message {
+                Ok(message) => {
+                    self.claims.read.insert(oid, message.clone());
+                    message
+                }
                 Err(e) if e.is_transient() => {
                     say(&format!("could not read the expired claim `{name}`: {e}"));
                     continue;
