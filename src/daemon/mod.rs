@@ -14,6 +14,7 @@
 //! - `events`: the event channel, signals, the local remote's watcher, waiting;
 //! - `sync`: looking at the remote and following it;
 //! - `take`: taking requests off the inbox, checking and starting them, rejecting the rest;
+//! - `route`: the requests left queued for another dispatcher (`runs_on`, `--handlers-dir`);
 //! - `record`: turning reports into outcomes, committing them, writing them out;
 //! - `push`: pushing in batches, retrying, giving up on the remote;
 //! - `recover`: the journal a previous process left, and the stale-run watchdog;
@@ -27,6 +28,7 @@ mod push;
 mod record;
 mod recover;
 mod retry;
+mod route;
 mod service;
 mod summary;
 mod sync;
@@ -97,6 +99,8 @@ pub(crate) struct Daemon {
     inbox: Inbox,
     /// The handlers and the index at the tip, reloaded when their trees change.
     snapshot: Option<Snapshot>,
+    /// Requests left queued for another dispatcher (capability routing).
+    left: route::Left,
     /// Keys of outcomes recorded in memory and not yet written out; their journal entries stay until
     /// they are (see [`Daemon::persist`]).
     staged: Vec<String>,

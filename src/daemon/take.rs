@@ -80,9 +80,15 @@ impl Daemon {
             .map_err(SyncError::from)?;
         let mut lines = Vec::new();
         for entry in entries.iter() {
-            let checked = self
-                .check(entry)
-                .and_then(|request| self.secret_env(entry, &request).map(|_| request));
+            let Some(checked) = self.check_here(entry) else {
+                lines.push(format!(
+                    "would leave  {}  for another dispatcher",
+                    entry.path
+                ));
+                continue;
+            };
+            let checked =
+                checked.and_then(|request| self.secret_env(entry, &request).map(|_| request));
             lines.push(match checked {
                 Ok(r) => format!(
                     "would run    {}  kind={} handler={} resource={} timeout={}",
@@ -138,8 +144,10 @@ impl Daemon {
                 waiting += entries[i..].len();
                 break;
             }
-            let checked = self
-                .check(entry)
+            let Some(checked) = self.check_here(entry) else {
+                continue;
+            };
+            let checked = checked
                 .and_then(|request| self.secret_env(entry, &request).map(|env| (request, env)));
             match checked {
                 Err(rejection) => {

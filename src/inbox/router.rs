@@ -167,6 +167,11 @@ impl Catalog {
         }
     }
 
+    /// Whether the index reads and does not list `kind` at all.
+    pub(crate) fn lacks(&self, kind: &str) -> bool {
+        self.index.is_ok() && !self.routes.contains_key(kind)
+    }
+
     /// The kinds the index lists (usable or not).
     pub(crate) fn kinds(&self) -> Vec<&str> {
         self.routes.keys().map(String::as_str).collect()
