@@ -2,6 +2,7 @@
 
 pub(crate) mod completions;
 pub(crate) mod demo;
+mod dispatchers;
 pub(crate) mod doctor;
 pub(crate) mod init;
 pub(crate) mod man;

@@ -1,9 +1,11 @@
-//! `git-dispatch status [--json] [--no-fetch]`: in a clone of an inbox, fetch the upstream and read its
-//! tip without checking anything out: the requests waiting (oldest first, with their age), the last
-//! outcomes recorded, and how many of each state the last 24 hours saw.
+//! `git-dispatch status [--json] [--no-fetch]`: in a clone of an inbox, fetch the upstream (and the
+//! dispatchers' refs under `refs/dispatch/`) and read its tip without checking anything out: the
+//! dispatchers and their claims, the requests waiting (oldest first, with their age, each running on
+//! a dispatcher or, when no fresh dispatcher can run it, why), the last outcomes recorded, and how
+//! many of each state the last 24 hours saw.
 //!
-//! Which request is running cannot be known from Git: it stays in `requests/`, and so in the queue,
-//! until its outcome is pushed.
+//! A running request stays in `requests/` until its outcome is pushed: it is shown running from its
+//! dispatcher's heartbeat ([`crate::commands::dispatchers`]).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -12,6 +14,7 @@ use serde_json::{Value as Json, json};
 
 use crate::cli::StatusArgs;
 use crate::clock::{now_seconds, rfc3339_seconds};
+use crate::commands::dispatchers::Fleet;
 use crate::error::CommandError;
 use crate::git::view::short;
 use crate::submitter::checkout::{Checkout, Tip};
@@ -34,20 +37,40 @@ const STATES: [&str; 6] = [
 pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
     let checkout = Checkout::open(args.clone.repo.path.as_deref()).map_err(CommandError::config)?;
     let tip = fetched_tip(&checkout, args.clone.no_fetch)?;
+    let remote = checkout.upstream().ok().map(|upstream| {
+        if !args.clone.no_fetch {
+            checkout.fetch_dispatch_refs(&upstream).map_err(|e| {
+                CommandError::remote(anyhow::anyhow!(e).context(format!(
+                    "could not fetch the dispatchers' refs from `{}`; pass --no-fetch to see them \
+                     as last fetched",
+                    upstream.remote
+                )))
+            })?;
+        }
+        Ok::<_, CommandError>(upstream.remote)
+    });
+    let remote = remote.transpose()?;
     let history = History::new(&checkout.repo, tip.oid);
     let now = now_seconds();
+    let fleet = Fleet::read(&checkout.repo, remote.as_deref(), tip.oid, now)
+        .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
     let queue = history.queue().map_err(CommandError::config)?;
     let (recent, counts) = outcomes(&history, now)?;
     if args.json {
         let report = json!({
             "tip": { "ref": tip.name, "commit": tip.oid.to_string() },
-            "queue": queue.iter().map(|w| waiting_json(w, now)).collect::<Vec<_>>(),
+            "dispatchers": fleet.dispatchers_json(now),
+            "claims": fleet.claims_json(),
+            "queue": queue
+                .iter()
+                .map(|w| fleet.queue_json(w, waiting_json(w, now)))
+                .collect::<Vec<_>>(),
             "recent": recent.iter().map(|(r, s)| recent_json(r, s.as_ref())).collect::<Vec<_>>(),
             "counts_24h": counts,
         });
         println!("{report:#}");
     } else {
-        print_report(&tip, &queue, &recent, &counts, now, Paint::stdout());
+        print_report(&tip, &fleet, &queue, &recent, &counts, now, Paint::stdout());
     }
     Ok(())
 }
@@ -123,6 +146,7 @@ fn recent_json(recorded: &Recorded, status: Option<&Json>) -> Json {
 
 fn print_report(
     tip: &Tip,
+    fleet: &Fleet,
     queue: &[Waiting],
     recent: &[(Recorded, Option<Json>)],
     counts: &BTreeMap<String, u64>,
@@ -131,20 +155,14 @@ fn print_report(
 ) {
     println!("{} at {}", tip.name, short(tip.oid));
     println!();
+    fleet.print(now, paint);
     if queue.is_empty() {
         println!("queue: empty");
     } else {
         println!("queue: {} waiting, oldest first", queue.len());
         let rows: Vec<Vec<String>> = queue
             .iter()
-            .map(|w| {
-                vec![
-                    w.id.clone(),
-                    w.kind.clone().unwrap_or_else(|| "?".to_owned()),
-                    paint.state("queued"),
-                    format!("for {}", age(now - w.entry.arrival.time)),
-                ]
-            })
+            .map(|w| fleet.queue_row(w, now, paint))
             .collect();
         print_table(&rows, paint);
     }
@@ -182,7 +200,7 @@ fn print_report(
 }
 
 /// Prints rows in aligned columns; widths are measured without colour codes.
-fn print_table(rows: &[Vec<String>], paint: Paint) {
+pub(crate) fn print_table(rows: &[Vec<String>], paint: Paint) {
     let columns = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -223,7 +241,9 @@ impl Paint {
             "succeeded" => "32",
             "failed" | "timed_out" => "31",
             "rejected" | "abandoned" => "33",
-            "queued" => "36",
+            "queued" | "running" => "36",
+            "fresh" => "32",
+            "stale" => "33",
             _ => "2",
         };
         if self.enabled {

@@ -14,6 +14,7 @@
 //! - `events`: the event channel, signals, the local remote's watcher, waiting;
 //! - `sync`: looking at the remote and following it;
 //! - `take`: taking requests off the inbox, checking and starting them, rejecting the rest;
+//! - `route`: the requests left queued for another dispatcher (`runs_on`, `--handlers-dir`);
 //! - `claims`: claiming resources before their requests start, the heartbeat, renewals, fencing,
 //!   taking over the claims of dispatchers that died, releasing;
 //! - `record`: turning reports into outcomes, committing them, writing them out;
@@ -30,6 +31,7 @@ mod push;
 mod record;
 mod recover;
 mod retry;
+mod route;
 mod service;
 mod summary;
 mod sync;
@@ -101,6 +103,8 @@ pub(crate) struct Daemon {
     inbox: Inbox,
     /// The handlers and the index at the tip, reloaded when their trees change.
     snapshot: Option<Snapshot>,
+    /// Requests left queued for another dispatcher (capability routing).
+    left: route::Left,
     /// Keys of outcomes recorded in memory and not yet written out; their journal entries stay until
     /// they are (see [`Daemon::persist`]).
     staged: Vec<String>,

@@ -102,6 +102,7 @@ impl Daemon {
             sync,
             inbox: Inbox::default(),
             snapshot: None,
+            left: Default::default(),
             staged: Vec::new(),
             running: HashMap::new(),
             finished: Vec::new(),

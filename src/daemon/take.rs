@@ -84,9 +84,15 @@ impl Daemon {
             .map_err(SyncError::from)?;
         let mut lines = Vec::new();
         for entry in entries.iter() {
-            let checked = self
-                .check(entry)
-                .and_then(|request| self.secret_env(entry, &request).map(|_| request));
+            let Some(checked) = self.check_here(entry) else {
+                lines.push(format!(
+                    "would leave  {}  for another dispatcher",
+                    entry.path
+                ));
+                continue;
+            };
+            let checked =
+                checked.and_then(|request| self.secret_env(entry, &request).map(|_| request));
             lines.push(match checked {
                 Ok(r) => format!(
                     "would run    {}  kind={} handler={} resource={} timeout={}",
@@ -145,8 +151,10 @@ impl Daemon {
                 waiting += entries[i..].len();
                 break;
             }
-            let checked = self
-                .check(entry)
+            let Some(checked) = self.check_here(entry) else {
+                continue;
+            };
+            let checked = checked
                 .and_then(|request| self.secret_env(entry, &request).map(|env| (request, env)));
             match checked {
                 Err(rejection) => {
@@ -208,7 +216,7 @@ impl Daemon {
     /// a batch ([`Ledger::batch`](crate::claim::ledger::Ledger::batch)), looking at no more than
     /// [`MAX_BATCH`] of them: one push claims what the next second or so will start.
     fn fill_batches(
-        &self,
+        &mut self,
         entries: &[InboxEntry],
         wants: &mut BTreeMap<String, Vec<Claimed>>,
         now: Instant,
@@ -218,7 +226,7 @@ impl Daemon {
             if wants.values().all(|w| w.len() >= batch) {
                 break;
             }
-            let Ok(request) = self.check(entry) else {
+            let Some(Ok(request)) = self.check_here(entry) else {
                 continue;
             };
             let Some(want) = wants.get_mut(&request.resource) else {

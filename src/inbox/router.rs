@@ -48,6 +48,7 @@ struct RawKind {
     nproc: Option<u64>,
     nofile: Option<u64>,
     fsize: Option<String>,
+    runs_on: Option<Yaml>,
 }
 
 /// Defaults for the limits a kind may override.
@@ -79,6 +80,8 @@ pub(crate) struct KindSpec {
     pub nproc: u64,
     pub nofile: u64,
     pub fsize: u64,
+    /// The labels a dispatcher must all have to take requests of this kind (`run --labels`).
+    pub runs_on: Vec<String>,
 }
 
 /// The parsed index: kind name -> spec, or the reason that kind cannot be used.
@@ -162,6 +165,11 @@ impl Catalog {
                 ))
             }
         }
+    }
+
+    /// Whether the index reads and does not list `kind` at all.
+    pub(crate) fn lacks(&self, kind: &str) -> bool {
+        self.index.is_ok() && !self.routes.contains_key(kind)
     }
 
     /// The kinds the index lists (usable or not).
@@ -276,6 +284,7 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
             .map(|m| parse_size(m).map_err(|e| format!("{}: {e}", field(f))))
             .transpose()
     };
+    let runs_on = parse_runs_on(raw.runs_on).map_err(|e| format!("{}: {e}", field("runs_on")))?;
     let memory = size("memory", &raw.memory)?;
     let log_limit = size("log_limit", &raw.log_limit)?;
     let fsize = size("fsize", &raw.fsize)?.unwrap_or(DEFAULT_FSIZE);
@@ -295,7 +304,44 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
         nproc: raw.nproc.unwrap_or(DEFAULT_NPROC),
         nofile: raw.nofile.unwrap_or(DEFAULT_NOFILE),
         fsize,
+        runs_on,
     })
+}
+
+/// `runs_on: [gpu, linux]`: a list of labels, each a valid name.
+fn parse_runs_on(value: Option<Yaml>) -> Result<Vec<String>, String> {
+    let items = match value {
+        None => return Ok(Vec::new()),
+        Some(Yaml::Sequence(items)) => items,
+        Some(other) => {
+            return Err(format!(
+                "expected a list of labels like `[gpu]`, got {}",
+                describe_yaml(&other)
+            ));
+        }
+    };
+    let mut labels = Vec::new();
+    for item in items {
+        match item {
+            Yaml::String(label) if is_valid_name(&label) => {
+                if !labels.contains(&label) {
+                    labels.push(label);
+                }
+            }
+            Yaml::String(label) => {
+                return Err(format!(
+                    "`{label}` is not a valid label (expected [A-Za-z0-9][A-Za-z0-9._-]{{0,127}})"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "expected a list of labels like `[gpu]`, got {} in it",
+                    describe_yaml(&other)
+                ));
+            }
+        }
+    }
+    Ok(labels)
 }
 
 /// A path that stays inside its folder: relative, no `.`/`..`/empty components.

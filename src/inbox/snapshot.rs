@@ -5,6 +5,7 @@
 //! lives as long as the snapshot or a job that still runs from it (it is removed when the last
 //! reference goes), so a handler is never changed under a running request.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -13,8 +14,8 @@ use std::sync::Arc;
 
 use git2::{ObjectType, Oid, Repository, Tree};
 
-use crate::git::view::{DirView, HostHandlers, TreeView};
-use crate::inbox::router::Catalog;
+use crate::git::view::{DirView, HostHandlers, RepoView, TreeView};
+use crate::inbox::router::{Catalog, INDEX_PATH, parse_index};
 
 /// The `handlers/` tree of a commit, written to disk; removed on drop.
 #[derive(Debug)]
@@ -39,6 +40,9 @@ pub(crate) struct Snapshot {
     pub catalog: Catalog,
     /// `None` when the commit has no `handlers/` folder.
     pub handlers: Option<Arc<HandlersDir>>,
+    /// With the host's handlers: the kinds the commit's own index lists (an index that does not
+    /// read lists none), left for dispatchers that define them. `None` otherwise.
+    pub repo_kinds: Option<BTreeSet<String>>,
 }
 
 impl Snapshot {
@@ -67,6 +71,13 @@ impl Snapshot {
         let trees = Self::trees_of(repo, commit).map_err(io::Error::other)?;
         let view = TreeView { repo, tree, commit };
         if let Some(dir) = host_handlers {
+            let repo_kinds = view
+                .read(INDEX_PATH)
+                .ok()
+                .flatten()
+                .and_then(|bytes| parse_index(&bytes).ok())
+                .map(|index| index.kinds.into_keys().collect())
+                .unwrap_or_default();
             let view = HostHandlers {
                 dir: DirView {
                     root: dir.to_owned(),
@@ -80,6 +91,7 @@ impl Snapshot {
                     path: dir.to_owned(),
                     written: false,
                 })),
+                repo_kinds: Some(repo_kinds),
             });
         }
         let catalog = Catalog::load(&view);
@@ -102,6 +114,7 @@ impl Snapshot {
             trees,
             catalog,
             handlers,
+            repo_kinds: None,
         })
     }
 }

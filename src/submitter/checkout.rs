@@ -182,6 +182,21 @@ impl Checkout {
         self.git(&["fetch", "--quiet", &upstream.remote]).map(drop)
     }
 
+    /// Fetches every ref under `refs/dispatch/` of the upstream's remote (the dispatchers'
+    /// heartbeats and claims) into [`dispatch_namespace`], dropping those the remote deleted.
+    pub(crate) fn fetch_dispatch_refs(&self, upstream: &Upstream) -> Result<(), CheckoutError> {
+        let refspec = format!("+refs/dispatch/*:{}*", dispatch_namespace(&upstream.remote));
+        self.git(&[
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--no-tags",
+            &upstream.remote,
+            &refspec,
+        ])
+        .map(drop)
+    }
+
     /// Commits `rel` alone (whatever else is staged stays staged) with `message`; returns the commit.
     /// On failure `rel` is unstaged again, so the index is as it was.
     pub(crate) fn commit_file(&self, rel: &str, message: &str) -> Result<Oid, CheckoutError> {
@@ -233,6 +248,13 @@ impl Checkout {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Where a clone keeps the `refs/dispatch/*` of `remote` as last fetched: `refs/git-dispatch/<remote>/`,
+/// outside `refs/heads/`, `refs/remotes/` and `refs/tags/`, so that no branch or tag can collide with
+/// them.
+pub(crate) fn dispatch_namespace(remote: &str) -> String {
+    format!("refs/git-dispatch/{remote}/")
 }
 
 /// Runs `git args` in `dir` with the user's environment; the error carries the argv, the exit status

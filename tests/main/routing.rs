@@ -151,3 +151,101 @@ fn broken_index_still_records_queued_requests() {
         "the error does not point at the index: {status:#}"
     );
 }
+
+/// Capability routing: a kind with `runs_on: [gpu]` is left queued by a dispatcher without the
+/// label (which still drains the rest and exits), and run by one started with `--labels gpu`.
+#[test]
+fn a_kind_whose_runs_on_labels_a_dispatcher_lacks_is_left_queued_for_one_that_has_them() {
+    let world = World::new().build();
+    crate::support::add_kinds(
+        &world,
+        &[(
+            "train",
+            "#!/bin/sh\necho \"trained $DISPATCH_ID\"\n",
+            "  runs_on: [gpu]\n",
+        )],
+    );
+    world.submit("train-1.yml", "kind: train\n");
+    world.submit("train-2.yml", "kind: train\n");
+    world.submit("plain.yml", "kind: echo\n");
+
+    let out = world.run(&["--labels", "cpu"]);
+    out.assert_exit(0);
+    let clone = world.fresh_clone();
+    assert_eq!(clone.status("plain")["state"], "succeeded");
+    assert_eq!(
+        clone.ls("requests"),
+        [".gitkeep", "train-1.yml", "train-2.yml"],
+        "the gpu requests did not stay queued:\n{out}"
+    );
+    let said = "leaving requests of kind `train` for a dispatcher with labels `gpu`";
+    assert_eq!(
+        out.stderr.matches(said).count(),
+        1,
+        "not said once for the kind:\n{out}"
+    );
+
+    // `--once` does not wait for them either, and a dry run says they would be left.
+    let once = world.output(world.run_command(world.remote_arg(), &["--once"]));
+    once.assert_exit(0);
+    let dry = world.run(&["--dry-run"]);
+    dry.assert_exit(0);
+    assert!(
+        dry.stdout
+            .contains("would leave  requests/train-1.yml  for another dispatcher"),
+        "{dry}"
+    );
+    assert_eq!(world.fresh_clone().ls("requests").len(), 3);
+
+    world.run(&["--labels", "cpu,gpu"]).assert_exit(0);
+    let clone = world.fresh_clone();
+    assert_eq!(clone.ls("requests"), [".gitkeep"]);
+    for id in ["train-1", "train-2"] {
+        assert_eq!(clone.status(id)["state"], "succeeded", "{id}");
+    }
+}
+
+/// With `--handlers-dir`, a kind the host does not define but the repository's index lists is left
+/// for a host that defines it; a kind neither lists is still rejected.
+#[test]
+fn a_kind_the_hosts_handlers_dir_lacks_is_left_for_a_host_that_defines_it() {
+    let world = World::new().build();
+    crate::support::add_kinds(
+        &world,
+        &[("train", "#!/bin/sh\necho \"trained $DISPATCH_ID\"\n", "")],
+    );
+    let host = world.root.join("host-handlers");
+    std::fs::create_dir_all(&host).expect("host handlers dir");
+    std::fs::write(
+        host.join("index.yml"),
+        "echo:\n  handler: echo.sh\n  timeout: 30s\n",
+    )
+    .expect("host index");
+    std::fs::write(host.join("echo.sh"), "#!/bin/sh\necho \"host echo\"\n").expect("handler");
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(host.join("echo.sh"), mode).expect("chmod");
+    world.submit("train-1.yml", "kind: train\n");
+    world.submit("plain.yml", "kind: echo\n");
+    world.submit("stray.yml", "kind: nosuch\n");
+
+    let host_arg = host.to_str().expect("UTF-8 path");
+    let out = world.run(&["--handlers-dir", host_arg]);
+    out.assert_exit(0);
+    let clone = world.fresh_clone();
+    assert_eq!(clone.status("plain")["state"], "succeeded");
+    assert_eq!(clone.status("stray")["state"], "rejected");
+    assert_eq!(
+        clone.ls("requests"),
+        [".gitkeep", "train-1.yml"],
+        "the kind the host lacks was not left queued:\n{out}"
+    );
+    assert!(
+        out.stderr
+            .contains("leaving requests of kind `train` for a dispatcher that defines it"),
+        "{out}"
+    );
+
+    // A host that takes its handlers from the repository runs it.
+    world.run(&[]).assert_exit(0);
+    assert_eq!(world.fresh_clone().status("train-1")["state"], "succeeded");
+}

@@ -75,3 +75,30 @@ fn validate_reports_every_invalid_file_not_just_the_first() {
         "the valid file is reported as an error:\n{out}"
     );
 }
+
+#[test]
+fn validate_index_names_the_kind_and_field_of_a_bad_runs_on() {
+    let world = World::new().build();
+    world.submitter.write(
+        "handlers/index.yml",
+        &format!(
+            "{}gpu:\n  handler: echo.sh\n  runs_on: [gpu, \"big box\"]\nlone:\n  handler: echo.sh\n  runs_on: gpu\nfine:\n  handler: echo.sh\n  runs_on: [gpu, linux-x86_64]\n",
+            crate::support::DEFAULT_INDEX
+        ),
+    );
+
+    let out = validate(&world, &["--index"]);
+    out.assert_exit(1);
+    let text = out.all_output();
+    for needle in [
+        "`handlers/index.yml`: `gpu.runs_on`: `big box` is not a valid label",
+        "`handlers/index.yml`: `lone.runs_on`: expected a list of labels like `[gpu]`, got the string \"gpu\"",
+    ] {
+        assert!(text.contains(needle), "`{needle}` is not reported:\n{out}");
+    }
+    assert!(
+        !text.contains("fine"),
+        "a valid runs_on is reported:\n{out}"
+    );
+    assert!(text.contains("2 problem(s)"), "{out}");
+}

@@ -15,6 +15,8 @@ use crate::support::{RunOutput, World};
 mod submit;
 // `status`: the queue, recent outcomes, counts.
 mod status;
+// `status` and the dispatchers: heartbeats, claims, what runs where, why a request waits.
+mod dispatchers;
 // `show ID`: one outcome and its log.
 mod show;
 // `init DIR`: a new inbox the dispatcher can serve.
