@@ -22,12 +22,17 @@
 #      processed/S/ID.yml, processed/S/ID.status.json and logs/S/ID.log made with git fast-import),
 #      on a workdir that already cloned the history, with the dispatcher's peak RSS; SCALE_ROUNDS
 #      rounds alternate between the two, and the ratio is of the medians
+#   8  scale-out: FLEET_N requests of a 200 ms handler on FLEET_RES resources drained by 1, 2 and 4
+#      dispatchers (--jobs 2 each) on one git daemon remote, and the throughput ratios 4/1 and 2/1
+#   9  the cost of claims: one dispatcher draining N trivial requests over git daemon, its time over
+#      the handler alone from a shell loop, and the overhead per request
+#   (8 and 9 are in scripts/bench-fleet.sh, sourced here)
 #
 # --only=7 (or --only=1,2,6 ...) measures those figures alone.
 # Sizes (default / --quick): N 1000/100, idle 60/10 s, HISTORY 100000/10000, SCALE_N 200/100,
-# SCALE_ROUNDS 7/2.
-# The default takes 8-11 minutes on 2 cores (the starter's 1000 requests 3-4 minutes, figure
-# 7 at 100,000 and the two 60 s idles most of the rest), --quick about 1 minute (plus the release
+# SCALE_ROUNDS 7/2, FLEET_N 400/80 on FLEET_RES 40/16 resources.
+# The default takes 10-14 minutes on 2 cores (the starter's 1000 requests 3-4 minutes, figure
+# 7 at 100,000 and the two 60 s idles most of the rest), --quick about 1.5 minutes (plus the release
 # build when it is not up to date).
 #
 # The baseline scripts (mkworld.sh, seed-starter.sh) are taken from $BENCH_SHARED (default
@@ -59,9 +64,9 @@ done
 want() { [[ -z $ONLY || $ONLY == *,$1,* || ($1 == 1 && $ONLY == *,2,*) ]]; }
 
 if ((QUICK)); then
-    N=100 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 SCALE_ROUNDS=2 LAT_RUNS=5
+    N=100 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 SCALE_ROUNDS=2 LAT_RUNS=5 FLEET_N=80 FLEET_RES=16
 else
-    N=1000 IDLE_SECS=60 HISTORY=100000 SCALE_N=200 SCALE_ROUNDS=7 LAT_RUNS=5
+    N=1000 IDLE_SECS=60 HISTORY=100000 SCALE_N=200 SCALE_ROUNDS=7 LAT_RUNS=5 FLEET_N=400 FLEET_RES=40
 fi
 # The starter drains the same N requests (the issue compares both "draining 1,000 queued trivial
 # requests ... on the same world"): its time per request grows with the world (each `git` call
@@ -364,7 +369,7 @@ if [[ $REV != unknown && -n $(git -C "$ROOT" status --porcelain -- src Cargo.tom
     REV="$REV + uncommitted changes in src/ or Cargo.*"
 fi
 out "source: $ROOT at $REV (release build took ${BUILD_SECS} s)"
-out "mode: $MODE (N=$N, starter N_S=$N_S, idle ${IDLE_SECS}s, history $HISTORY, scale drain $SCALE_N), baseline scripts from $SHARED"
+out "mode: $MODE (N=$N, starter N_S=$N_S, idle ${IDLE_SECS}s, history $HISTORY, scale drain $SCALE_N, fleet $FLEET_N on $FLEET_RES resources), baseline scripts from $SHARED"
 
 # --- 1 + 5: throughput and peak RSS ---------------------------------------------------------------
 if want 1 || want 5; then
@@ -664,6 +669,10 @@ done
 out "7 scale ratio of the medians, ms/request at $HISTORY / at 0: $(calc '%.2f' "${SCALE[$HISTORY]} / ${SCALE[0]}")x [target <= 1.2x]"
 
 fi
+
+# --- 8, 9: several dispatchers, the cost of claims -------------------------------------------------
+# shellcheck source=scripts/bench-fleet.sh
+source "$ROOT/scripts/bench-fleet.sh"
 
 out "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (at the start: $LOAD0; other work on the machine skews the figures)"
 out "bench: $MODE mode took $((SECONDS - STARTED)) s (build ${BUILD_SECS} s); $FAILURES problem(s)"

@@ -49,3 +49,7 @@ mod operations;
 // `replay`: request fixtures through the real pipeline, compared with the blessed outcome.
 #[path = "main/replay.rs"]
 mod replay;
+// Several dispatchers on one remote: each request started at most once, recorded once, no resource
+// on two hosts at once; fencing, capability routing.
+#[path = "main/dispatchers/mod.rs"]
+mod dispatchers;

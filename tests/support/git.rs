@@ -86,6 +86,11 @@ impl GitDaemon {
         );
     }
 
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `git://127.0.0.1:<port>/remote.git`
     pub fn url(&self) -> String {
         format!("git://127.0.0.1:{}/remote.git", self.port)

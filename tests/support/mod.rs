@@ -11,12 +11,15 @@
 //! `world` (the builder and the dispatcher run against it), `checkout` (a clone and its reading helpers),
 //! `run` (the binary, `RunOutput`, `Background`), `git` (hermetic `git`, `GitDaemon`), `layout` (shard
 //! and log paths), `text` (log sections, timestamps), `host` (root, `id`, stray processes), `wait`
-//! (deadlines, free ports) and `servers` (sshd, smart HTTP).
+//! (deadlines, free ports), `servers` (sshd, smart HTTP), `fleet` (several
+//! dispatchers on one remote and what their handlers leave) and `proxy` (a TCP proxy a test can cut).
 
 mod checkout;
+pub mod fleet;
 mod git;
 mod host;
 mod layout;
+pub mod proxy;
 mod run;
 pub mod servers;
 mod text;

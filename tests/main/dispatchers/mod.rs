@@ -1,0 +1,92 @@
+//! Several dispatchers on one remote (`git daemon` on 127.0.0.1), each with its own
+//! `--dispatcher-id`, workdir and `--lock-dir`, so that only the claims through the remote keep a
+//! request from running twice and a resource from running on two "hosts" at once. Each test asserts
+//! on what the handlers left in one shared file (`support::fleet::Runs`) and on a fresh clone: every
+//! request started at most once and recorded exactly once, no resource run by two at once.
+//! (Two dispatchers on one workdir: `reliability::workdir_lock`, and `workdir` here with two ids.)
+
+use std::collections::HashMap;
+
+use crate::support::fleet::{Runs, tally};
+use crate::support::{Checkout, World, add_kinds};
+
+// Three dispatchers drain 300 requests, with and without SIGKILLs.
+mod drain;
+// A dispatcher cut off from the remote stops its handler; another records the request `abandoned`.
+mod fencing;
+// `runs_on` and `--labels`: a kind runs only where its labels are.
+mod labels;
+// One workdir, two dispatcher ids: the second is refused.
+mod workdir;
+
+/// The kind every test here runs: `work`, the `Runs` handler sleeping `seconds`, the host variable
+/// passed through, and `extra` index lines.
+fn add_work_kind(world: &World, runs: &Runs, seconds: &str, extra: &str) {
+    add_kinds(
+        world,
+        &[(
+            "work",
+            &runs.handler(seconds),
+            &format!("  env: [{}]\n{extra}", crate::support::fleet::HOST_VAR),
+        )],
+    );
+}
+
+/// Submits `n` requests of `kind` in one commit, `PREFIX-NNN` on resources `res-00`.. round robin
+/// over `resources`; returns id -> resource.
+fn submit_spread(
+    world: &World,
+    kind: &str,
+    prefix: &str,
+    n: usize,
+    resources: usize,
+) -> HashMap<String, String> {
+    let requests: Vec<(String, String, String)> = (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i:03}");
+            let resource = format!("res-{:02}", i % resources);
+            let yaml = format!("kind: {kind}\nid: {id}\nresource: {resource}\n");
+            (id, resource, yaml)
+        })
+        .collect();
+    let names: Vec<String> = requests
+        .iter()
+        .map(|(id, ..)| format!("{id}.yml"))
+        .collect();
+    let files: Vec<(&str, &[u8])> = requests
+        .iter()
+        .zip(&names)
+        .map(|((_, _, yaml), name)| (name.as_str(), yaml.as_bytes()))
+        .collect();
+    world.submit_many(&files);
+    requests
+        .into_iter()
+        .map(|(id, resource, _)| (id, resource))
+        .collect()
+}
+
+/// Every id of `ids` has exactly one outcome commit (`Dispatch-Id` trailer) and a status file on the
+/// remote, no other id has one, and nothing is left in `requests/`.
+#[track_caller]
+fn assert_recorded_once<'a>(clone: &Checkout, ids: impl IntoIterator<Item = &'a String>) {
+    let trailers = clone.trailers("Dispatch-Id");
+    let counts = tally(trailers.iter().map(String::as_str));
+    let twice: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "ids recorded more than once ({} of {}; the first (id, outcome commits)): {:?}",
+        twice.len(),
+        counts.len(),
+        &twice[..twice.len().min(10)]
+    );
+    let mut expected: Vec<&String> = ids.into_iter().collect();
+    expected.sort();
+    let recorded: Vec<&String> = counts.keys().collect();
+    assert_eq!(recorded, expected, "the ids recorded on the remote");
+    assert_eq!(
+        clone.ls("requests"),
+        [".gitkeep"],
+        "requests left in the inbox"
+    );
+    assert_eq!(clone.statuses().len(), expected.len(), "status files");
+}
