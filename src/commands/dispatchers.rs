@@ -370,6 +370,7 @@ mod tests {
             lease_ms: 30_000,
             state: state.into(),
             running: Vec::new(),
+            claims: Vec::new(),
         };
         Seen {
             freshness: freshness(&beat, 1000),

@@ -267,6 +267,7 @@ impl Daemon {
     fn done(&mut self) -> Result<Summary, DaemonError> {
         self.flush()?;
         self.claims_farewell()?;
+        self.sync.forget_notes(1);
         Ok(std::mem::take(&mut self.summary))
     }
 }

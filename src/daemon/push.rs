@@ -14,6 +14,10 @@ use crate::daemon::{Daemon, DaemonError};
 use crate::git::sync::SyncError;
 use crate::log::{event, say};
 
+/// How many spent notes (claims and heartbeats sent) wait before a push removes them: each removal
+/// opens the repository afresh.
+const SPENT_NOTES: usize = 256;
+
 /// What is recorded and not pushed yet, and when the next push may be tried.
 pub(super) struct PushState {
     /// When the oldest unpushed outcome was recorded; `None` when everything is pushed.
@@ -99,6 +103,7 @@ impl Daemon {
                 self.push.failures = 0;
                 self.push.since = None;
                 self.sync.reopen_if_stale();
+                self.sync.forget_notes(SPENT_NOTES);
                 Ok(())
             }
             Err(e) if e.is_transient() => {

@@ -72,7 +72,7 @@ impl Look {
 }
 
 /// The oid of the tree with no entries, which every note names.
-const EMPTY_TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+pub(super) const EMPTY_TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
 
 impl Sync {
     /// The branch's head and every ref under refs/dispatch/ on the remote, in one look.
@@ -113,9 +113,11 @@ impl Sync {
             return Ok(outcomes.into_iter().flatten().collect());
         }
         let results = self.remote().update_dispatch_refs(&sent);
-        // Sent or not, the notes are not needed here again (a retry writes new ones): they do not
-        // stay behind as loose objects in a workdir that keeps everything else in packs.
-        self.forget_notes(&sent);
+        // Sent or not, the notes are not needed here again (a retry writes new ones): they are
+        // removed later, with a fresh repository handle (see `Sync::forget_notes`).
+        self.spent_notes
+            .borrow_mut()
+            .extend(sent.iter().filter_map(|u| u.new));
         let mut results = results?;
         if results.iter().any(|r| matches!(r, RefOutcome::Refused(_))) {
             // A refusal of a ref that no longer holds its `expect` is a race lost at the remote's
@@ -138,17 +140,6 @@ impl Sync {
         Ok(outcomes.into_iter().flatten().collect())
     }
 
-    /// Removes the loose object files of the notes `updates` carried, and of the empty tree they
-    /// name (written again with the next note). What is packed is never touched.
-    fn forget_notes(&self, updates: &[RefUpdate]) {
-        let objects = self.repo.path().join("objects");
-        let empty_tree = Oid::from_str(EMPTY_TREE).expect("a valid oid");
-        for oid in updates.iter().filter_map(|u| u.new).chain([empty_tree]) {
-            let hex = oid.to_string();
-            let _ = std::fs::remove_file(objects.join(&hex[..2]).join(&hex[2..]));
-        }
-    }
-
     /// The message of commit `oid`, which the remote's ref `name` held; fetched when not here.
     /// A ref that no longer names `oid` on the remote (and whose commit is not here) is an error
     /// of [`ErrorCode::NotFound`].
@@ -158,12 +149,8 @@ impl Sync {
         }
         self.remote().fetch_note(name, oid)?;
         let message = message_of(&self.repo, oid);
-        // Read once (the caller keeps what it needs): no loose object stays behind.
-        self.forget_notes(&[RefUpdate {
-            name: name.to_owned(),
-            expect: None,
-            new: Some(oid),
-        }]);
+        // Read once (the caller keeps what it needs): removed later with the spent notes.
+        self.spent_notes.borrow_mut().push(oid);
         message.ok_or_else(|| {
             SyncError::Git(git2::Error::new(
                 ErrorCode::NotFound,

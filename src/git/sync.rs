@@ -70,6 +70,10 @@ pub(crate) struct Sync {
     /// Set when packs `repo` may have loaded were removed from the workdir (see
     /// [`Sync::reopen_if_stale`]).
     stale: Arc<AtomicBool>,
+    /// Notes ([`Sync::note`], [`Sync::note_message`]) that sit as loose objects in the workdir and
+    /// are not needed again: removed by [`Sync::forget_notes`] with a fresh repository handle (the
+    /// one in use may cache them, and a push would look for them).
+    pub(super) spent_notes: RefCell<Vec<Oid>>,
 }
 
 impl Drop for Sync {
@@ -150,6 +154,7 @@ impl Sync {
             written: RefCell::new(WrittenPacks::default()),
             housekeeping: Housekeeping::new(path.to_owned(), Arc::clone(&stale)),
             stale,
+            spent_notes: RefCell::new(Vec::new()),
         })
     }
 
@@ -162,6 +167,25 @@ impl Sync {
         if self.staging.is_busy() || !self.stale.swap(false, Ordering::Relaxed) {
             return;
         }
+        self.reopen();
+    }
+
+    /// Removes the loose object files of the spent notes (once `at_least` of them wait, and nothing
+    /// is held in memory), and opens the repository afresh so that nothing cached names them.
+    pub(crate) fn forget_notes(&mut self, at_least: usize) {
+        if self.staging.is_busy() || self.spent_notes.borrow().len() < at_least.max(1) {
+            return;
+        }
+        let objects = self.path.join("objects");
+        let empty_tree = Oid::from_str(crate::git::dispatch_refs::EMPTY_TREE).ok();
+        for oid in self.spent_notes.take().into_iter().chain(empty_tree) {
+            let hex = oid.to_string();
+            let _ = fs::remove_file(objects.join(&hex[..2]).join(&hex[2..]));
+        }
+        self.reopen();
+    }
+
+    fn reopen(&mut self) {
         let reopened =
             Repository::open_bare(&self.path).and_then(|repo| Ok((Staging::attach(&repo)?, repo)));
         match reopened {
