@@ -301,7 +301,11 @@ impl Fleet {
                     "  {} -> {}: {}",
                     c.resource,
                     c.holder.dispatcher,
-                    c.requests.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+                    c.requests
+                        .iter()
+                        .map(|r| r.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
         }

@@ -122,7 +122,7 @@ enum Change {
     },
     TakeOver {
         claim: Claim,
-        from: Claim,
+        from: Box<Claim>,
         oid: Oid,
     },
 }
@@ -261,7 +261,9 @@ impl Daemon {
                 .map(|beat| beat.claims)
                 .unwrap_or_default(),
             Err(e) => {
-                say(&format!("could not read this dispatcher's last heartbeat: {e}"));
+                say(&format!(
+                    "could not read this dispatcher's last heartbeat: {e}"
+                ));
                 Vec::new()
             }
         }
@@ -312,12 +314,21 @@ impl Daemon {
                 continue;
             }
             let stamp = rfc3339(SystemTime::now());
-            let mut claim = self
-                .claims
-                .ledger
-                .claim(&from.resource, if own { Vec::new() } else { from.requests.clone() }, &stamp);
+            let mut claim = self.claims.ledger.claim(
+                &from.resource,
+                if own {
+                    Vec::new()
+                } else {
+                    from.requests.clone()
+                },
+                &stamp,
+            );
             claim.took_over_from = Some(from.holder.clone());
-            changes.push(Change::TakeOver { claim, from, oid });
+            changes.push(Change::TakeOver {
+                claim,
+                from: Box::new(from),
+                oid,
+            });
         }
         Ok(changes)
     }
@@ -386,9 +397,8 @@ impl Daemon {
         let outcomes = match self.sync.update_dispatch_refs(&updates) {
             Ok(outcomes) => outcomes,
             Err(e) if e.is_transient() => {
-                return self.claims_failed(format!(
-                    "could not write the claims and the heartbeat: {e}"
-                ));
+                return self
+                    .claims_failed(format!("could not write the claims and the heartbeat: {e}"));
             }
             Err(e) => return Err(e.into()),
         };

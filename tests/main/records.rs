@@ -9,8 +9,9 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::proxy::Proxy;
 use crate::support::{
-    Background, Checkout, World, add_kinds, free_port, git_command, log_file, processed,
+    Background, Checkout, GitDaemon, World, add_kinds, free_port, git_command, log_file, processed,
     sha256_hex, shard, wait_until,
 };
 
@@ -223,23 +224,64 @@ fn modifications(clone: &Checkout, path: &str) -> String {
     clone.git(&["log", "--format=%h %s", "--diff-filter=M", "--", path])
 }
 
-/// Dispatcher A runs `twice` while dispatcher B (another workdir) records it and pushes; A fetches
-/// that, and its run then ends: A records no second outcome, and says so in its log and /metrics.
+/// Dispatcher A runs `twice` and is cut off from the remote: it stops the handler (fenced) and records
+/// the run `abandoned` in its workdir, while dispatcher B (another workdir) takes the expired claim
+/// over and records `twice` first. A then reaches the remote again: it records no second outcome, and
+/// says so in its log and /metrics.
 #[test]
 fn an_id_another_dispatcher_recorded_meanwhile_gets_no_second_outcome() {
     let world = world_with_a_held_kind();
     world.submit("twice.yml", "kind: held\n");
-    let (mut a, port) = polling_dispatcher_holding_its_run(&world);
+    let daemon = GitDaemon::serve(&world);
+    let proxy = Proxy::start(daemon.port());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut a = world.spawn(world.run_command(
+        &proxy.url(),
+        &[
+            "--poll-interval",
+            "100ms",
+            "--lease",
+            "2s",
+            "--dispatcher-id",
+            "a",
+            "--metrics-addr",
+            &addr,
+        ],
+    ));
+    let held = wait_until(DEADLINE, || {
+        world.markers.join("held").exists() || !a.running()
+    });
+    assert!(
+        held && a.running(),
+        "the run did not start: {}",
+        a.output_so_far()
+    );
+    proxy.cut();
 
     let mut b = world.dispatcher();
-    b.args(["run", "--remote", world.remote_arg(), "--until-empty"])
-        .arg("--workdir")
-        .arg(world.root.join("work-b"))
-        .arg("--lock-dir")
-        .arg(world.root.join("locks-b"));
+    b.args([
+        "run",
+        "--remote",
+        &daemon.url(),
+        "--until-empty",
+        "--lease",
+        "2s",
+    ])
+    .args([
+        "--dispatcher-id",
+        "b",
+        "--poll-interval",
+        "100ms",
+        "--workdir",
+    ])
+    .arg(world.root.join("work-b"))
+    .arg("--lock-dir")
+    .arg(world.root.join("locks-b"));
     world.output(b).assert_exit(0);
     let recorded_by_b = remote_head(&world);
-    release_once_fetched(&world, &a);
+    assert_eq!(world.fresh_clone().status("twice")["dispatcher"], "b");
+    proxy.restore();
 
     let settled = wait_until(DEADLINE, || {
         metric(port, "git_dispatch_outcomes_already_recorded_total").is_some_and(|n| n >= 1.0)
@@ -248,6 +290,7 @@ fn an_id_another_dispatcher_recorded_meanwhile_gets_no_second_outcome() {
     });
     assert!(settled, "A did nothing: {}", a.output_so_far());
     let counted = metric(port, "git_dispatch_outcomes_already_recorded_total");
+    std::fs::write(world.markers.join("release"), b"").expect("write the release marker");
     a.terminate();
     let out = a.wait(DEADLINE);
     out.assert_exit(0);
@@ -260,7 +303,7 @@ fn an_id_another_dispatcher_recorded_meanwhile_gets_no_second_outcome() {
     );
     assert_eq!(remote_head(&world), recorded_by_b, "A pushed something");
     assert!(
-        out.stderr.contains("not recorded") && out.stderr.contains("twice"),
+        out.stderr.contains("fenced") && out.stderr.contains("twice: the remote already records"),
         "A's log does not report its run:\n{out}"
     );
     assert!(

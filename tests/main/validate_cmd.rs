@@ -81,7 +81,7 @@ fn validate_index_names_the_kind_and_field_of_a_bad_runs_on() {
     let world = World::new().build();
     world.submitter.write(
         "handlers/index.yml",
-        &format!(
+        format!(
             "{}gpu:\n  handler: echo.sh\n  runs_on: [gpu, \"big box\"]\nlone:\n  handler: echo.sh\n  runs_on: gpu\nfine:\n  handler: echo.sh\n  runs_on: [gpu, linux-x86_64]\n",
             crate::support::DEFAULT_INDEX
         ),

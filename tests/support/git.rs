@@ -116,4 +116,5 @@ pub(super) fn kill_group(child: &mut Child) {
 pub const BRANCH_FROZEN_HOOK: &str = "#!/bin/sh\nwhile read old new ref; do\n  case \"$ref\" in refs/heads/*) echo 'pushes are frozen for maintenance' >&2; exit 1;; esac\ndone\nexit 0\n";
 
 /// A pre-receive hook that refuses every push, claims included.
-pub const ALL_FROZEN_HOOK: &str = "#!/bin/sh\necho 'pushes are frozen for maintenance' >&2\nexit 1\n";
+pub const ALL_FROZEN_HOOK: &str =
+    "#!/bin/sh\necho 'pushes are frozen for maintenance' >&2\nexit 1\n";

@@ -28,11 +28,7 @@ fn cli_git_transport_reports_a_push_refused_by_a_hook_with_exit_3() {
     world.submit("held.yml", "kind: echo\n");
     let daemon = GitDaemon::serve(&world);
     let hook = world.remote.join("hooks/pre-receive");
-    fs::write(
-        &hook,
-        BRANCH_FROZEN_HOOK,
-    )
-    .expect("write the hook");
+    fs::write(&hook, BRANCH_FROZEN_HOOK).expect("write the hook");
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod the hook");
     let tip = remote_tip(&world);
 

@@ -20,11 +20,7 @@ fn push_refused_by_a_pre_receive_hook_exits_3_and_the_next_run_pushes_it_once() 
     world.submit("held.yml", "kind: tally\n");
     let daemon = PortDaemon::serve(&world);
     let hook = world.remote.join("hooks/pre-receive");
-    fs::write(
-        &hook,
-        BRANCH_FROZEN_HOOK,
-    )
-    .expect("write the hook");
+    fs::write(&hook, BRANCH_FROZEN_HOOK).expect("write the hook");
     fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod the hook");
     let before = git_dir(&world, &world.remote, &["rev-parse", "refs/heads/main"]);
