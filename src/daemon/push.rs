@@ -107,9 +107,11 @@ impl Daemon {
                 Ok(())
             }
             Err(e) if e.is_transient() => {
-                self.push.failures += 1;
-                self.metrics.push_failed();
                 let rejected = matches!(e, SyncError::Rejected { .. });
+                // A refusal proves the remote is reachable again: the failures to reach it that
+                // came before (an outage while serving) do not count toward giving up.
+                self.push.failures = if rejected { 1 } else { self.push.failures + 1 };
+                self.metrics.push_failed();
                 let delay = push_delay(self.push.failures, rejected);
                 let last = is_last(
                     self.cfg.mode,
@@ -122,9 +124,18 @@ impl Daemon {
                     attempt_note(self.push.failures, self.cfg.push_attempts, last, delay)
                 ));
                 if rejected {
-                    // Most often the remote moved: re-create the outcomes on its new tip.
-                    if let Err(e) = self.sync.fetch().and_then(|_| self.sync.reconcile()) {
-                        say(&format!("after a rejected push: {e}"));
+                    // Most often the remote moved: re-create the outcomes on its new tip. When it
+                    // records them all already, nothing is left to push.
+                    match self.sync.fetch().and_then(|_| self.sync.reconcile()) {
+                        Ok(reconciled) => {
+                            self.reconciled(&reconciled);
+                            if self.sync.unpushed_commits()?.is_empty() {
+                                self.push.since = None;
+                                self.push.failures = 0;
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => say(&format!("after a rejected push: {e}")),
                     }
                 }
                 if last {

@@ -126,7 +126,7 @@ impl Daemon {
     /// Says what a reconcile found: outcomes the remote records already (dropped here, and taken out
     /// of the summary), request files changed after they were taken, outcomes re-created on the
     /// remote's new tip (unpushed again).
-    fn reconciled(&mut self, reconciled: &Reconciled) {
+    pub(super) fn reconciled(&mut self, reconciled: &Reconciled) {
         for key in &reconciled.already_recorded {
             event(
                 "sync",
