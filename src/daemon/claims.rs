@@ -296,11 +296,14 @@ impl Daemon {
                     self.claims.read.insert(oid, message.clone());
                     message
                 }
-                Err(e) if e.is_transient() => {
-                    say(&format!("could not read the expired claim `{name}`: {e}"));
+                // Gone or moved since it was seen (renewed, released or taken: not expired after
+                // all), or the remote is away: looked at again with the next look.
+                Err(e) => {
+                    if e.is_transient() {
+                        say(&format!("could not read the expired claim `{name}`: {e}"));
+                    }
                     continue;
                 }
-                Err(e) => return Err(e.into()),
             };
             let Some(from) = protocol::decode::<Claim>(&message) else {
                 say(&format!(
