@@ -4,11 +4,13 @@
 //! 1. [`git`]: fetch the inbox repository into a bare clone and reconcile unpushed outcomes.
 //! 2. [`inbox`]: list `requests/` in arrival order, check one request's bytes against the envelope
 //!    and its kind's schema, and route its kind to a handler through `handlers/index.yml`.
-//! 3. [`run`]: on a worker, a `--jobs` slot, the resource's lock, the journal entry, the handler in
+//! 3. [`claim`]: the resource's claim on the remote, so that several dispatchers never start a
+//!    request twice or run one resource on two hosts (made, renewed and released by [`daemon`]).
+//! 4. [`run`]: on a worker, a `--jobs` slot, the resource's lock, the journal entry, the handler in
 //!    the sandbox with its output captured, retries with backoff.
-//! 4. [`outcome`]: what became of the request, written down as one commit (status, log, the request
+//! 5. [`outcome`]: what became of the request, written down as one commit (status, log, the request
 //!    moved to `processed/`), made by [`git`] and pushed in batches.
-//! 5. [`daemon`]: the loop that strings these together, with recovery after a crash and the events
+//! 6. [`daemon`]: the loop that strings these together, with recovery after a crash and the events
 //!    (signals, a local remote's changes, systemd, metrics).
 //!
 //! On the submitter's side, in a clone: [`submitter`] writes, commits and pushes a request and reads

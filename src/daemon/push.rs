@@ -29,6 +29,8 @@ pub(super) struct PushState {
     next: Instant,
     /// Failed pushes in a row; reset by one that works.
     failures: u32,
+    /// Whether the last failed push was refused by the remote (rather than not reaching it).
+    last_rejected: bool,
 }
 
 impl PushState {
@@ -38,6 +40,7 @@ impl PushState {
             counted: HashMap::new(),
             next: now,
             failures: 0,
+            last_rejected: false,
         }
     }
 
@@ -101,6 +104,7 @@ impl Daemon {
                 event("push", None, &format!("pushed {pending} outcome(s)"));
                 self.push.counted.clear();
                 self.push.failures = 0;
+                self.push.last_rejected = false;
                 self.push.since = None;
                 self.sync.reopen_if_stale();
                 self.sync.forget_notes(SPENT_NOTES);
@@ -108,9 +112,13 @@ impl Daemon {
             }
             Err(e) if e.is_transient() => {
                 let rejected = matches!(e, SyncError::Rejected { .. });
-                // A refusal proves the remote is reachable again: the failures to reach it that
-                // came before (an outage while serving) do not count toward giving up.
-                self.push.failures = if rejected { 1 } else { self.push.failures + 1 };
+                // The first refusal after failures to reach the remote (an outage while serving)
+                // counts as the first failure: the remote answers again.
+                self.push.failures = match rejected && !self.push.last_rejected {
+                    true => 1,
+                    false => self.push.failures + 1,
+                };
+                self.push.last_rejected = rejected;
                 self.metrics.push_failed();
                 let delay = push_delay(self.push.failures, rejected);
                 let last = is_last(
