@@ -10,7 +10,7 @@ use git2::{Oid, Repository};
 use serde_json::{Value as Json, json};
 
 use crate::claim::protocol::{self, Claim, Heartbeat, RunningEntry};
-use crate::commands::status::{Paint, age, print_table};
+use crate::commands::table::{Paint, age, print_table};
 use crate::inbox::router::{INDEX_PATH, parse_index};
 use crate::submitter::checkout::dispatch_namespace;
 use crate::submitter::history::Waiting;

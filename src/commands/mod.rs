@@ -14,4 +14,5 @@ pub(crate) mod selftest;
 pub(crate) mod show;
 pub(crate) mod status;
 pub(crate) mod submit;
+mod table;
 pub(crate) mod validate;

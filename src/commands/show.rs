@@ -6,7 +6,8 @@ use serde_json::{Value as Json, json};
 
 use crate::cli::ShowArgs;
 use crate::clock::{now_seconds, rfc3339_seconds};
-use crate::commands::status::{Paint, age, duration, fetched_tip};
+use crate::commands::status::fetched_tip;
+use crate::commands::table::{Paint, age, duration};
 use crate::error::CommandError;
 use crate::git::view::short;
 use crate::layout::Place;

@@ -14,6 +14,7 @@ pub(crate) mod housekeeping;
 pub(crate) mod mempack;
 pub(crate) mod pack;
 pub(crate) mod pack_writer;
+pub(crate) mod refs;
 pub(crate) mod settings;
 pub(crate) mod staging;
 pub(crate) mod sync;

@@ -26,9 +26,9 @@ use crate::git::transport::{self, REMOTE, Remote};
 use crate::git::tree_edit::{self, Edit};
 use crate::git::written::WrittenPacks;
 
-#[allow(unused_imports)]
-pub(crate) use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 pub(crate) use crate::git::error::SyncError;
+#[allow(unused_imports)]
+pub(crate) use crate::git::refs::{Look, RefOutcome, RefUpdate};
 pub(crate) use crate::git::settings::configure_libgit2;
 pub(crate) use crate::git::transport::Access;
 pub use crate::git::transport::Transport;
@@ -177,7 +177,7 @@ impl Sync {
             return;
         }
         let objects = self.path.join("objects");
-        let empty_tree = Oid::from_str(crate::git::dispatch_refs::EMPTY_TREE).ok();
+        let empty_tree = Oid::from_str(crate::git::refs::EMPTY_TREE).ok();
         for oid in self.spent_notes.take().into_iter().chain(empty_tree) {
             let hex = oid.to_string();
             let _ = fs::remove_file(objects.join(&hex[..2]).join(&hex[2..]));

@@ -17,8 +17,8 @@ use std::process::Command;
 use git2::Oid;
 
 use super::{REMOTE, Remote};
-use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 use crate::git::error::SyncError;
+use crate::git::refs::{Look, RefOutcome, RefUpdate};
 
 /// The environment variable that hands the password to the `git` transport's credential helper.
 const PASSWORD_VAR: &str = "GIT_DISPATCH_REMOTE_PASSWORD";

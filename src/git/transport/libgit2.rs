@@ -21,8 +21,8 @@ use git2::{
 };
 
 use super::{REMOTE, Remote};
-use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 use crate::git::error::SyncError;
+use crate::git::refs::{Look, RefOutcome, RefUpdate};
 
 /// Credential callbacks are asked again after every failure; past this many, give up.
 const MAX_CREDENTIAL_ATTEMPTS: u32 = 3;

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use git2::{ErrorCode, Oid, Repository};
 
 use super::Remote;
-use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 use crate::git::error::SyncError;
 use crate::git::pack::PackFile;
+use crate::git::refs::{Look, RefOutcome, RefUpdate};
 use crate::git::written::WrittenPacks;
 
 /// The remote as a bare repository on this host, when it is one (a local path or `file://`).

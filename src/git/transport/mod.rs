@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
 
-use crate::git::dispatch_refs::{Look, RefOutcome, RefUpdate};
 use crate::git::error::SyncError;
+use crate::git::refs::{Look, RefOutcome, RefUpdate};
 use crate::git::url::Password;
 use crate::git::written::WrittenPacks;
 
