@@ -1,7 +1,7 @@
 //! What an operator watches: `/metrics` in the Prometheus text format (outcomes by kind and state,
 //! run durations, queue depth, push retries and failures, time of the last successful sync, runs
 //! whose id another dispatcher recorded first, requests changed after they were taken, rewrites of
-//! the remote branch, build info) and `/healthz` (200 while the
+//! the remote branch, claim events and claims held, build info) and `/healthz` (200 while the
 //! last sync succeeded within three poll intervals, otherwise 503 with the reason). Served on `--metrics-addr` by a thread of its own; the daemon only updates
 //! atomics and one small mutex.
 
@@ -28,6 +28,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClaimLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -49,6 +54,8 @@ pub(crate) struct Metrics {
     already_recorded: Counter,
     changed_after_taken: Counter,
     remote_rewritten: Counter,
+    claims: Family<ClaimLabels, Counter>,
+    claims_held: Gauge,
     health: Mutex<Health>,
     poll_interval: Duration,
 }
@@ -109,6 +116,20 @@ impl Metrics {
              last fetched or pushed",
             remote_rewritten.clone(),
         );
+        let claims = Family::<ClaimLabels, Counter>::default();
+        registry.register(
+            "claim_events",
+            "Claims of resources, by event: made, taken_over, released, lost (found taken by \
+             another dispatcher), fenced (a run stopped because its claim could not be renewed \
+             or was lost)",
+            claims.clone(),
+        );
+        let claims_held = Gauge::default();
+        registry.register(
+            "claims_held",
+            "Resources whose claim this dispatcher holds",
+            claims_held.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -127,6 +148,8 @@ impl Metrics {
             already_recorded,
             changed_after_taken,
             remote_rewritten,
+            claims,
+            claims_held,
             health: Mutex::new(Health {
                 last_sync: None,
                 last_error: Some("no sync yet".to_owned()),
@@ -170,6 +193,16 @@ impl Metrics {
 
     pub(crate) fn remote_rewritten(&self) {
         self.remote_rewritten.inc();
+    }
+
+    /// A claim `event`: `made`, `taken_over`, `released`, `lost` or `fenced`.
+    pub(crate) fn claim(&self, event: &'static str) {
+        self.claims.get_or_create(&ClaimLabels { event }).inc();
+    }
+
+    pub(crate) fn claims_held(&self, held: usize) {
+        self.claims_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn synced(&self) {

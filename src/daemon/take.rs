@@ -140,6 +140,11 @@ impl Daemon {
         let now = Instant::now();
         let mut wants: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
         let mut first_want = None;
+        // Resources nobody holds, as candidates for new claims: one per free slot.
+        let room = (self.cfg.jobs + ahead)
+            .saturating_sub(self.running.values().filter(|r| !r.ended).count());
+        let spread = if self.claims.others > 0 { 3 } else { 1 };
+        let mut fresh: Vec<(usize, String, Claimed)> = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             if self.running.values().any(|r| r.entry.path == entry.path) {
                 continue;
@@ -182,6 +187,33 @@ impl Daemon {
                                 None => self.start(entry.clone(), request, secrets)?,
                             }
                         }
+                        // A resource nobody holds is claimed only while a slot is free for it, so
+                        // that one dispatcher does not claim every resource of a long queue; with
+                        // other dispatchers about, it picks among a few of the oldest at random
+                        // (below), so that they do not all race for the same one.
+                        May::Claim if !wants.contains_key(&resource) => {
+                            if !fresh.iter().any(|(_, r, _)| *r == resource)
+                                && fresh.len() < room * spread
+                            {
+                                fresh.push((
+                                    i,
+                                    resource.clone(),
+                                    Claimed {
+                                        id: request.id.clone(),
+                                        path: entry.path.clone(),
+                                    },
+                                ));
+                                busy.push(resource);
+                                waiting += 1;
+                                continue;
+                            }
+                            skipped += 1;
+                            waiting += 1;
+                            if skipped >= LOOKAHEAD {
+                                waiting += entries[i + 1..].len();
+                                break;
+                            }
+                        }
                         May::Claim | May::Extend => {
                             first_want.get_or_insert(i);
                             wants.entry(resource.clone()).or_default().push(Claimed {
@@ -204,6 +236,14 @@ impl Daemon {
                     }
                 }
             }
+        }
+        if fresh.len() > room {
+            fastrand::shuffle(&mut fresh);
+            fresh.truncate(room);
+        }
+        for (i, resource, claimed) in fresh {
+            first_want = Some(first_want.map_or(i, |f: usize| f.min(i)));
+            wants.entry(resource).or_default().push(claimed);
         }
         if let Some(first) = first_want {
             self.fill_batches(&entries[first + 1..], &mut wants, now);

@@ -13,6 +13,7 @@ use crate::log::event;
 impl Daemon {
     /// A claim held here was found taken by another: its runs are stopped.
     pub(super) fn lost(&mut self, resource: &str) {
+        self.metrics.claim("lost");
         self.claims.ledger.let_go(resource);
         self.fence_runs(
             resource,
@@ -40,6 +41,7 @@ impl Daemon {
                 self.claims.kills.push((now + grace, pid));
             }
             event("fence", Some(key), &format!("stopping the handler: {why}"));
+            self.metrics.claim("fenced");
             self.claims.fenced.insert(key.clone(), why.clone());
         }
     }

@@ -54,6 +54,8 @@ pub(super) struct Claims {
     /// The messages of other dispatchers' claims read so far, by oid (an expired claim is read
     /// once, however long it waits for its own lease).
     read: HashMap<Oid, String>,
+    /// How many other dispatchers' heartbeats the last look showed.
+    pub(super) others: usize,
     /// Set at a clean exit: the last heartbeat says `stopped`.
     stopped: bool,
     /// The boot id of the dispatcher that ran on this workdir before this one.
@@ -91,6 +93,7 @@ impl Claims {
             retry_at: None,
             failures: 0,
             stopped: false,
+            others: 0,
             read: HashMap::new(),
             previous,
             leftovers: Vec::new(),
@@ -137,15 +140,12 @@ impl Daemon {
             self.claims.beat_oid = dispatch.get(&mine).copied();
             self.claims.leftovers = self.leftovers(&mine);
         }
+        self.claims.others = dispatch
+            .keys()
+            .filter(|name| name.starts_with(protocol::DISPATCHERS) && **name != mine)
+            .count();
         for resource in self.claims.ledger.observe(dispatch, now) {
-            self.claims.ledger.let_go(&resource);
-            self.fence_runs(
-                &resource,
-                format!(
-                    "the claim on resource `{resource}` was taken over by another dispatcher \
-                     while this one ran the request"
-                ),
-            );
+            self.lost(&resource);
         }
     }
 

@@ -54,6 +54,7 @@ impl Daemon {
         for ((change, update), outcome) in changes.into_iter().zip(&updates).zip(outcomes) {
             self.took_or_not(change, update, outcome, started);
         }
+        self.metrics.claims_held(self.claims.ledger.held().count());
         if !refused.is_empty() {
             return self.claims_failed(format!(
                 "the remote refused {}; dispatchers need to create, update and delete refs \
@@ -172,6 +173,7 @@ impl Daemon {
             (Change::Claim { claim, made }, RefOutcome::Updated) => {
                 let resource = claim.resource.clone();
                 if made {
+                    self.metrics.claim("made");
                     event(
                         "claim",
                         None,
@@ -209,6 +211,7 @@ impl Daemon {
                 self.lost(&claim.resource);
             }
             (Change::TakeOver { claim, from, .. }, RefOutcome::Updated) => {
+                self.metrics.claim("taken_over");
                 let resource = claim.resource.clone();
                 let why = format!(
                     "dispatcher `{}` (host `{}`) stopped renewing its claim on resource `{resource}` \
@@ -242,6 +245,7 @@ impl Daemon {
                 }
             }
             (Change::Release { resource }, RefOutcome::Updated) => {
+                self.metrics.claim("released");
                 self.claims.ledger.let_go(&resource);
             }
             (Change::Release { resource }, RefOutcome::Lost { .. }) => self.lost(&resource),

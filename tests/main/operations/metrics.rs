@@ -80,12 +80,20 @@ fn metrics_count_outcomes_and_healthz_turns_503_when_the_remote_goes_away() {
         "git_dispatch_queue_depth",
         "git_dispatch_run_duration_seconds_bucket",
         "git_dispatch_build_info",
+        "git_dispatch_claims_held",
     ] {
         assert!(
             metrics.lines().any(|l| l.starts_with(name)),
             "no `{name}` sample:\n{metrics}"
         );
     }
+    // The request's resource was claimed before it ran.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "git_dispatch_claim_events_total{event=\"made\"} 1"),
+        "no claim made:\n{metrics}"
+    );
     let mut health = None;
     let healthy = wait_until(Duration::from_secs(10), || {
         health = http_get(port, "/healthz");
