@@ -94,15 +94,8 @@ CLAIMS_ELAPSED=$ELAPSED
 stop_pid "$DAEMON_PID" || true
 check_drained "9" "$W/remote.git" "$N"
 say "9: the handler alone, $N times from a shell loop"
-cd "$W/submit"
-reqs=(requests/req-*.yml)
-((${#reqs[@]} == N)) || die "expected $N requests in $W/submit/requests, found ${#reqs[@]}"
-settle
-t0=$(now)
-for f in "${reqs[@]}"; do ./handlers/echo.sh "$f" >/dev/null; done
-t1=$(now)
-cd "$TMP"
-CLAIMS_LOOP=$(calc '%.3f' "$t1 - $t0")
+handler_loop "$W/submit"
+CLAIMS_LOOP=$LOOP_TIME
 out "9 one dispatcher over git daemon, run --until-empty --jobs 1: $N echo requests in ${CLAIMS_ELAPSED} s = $(calc '%.2f' "$N / $CLAIMS_ELAPSED") req/s (incl. its first clone; $CHECK_NOTE); the handler alone from a shell loop: ${CLAIMS_LOOP} s"
 out "9 cost of claims, git-dispatch over git daemon / handler alone: $(calc '%.2f' "$CLAIMS_ELAPSED / $CLAIMS_LOOP")x [target <= 1.5x]; overhead $(calc '%.2f' "($CLAIMS_ELAPSED - $CLAIMS_LOOP) * 1000 / $N") ms per request"
 rm -rf "$W" "$TMP/work-claims"

@@ -162,6 +162,21 @@ nap() { read -r -t "$1" -u "$SLEEP_FD" _ || true; }
 # of figure 1 take 3.6 s instead of 2.5-2.7 s, in two alternating pairs).
 settle() { sync; }
 
+# handler_loop SUBMIT: the world's handler run on each of its N requests from a plain shell loop, in
+# the submitter's clone SUBMIT; sets LOOP_TIME (seconds).
+handler_loop() {
+    local reqs t0 t1
+    cd "$1"
+    reqs=(requests/req-*.yml)
+    ((${#reqs[@]} == N)) || die "expected $N requests in $1/requests, found ${#reqs[@]}"
+    settle
+    t0=$(now)
+    for f in "${reqs[@]}"; do ./handlers/echo.sh "$f" >/dev/null; done
+    t1=$(now)
+    cd "$TMP"
+    LOOP_TIME=$(calc '%.3f' "$t1 - $t0")
+}
+
 # --- helpers --------------------------------------------------------------------------------------
 # mkworld DIR N: the baseline's world, made traversable for the handlers' user.
 mkworld() {
@@ -430,15 +445,8 @@ fi
 # --- 2: the handlers alone ------------------------------------------------------------------------
 if want 2; then
 say "2: the handler alone, $N times from a shell loop"
-cd "$W/submit"
-reqs=(requests/req-*.yml)
-((${#reqs[@]} == N)) || die "expected $N requests in $W/submit/requests, found ${#reqs[@]}"
-settle
-t0=$(now)
-for f in "${reqs[@]}"; do ./handlers/echo.sh "$f" >/dev/null; done
-t1=$(now)
-cd "$TMP"
-LOOP_ELAPSED=$(calc '%.3f' "$t1 - $t0")
+handler_loop "$W/submit"
+LOOP_ELAPSED=$LOOP_TIME
 out "2 handlers alone: $N x handlers/echo.sh from a shell loop in ${LOOP_ELAPSED} s ($(calc '%.2f' "$LOOP_ELAPSED * 1000 / $N") ms each)"
 out "2 git-dispatch time / handlers alone: ${GD_ELAPSED} s / ${LOOP_ELAPSED} s = $(calc '%.2f' "$GD_ELAPSED / $LOOP_ELAPSED")x [target <= 3x]"
 rm -rf "$W" "$TMP/work1"

@@ -2,7 +2,7 @@
 //! dispatchers are SIGKILLed and restarted), every id is recorded once, and no resource runs on two
 //! hosts at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::{add_work_kind, assert_recorded_once, submit_spread};
@@ -40,15 +40,7 @@ fn three_dispatchers_drain_300_requests_each_run_once_and_no_resource_on_two_at_
 
     let clone = world.clone_from(&daemon.url());
     let all = runs.read();
-    let started = tally(all.iter().map(|r| r.id.as_str()));
-    let twice: Vec<_> = started.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "handlers started more than once ({} ids of {}; the first (id, starts): {:?}",
-        twice.len(),
-        started.len(),
-        &twice[..twice.len().min(10)]
-    );
+    let started = started_once(&all, "");
     assert_eq!(started.len(), 300, "ids whose handler started");
     assert!(all.iter().all(|r| r.end.is_some()), "a run never ended");
     assert_recorded_once(&clone, resource_of.keys());
@@ -129,14 +121,7 @@ fn dispatchers_killed_at_random_start_each_handler_at_most_once_and_record_it_on
 
     let clone = world.clone_from(&daemon.url());
     let all = runs.read();
-    let started = tally(all.iter().map(|r| r.id.as_str()));
-    let twice: Vec<_> = started.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "seed {seed}: handlers started more than once ({} ids; the first (id, starts)): {:?}",
-        twice.len(),
-        &twice[..twice.len().min(10)]
-    );
+    started_once(&all, &format!("seed {seed}: "));
     assert_recorded_once(&clone, resource_of.keys());
     let run_of: HashMap<&str, &Run> = all.iter().map(|r| (r.id.as_str(), r)).collect();
     for id in resource_of.keys() {
@@ -167,4 +152,19 @@ fn dispatchers_killed_at_random_start_each_handler_at_most_once_and_record_it_on
                 panic!("seed {seed}: a run that never ended on a live host: {run:?}")
             })
     });
+}
+
+/// How many times each id's handler started, asserting none started more than once (`context`
+/// begins the message).
+fn started_once(all: &[Run], context: &str) -> BTreeMap<String, usize> {
+    let started = tally(all.iter().map(|r| r.id.as_str()));
+    let twice: Vec<_> = started.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{context}handlers started more than once ({} ids of {}; the first (id, starts)): {:?}",
+        twice.len(),
+        started.len(),
+        &twice[..twice.len().min(10)]
+    );
+    started
 }
