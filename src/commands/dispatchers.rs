@@ -11,6 +11,7 @@ use serde_json::{Value as Json, json};
 
 use crate::claim::protocol::{self, Claim, Heartbeat, RunningEntry};
 use crate::commands::table::{Paint, age, print_table};
+use crate::git::dispatch_refs::message_of;
 use crate::inbox::router::{INDEX_PATH, parse_index};
 use crate::submitter::checkout::dispatch_namespace;
 use crate::submitter::history::Waiting;
@@ -79,11 +80,13 @@ impl Fleet {
             let Ok(name) = reference.name().map(str::to_owned) else {
                 continue;
             };
+            // Read only when its header says it is of a record's size: one pushed by hand may be
+            // huge, and is then unreadable like any other stranger.
             let message = reference
-                .peel_to_commit()
-                .ok()
-                .and_then(|c| c.message().ok().map(str::to_owned));
-            let message = message.unwrap_or_default();
+                .target()
+                .and_then(|oid| message_of(repo, oid))
+                .and_then(Result::ok)
+                .unwrap_or_default();
             let remote_name = format!("{}{}", protocol::PREFIX, &name[namespace.len()..]);
             if remote_name.starts_with(protocol::DISPATCHERS) {
                 match protocol::decode::<Heartbeat>(&message) {

@@ -88,22 +88,24 @@ impl Sync {
 
     /// The message of commit `oid`, which the remote's ref `name` held; fetched when not here.
     /// A ref that no longer names `oid` on the remote (and whose commit is not here) is an error
-    /// of [`ErrorCode::NotFound`].
+    /// of [`ErrorCode::NotFound`]; a commit larger than [`MAX_NOTE`] (no dispatcher writes one) is
+    /// an error of [`ErrorCode::Invalid`], and is not read.
     pub(crate) fn note_message(&self, name: &str, oid: Oid) -> Result<String, SyncError> {
         if let Some(message) = message_of(&self.repo, oid) {
-            return Ok(message);
+            return Ok(message.map_err(|size| too_large(name, size))?);
         }
         self.remote().fetch_note(name, oid)?;
         let message = message_of(&self.repo, oid);
         // Read once (the caller keeps what it needs): removed later with the spent notes.
         self.spent_notes.borrow_mut().push(oid);
-        message.ok_or_else(|| {
-            SyncError::Git(git2::Error::new(
+        match message {
+            Some(message) => Ok(message.map_err(|size| too_large(name, size))?),
+            None => Err(SyncError::Git(git2::Error::new(
                 ErrorCode::NotFound,
                 ErrorClass::Reference,
                 format!("`{name}` on the remote no longer names commit {oid}"),
-            ))
-        })
+            ))),
+        }
     }
 
     /// Why `update` is not sent at all (`earlier` are the updates before it in the same call).
@@ -124,8 +126,35 @@ impl Sync {
     }
 }
 
-/// The message of commit `oid` in `repo`, if it holds it.
-pub(crate) fn message_of(repo: &Repository, oid: Oid) -> Option<String> {
+/// The most bytes a note's commit may have to be read: a claim of [`MAX_BATCH`] requests with long
+/// ids and paths is well below it. A larger one (pushed by hand) is not read at all.
+///
+/// [`MAX_BATCH`]: crate::claim::ledger::MAX_BATCH
+pub(crate) const MAX_NOTE: usize = 1 << 20;
+
+/// The message of commit `oid` in `repo`, if it holds it; `Err(size)` when the commit is larger
+/// than [`MAX_NOTE`], told by the object's header before anything of it is read.
+pub(crate) fn message_of(repo: &Repository, oid: Oid) -> Option<Result<String, usize>> {
+    let (size, kind) = repo.odb().ok()?.read_header(oid).ok()?;
+    if kind != git2::ObjectType::Commit {
+        return None;
+    }
+    if size > MAX_NOTE {
+        return Some(Err(size));
+    }
     let commit = repo.find_commit(oid).ok()?;
-    Some(String::from_utf8_lossy(commit.message_raw_bytes()).into_owned())
+    Some(Ok(
+        String::from_utf8_lossy(commit.message_raw_bytes()).into_owned()
+    ))
+}
+
+fn too_large(name: &str, size: usize) -> git2::Error {
+    git2::Error::new(
+        ErrorCode::Invalid,
+        ErrorClass::Object,
+        format!(
+            "`{name}` names a commit of {size} bytes, more than the {MAX_NOTE} a record may have; \
+             it is not read"
+        ),
+    )
 }

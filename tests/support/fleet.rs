@@ -42,10 +42,16 @@ pub struct Member {
 impl Member {
     /// Starts it.
     pub fn start(world: &World, url: &str, id: &str, extra: &[&str]) -> Member {
+        Member::start_as(world, url, id, id, extra)
+    }
+
+    /// Starts it with `--dispatcher-id ID` on the workdir and lock dir of `name` (`work-NAME`), so
+    /// that two members may share one id.
+    pub fn start_as(world: &World, url: &str, name: &str, id: &str, extra: &[&str]) -> Member {
         let mut member = Member {
             id: id.to_owned(),
-            work: world.root.join(format!("work-{id}")),
-            locks: world.root.join(format!("locks-{id}")),
+            work: world.root.join(format!("work-{name}")),
+            locks: world.root.join(format!("locks-{name}")),
             url: url.to_owned(),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             process: None,
@@ -99,6 +105,11 @@ impl Member {
         self.process
             .as_mut()
             .is_some_and(|p| p.wait_for_output(needle, timeout))
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Background::pid)
     }
 
     /// Whether it still runs.

@@ -3,13 +3,14 @@
 
 use std::time::{Instant, SystemTime};
 
-use git2::Oid;
+use git2::{ErrorCode, Oid};
 
 use super::Change;
 use crate::claim::ledger::Held;
 use crate::claim::protocol::{self, Claim, Claimed, Heartbeat};
 use crate::clock::rfc3339;
 use crate::daemon::{Daemon, DaemonError};
+use crate::git::sync::SyncError;
 use crate::layout;
 use crate::log::say;
 
@@ -51,6 +52,9 @@ impl Daemon {
             {
                 continue;
             }
+            if self.claims.unusable.contains(&oid) {
+                continue;
+            }
             let message = match self.claims.read.get(&oid) {
                 Some(message) => Ok(message.clone()),
                 None => self.sync.note_message(&name, oid),
@@ -59,6 +63,12 @@ impl Daemon {
                 Ok(message) => {
                     self.claims.read.insert(oid, message.clone());
                     message
+                }
+                // Too large to read: never will be.
+                Err(SyncError::Git(e)) if e.code() == ErrorCode::Invalid => {
+                    say(&format!("the claim {e}; it is left alone"));
+                    self.claims.unusable.insert(oid);
+                    continue;
                 }
                 // Gone or moved since it was seen (renewed, released or taken: not expired after
                 // all), or the remote is away: looked at again with the next look.
@@ -69,10 +79,17 @@ impl Daemon {
                     continue;
                 }
             };
-            let Some(from) = protocol::decode::<Claim>(&message) else {
+            let from = protocol::decode::<Claim>(&message);
+            // A claim is taken over only at its own resource's ref: one pushed by hand elsewhere
+            // naming a resource held here would make the take-over fail against this dispatcher's
+            // own claim, and look like a claim lost.
+            let Some(from) = from.filter(|c| protocol::claim_ref(&c.resource) == name) else {
                 say(&format!(
-                    "the claim `{name}` is not one this version reads; it is left alone"
+                    "the claim `{name}` is not one this version reads (or names another \
+                     resource than its ref's); it is left alone"
                 ));
+                self.claims.read.remove(&oid);
+                self.claims.unusable.insert(oid);
                 continue;
             };
             let own = from.holder.dispatcher == self.cfg.dispatcher_id

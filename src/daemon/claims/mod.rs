@@ -54,6 +54,10 @@ pub(super) struct Claims {
     /// The messages of other dispatchers' claims read so far, by oid (an expired claim is read
     /// once, however long it waits for its own lease).
     read: HashMap<Oid, String>,
+    /// Commits on claim refs of others that are never taken over, whatever their age: a record
+    /// this version cannot read, too large to read, or of another resource than its ref's.
+    /// Said once each.
+    unusable: HashSet<Oid>,
     /// How many other dispatchers' heartbeats the last look showed.
     pub(super) others: usize,
     /// Set at a clean exit: the last heartbeat says `stopped`.
@@ -95,6 +99,7 @@ impl Claims {
             stopped: false,
             others: 0,
             read: HashMap::new(),
+            unusable: HashSet::new(),
             previous,
             leftovers: Vec::new(),
             started_at: rfc3339(SystemTime::now()),

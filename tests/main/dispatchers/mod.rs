@@ -14,6 +14,8 @@ use crate::support::{Checkout, World, add_kinds};
 mod drain;
 // A dispatcher cut off from the remote stops its handler; another records the request `abandoned`.
 mod fencing;
+// Forged and huge records, claims changed by hand, one id twice, a frozen dispatcher.
+mod attacks;
 // `runs_on` and `--labels`: a kind runs only where its labels are.
 mod labels;
 // One workdir, two dispatcher ids: the second is refused.
