@@ -4,13 +4,12 @@
 //! Each still starts a request at most once and records it once.
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
-use super::{add_work_kind, assert_recorded_once, submit_spread};
+use super::{add_work_kind, alive, assert_recorded_once, submit_spread};
 use crate::support::fleet::{
     Member, Runs, assert_no_overlap, now_ns, outputs, tally, wait_for_outcomes,
 };
@@ -61,17 +60,6 @@ fn peak_kb(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM")
-}
-
-/// Whether process `pid` is alive (a zombie is not).
-fn alive(pid: &str) -> bool {
-    let Ok(stat) = fs::read_to_string(Path::new("/proc").join(pid).join("stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
 }
 
 #[test]

@@ -3,24 +3,12 @@
 //! the one that held it.
 
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::assert_recorded_once;
+use super::{alive, assert_recorded_once};
 use crate::support::fleet::{Member, outputs, recorded_ids};
 use crate::support::proxy::Proxy;
 use crate::support::{GitDaemon, Strays, World, wait_until};
-
-/// Whether process `pid` is alive (a zombie is not).
-fn alive(pid: &str) -> bool {
-    let Ok(stat) = fs::read_to_string(Path::new("/proc").join(pid).join("stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
-}
 
 #[test]
 fn a_dispatcher_cut_off_from_the_remote_stops_its_handler_and_another_records_it_abandoned() {

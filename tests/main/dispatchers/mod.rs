@@ -92,3 +92,15 @@ fn assert_recorded_once<'a>(clone: &Checkout, ids: impl IntoIterator<Item = &'a 
     );
     assert_eq!(clone.statuses().len(), expected.len(), "status files");
 }
+
+/// Whether process `pid` is alive (a zombie is not).
+pub(super) fn alive(pid: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(std::path::Path::new("/proc").join(pid).join("stat"))
+    else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
