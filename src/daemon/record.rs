@@ -46,7 +46,13 @@ impl Daemon {
             );
             return Ok(());
         }
-        let fenced = self.claims.fenced.remove(&report.key);
+        // Fenced by the daemon, or by the run's own thread at its claim's deadline.
+        let fenced = self.claims.fenced.remove(&report.key).or_else(|| {
+            running
+                .in_flight
+                .is_fenced()
+                .then(|| self.fence_why(&running.request.resource))
+        });
         if fenced.is_some() && report.attempts.is_empty() {
             event(
                 "fence",

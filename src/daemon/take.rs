@@ -513,6 +513,7 @@ impl Daemon {
         runner::spawn(plan, move |report| {
             let _ = sender.send(Event::Finished(Box::new(report)));
         });
+        let resource = request.resource.clone();
         self.running.insert(
             key,
             Running {
@@ -523,6 +524,7 @@ impl Daemon {
                 prior_logs,
             },
         );
+        self.hold_runs(&resource);
         Ok(())
     }
 }

@@ -187,6 +187,14 @@ fn run_holding<'p>(
             // The watchdog recorded the run while this thread was stuck: nothing more may run.
             return Ok(true);
         }
+        if plan.in_flight.fence_due(std::time::Instant::now()) {
+            // The claim was not renewed in time (the daemon may be held up, or was frozen):
+            // another dispatcher may take it over, so nothing more starts here.
+            return Ok(true);
+        }
+        if number == plan.first_attempt {
+            say_running(plan);
+        }
         let mut ready = match first.take() {
             Some(ready) => ready,
             None => Ready::new(plan, number)?,
@@ -230,6 +238,11 @@ fn admit<'p>(plan: &'p Plan, held: &mut Held<'p>) -> Result<Option<Ready<'p>>, R
     if plan.stop.requested() {
         return Ok(None);
     }
+    Ok(Some(ready))
+}
+
+/// Says that the run's first handler starts.
+fn say_running(plan: &Plan) {
     crate::log::event(
         "run",
         Some(&plan.key),
@@ -245,7 +258,6 @@ fn admit<'p>(plan: &'p Plan, held: &mut Held<'p>) -> Result<Option<Ready<'p>>, R
             }
         ),
     );
-    Ok(Some(ready))
 }
 
 /// Attempt `number`: journals it, then runs the handler in `ready`'s working folder. The handler

@@ -48,12 +48,19 @@ pub(crate) enum SandboxError {
 }
 
 /// The handler process of a run while it lives, and since when: what the daemon's watchdog looks at;
-/// and whether the watchdog has recorded the run `abandoned`, which the run checks before it starts
-/// another attempt.
+/// whether the watchdog has recorded the run `abandoned`, which the run checks before it starts
+/// another attempt; and the deadline of the claim the run holds.
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     handler: std::sync::Mutex<Option<(u32, Instant)>>,
     abandoned: std::sync::atomic::AtomicBool,
+    /// Set by the daemon from its claim on the run's resource, and moved on with each renewal
+    /// that worked: no attempt starts after it, and a handler still running then is stopped
+    /// (SIGTERM, then SIGKILL after the `Duration`). The run's own thread enforces it, so it holds
+    /// however long the daemon's loop is held up (a remote that stops answering, say).
+    deadline: std::sync::Mutex<Option<(Instant, Duration)>>,
+    /// Set when the run's own thread acted on the deadline.
+    fenced: std::sync::atomic::AtomicBool,
     /// Set by whichever gives the run's `--jobs` slot back first: its worker, or the watchdog for
     /// a worker that is stuck.
     slot_given_back: std::sync::atomic::AtomicBool,
@@ -76,6 +83,31 @@ impl InFlight {
 
     pub(crate) fn is_abandoned(&self) -> bool {
         self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Nothing of the run may start after `at`; a handler that runs then is stopped, SIGKILL
+    /// `kill_after` after its SIGTERM.
+    pub(crate) fn hold_until(&self, at: Instant, kill_after: Duration) {
+        *self.deadline.lock().expect("no thread panics holding it") = Some((at, kill_after));
+    }
+
+    pub(crate) fn deadline(&self) -> Option<(Instant, Duration)> {
+        *self.deadline.lock().expect("no thread panics holding it")
+    }
+
+    /// Whether the deadline has passed at `now`: then the run is marked fenced.
+    pub(crate) fn fence_due(&self, now: Instant) -> bool {
+        let due = self.deadline().is_some_and(|(at, _)| now >= at);
+        if due {
+            self.fenced
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        due
+    }
+
+    /// Whether the run's own thread stopped it (or kept it from starting) at its deadline.
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True the first time only: the caller is the one to give the run's slot back.
@@ -198,8 +230,23 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     let mut escalate_at = clock.checked_add(job.timeout);
     // Once the handler has exited: how long the pipe is still drained.
     let mut drain_until = None;
+    // When the claim's deadline stopped the handler: its SIGKILL, once due.
+    let mut fence_kill_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
+        if status.is_none() {
+            match fence_kill_at {
+                None if job.in_flight.fence_due(now) => {
+                    let _ = killpg(child.pid(), Signal::SIGTERM);
+                    let kill_after = job.in_flight.deadline().map_or(job.grace, |(_, k)| k);
+                    fence_kill_at = Some(now + kill_after.min(job.grace));
+                }
+                Some(at) if now >= at => {
+                    let _ = killpg(child.pid(), Signal::SIGKILL);
+                }
+                _ => {}
+            }
+        }
         if let Some(at) = escalate_at.filter(|at| now >= *at) {
             if timed_out {
                 let _ = killpg(child.pid(), Signal::SIGKILL);
@@ -213,7 +260,11 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         if drain_until.is_some_and(|until| output.is_none() || now >= until) {
             break;
         }
-        let wake = drain_until.or(escalate_at);
+        let fence_at = match fence_kill_at {
+            None => job.in_flight.deadline().map(|(at, _)| at),
+            Some(at) => Some(at).filter(|at| now < *at),
+        };
+        let wake = drain_until.or_else(|| escalate_at.into_iter().chain(fence_at).min());
         let ready = wait_ready(
             status.is_none().then(|| child.child.pidfd.as_fd()),
             output.as_ref().map(|o| o.reader.as_fd()),

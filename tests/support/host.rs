@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::run::{checked, path_var};
@@ -53,8 +54,12 @@ pub struct Strays {
 }
 
 impl Strays {
+    /// A `sleep` of `seconds` (and a fraction) whose command line is this instance's alone: tests
+    /// run in parallel in one process, and must not find each other's strays.
     pub fn sleeping(seconds: u32) -> Self {
-        let arg = format!("{seconds}.{}", std::process::id());
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let arg = format!("{seconds}.{}{n:04}", std::process::id());
         Self {
             command: format!("sleep {arg}"),
             cmdline: format!("sleep\0{arg}\0").into_bytes(),

@@ -1,9 +1,11 @@
 //! A TCP proxy on 127.0.0.1 in front of a server of the test (e.g. a `GitDaemon`), which the test can
 //! cut: while cut, every connection open through it is shut down and every new one is closed as soon
 //! as it is accepted, so the client sees "the remote end hung up", as when a host loses its network.
-//! It forwards again once restored. Its threads end when it is dropped.
+//! It forwards again once restored. It can also *stall*: connections stay open, but nothing goes
+//! through them either way and new ones are accepted and left unanswered, as when a network drops
+//! packets without a word (no reset reaches the client). Its threads end when it is dropped.
 
-use std::io;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use std::thread::{self, JoinHandle};
 #[derive(Default)]
 struct State {
     cut: AtomicBool,
+    stalled: AtomicBool,
     stopping: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
 }
@@ -47,6 +50,11 @@ impl Proxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
+                if shared.stalled.load(Ordering::SeqCst) {
+                    // Accepted, never answered: kept open until restored.
+                    shared.open.lock().expect("proxy lock").push(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
@@ -71,8 +79,16 @@ impl Proxy {
         self.state.shut_all();
     }
 
-    /// Forwards again.
+    /// Stalls the remote: nothing goes through the open connections, new ones are never answered.
+    pub fn stall(&self) {
+        self.state.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards again; connections open while stalled are shut down.
     pub fn restore(&self) {
+        if self.state.stalled.swap(false, Ordering::SeqCst) {
+            self.state.shut_all();
+        }
         self.state.cut.store(false, Ordering::SeqCst);
     }
 }
@@ -88,13 +104,27 @@ fn forward(state: &Arc<State>, client: TcpStream, server: TcpStream) {
         return;
     };
     state.open.lock().expect("proxy lock").extend([c3, s3]);
-    pipe(client, server);
-    pipe(s2, c2);
+    pipe(state, client, server);
+    pipe(state, s2, c2);
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to`; while stalled, what comes is dropped.
+fn pipe(state: &Arc<State>, mut from: TcpStream, mut to: TcpStream) {
+    let state = Arc::clone(state);
     thread::spawn(move || {
-        let _ = io::copy(&mut from, &mut to);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if state.stalled.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
         let _ = to.shutdown(Shutdown::Write);
     });
 }

@@ -24,6 +24,34 @@ impl Daemon {
         );
     }
 
+    /// Why a run of `resource` was stopped, or not started, when its claim went unrenewed.
+    pub(in crate::daemon) fn fence_why(&self, resource: &str) -> String {
+        format!(
+            "fenced: the claim on resource `{resource}` could not be renewed for more than half \
+             its lease ({}), so the handler was stopped before another dispatcher may take the \
+             claim over",
+            humantime::format_duration(self.claims.ledger.lease)
+        )
+    }
+
+    /// The runs of `resource` here may start, and run, until half a lease after the last renewal
+    /// of its claim that worked: their own threads enforce it (see [`InFlight`]).
+    ///
+    /// [`InFlight`]: crate::run::sandbox::InFlight
+    pub(in crate::daemon) fn hold_runs(&self, resource: &str) {
+        let Some(held) = self.claims.ledger.holds(resource) else {
+            return;
+        };
+        let lease = self.claims.ledger.lease;
+        let until = held.renewed + lease / 2;
+        for run in self.running.values() {
+            if run.request.resource == resource && !run.ended {
+                let kill_after = run.request.route.spec.grace.min(lease / 4);
+                run.in_flight.hold_until(until, kill_after);
+            }
+        }
+    }
+
     /// Stops every run of `resource` here (SIGTERM now, SIGKILL after the kind's grace or a quarter
     /// of the lease, whichever is shorter); each is recorded `abandoned` with `why`.
     pub(super) fn fence_runs(&mut self, resource: &str, why: String) {

@@ -197,15 +197,8 @@ impl Daemon {
             false
         });
         for resource in self.claims.ledger.fenced(now) {
-            self.fence_runs(
-                &resource,
-                format!(
-                    "fenced: the claim on resource `{resource}` could not be renewed for more than \
-                     half its lease ({}), so the handler was stopped before another dispatcher may \
-                     take the claim over",
-                    humantime::format_duration(self.claims.ledger.lease)
-                ),
-            );
+            let why = self.fence_why(&resource);
+            self.fence_runs(&resource, why);
         }
         if self.claims.retry_at.is_some_and(|t| now < t) || self.sync.tip().is_none() {
             return Ok(());

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::Change;
-use crate::claim::protocol::{self};
+use crate::claim::protocol;
+use crate::config::Mode;
 use crate::daemon::retry::{attempt_note, is_last};
 use crate::daemon::{Daemon, DaemonError};
 use crate::git::refs::{RefOutcome, RefUpdate};
@@ -89,8 +90,9 @@ impl Daemon {
         ));
         if last {
             return self.give_up(format!(
-                "{why}: gave up after {} attempts",
-                self.claims.failures
+                "{why}: gave up after {} attempts{}",
+                self.claims.failures,
+                not_drained(self.cfg.mode)
             ));
         }
         Ok(())
@@ -182,12 +184,13 @@ impl Daemon {
                             claim.requests.len()
                         ),
                     );
-                    self.claims.unverified.insert(resource);
+                    self.claims.unverified.insert(resource.clone());
                     self.syncing.look_now();
                 }
                 self.claims
                     .ledger
                     .took(claim, update.new.expect("a claim is written"), started);
+                self.hold_runs(&resource);
             }
             (Change::Claim { claim, made: true }, RefOutcome::Lost { current }) => {
                 match current {
@@ -233,11 +236,12 @@ impl Daemon {
                     "took over the claim on resource `{resource}` of dispatcher `{}` (boot {})",
                     from.holder.dispatcher, from.holder.boot
                 ));
-                self.claims.unverified.insert(resource);
+                self.claims.unverified.insert(resource.clone());
                 self.syncing.look_now();
                 self.claims
                     .ledger
                     .took(claim, update.new.expect("a claim is written"), started);
+                self.hold_runs(&resource);
             }
             (Change::TakeOver { .. }, RefOutcome::Lost { current }) => {
                 if let Some(current) = current {
@@ -253,5 +257,14 @@ impl Daemon {
             (_, RefOutcome::Refused(_)) => {}
             (_, RefOutcome::Lost { .. }) => {}
         }
+    }
+}
+
+/// What a dispatcher that gives up on its claims adds to its error: `--until-empty` could not
+/// start what waits, so it did not drain the inbox.
+fn not_drained(mode: Mode) -> &'static str {
+    match mode {
+        Mode::UntilEmpty => "; nothing starts without its claim, so the inbox is not drained",
+        _ => "",
     }
 }

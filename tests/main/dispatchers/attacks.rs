@@ -249,6 +249,13 @@ fn tamper_with_the_claim(tamper: impl FnOnce(&Checkout, &str)) {
 }
 
 #[test]
+fn a_claim_deleted_by_hand_stops_its_handler_and_one_outcome_is_recorded() {
+    tamper_with_the_claim(|forger, _| {
+        forger.git(&["push", "-q", "origin", ":refs/dispatch/claims/db"]);
+    });
+}
+
+#[test]
 fn a_claim_rewound_by_hand_stops_its_handler_and_one_outcome_is_recorded() {
     tamper_with_the_claim(|forger, held| {
         let name = "refs/dispatch/claims/db";

@@ -12,12 +12,28 @@ use crate::support::{GitDaemon, Strays, World, wait_until};
 
 #[test]
 fn a_dispatcher_cut_off_from_the_remote_stops_its_handler_and_another_records_it_abandoned() {
+    loses_the_remote(Proxy::cut);
+}
+
+/// A remote that stops answering without closing anything (packets dropped): the dispatcher's
+/// fetches and pushes hang rather than fail, and the handler must still be stopped in time.
+#[test]
+fn a_dispatcher_whose_remote_stops_answering_stops_its_handler_and_another_records_it_abandoned() {
+    loses_the_remote(Proxy::stall);
+}
+
+/// alpha runs a long handler through a proxy that `trouble` then breaks; beta, on the remote
+/// itself, takes the expired claim over. alpha's handler must be stopped (fenced) long before its
+/// timeout, and `long-1` recorded `abandoned` once, by beta, naming alpha.
+fn loses_the_remote(trouble: fn(&Proxy)) {
     let world = World::new().build();
     let strays = Strays::sleeping(3600);
     let pid_file = world.markers.join("long.pid");
+    let starts = world.markers.join("starts");
     // `exec`: the pid in the file is the sleeping handler itself.
     let script = format!(
-        "#!/bin/sh\necho $$ > {}\nexec {}\n",
+        "#!/bin/sh\necho $$ >> {}\necho $$ > {}\nexec {}\n",
+        starts.display(),
         pid_file.display(),
         strays.command
     );
@@ -31,8 +47,11 @@ fn a_dispatcher_cut_off_from_the_remote_stops_its_handler_and_another_records_it
     let daemon = GitDaemon::serve(&world);
     let proxy = Proxy::start(daemon.port());
     world.submit("long-1.yml", "kind: long\nid: long-1\n");
+    world.submit("long-2.yml", "kind: long\nid: long-2\n");
 
-    let options = ["--lease", "4s", "--jobs", "2"];
+    // One job: `long-2`, of the same resource and claim, is taken ahead and waits for the slot,
+    // which `long-1`'s run gives up when its handler is stopped.
+    let options = ["--lease", "4s", "--jobs", "1"];
     let mut fleet = vec![Member::start(&world, &proxy.url(), "alpha", &options)];
     let mut pid = String::new();
     assert!(
@@ -48,7 +67,7 @@ fn a_dispatcher_cut_off_from_the_remote_stops_its_handler_and_another_records_it
     );
     assert!(alive(&pid), "the handler ended at once");
 
-    proxy.cut();
+    trouble(&proxy);
     let cut_at = Instant::now();
     fleet.push(Member::start(&world, &daemon.url(), "beta", &options));
     // Fenced: alpha stops the handler once its last renewal is older than half the lease (2 s),
@@ -56,7 +75,7 @@ fn a_dispatcher_cut_off_from_the_remote_stops_its_handler_and_another_records_it
     let stopped = wait_until(Duration::from_secs(15), || !alive(&pid));
     assert!(
         stopped,
-        "alpha's handler (pid {pid}) still runs {:?} after the remote was cut off:\n{}",
+        "alpha's handler (pid {pid}) still runs {:?} after the remote was lost:\n{}",
         cut_at.elapsed(),
         outputs(&fleet)
     );
@@ -70,19 +89,30 @@ fn a_dispatcher_cut_off_from_the_remote_stops_its_handler_and_another_records_it
                 return false;
             }
             last = Instant::now();
-            !recorded_ids(&watch).is_empty()
+            recorded_ids(&watch).len() == 2
         }),
-        "nobody recorded `long-1`:\n{}",
+        "nobody recorded `long-1` and `long-2`:\n{}",
         outputs(&fleet)
     );
     // alpha gets the remote back and stops: it records nothing more for `long-1`.
     proxy.restore();
-    for member in &mut fleet {
-        member.stop(Duration::from_secs(30)).assert_exit(0);
-    }
+    let alpha = fleet[0].stop(Duration::from_secs(30));
+    alpha.assert_exit(0);
+    fleet[1].stop(Duration::from_secs(30)).assert_exit(0);
+    // `long-2` was given the slot after its claim's deadline: it never started.
+    assert!(
+        !alpha.stderr.contains("long-2: running") && alpha.stderr.contains("long-2: not started"),
+        "alpha started `long-2` after its claim's deadline:\n{alpha}"
+    );
 
     let clone = world.clone_from(&daemon.url());
-    assert_recorded_once(&clone, [&"long-1".to_owned()]);
+    assert_recorded_once(&clone, &["long-1".to_owned(), "long-2".to_owned()]);
+    let started = fs::read_to_string(&starts).unwrap_or_default();
+    assert_eq!(
+        started.lines().count(),
+        1,
+        "handlers started (pids): {started}"
+    );
     let status = clone.status("long-1");
     assert_eq!(status["state"], "abandoned", "{status:#}");
     assert_eq!(status["dispatcher"], "beta", "{status:#}");

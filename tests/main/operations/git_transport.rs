@@ -72,6 +72,10 @@ fn a_remote_that_refuses_claims_starts_nothing_and_until_empty_exits_3() {
             "{transport}: the refused claim is not named:\n{out}"
         );
         assert!(
+            out.stderr.contains("not drained") && !out.stderr.contains("done:"),
+            "{transport}: it does not say the inbox was not drained:\n{out}"
+        );
+        assert!(
             !out.stderr.contains("running `handlers/"),
             "{transport}: a handler started without a claim:\n{out}"
         );
