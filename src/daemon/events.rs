@@ -24,6 +24,8 @@ pub(super) enum Event {
     Finished(Box<Report>),
     RemoteChanged,
     Signal(i32),
+    /// The push on a thread of its own ended.
+    Pushed,
 }
 
 /// Where shutdown comes from: SIGTERM and SIGINT, passed into [`Daemon::serve`] by the command that
@@ -119,7 +121,8 @@ impl Daemon {
     /// Blocks until an event or the next deadline.
     pub(super) fn wait(&mut self, at_most: Option<Duration>) -> Result<(), DaemonError> {
         // Shutting down, nothing syncs: its time does not count (a past one would spin).
-        let mut deadline = match self.shutting_down {
+        // Nor while a push runs on its own thread: the loop fetches after it.
+        let mut deadline = match self.shutting_down || self.push.in_flight() {
             true => Instant::now() + Duration::from_secs(3600),
             false => self.syncing.next,
         };
@@ -175,6 +178,8 @@ impl Daemon {
                 self.finished.push(*report);
             }
             Event::RemoteChanged => self.syncing.next = Instant::now(),
+            // The loop collects it at its push step.
+            Event::Pushed => {}
             Event::Signal(signal) => match on_signal(self.shutting_down, signal) {
                 OnSignal::ExitNow => {
                     say("second interrupt: exiting at once");

@@ -194,7 +194,7 @@ impl Daemon {
             if self.shutting_down && self.running.is_empty() {
                 return self.shut_down();
             }
-            if !self.shutting_down && self.syncing.due() {
+            if !self.shutting_down && !self.push.in_flight() && self.syncing.due() {
                 self.sync_step()?;
             }
             self.recover_once()?;
@@ -205,7 +205,12 @@ impl Daemon {
             if self.push_due(backlog) {
                 self.push_step()?;
             }
-            if self.running.is_empty() && backlog == 0 && self.sync.tip().is_some() {
+            // Idle only once a push in flight ended: the look that follows it may find more.
+            if self.running.is_empty()
+                && backlog == 0
+                && self.sync.tip().is_some()
+                && !self.push.in_flight()
+            {
                 match when_idle(
                     self.cfg.mode,
                     self.syncing.checked_when_empty,

@@ -31,9 +31,9 @@ pub(super) fn fetch(remote: &Remote<'_>) -> Result<(), SyncError> {
     Ok(())
 }
 
-/// A push with the system `git`; `--porcelain` says for each ref whether the server took it.
-pub(super) fn push(remote: &Remote<'_>, local: Oid) -> Result<(), SyncError> {
-    let refspec = format!("{0}:{0}", remote.local_ref());
+/// A push of the local ref `source` (at `local`) to the branch, with the system `git`; `--porcelain` says for each ref whether the server took it.
+pub(super) fn push(remote: &Remote<'_>, source: &str, local: Oid) -> Result<(), SyncError> {
+    let refspec = format!("{source}:{}", remote.local_ref());
     let output = command(remote, &["push", "--porcelain", REMOTE, &refspec])
         .output()
         .map_err(|e| remote.unreachable(format!("could not run `git`: {e}")))?;

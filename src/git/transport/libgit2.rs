@@ -68,9 +68,9 @@ pub(super) fn fetch(remote: &Remote<'_>) -> Result<(), SyncError> {
     Ok(())
 }
 
-/// A push through libgit2's transports. A ref the server refuses is an error even though libgit2
-/// reports success for it.
-pub(super) fn push(remote: &Remote<'_>, local: git2::Oid) -> Result<(), SyncError> {
+/// A push of the local ref `source` (at `local`) to the branch, through libgit2's transports. A
+/// ref the server refuses is an error even though libgit2 reports success for it.
+pub(super) fn push(remote: &Remote<'_>, source: &str, local: git2::Oid) -> Result<(), SyncError> {
     let mut origin = remote.repo.find_remote(REMOTE)?;
     let tried = Tried::default();
     let refused: RefCell<Option<(String, String)>> = RefCell::new(None);
@@ -84,7 +84,7 @@ pub(super) fn push(remote: &Remote<'_>, local: git2::Oid) -> Result<(), SyncErro
     });
     let mut options = PushOptions::new();
     options.remote_callbacks(cbs);
-    let refspec = format!("{0}:{0}", remote.local_ref());
+    let refspec = format!("{source}:{}", remote.local_ref());
     let result = origin.push(&[&refspec], Some(&mut options));
     drop(options);
     if let Some((refname, reason)) = refused.into_inner() {

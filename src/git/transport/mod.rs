@@ -110,15 +110,31 @@ impl<'a> Remote<'a> {
         packs: WrittenPacks,
     ) -> Result<Option<PathBuf>, SyncError> {
         if self.access.transport == Transport::Cli {
-            cli::push(self, local)?;
+            cli::push(self, &self.local_ref(), local)?;
             return Ok(None);
         }
         if let Some(remote) = local::open(self) {
             local::push(self, &remote, local, &packs)?;
             return Ok(Some(remote.path().to_owned()));
         }
-        libgit2::push(self, local)?;
+        libgit2::push(self, &self.local_ref(), local)?;
         Ok(None)
+    }
+
+    /// Whether pushes go over a network (the `git` command line, or libgit2 to a URL), as opposed to
+    /// a bare repository on this host written directly.
+    pub(crate) fn is_network(&self) -> bool {
+        self.access.transport == Transport::Cli || crate::git::url::local_path(self.url).is_none()
+    }
+
+    /// Pushes the local ref `source`, at `local`, to the branch over the network (see
+    /// [`Remote::is_network`]): for a push on a thread of its own, while the local branch moves on.
+    pub(crate) fn push_from(&self, source: &str, local: Oid) -> Result<(), SyncError> {
+        if self.access.transport == Transport::Cli {
+            cli::push(self, source, local)
+        } else {
+            libgit2::push(self, source, local)
+        }
     }
 
     /// The branch's head and every ref under `refs/dispatch/`, in one round trip.
