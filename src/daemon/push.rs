@@ -207,6 +207,26 @@ impl Daemon {
             }
             Err(e) if e.is_transient() => {
                 let rejected = matches!(e, SyncError::Rejected { .. });
+                let moved = rejected && self.redone_on_a_moved_remote()?;
+                if rejected && self.push.since.is_none() {
+                    // The remote records every outcome already: nothing is left to push.
+                    self.push.failures = 0;
+                    self.push.last_rejected = false;
+                    return Ok(());
+                }
+                if moved {
+                    // Another push came first: nothing failed, and the outcomes are re-made on the
+                    // remote's new tip. Pushed again at once, however often that happens: each
+                    // time, another writer made progress.
+                    say(&format!(
+                        "{e}; the remote moved on meanwhile: pushing again"
+                    ));
+                    self.metrics.push_failed();
+                    self.push.failures = 0;
+                    self.push.last_rejected = false;
+                    self.push.next = Instant::now();
+                    return Ok(());
+                }
                 // The first refusal after failures to reach the remote (an outage while serving)
                 // counts as the first failure: the remote answers again.
                 self.push.failures = match rejected && !self.push.last_rejected {
@@ -226,21 +246,6 @@ impl Daemon {
                     "{e} ({})",
                     attempt_note(self.push.failures, self.cfg.push_attempts, last, delay)
                 ));
-                if rejected {
-                    // Most often the remote moved: re-create the outcomes on its new tip. When it
-                    // records them all already, nothing is left to push.
-                    match self.sync.fetch().and_then(|_| self.sync.reconcile()) {
-                        Ok(reconciled) => {
-                            self.reconciled(&reconciled);
-                            if self.sync.unpushed_commits()?.is_empty() {
-                                self.push.since = None;
-                                self.push.failures = 0;
-                                return Ok(());
-                            }
-                        }
-                        Err(e) => say(&format!("after a rejected push: {e}")),
-                    }
-                }
                 if last {
                     return self.give_up(format!(
                         "{e}: gave up after {} attempts",
@@ -252,6 +257,31 @@ impl Daemon {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// After a refused push: fetches, and when the remote moved on meanwhile, re-makes the outcomes
+    /// on its new tip (when it records them all already, nothing is left to push). True when it
+    /// moved: the refusal was another writer's push coming first, not a remote that refuses.
+    fn redone_on_a_moved_remote(&mut self) -> Result<bool, DaemonError> {
+        let before = self.sync.remote_tip();
+        let moved = match self.sync.fetch() {
+            Ok(tip) => Some(tip) != before,
+            Err(e) => {
+                say(&format!("after a rejected push: {e}"));
+                return Ok(false);
+            }
+        };
+        match self.sync.reconcile() {
+            Ok(reconciled) => self.reconciled(&reconciled),
+            Err(e) => {
+                say(&format!("after a rejected push: {e}"));
+                return Ok(false);
+            }
+        }
+        if self.sync.unpushed_commits()?.is_empty() {
+            self.push.since = None;
+        }
+        Ok(moved)
     }
 
     /// Gives up on the remote (exit 3), with `why`. Handlers that run are not cut short: as on

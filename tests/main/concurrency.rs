@@ -139,3 +139,57 @@ fn outcomes_are_pushed_while_handlers_run() {
     );
     assert_eq!(world.fresh_clone().status("slow-8")["state"], "succeeded");
 }
+
+/// A pre-receive hook that refuses the branch's first `BUSY_PUSHES` updates, each time moving the
+/// branch itself (a commit of "someone else"), as a remote busy with other pushers does.
+const BUSY_PUSHES: u32 = 4;
+
+fn busy_remote_hook(counter: &std::path::Path) -> String {
+    format!(
+        "#!/bin/sh\n\
+         grep -q ' refs/heads/main$' || exit 0\n\
+         n=$(cat '{c}' 2>/dev/null || echo 0)\n\
+         [ \"$n\" -ge {BUSY_PUSHES} ] && exit 0\n\
+         echo $((n + 1)) > '{c}'\n\
+         unset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES\n\
+         tip=$(git rev-parse refs/heads/main)\n\
+         new=$(echo \"someone else $n\" | git -c user.name=else -c user.email=else@example.com \
+         commit-tree \"$tip^{{tree}}\" -p \"$tip\")\n\
+         git update-ref refs/heads/main \"$new\" \"$tip\"\n\
+         echo 'busy: another push came first' >&2\n\
+         exit 1\n",
+        c = counter.display()
+    )
+}
+
+/// Refusals because others pushed first are not failures to reach the remote: each is followed by
+/// a remote that moved on, and the outcome is re-made on it as often as that takes, however few
+/// `--push-attempts` are allowed.
+#[test]
+fn until_empty_pushes_through_more_refusals_by_a_busy_remote_than_its_push_attempts() {
+    let world = World::new().build();
+    world.submit("busy.yml", "kind: echo\n");
+    let daemon = GitDaemon::serve(&world);
+    let counter = world.markers.join("refused");
+    let hook = world.remote.join("hooks/pre-receive");
+    fs::write(&hook, busy_remote_hook(&counter)).expect("write the hook");
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod the hook");
+
+    let out = world.run_via(&daemon.url(), &["--push-attempts", "2"]);
+
+    out.assert_exit(0);
+    assert_eq!(
+        fs::read_to_string(&counter).unwrap_or_default().trim(),
+        BUSY_PUSHES.to_string(),
+        "the hook did not refuse as often as meant:\n{out}"
+    );
+    let clone = world.clone_from(&daemon.url());
+    assert_eq!(clone.status("busy")["state"], "succeeded");
+    assert_eq!(clone.trailers("Dispatch-Id"), ["busy"]);
+    let others = clone.git(&["log", "--format=%s"]);
+    let others: Vec<&str> = others
+        .lines()
+        .filter(|s| s.starts_with("someone else"))
+        .collect();
+    assert_eq!(others.len(), BUSY_PUSHES as usize, "{others:?}");
+}
