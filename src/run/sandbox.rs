@@ -552,3 +552,23 @@ fn dispatcher_children() -> Vec<i32> {
         .filter_map(|pid| pid.parse().ok())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_fenced_only_once_its_deadline_passed_and_renewals_move_the_deadline_on() {
+        let in_flight = InFlight::default();
+        let t0 = Instant::now();
+        assert!(!in_flight.fence_due(t0), "no claim deadline: never fenced");
+        in_flight.hold_until(t0 + Duration::from_secs(2), Duration::from_secs(1));
+        assert!(!in_flight.fence_due(t0 + Duration::from_secs(1)));
+        assert!(!in_flight.is_fenced());
+        // Renewed: the deadline moves on.
+        in_flight.hold_until(t0 + Duration::from_secs(4), Duration::from_secs(1));
+        assert!(!in_flight.fence_due(t0 + Duration::from_secs(3)));
+        assert!(in_flight.fence_due(t0 + Duration::from_secs(4)));
+        assert!(in_flight.is_fenced());
+    }
+}
