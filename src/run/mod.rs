@@ -4,6 +4,7 @@
 //! (started by [`spawn`]), caps its output ([`capture`]) and retries with backoff.
 
 pub(crate) mod capture;
+pub(crate) mod in_flight;
 pub(crate) mod journal;
 pub(crate) mod lock;
 pub(crate) mod runner;
