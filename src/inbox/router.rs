@@ -49,6 +49,7 @@ struct RawKind {
     nofile: Option<u64>,
     fsize: Option<String>,
     runs_on: Option<Yaml>,
+    network: Option<String>,
 }
 
 /// Defaults for the limits a kind may override.
@@ -76,6 +77,8 @@ pub(crate) struct KindSpec {
     pub idempotent: bool,
     /// Bytes of output kept in the log; `None`: the dispatcher's `--log-limit`.
     pub log_limit: Option<u64>,
+    /// `network: none`: the handler gets a network of its own with loopback only.
+    pub no_network: bool,
     /// `RLIMIT_NPROC`, `RLIMIT_NOFILE`, `RLIMIT_FSIZE`.
     pub nproc: u64,
     pub nofile: u64,
@@ -288,7 +291,18 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
     let memory = size("memory", &raw.memory)?;
     let log_limit = size("log_limit", &raw.log_limit)?;
     let fsize = size("fsize", &raw.fsize)?.unwrap_or(DEFAULT_FSIZE);
+    let no_network = match raw.network.as_deref() {
+        None | Some("host") => false,
+        Some("none") => true,
+        Some(other) => {
+            return Err(format!(
+                "{}: `{other}` is not a network (expected `none`, loopback only, or `host`)",
+                field("network")
+            ));
+        }
+    };
     Ok(KindSpec {
+        no_network,
         timeout: duration("timeout", &raw.timeout, DEFAULT_TIMEOUT)?,
         grace: duration("grace", &raw.grace, DEFAULT_GRACE)?,
         retry_backoff: duration("retry_backoff", &raw.retry_backoff, DEFAULT_RETRY_BACKOFF)?,

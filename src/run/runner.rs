@@ -303,6 +303,7 @@ fn attempt(
             processes: Some(spec.nproc),
             open_files: Some(spec.nofile),
             file_size: Some(spec.fsize),
+            no_network: spec.no_network,
         },
         user: plan.user.clone(),
         log_path: &log_file,

@@ -52,6 +52,8 @@ pub(crate) struct Limits {
     pub open_files: Option<u64>,
     /// `RLIMIT_FSIZE`, bytes.
     pub file_size: Option<u64>,
+    /// A network namespace of its own, with only loopback (up): needs `CAP_SYS_ADMIN`.
+    pub no_network: bool,
 }
 
 /// What to start and how to confine it.
@@ -98,10 +100,11 @@ enum Step {
     Orphaned,
     Gate,
     Exec,
+    Network,
 }
 
 impl Step {
-    const ALL: [Step; 12] = [
+    const ALL: [Step; 13] = [
         Step::Stdio,
         Step::Chdir,
         Step::ProcessGroup,
@@ -114,6 +117,7 @@ impl Step {
         Step::Orphaned,
         Step::Gate,
         Step::Exec,
+        Step::Network,
     ];
 
     fn describe(self) -> &'static str {
@@ -130,6 +134,7 @@ impl Step {
             Step::Orphaned => "start: the dispatcher exited",
             Step::Gate => "start: the journal entry could not be synced",
             Step::Exec => "execute",
+            Step::Network => "enter a network of its own (`network: none`)",
         }
     }
 }
@@ -147,6 +152,8 @@ struct Context {
     parent: libc::pid_t,
     /// [`Spec::gate`], -1 for none.
     gate: RawFd,
+    /// [`Limits::no_network`].
+    no_network: bool,
     /// The `Step` that failed, 0 while none has.
     failed: AtomicUsize,
     errno: AtomicI32,
@@ -202,6 +209,7 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         }),
         parent: nix::unistd::getpid().as_raw(),
         gate: spec.gate.map_or(-1, |fd| fd.as_raw_fd()),
+        no_network: spec.limits.no_network,
         failed: AtomicUsize::new(0),
         errno: AtomicI32::new(0),
     };
@@ -264,6 +272,31 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     unsafe { libc::_exit(127) }
 }
 
+/// Brings the loopback interface of a new network namespace up (it starts down): `lo` only.
+///
+/// # Safety
+/// System calls only, on the stack: callable in the child between `clone` and `execve`.
+unsafe fn loopback_up() -> c_int {
+    // SAFETY: a socket, two ioctls on a zeroed `ifreq` naming `lo`, and a close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return -1;
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as c_char;
+        }
+        let mut result = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request);
+        if result >= 0 {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            result = libc::ioctl(fd, libc::SIOCSIFFLAGS, &request);
+        }
+        libc::close(fd);
+        result
+    }
+}
+
 /// The child's steps. Returns the step that failed and its errno.
 unsafe fn confine_and_exec(cx: &Context) -> (Step, c_int) {
     let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -283,6 +316,10 @@ unsafe fn confine_and_exec(cx: &Context) -> (Step, c_int) {
         step!(Step::Stdio, libc::dup2(cx.output, 2));
         step!(Step::Chdir, libc::chdir(cx.cwd));
         step!(Step::ProcessGroup, libc::setpgid(0, 0));
+        if cx.no_network {
+            step!(Step::Network, libc::unshare(libc::CLONE_NEWNET));
+            step!(Step::Network, loopback_up());
+        }
         for &(resource, value) in &cx.limits {
             let limit = libc::rlimit {
                 rlim_cur: value,
@@ -480,6 +517,7 @@ mod tests {
             processes: Some(4096),
             open_files: Some(77),
             file_size: Some(1 << 20),
+            no_network: false,
         };
         let script = "echo pgid=$(ps -o pgid= -p $$ 2>/dev/null || cut -d' ' -f5 /proc/$$/stat); \
                       echo pid=$$; grep NoNewPrivs /proc/self/status; echo nofile=$(ulimit -n); \

@@ -28,6 +28,8 @@ mod secrets;
 // A handler's log is capped, with its full length and digest recorded.
 mod log_cap;
 
+mod network;
+
 /// One entry of `handlers/index.yml`: `handler` and the given `key: value` settings.
 fn entry(kind: &str, handler: &str, settings: &[&str]) -> String {
     let mut yaml = format!("{kind}:\n  handler: {handler}\n");
