@@ -41,6 +41,7 @@ impl Daemon {
     /// clone; nothing is fetched yet.
     pub(crate) fn open(cfg: RunConfig) -> Result<Self, DaemonError> {
         // libgit2 initialises meanwhile (see `configure_libgit2`); `Sync::open` waits for it.
+        crate::git::sync::bound_silence(cfg.lease);
         std::thread::spawn(crate::git::sync::configure_libgit2);
         // Created with explicit modes, whatever the umask: the workdir (the bare clone, the journal,
         // captured output) is the dispatcher's alone; the lock directory is readable by the admins

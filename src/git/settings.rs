@@ -2,6 +2,22 @@
 //! pack windows, hash verification and server timeouts. Each figure below is what measurement on
 //! the benchmarks chose.
 
+/// How long a silent server may hold a fetch or push (no byte either way), in milliseconds; set by
+/// [`bound_silence`] before [`configure_libgit2`] runs.
+static SILENCE_MS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(120_000);
+
+/// A silent server holds a fetch or push for `lease` (at least 10 s, at most 120 s): a dispatcher
+/// whose remote stops answering says so, and tries again, within about a lease (its handlers are
+/// fenced at half a lease by their own threads meanwhile). Takes effect only before
+/// [`configure_libgit2`] first runs.
+pub(crate) fn bound_silence(lease: std::time::Duration) {
+    let ms = lease.as_millis().clamp(10_000, 120_000);
+    SILENCE_MS.store(
+        i32::try_from(ms).unwrap_or(120_000),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// Process-wide libgit2 settings, made once: cache trees up to 4 MiB (the inbox, `processed/` and
 /// `logs/` trees are read on every request; libgit2 caches only trees under 4 KiB by default) in a
 /// cache of 512 KiB (more only fills with dead trees and costs memory: 80 MiB peak for 1000 requests
@@ -28,7 +44,9 @@ pub(crate) fn configure_libgit2() {
             let _ = git2::opts::set_mwindow_size(1 << 20);
             let _ = git2::opts::set_mwindow_mapped_limit(2 << 20);
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(15_000);
-            let _ = git2::opts::set_server_timeout_in_milliseconds(120_000);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(
+                SILENCE_MS.load(std::sync::atomic::Ordering::Relaxed),
+            );
         }
     });
 }

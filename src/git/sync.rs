@@ -31,7 +31,7 @@ mod push;
 pub(crate) use crate::git::error::SyncError;
 #[allow(unused_imports)]
 pub(crate) use crate::git::refs::{Look, RefOutcome, RefUpdate};
-pub(crate) use crate::git::settings::configure_libgit2;
+pub(crate) use crate::git::settings::{bound_silence, configure_libgit2};
 pub(crate) use crate::git::transport::Access;
 pub use crate::git::transport::Transport;
 

@@ -94,6 +94,13 @@ fn loses_the_remote(trouble: fn(&Proxy)) {
         "nobody recorded `long-1` and `long-2`:\n{}",
         outputs(&fleet)
     );
+    // However the remote was lost, alpha says so while it is still lost: a silent remote holds a
+    // fetch or push for a bounded time (the lease, at least 10 s), not for minutes.
+    assert!(
+        fleet[0].wait_for_output("could not", Duration::from_secs(40)),
+        "alpha said nothing of the lost remote:\n{}",
+        outputs(&fleet)
+    );
     // alpha gets the remote back and stops: it records nothing more for `long-1`.
     proxy.restore();
     let alpha = fleet[0].stop(Duration::from_secs(30));
