@@ -171,9 +171,7 @@ fn until_empty_pushes_through_more_refusals_by_a_busy_remote_than_its_push_attem
     world.submit("busy.yml", "kind: echo\n");
     let daemon = GitDaemon::serve(&world);
     let counter = world.markers.join("refused");
-    let hook = world.remote.join("hooks/pre-receive");
-    fs::write(&hook, busy_remote_hook(&counter)).expect("write the hook");
-    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod the hook");
+    world.pre_receive_hook(&busy_remote_hook(&counter));
 
     let out = world.run_via(&daemon.url(), &["--push-attempts", "2"]);
 

@@ -223,6 +223,15 @@ impl World {
     }
 
     /// Commits everything written in the submitter's clone and pushes it; returns the commit.
+    /// Installs `script` as the remote's pre-receive hook (run by `git daemon`'s receive-pack).
+    pub fn pre_receive_hook(&self, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let hook = self.remote.join("hooks/pre-receive");
+        std::fs::write(&hook, script).expect("write the hook");
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the hook");
+    }
+
     pub fn publish(&self, message: &str) -> String {
         self.submitter.sync();
         self.submitter.git(&["add", "-A"]);

@@ -1,9 +1,6 @@
 //! `--git-transport cli`: fetches and pushes through a real `git daemon`, and a push refused by a hook
 //! exits 3 naming the unpushed outcome.
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-
 use super::remote_tip;
 use crate::support::{ALL_FROZEN_HOOK, BRANCH_FROZEN_HOOK, GitDaemon, World};
 
@@ -27,9 +24,7 @@ fn cli_git_transport_reports_a_push_refused_by_a_hook_with_exit_3() {
     let world = World::new().build();
     world.submit("held.yml", "kind: echo\n");
     let daemon = GitDaemon::serve(&world);
-    let hook = world.remote.join("hooks/pre-receive");
-    fs::write(&hook, BRANCH_FROZEN_HOOK).expect("write the hook");
-    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod the hook");
+    world.pre_receive_hook(BRANCH_FROZEN_HOOK);
     let tip = remote_tip(&world);
 
     let out = world.run_via(
@@ -54,9 +49,7 @@ fn a_remote_that_refuses_claims_starts_nothing_and_until_empty_exits_3() {
     let world = World::new().build();
     world.submit("unclaimed.yml", "kind: echo\n");
     let daemon = GitDaemon::serve(&world);
-    let hook = world.remote.join("hooks/pre-receive");
-    fs::write(&hook, ALL_FROZEN_HOOK).expect("write the hook");
-    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod the hook");
+    world.pre_receive_hook(ALL_FROZEN_HOOK);
     let tip = remote_tip(&world);
 
     for transport in ["libgit2", "cli"] {
