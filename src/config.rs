@@ -48,6 +48,8 @@ pub(crate) struct RunConfig {
     /// The user handlers run as; `None`: the dispatcher's own.
     pub run_as: Option<Identity>,
     pub secrets: Arc<Secrets>,
+    /// `--secrets-file`, absolute: hidden from isolated handlers.
+    pub secrets_file: Option<PathBuf>,
     /// Built from every secret: applied to logs, errors and the dispatcher's own lines.
     pub redactor: Redactor,
     /// Handlers and their index from the host instead of the repository.
@@ -158,6 +160,7 @@ impl RunConfig {
             log_limit,
             push_batch: Duration::from_secs(1),
             run_as: resolve_run_as(args.run_as.as_deref())?,
+            secrets_file: args.secrets_file.as_deref().map(absolute).transpose()?,
             secrets: Arc::new(secrets),
             redactor,
             handlers_dir,

@@ -93,6 +93,10 @@ pub(crate) struct Outcome {
     pub started_at: Option<SystemTime>,
     pub finished_at: SystemTime,
     pub duration: Option<Duration>,
+    /// The last attempt's peak memory, bytes, where it ran in a cgroup of its own.
+    pub memory_peak: Option<u64>,
+    /// The last attempt's CPU time, where it ran in a cgroup of its own.
+    pub cpu_time: Option<Duration>,
     pub handler: Option<String>,
     pub handler_blob: Option<Oid>,
     pub dispatcher: String,
@@ -115,6 +119,10 @@ struct StatusFile<'a> {
     started_at: Option<String>,
     finished_at: String,
     duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_peak_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_ms: Option<u64>,
     handler: Option<&'a str>,
     request_blob: String,
     handler_blob: Option<String>,
@@ -148,6 +156,10 @@ impl Outcome {
             finished_at: rfc3339(self.finished_at),
             duration_ms: self
                 .duration
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            memory_peak_bytes: self.memory_peak,
+            cpu_ms: self
+                .cpu_time
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             handler: self.handler.as_deref(),
             request_blob: self.request_blob.to_string(),

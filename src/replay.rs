@@ -27,8 +27,10 @@ use crate::daemon::{Daemon, Shutdown};
 use crate::layout;
 
 /// Status fields that differ between two runs of the same fixture.
-const VOLATILE: [&str; 8] = [
+const VOLATILE: [&str; 10] = [
     "submitted_at",
+    "memory_peak_bytes",
+    "cpu_ms",
     "started_at",
     "finished_at",
     "duration_ms",

@@ -82,6 +82,20 @@ fn check(config: &RunConfig, service: bool) -> Vec<Finding> {
             config.secrets.len()
         )));
     }
+    let isolation = crate::run::isolate::Isolation::new(Vec::new());
+    findings.extend(isolation.report().into_iter().map(|(ok, line)| {
+        let what = format!("isolation: {line}");
+        if ok {
+            Finding::Ok(what)
+        } else {
+            Finding::Warning {
+                what,
+                fix: "run the dispatcher as root (it runs handlers as --run-as) on a host with \
+                      cgroup v1 controllers, or accept the weaker confinement (docs/handlers.md)"
+                    .to_owned(),
+            }
+        }
+    }));
     findings.push(writable(&config.lock_dir, "lock directory"));
     findings.push(workdir(config));
     findings.extend(remote(config).into_iter().map(|f| match f {

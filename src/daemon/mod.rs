@@ -117,6 +117,8 @@ pub(crate) struct Daemon {
     watchdogged: HashSet<String>,
     /// Where handlers and their run folders live on disk; removed at exit.
     scratch: Scratch,
+    /// What this host can isolate handlers with.
+    isolation: Arc<crate::run::isolate::Isolation>,
     events: Receiver<Event>,
     /// Cloned into every worker, the signal thread and the watcher; holding it, the loop's channel
     /// never disconnects.

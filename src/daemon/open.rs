@@ -25,6 +25,7 @@ use crate::daemon::{Daemon, DaemonError, Summary, io_err};
 use crate::git::sync::Sync;
 use crate::inbox::queue::Inbox;
 use crate::log::say;
+use crate::run::isolate::Isolation;
 use crate::run::journal::Journal;
 use crate::run::runner::Stop;
 use crate::run::scratch::Scratch;
@@ -97,6 +98,18 @@ impl Daemon {
             say(&format!("warning: could not become a child subreaper: {e}"));
         }
         crate::secrets::install_global(cfg.redactor.clone());
+        let hidden = [&cfg.workdir, &cfg.lock_dir, &scratch.path().to_owned()]
+            .into_iter()
+            .chain(&cfg.secrets_file)
+            .cloned()
+            .collect();
+        let isolation = Isolation::new(hidden);
+        for (ok, line) in isolation.report() {
+            say(&format!(
+                "{}isolation: {line}",
+                if ok { "" } else { "warning: " }
+            ));
+        }
         let (sender, events) = mpsc::channel();
         let now = Instant::now();
         Ok(Self {
@@ -109,6 +122,7 @@ impl Daemon {
             finished: Vec::new(),
             watchdogged: HashSet::new(),
             scratch,
+            isolation: Arc::new(isolation),
             events,
             sender,
             journal: Arc::new(journal),

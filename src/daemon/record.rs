@@ -21,6 +21,23 @@ use crate::run::sandbox::Termination;
 
 /// The state an attempt's handler ended in: a timeout wins over how it was killed, and only an
 /// exit with status 0 is a success.
+/// `512MiB`, `1GiB`, `1500000B`: as an index would write it.
+fn show_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    UNITS
+        .iter()
+        .find(|(unit, _)| bytes >= *unit && bytes.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{bytes}B"),
+            |(unit, name)| format!("{}{name}", bytes / unit),
+        )
+}
+
 fn end_state(timed_out: bool, termination: Termination) -> State {
     if timed_out {
         State::TimedOut
@@ -81,6 +98,8 @@ impl Daemon {
             outcome.error = None;
             outcome.exit_code = None;
             outcome.signal = None;
+            outcome.memory_peak = None;
+            outcome.cpu_time = None;
             match attempt.result {
                 Ok(finished) => {
                     outcome.started_at.get_or_insert(finished.started);
@@ -95,6 +114,17 @@ impl Daemon {
                             "timed out after {}",
                             humantime::format_duration(request.timeout)
                         ));
+                    }
+                    if let Some(usage) = finished.usage {
+                        outcome.memory_peak = usage.peak_memory;
+                        outcome.cpu_time = usage.cpu;
+                        if usage.oom_killed {
+                            outcome.state = State::Failed;
+                            outcome.error = Some(format!(
+                                "out of memory (limit {})",
+                                show_size(request.route.spec.memory.unwrap_or(0))
+                            ));
+                        }
                     }
                     let bytes = fs::read(&attempt.log_file).map_err(io_err("handler log"))?;
                     outcome.logs.push(AttemptLog {

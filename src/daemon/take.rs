@@ -415,6 +415,14 @@ impl Daemon {
             for problem in snapshot.catalog.problems() {
                 say(&format!("configuration: {problem}"));
             }
+            for (kind, spec) in snapshot.catalog.kind_specs() {
+                if spec.no_isolation {
+                    say(&format!(
+                        "warning: kind `{kind}` runs without isolation (`isolation: none`): its \
+                         handlers see the host as their user does, and what they start may outlive them"
+                    ));
+                }
+            }
             self.snapshot = Some(snapshot);
         }
         Ok(())
@@ -458,6 +466,8 @@ impl Daemon {
             started_at: None,
             finished_at: SystemTime::now(),
             duration: None,
+            memory_peak: None,
+            cpu_time: None,
             handler: None,
             handler_blob: None,
             dispatcher: self.cfg.dispatcher_id.clone(),
@@ -507,6 +517,7 @@ impl Daemon {
             stop: Arc::clone(&self.stop),
             ticket: self.stop.ticket(),
             in_flight: Arc::clone(&in_flight),
+            isolation: Arc::clone(&self.isolation),
             request: request.clone(),
         };
         let sender = self.sender.clone();

@@ -50,6 +50,11 @@ struct RawKind {
     fsize: Option<String>,
     runs_on: Option<Yaml>,
     network: Option<String>,
+    #[serde(default)]
+    writable: Vec<String>,
+    isolation: Option<String>,
+    pids: Option<u64>,
+    cpu: Option<f64>,
 }
 
 /// Defaults for the limits a kind may override.
@@ -85,6 +90,15 @@ pub(crate) struct KindSpec {
     pub fsize: u64,
     /// The labels a dispatcher must all have to take requests of this kind (`run --labels`).
     pub runs_on: Vec<String>,
+    /// `isolation: none`: the handler sees the host as the dispatcher's user would (no namespaces).
+    pub no_isolation: bool,
+    /// Host paths the handler may write, besides its working directory and private `/tmp`:
+    /// absolute, without `.` or `..`.
+    pub writable: Vec<String>,
+    /// The cgroup's process limit (`pids.max`).
+    pub pids: Option<u64>,
+    /// The cgroup's CPU limit, in cores.
+    pub cpu: Option<f64>,
 }
 
 /// The parsed index: kind name -> spec, or the reason that kind cannot be used.
@@ -173,6 +187,13 @@ impl Catalog {
     /// Whether the index reads and does not list `kind` at all.
     pub(crate) fn lacks(&self, kind: &str) -> bool {
         self.index.is_ok() && !self.routes.contains_key(kind)
+    }
+
+    /// The kinds that can be used, with their specs.
+    pub(crate) fn kind_specs(&self) -> impl Iterator<Item = (&str, &KindSpec)> {
+        self.routes
+            .iter()
+            .filter_map(|(name, route)| Some((name.as_str(), &route.as_ref().ok()?.spec)))
     }
 
     /// The kinds the index lists (usable or not).
@@ -301,8 +322,39 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
             ));
         }
     };
+    let no_isolation = match raw.isolation.as_deref() {
+        None | Some("full") => false,
+        Some("none") => true,
+        Some(other) => {
+            return Err(format!(
+                "{}: `{other}` is not an isolation (expected `full`, the default, or `none`)",
+                field("isolation")
+            ));
+        }
+    };
+    for path in &raw.writable {
+        check_host_path(path).map_err(|e| format!("{}: {e}", field("writable")))?;
+    }
+    if raw.pids == Some(0) {
+        return Err(format!(
+            "{}: 0 would let no process start (expected 1 or more)",
+            field("pids")
+        ));
+    }
+    if let Some(cpu) = raw.cpu
+        && !(cpu.is_finite() && (0.01..=4096.0).contains(&cpu))
+    {
+        return Err(format!(
+            "{}: `{cpu}` is not a number of cores (expected one from 0.01 to 4096, like `0.5`)",
+            field("cpu")
+        ));
+    }
     Ok(KindSpec {
         no_network,
+        no_isolation,
+        writable: raw.writable,
+        pids: raw.pids,
+        cpu: raw.cpu,
         timeout: duration("timeout", &raw.timeout, DEFAULT_TIMEOUT)?,
         grace: duration("grace", &raw.grace, DEFAULT_GRACE)?,
         retry_backoff: duration("retry_backoff", &raw.retry_backoff, DEFAULT_RETRY_BACKOFF)?,
@@ -374,6 +426,23 @@ fn check_relative_path(path: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A host path for `writable:`: absolute, without `.`, `..` or empty components.
+fn check_host_path(path: &str) -> Result<(), String> {
+    let rest = path.strip_prefix('/').filter(|rest| !rest.is_empty());
+    let ok = rest.is_some_and(|rest| {
+        rest.trim_end_matches('/')
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+    });
+    if ok && !path.contains('\0') {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{path}` must be an absolute path other than `/`, without `.`, `..` or empty components"
+        ))
+    }
 }
 
 fn is_env_name(name: &str) -> bool {

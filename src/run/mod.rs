@@ -4,7 +4,9 @@
 //! (started by [`spawn`]), caps its output ([`capture`]) and retries with backoff.
 
 pub(crate) mod capture;
+pub(crate) mod cgroup;
 pub(crate) mod in_flight;
+pub(crate) mod isolate;
 pub(crate) mod journal;
 pub(crate) mod lock;
 pub(crate) mod runner;

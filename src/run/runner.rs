@@ -28,6 +28,8 @@ use thiserror::Error;
 use crate::clock::rfc3339;
 use crate::inbox::request::Request;
 use crate::inbox::snapshot::HandlersDir;
+use crate::run::cgroup::CgroupLimits;
+use crate::run::isolate::{self, Isolation};
 use crate::run::journal::{self, Journal};
 use crate::run::lock::{LockError, ResourceLock};
 use crate::run::sandbox::{self, Finished, InFlight, Job, SandboxError, Termination};
@@ -69,6 +71,8 @@ pub(crate) struct Plan {
     pub ticket: u64,
     /// The handler process while one runs, for the daemon's watchdog.
     pub in_flight: Arc<InFlight>,
+    /// What this host can isolate handlers with.
+    pub isolation: Arc<Isolation>,
 }
 
 /// One attempt's result and where its log was captured.
@@ -290,9 +294,19 @@ fn attempt(
     let log_file = ready.log.clone();
     let mut env = handler_env(&plan.request, number);
     env.extend(plan.extra_env.iter().cloned());
+    let request_copy = plan.request_copy();
     let result = sandbox::run(Job {
+        view: (!spec.no_isolation).then(|| {
+            let binds = isolate::run_binds(
+                &plan.handlers.path,
+                &request_copy,
+                &ready.work,
+                &spec.writable,
+            );
+            (&*plan.isolation, binds)
+        }),
         program: &plan.handlers.path.join(&spec.handler),
-        args: vec![plan.request_copy().into_os_string()],
+        args: vec![request_copy.clone().into_os_string()],
         stdin: serde_json::to_vec(&plan.request.json).expect("JSON values serialise"),
         env,
         cwd: &ready.work,
@@ -304,6 +318,11 @@ fn attempt(
             open_files: Some(spec.nofile),
             file_size: Some(spec.fsize),
             no_network: spec.no_network,
+        },
+        cgroup: CgroupLimits {
+            memory: spec.memory,
+            pids: spec.pids,
+            cpu: spec.cpu,
         },
         user: plan.user.clone(),
         log_path: &log_file,

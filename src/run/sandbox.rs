@@ -20,7 +20,9 @@ use nix::unistd::Pid;
 use thiserror::Error;
 
 use crate::run::capture::{CappedLog, LogSummary};
+use crate::run::cgroup::{CgroupLimits, Usage};
 pub(crate) use crate::run::in_flight::InFlight;
+use crate::run::isolate::{Bind, Isolation};
 use crate::run::spawn::{self, Identity, Limits, Spec};
 use crate::secrets::{RedactStream, Redactor};
 
@@ -57,7 +59,10 @@ pub(crate) struct Job<'a> {
     pub cwd: &'a Path,
     pub timeout: Duration,
     pub grace: Duration,
+    /// `address_space` gives way to the cgroup's memory limit where there is one.
     pub limits: Limits,
+    /// Applied where the run gets a cgroup (an isolated run on a host that has them).
+    pub cgroup: CgroupLimits,
     /// `None`: run as the dispatcher's own user.
     pub user: Option<Identity>,
     pub log_path: &'a Path,
@@ -72,6 +77,9 @@ pub(crate) struct Job<'a> {
     pub in_flight: &'a InFlight,
     /// See [`spawn::Spec::gate`].
     pub gate: Option<BorrowedFd<'a>>,
+    /// Namespaces of its own, showing these paths of the host's (see [`crate::run::isolate`]);
+    /// `None`: the host's.
+    pub view: Option<(&'a Isolation, Vec<Bind<'a>>)>,
     /// Called once the handler has started.
     pub on_start: &'a dyn Fn(),
 }
@@ -91,6 +99,8 @@ pub(crate) struct Finished {
     pub log: LogSummary,
     pub started: SystemTime,
     pub duration: Duration,
+    /// What it used, where it ran in a cgroup of its own.
+    pub usage: Option<Usage>,
 }
 
 /// Runs `job` to its end. An error means the handler never ran (or its log could not be written).
@@ -106,6 +116,26 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     let (reader, writer) = io::pipe().map_err(log_err)?;
     let (stdin_reader, stdin_writer) = io::pipe().map_err(log_err)?;
     let args: Vec<&OsStr> = job.args.iter().map(OsString::as_os_str).collect();
+    let spawn_err = |source| SandboxError::Spawn {
+        program: job.program.to_owned(),
+        source,
+    };
+    let mounts = match &job.view {
+        Some((isolation, binds)) => isolation.prepare(binds).map_err(spawn_err)?,
+        None => None,
+    };
+    let cgroup = match &job.view {
+        Some((isolation, _)) => match isolation.cgroups() {
+            Ok(cgroups) => Some(cgroups.run(&job.cgroup).map_err(spawn_err)?),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let procs = cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
+    let mut limits = job.limits.clone();
+    if cgroup.is_some() {
+        limits.address_space = None;
+    }
     let started = SystemTime::now();
     let clock = Instant::now();
     let spawned = {
@@ -117,9 +147,11 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
             cwd: job.cwd,
             stdin: stdin_reader.as_fd(),
             output: writer.as_fd(),
-            limits: &job.limits,
+            limits: &limits,
             user: job.user.as_ref(),
             gate: job.gate,
+            mounts: mounts.as_ref(),
+            cgroups: &procs,
         });
         if let Ok(child) = &spawned {
             handlers.insert(child.pid.as_raw());
@@ -128,10 +160,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     };
     // The child's ends must be closed here, or the pipes never reach end-of-file.
     drop((stdin_reader, writer));
-    let child = spawned.map_err(|source| SandboxError::Spawn {
-        program: job.program.to_owned(),
-        source,
-    })?;
+    let child = spawned.map_err(spawn_err)?;
     // Whatever way this returns, the handler's group does not outlive the run.
     let mut child = Reaped {
         child,
@@ -162,12 +191,15 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     let mut drain_until = None;
     // When the claim's deadline stopped the handler: its SIGKILL, once due.
     let mut fence_kill_at: Option<Instant> = None;
+    let isolated = mounts.is_some();
+    // Whether a SIGKILL stood in for a SIGTERM the handler would have died of (see `terminate`).
+    let mut killed_for_term = false;
     loop {
         let now = Instant::now();
         if status.is_none() {
             match fence_kill_at {
                 None if job.in_flight.fence_due(now) => {
-                    let _ = killpg(child.pid(), Signal::SIGTERM);
+                    killed_for_term |= terminate(child.pid(), isolated);
                     let kill_after = job.in_flight.deadline().map_or(job.grace, |(_, k)| k);
                     fence_kill_at = Some(now + kill_after.min(job.grace));
                 }
@@ -183,7 +215,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
                 escalate_at = None;
             } else {
                 timed_out = true;
-                let _ = killpg(child.pid(), Signal::SIGTERM);
+                killed_for_term |= terminate(child.pid(), isolated);
                 escalate_at = at.max(now).checked_add(job.grace);
             }
         }
@@ -242,8 +274,12 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         return Err(log_err(e));
     }
     let summary = log.finish().map_err(log_err)?;
+    let usage = cgroup.as_ref().map(|c| c.usage());
     let termination = match status.expect("the loop ends only after the handler exited") {
         WaitStatus::Exited(_, code) => Termination::Exited(code),
+        WaitStatus::Signaled(_, Signal::SIGKILL, _) if killed_for_term => {
+            Termination::Signaled(Signal::SIGTERM as i32)
+        }
         WaitStatus::Signaled(_, signal, _) => Termination::Signaled(signal as i32),
         _ => Termination::Exited(-1),
     };
@@ -253,7 +289,38 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         log: summary,
         started,
         duration,
+        usage,
     })
+}
+
+/// Sends SIGTERM to the handler's process group. An isolated handler is the init of its PID
+/// namespace, which the kernel gives only the signals it has a handler for: one that leaves SIGTERM
+/// at its default action (to terminate) is killed with SIGKILL instead, which ends it as SIGTERM
+/// would have (and with it its namespace); one that ignores SIGTERM is left to the grace's SIGKILL,
+/// as it would be outside a namespace. Whether SIGKILL stood in for SIGTERM.
+fn terminate(pid: Pid, isolated: bool) -> bool {
+    let _ = killpg(pid, Signal::SIGTERM);
+    if !isolated || term_handled(pid) {
+        return false;
+    }
+    nix::sys::signal::kill(pid, Signal::SIGKILL).is_ok()
+}
+
+/// Whether `pid` catches or ignores SIGTERM (`SigCgt` and `SigIgn` of its status); `true` when
+/// that cannot be read (it is gone).
+fn term_handled(pid: Pid) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let bit = 1u64 << (Signal::SIGTERM as u32 - 1);
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigCgt:") | mask("SigIgn:")) & bit != 0
 }
 
 /// The handler's output on its way to the log, redacted before any byte of it is written.

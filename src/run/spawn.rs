@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use nix::libc::{self, c_char, c_int, c_ulong, c_void};
 use nix::unistd::{Gid, Pid, Uid};
 
+use crate::run::isolate::{self, MountStep, Mounts};
+
 /// The child's stack: it runs a few dozen system calls and no Rust code that allocates.
 const CHILD_STACK: usize = 64 * 1024;
 
@@ -75,6 +77,10 @@ pub(crate) struct Spec<'a> {
     /// Confined, the child reads one byte from this before it executes the handler, and executes
     /// it only if the byte is 1 (see `journal::Syncing`).
     pub gate: Option<BorrowedFd<'a>>,
+    /// Namespaces of its own, with this view of the file system (see [`isolate`]).
+    pub mounts: Option<&'a Mounts>,
+    /// `cgroup.procs` files (opened for writing) the child moves itself into first.
+    pub cgroups: &'a [BorrowedFd<'a>],
 }
 
 /// A started handler: the leader of a process group of its own.
@@ -101,10 +107,12 @@ enum Step {
     Gate,
     Exec,
     Network,
+    Isolate,
+    Cgroup,
 }
 
 impl Step {
-    const ALL: [Step; 13] = [
+    const ALL: [Step; 15] = [
         Step::Stdio,
         Step::Chdir,
         Step::ProcessGroup,
@@ -118,6 +126,8 @@ impl Step {
         Step::Gate,
         Step::Exec,
         Step::Network,
+        Step::Isolate,
+        Step::Cgroup,
     ];
 
     fn describe(self) -> &'static str {
@@ -135,12 +145,15 @@ impl Step {
             Step::Gate => "start: the journal entry could not be synced",
             Step::Exec => "execute",
             Step::Network => "enter a network of its own (`network: none`)",
+            Step::Isolate => "isolate",
+            Step::Cgroup => "enter its cgroup",
         }
     }
 }
 
-/// Everything the child reads, laid out before the clone; `failed` and `errno` are its only writes.
-struct Context {
+/// Everything the child reads, laid out before the clone; `failed`, `detail` and `errno` are its
+/// only writes.
+struct Context<'a> {
     program: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
@@ -154,8 +167,17 @@ struct Context {
     gate: RawFd,
     /// [`Limits::no_network`].
     no_network: bool,
+    /// [`Spec::mounts`].
+    mounts: Option<&'a Mounts>,
+    /// [`Spec::cgroups`].
+    cgroups: Vec<RawFd>,
+    /// A pidfd of the dispatcher, -1 for none: an isolated child, whose parent is outside its PID
+    /// namespace, cannot ask `getppid` whether the dispatcher still lives.
+    dispatcher: RawFd,
     /// The `Step` that failed, 0 while none has.
     failed: AtomicUsize,
+    /// The [`MountStep`] that failed, when `failed` is [`Step::Isolate`].
+    detail: AtomicUsize,
     errno: AtomicI32,
 }
 
@@ -210,7 +232,15 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         parent: nix::unistd::getpid().as_raw(),
         gate: spec.gate.map_or(-1, |fd| fd.as_raw_fd()),
         no_network: spec.limits.no_network,
+        mounts: spec.mounts,
+        cgroups: spec.cgroups.iter().map(|fd| fd.as_raw_fd()).collect(),
+        dispatcher: if spec.mounts.is_some() {
+            dispatcher_pidfd()
+        } else {
+            -1
+        },
         failed: AtomicUsize::new(0),
+        detail: AtomicUsize::new(0),
         errno: AtomicI32::new(0),
     };
     let mut stack = vec![0u8; CHILD_STACK];
@@ -218,6 +248,11 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
     let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
 
     let mut pidfd: c_int = -1;
+    let namespaces = if spec.mounts.is_some() {
+        isolate::CLONE_FLAGS
+    } else {
+        0
+    };
     // Every signal is blocked across the clone: a handler of the dispatcher's must not run in the
     // child before the child has put the default dispositions back.
     // SAFETY: plain system calls on local signal sets; `child` only reads `context` (alive until
@@ -233,7 +268,7 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         let pid = libc::clone(
             child,
             top as *mut c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | namespaces | libc::SIGCHLD,
             &context as *const Context as *mut c_void,
             &mut pidfd as *mut c_int,
         );
@@ -254,8 +289,14 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
     if failed != 0 {
         let _ = nix::sys::wait::waitpid(pid, None);
         let error = io::Error::from_raw_os_error(context.errno.load(Ordering::Relaxed));
-        let step = Step::ALL[failed - 1].describe();
-        return Err(io::Error::new(error.kind(), format!("{step}: {error}")));
+        let step = Step::ALL[failed - 1];
+        let what = match MountStep::from_index(context.detail.load(Ordering::Relaxed)) {
+            Some(detail) if matches!(step, Step::Isolate) => {
+                format!("{}: {}", step.describe(), detail.describe())
+            }
+            _ => step.describe().to_owned(),
+        };
+        return Err(io::Error::new(error.kind(), format!("{what}: {error}")));
     }
     Ok(Child { pid, pidfd })
 }
@@ -314,6 +355,16 @@ unsafe fn confine_and_exec(cx: &Context) -> (Step, c_int) {
         step!(Step::Stdio, libc::dup2(cx.stdin, 0));
         step!(Step::Stdio, libc::dup2(cx.output, 1));
         step!(Step::Stdio, libc::dup2(cx.output, 2));
+        for &procs in &cx.cgroups {
+            step!(Step::Cgroup, libc::write(procs, b"0".as_ptr().cast(), 1));
+        }
+        if let Some(mounts) = cx.mounts
+            && let Err((detail, errno)) = isolate::enter(mounts)
+        {
+            cx.detail.store(detail as usize, Ordering::Relaxed);
+            return (Step::Isolate, errno);
+        }
+        // After the mounts: a directory entered before them would be the one they cover.
         step!(Step::Chdir, libc::chdir(cx.cwd));
         step!(Step::ProcessGroup, libc::setpgid(0, 0));
         if cx.no_network {
@@ -363,7 +414,17 @@ unsafe fn confine_and_exec(cx: &Context) -> (Step, c_int) {
                 0 as c_ulong
             )
         );
-        if libc::getppid() != cx.parent {
+        let orphaned = if cx.dispatcher >= 0 {
+            let mut watch = libc::pollfd {
+                fd: cx.dispatcher,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            libc::poll(&mut watch, 1, 0) > 0
+        } else {
+            cx.mounts.is_none() && libc::getppid() != cx.parent
+        };
+        if orphaned {
             return (Step::Orphaned, libc::ESRCH);
         }
         // Last, so that the setup above overlaps the sync the gate waits for. Should the
@@ -414,6 +475,24 @@ unsafe fn default_signal_dispositions() {
     }
 }
 
+/// A pidfd of the dispatcher, opened once (-1 where pidfds are not available): readable once the
+/// dispatcher has exited.
+fn dispatcher_pidfd() -> RawFd {
+    static PIDFD: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    PIDFD
+        .get_or_init(|| {
+            // SAFETY: pidfd_open of this process returns a new descriptor nothing else owns.
+            let fd = unsafe {
+                libc::syscall(libc::SYS_pidfd_open, libc::getpid(), libc::PIDFD_NONBLOCK)
+            };
+            let fd = c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+            // SAFETY: as above (pidfds are close-on-exec).
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .as_ref()
+        .map_or(-1, |fd| fd.as_raw_fd())
+}
+
 fn c_string(value: &OsStr) -> io::Result<CString> {
     CString::new(value.as_bytes()).map_err(|_| {
         io::Error::new(
@@ -448,166 +527,5 @@ fn above_stdio(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::fs::File;
-    use std::io::{Read, Write};
-    use std::os::fd::AsFd;
-
-    use nix::sys::wait::{WaitStatus, waitpid};
-
-    use super::*;
-
-    /// Runs `script` under `sh -c` as `spawn` starts a handler, and returns its exit code and output.
-    fn run(
-        script: &str,
-        limits: &Limits,
-        user: Option<&Identity>,
-        gate: Option<u8>,
-    ) -> io::Result<(i32, String)> {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let (out_read, out_write) = nix::unistd::pipe().expect("a pipe");
-        let stdin = File::open("/dev/null").expect("/dev/null");
-        let (gate_read, gate_write) = nix::unistd::pipe().expect("a pipe");
-        if let Some(byte) = gate {
-            File::from(gate_write)
-                .write_all(&[byte])
-                .expect("the gate's byte");
-        }
-        let args = [OsStr::new("-c"), OsStr::new(script)];
-        let env = [
-            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
-            ("ONLY".to_string(), "this".to_string()),
-        ];
-        let spec = Spec {
-            program: Path::new("/bin/sh"),
-            args: &args,
-            env: &env,
-            cwd: dir.path(),
-            stdin: stdin.as_fd(),
-            output: out_write.as_fd(),
-            limits,
-            user,
-            gate: gate.map(|_| gate_read.as_fd()),
-        };
-        let child = spawn(&spec)?;
-        drop(out_write);
-        let mut output = String::new();
-        File::from(out_read)
-            .read_to_string(&mut output)
-            .expect("the output");
-        let code = match waitpid(child.pid, None).expect("waitpid") {
-            WaitStatus::Exited(_, code) => code,
-            other => panic!("the child ended as {other:?}"),
-        };
-        Ok((code, output))
-    }
-
-    fn field<'a>(output: &'a str, key: &str) -> &'a str {
-        output
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no `{key}` in:\n{output}"))
-            .trim()
-    }
-
-    #[test]
-    fn the_child_is_confined_before_it_executes() {
-        let limits = Limits {
-            address_space: None,
-            processes: Some(4096),
-            open_files: Some(77),
-            file_size: Some(1 << 20),
-            no_network: false,
-        };
-        let script = "echo pgid=$(ps -o pgid= -p $$ 2>/dev/null || cut -d' ' -f5 /proc/$$/stat); \
-                      echo pid=$$; grep NoNewPrivs /proc/self/status; echo nofile=$(ulimit -n); \
-                      echo fsize=$(ulimit -f); echo core=$(ulimit -c); echo cwd=$(pwd); echo ---; env | sort";
-        let (code, out) = run(script, &limits, None, None).expect("spawned");
-        assert_eq!(code, 0, "{out}");
-        assert_eq!(
-            field(&out, "pgid="),
-            field(&out, "pid="),
-            "its own process group:\n{out}"
-        );
-        assert_eq!(field(&out, "NoNewPrivs:"), "1");
-        assert_eq!(field(&out, "nofile="), "77");
-        assert_eq!(field(&out, "fsize="), "2048", "1 MiB in 512-byte blocks");
-        assert_eq!(field(&out, "core="), "0");
-        assert!(field(&out, "cwd=").contains("tmp"), "{out}");
-        let env: Vec<&str> = out
-            .split_once("---\n")
-            .expect("the environment")
-            .1
-            .lines()
-            .collect();
-        assert!(
-            env.contains(&"ONLY=this") && env.contains(&"PATH=/usr/bin:/bin"),
-            "{out}"
-        );
-        let shell_own = ["ONLY=", "PATH=", "PWD=", "SHLVL=", "_="];
-        assert!(
-            env.iter()
-                .all(|v| shell_own.iter().any(|p| v.starts_with(p))),
-            "only the given environment (and what the shell sets itself):\n{out}"
-        );
-    }
-
-    #[test]
-    fn the_child_takes_the_identity_it_is_given() {
-        let me = nix::unistd::getuid();
-        // As root, the unprivileged `nobody`; as anyone else, that user (the only one it may take).
-        let (uid, gid) = if me.is_root() {
-            (65534, 65534)
-        } else {
-            (me.as_raw(), nix::unistd::getgid().as_raw())
-        };
-        let identity = Identity {
-            uid: Uid::from_raw(uid),
-            gid: Gid::from_raw(gid),
-            groups: vec![Gid::from_raw(gid)],
-        };
-        let (code, out) = run(
-            "echo uid=$(id -u) gid=$(id -g) groups=$(id -G)",
-            &Limits::default(),
-            Some(&identity),
-            None,
-        )
-        .expect("spawned");
-        assert_eq!(code, 0, "{out}");
-        assert_eq!(out.trim(), format!("uid={uid} gid={gid} groups={gid}"));
-    }
-
-    #[test]
-    fn a_closed_gate_keeps_the_handler_from_running_and_says_why() {
-        let (code, out) =
-            run("echo ran", &Limits::default(), None, Some(1)).expect("an open gate runs it");
-        assert_eq!((code, out.trim()), (0, "ran"));
-        let error = run("echo ran", &Limits::default(), None, Some(0))
-            .expect_err("a closed gate must not run it");
-        assert!(
-            error
-                .to_string()
-                .contains("the journal entry could not be synced"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn a_step_that_fails_is_named_and_nothing_runs() {
-        let missing = Path::new("/nonexistent/handler");
-        let devnull = File::open("/dev/null").expect("/dev/null");
-        let spec = Spec {
-            program: missing,
-            args: &[],
-            env: &[],
-            cwd: Path::new("/"),
-            stdin: devnull.as_fd(),
-            output: devnull.as_fd(),
-            limits: &Limits::default(),
-            user: None,
-            gate: None,
-        };
-        let error = spawn(&spec).expect_err("a missing program cannot start");
-        assert_eq!(error.kind(), io::ErrorKind::NotFound, "{error}");
-    }
-}
+#[path = "spawn_tests.rs"]
+mod tests;

@@ -214,6 +214,7 @@ fn handler_runs_under_an_exclusive_flock_on_its_resource_lock_file() {
     // Created by "the admin" beforehand, readable by anyone, so an unprivileged handler can open it.
     fs::write(&lock, "").expect("create lock file");
     fs::set_permissions(&lock, fs::Permissions::from_mode(0o666)).expect("chmod lock file");
+    // The probe must see the lock directory, which isolated handlers do not.
     world.handler(
         "locked.sh",
         &format!(
@@ -222,7 +223,7 @@ fn handler_runs_under_an_exclusive_flock_on_its_resource_lock_file() {
         ),
     );
     world.index(&format!(
-        "{DEFAULT_INDEX}locked:\n  handler: locked.sh\n  resource: printer\n  timeout: 30s\n  grace: 1s\n"
+        "{DEFAULT_INDEX}locked:\n  handler: locked.sh\n  resource: printer\n  timeout: 30s\n  grace: 1s\n  isolation: none\n"
     ));
     world.publish("add the locked kind");
     world.submit("print.yml", "kind: locked\n");
@@ -346,8 +347,9 @@ for t in /proc/$PPID/task/*; do seen="$seen$(policy "$t/stat");"; done
 echo "THREADS=$seen"
 "#,
         )
+        // The probe reads the dispatcher's threads, which isolated handlers cannot see.
         .index(&format!(
-            "{DEFAULT_INDEX}priority:\n  handler: priority.sh\n  timeout: 30s\n"
+            "{DEFAULT_INDEX}priority:\n  handler: priority.sh\n  timeout: 30s\n  isolation: none\n"
         ))
         .build();
     world.submit("niced.yml", "kind: priority\n");

@@ -60,8 +60,19 @@ impl Checkout {
     }
 
     /// Writes a file in the working tree (parents created; nothing staged).
+    /// An index gets the world's `markers/` among its kinds' `writable:` paths (see
+    /// [`markers_writable`]).
     pub fn write(&self, rel: &str, bytes: impl AsRef<[u8]>) {
-        write_file(&self.path(rel), bytes.as_ref());
+        let markers = self.home.parent().map(|root| root.join("markers"));
+        match (rel, std::str::from_utf8(bytes.as_ref()), markers) {
+            ("handlers/index.yml", Ok(index), Some(markers)) if markers.is_dir() => {
+                write_file(
+                    &self.path(rel),
+                    markers_writable(index, &markers).as_bytes(),
+                );
+            }
+            _ => write_file(&self.path(rel), bytes.as_ref()),
+        }
     }
 
     /// Writes a file with mode 755.
@@ -251,4 +262,26 @@ impl Checkout {
         self.push();
         oid
     }
+}
+
+/// The index with `markers/` among the `writable:` paths of every kind that names neither
+/// `writable:` nor `isolation:`, so that handlers isolated in a view of their own can leave markers
+/// there. An index that is not a mapping of kinds (tests of broken indexes) is left as written.
+pub fn markers_writable(index: &str, markers: &Path) -> String {
+    let Ok(serde_yaml::Value::Mapping(mut kinds)) = serde_yaml::from_str(index) else {
+        return index.to_owned();
+    };
+    let markers = markers.to_str().expect("utf-8 tempdir").to_owned();
+    for (_, kind) in kinds.iter_mut() {
+        if let serde_yaml::Value::Mapping(fields) = kind
+            && !fields.contains_key("writable")
+            && !fields.contains_key("isolation")
+        {
+            fields.insert(
+                "writable".into(),
+                serde_yaml::Value::Sequence(vec![markers.clone().into()]),
+            );
+        }
+    }
+    serde_yaml::to_string(&kinds).expect("a mapping serialises")
 }

@@ -1,24 +1,39 @@
-//! Resource limits: a 1 GiB allocation fails under a kind's `memory: 100MiB` and succeeds under 2 GiB; its
-//! `nproc` stops a fork loop, and nothing of the loop is left behind.
+//! Resource limits: a 1 GiB allocation fails under a kind's `memory: 100MiB` and succeeds under 2 GiB
+//! (an address-space rlimit without isolation, a cgroup's memory limit with it: killed and recorded
+//! out of memory); `nproc`, and the cgroup's `pids:`, stop a fork loop, and nothing of the loop is left
+//! behind.
 
 use super::{entry, index_with};
 use crate::support::{Strays, World, log_file, root_or_skip};
 
+const HOG: &str =
+    "#!/bin/sh\nexec python3 -c 'b = bytearray(1 << 30); print(\"ALLOCATED\", len(b))'\n";
+
 #[test]
 fn a_one_gib_allocation_fails_under_memory_100mib_and_succeeds_under_2gib() {
-    let hog = "#!/bin/sh\nexec python3 -c 'b = bytearray(1 << 30); print(\"ALLOCATED\", len(b))'\n";
+    // Without isolation, `memory:` is an address-space rlimit, which the allocation runs into.
     let world = World::new()
-        .handler("hog.sh", hog)
+        .handler("hog.sh", HOG)
         .index(&index_with(&[
             entry(
                 "hog-small",
                 "hog.sh",
-                &["memory: 100MiB", "timeout: 30s", "grace: 1s"],
+                &[
+                    "memory: 100MiB",
+                    "timeout: 30s",
+                    "grace: 1s",
+                    "isolation: none",
+                ],
             ),
             entry(
                 "hog-large",
                 "hog.sh",
-                &["memory: 2GiB", "timeout: 30s", "grace: 1s"],
+                &[
+                    "memory: 2GiB",
+                    "timeout: 30s",
+                    "grace: 1s",
+                    "isolation: none",
+                ],
             ),
         ]))
         .build();

@@ -29,6 +29,8 @@ mod secrets;
 mod log_cap;
 
 mod network;
+// Namespaces and cgroups: what a handler sees, writes, signals and uses.
+mod isolation;
 
 /// One entry of `handlers/index.yml`: `handler` and the given `key: value` settings.
 fn entry(kind: &str, handler: &str, settings: &[&str]) -> String {

@@ -139,7 +139,14 @@ echo "DONE"
         .index(&index_with(&[entry(
             "intruder",
             "intruder.sh",
-            &["env: [WORKDIR, LOCKDIR]", "timeout: 30s", "grace: 1s"],
+            // Not isolated: there, the dispatcher's state is hidden altogether (`isolation.rs`);
+            // here the user alone must keep the handler out.
+            &[
+                "env: [WORKDIR, LOCKDIR]",
+                "timeout: 30s",
+                "grace: 1s",
+                "isolation: none",
+            ],
         )]))
         .build();
     // The lock dir is the host's (made by root for the harness): root's, not writable by others.

@@ -28,13 +28,11 @@ fn a_dispatcher_whose_remote_stops_answering_stops_its_handler_and_another_recor
 fn loses_the_remote(trouble: fn(&Proxy)) {
     let world = World::new().build();
     let strays = Strays::sleeping(3600);
-    let pid_file = world.markers.join("long.pid");
     let starts = world.markers.join("starts");
-    // `exec`: the pid in the file is the sleeping handler itself.
+    // `exec`: the sleeping handler itself is found by its command line.
     let script = format!(
-        "#!/bin/sh\necho $$ >> {}\necho $$ > {}\nexec {}\n",
+        "#!/bin/sh\necho $$ >> {}\nexec {}\n",
         starts.display(),
-        pid_file.display(),
         strays.command
     );
     // Its natural end is the kind's timeout, 60 s after it starts.
@@ -56,10 +54,12 @@ fn loses_the_remote(trouble: fn(&Proxy)) {
     let mut pid = String::new();
     assert!(
         wait_until(Duration::from_secs(60), || {
-            pid = fs::read_to_string(&pid_file)
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
+            // The pid on the host: an isolated handler is pid 1 in its own namespace.
+            pid = strays
+                .pids()
+                .first()
+                .map(i32::to_string)
+                .unwrap_or_default();
             !pid.is_empty()
         }),
         "alpha did not start the handler:\n{}",
