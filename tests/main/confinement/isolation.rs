@@ -439,3 +439,87 @@ fn a_fork_loop_is_bounded_by_pids() {
     );
     strays.assert_gone("the fork loop's sleeps");
 }
+
+/// `cpu:` bounds the run's CPU time: a busy loop of 3 s under `cpu: 0.2` gets about 0.6 s of CPU,
+/// the same loop without it far more; both have `cpu_ms` recorded.
+#[test]
+fn cpu_bounds_the_cpu_time_of_a_busy_loop() {
+    if !root_or_skip("cpu_bounds_the_cpu_time_of_a_busy_loop") {
+        return;
+    }
+    let busy = "#!/bin/sh\nexec timeout 3 sh -c 'while :; do :; done'\n";
+    let world = World::new()
+        .handler("busy.sh", busy)
+        .index(&index_with(&[
+            entry("slow", "busy.sh", &["cpu: 0.2", "timeout: 30s"]),
+            entry("fast", "busy.sh", &["timeout: 30s"]),
+        ]))
+        .build();
+    world.submit("slow-1.yml", "kind: slow\nresource: a\n");
+    world.submit("fast-1.yml", "kind: fast\nresource: b\n");
+
+    world.run(&["--jobs", "2"]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let cpu = |key: &str| {
+        let status = clone.status(key);
+        status["cpu_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no `cpu_ms`: {status:#}"))
+    };
+    let (slow, fast) = (cpu("slow-1"), cpu("fast-1"));
+    assert!(
+        slow < 1000,
+        "a 3 s busy loop under `cpu: 0.2` used {slow} ms of CPU"
+    );
+    assert!(
+        fast > 1000,
+        "control: the same loop without `cpu:` used only {fast} ms of CPU"
+    );
+}
+
+/// An isolated handler is its namespace's process 1, which the kernel gives only the signals it
+/// catches: at the timeout, one that catches SIGTERM gets it; one that leaves it at its default is
+/// ended at once (not after its grace) and recorded as killed by SIGTERM.
+#[test]
+fn at_its_timeout_an_isolated_handler_ends_as_sigterm_would_end_it() {
+    if !root_or_skip("at_its_timeout_an_isolated_handler_ends_as_sigterm_would_end_it") {
+        return;
+    }
+    let plain = Strays::sleeping(3600);
+    let world = World::new()
+        .handler("plain.sh", &format!("#!/bin/sh\nexec {}\n", plain.command))
+        .handler(
+            "trapping.sh",
+            "#!/bin/sh\ntrap 'echo caught TERM; exit 3' TERM\nsleep 3600 &\nwait\n",
+        )
+        .index(&index_with(&[
+            entry("plain", "plain.sh", &["timeout: 1s", "grace: 60s"]),
+            entry("trapping", "trapping.sh", &["timeout: 1s", "grace: 60s"]),
+        ]))
+        .build();
+    world.submit("plain-1.yml", "kind: plain\nresource: a\n");
+    world.submit("trapping-1.yml", "kind: trapping\nresource: b\n");
+
+    world.run(&["--jobs", "2"]).assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let plain_status = clone.status("plain-1");
+    assert_eq!(plain_status["state"], "timed_out", "{plain_status:#}");
+    assert_eq!(plain_status["signal"], 15, "{plain_status:#}");
+    let ms = plain_status["duration_ms"].as_u64().expect("duration_ms");
+    assert!(
+        ms < 30_000,
+        "ended after {ms} ms: the grace (60 s), not the timeout (1 s), ended it"
+    );
+    plain.assert_gone("the handler that left SIGTERM at its default");
+    let trapping = clone.status("trapping-1");
+    let log = clone
+        .read_string(&log_file("trapping-1", 1))
+        .unwrap_or_default();
+    assert_eq!(trapping["state"], "timed_out", "{trapping:#}");
+    assert!(
+        log.contains("caught TERM") && trapping["exit_code"] == 3,
+        "the handler that catches SIGTERM did not get it: {trapping:#}\n{log}"
+    );
+}

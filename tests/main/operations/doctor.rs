@@ -228,3 +228,28 @@ fn doctor_creates_no_workdir_lock_dir_or_state_folder() {
         "doctor wrote into the workdir:\n{out}"
     );
 }
+
+/// `doctor` says which isolation this host gives: as root here, namespaces and v1 cgroups.
+#[test]
+fn doctor_reports_the_isolation_this_host_gives() {
+    if !crate::support::root_or_skip("doctor_reports_the_isolation_this_host_gives") {
+        return;
+    }
+    let world = World::new().build();
+
+    let out = doctor(&world, world.remote_arg(), &[]);
+
+    out.assert_exit(0);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("isolation: namespaces: mount")),
+        "no namespaces in the report:\n{out}"
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("isolation: cgroups: cgroup v1")),
+        "no cgroups in the report:\n{out}"
+    );
+}
