@@ -2,7 +2,7 @@
 //! address space they reserve), `pids:` and `cpu:`, and the run's peak memory, CPU time and
 //! out-of-memory kills read back when it ends.
 //!
-//! The dispatcher makes a folder of its own, `git-dispatch-<pid>`, under its own cgroup in each
+//! The dispatcher makes a folder of its own, `git-dispatch-<pid>-<n>`, under its own cgroup in each
 //! controller it uses (so whatever bounds the dispatcher bounds its runs too), one `run-<n>` in it
 //! per run, and removes both when done; folders of dispatchers that died are removed by the next
 //! one to start. The child moves itself in before it executes the handler (`spawn`), so every
@@ -73,6 +73,8 @@ impl Cgroups {
         if !nix::unistd::geteuid().is_root() {
             return Err("the dispatcher is not root".to_owned());
         }
+        static INSTANCES: AtomicU64 = AtomicU64::new(1);
+        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let own = fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
         let mounts = fs::read_to_string("/proc/self/mountinfo")
@@ -86,7 +88,8 @@ impl Cgroups {
             })?;
             let parent = mount.join(path.trim_start_matches('/'));
             sweep(&parent);
-            let dir = parent.join(format!("{PREFIX}{}", std::process::id()));
+            // One process may hold several dispatchers (`replay -j N`): each has its own folder.
+            let dir = parent.join(format!("{PREFIX}{}-{instance}", std::process::id()));
             match fs::create_dir(&dir) {
                 Ok(()) => Ok(dir),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
@@ -239,6 +242,7 @@ fn sweep(parent: &Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split('-').next())
             .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;
@@ -301,5 +305,28 @@ mod tests {
             Some(("/sys/fs/cgroup/pids".into(), "/".into()))
         );
         assert_eq!(place("hugetlb"), None, "v2 controllers are not driven");
+    }
+
+    /// `replay -j 2` runs two dispatchers in one process: their cgroups must not share a folder
+    /// (the second's first run took the first's `run-1`: "File exists").
+    #[test]
+    fn two_dispatchers_in_one_process_get_folders_of_their_own() {
+        let Ok(first) = Cgroups::open() else {
+            assert!(
+                !nix::unistd::geteuid().is_root(),
+                "root here, yet no cgroups: {:?}",
+                Cgroups::open().err()
+            );
+            return;
+        };
+        let second = Cgroups::open().expect("a second dispatcher's cgroups");
+        assert_ne!(first.memory, second.memory);
+        let limits = CgroupLimits::default();
+        let (a, b) = (first.run(&limits), second.run(&limits));
+        assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+        drop((a, b));
+        let kept = second.memory.clone();
+        drop(first);
+        assert!(kept.is_dir(), "dropping one removed the other's folder");
     }
 }
