@@ -19,8 +19,6 @@ use crate::outcome::{AttemptLog, Outcome, State, Written};
 use crate::run::runner::Report;
 use crate::run::sandbox::Termination;
 
-/// The state an attempt's handler ended in: a timeout wins over how it was killed, and only an
-/// exit with status 0 is a success.
 /// `512MiB`, `1GiB`, `1500000B`: as an index would write it.
 fn show_size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
@@ -38,6 +36,8 @@ fn show_size(bytes: u64) -> String {
         )
 }
 
+/// The state an attempt's handler ended in: a timeout wins over how it was killed, and only an
+/// exit with status 0 is a success.
 fn end_state(timed_out: bool, termination: Termination) -> State {
     if timed_out {
         State::TimedOut

@@ -36,8 +36,12 @@ pub(crate) const MAX_BINDS: usize = 40;
 pub(crate) struct Isolation {
     /// Why namespaces cannot be made here (`Ok`: they can).
     namespaces: Result<(), String>,
-    /// Folders (covered by an empty read-only folder) and files (by `/dev/null`) no handler sees.
+    /// What no handler sees, canonical: a `writable:` path may neither hold nor lie in one.
     hidden: Vec<PathBuf>,
+    /// The outermost of them, as the child covers them: folders by an empty read-only folder,
+    /// files by `/dev/null`. Laid out once, not per run.
+    hidden_dirs: Vec<CString>,
+    hidden_files: Vec<CString>,
     /// A cgroup per run, or why not (then `memory:` is an rlimit).
     cgroups: Result<Cgroups, String>,
 }
@@ -52,10 +56,10 @@ pub(crate) struct Bind<'a> {
 
 /// Everything [`enter`] does, prepared in the dispatcher.
 #[derive(Debug)]
-pub(crate) struct Mounts {
+pub(crate) struct Mounts<'a> {
     binds: Vec<PreparedBind>,
-    hidden_dirs: Vec<CString>,
-    hidden_files: Vec<CString>,
+    hidden_dirs: &'a [CString],
+    hidden_files: &'a [CString],
 }
 
 #[derive(Debug)]
@@ -86,9 +90,27 @@ impl Isolation {
             .collect();
         hidden.sort();
         hidden.dedup();
+        // A hidden path inside another is covered with it; a bound path is shown again over it.
+        let mut hidden_dirs = Vec::new();
+        let mut hidden_files = Vec::new();
+        for (i, path) in hidden.iter().enumerate() {
+            if hidden[..i].iter().any(|outer| path.starts_with(outer)) {
+                continue;
+            }
+            let (Ok(meta), Ok(c)) = (std::fs::metadata(path), c_path(path)) else {
+                continue;
+            };
+            if meta.is_dir() {
+                hidden_dirs.push(c);
+            } else {
+                hidden_files.push(c);
+            }
+        }
         Self {
             namespaces,
             hidden,
+            hidden_dirs,
+            hidden_files,
             cgroups: Cgroups::open(),
         }
     }
@@ -125,7 +147,7 @@ impl Isolation {
 
     /// The mounts of one run's view, or `None` where namespaces cannot be made. An error names the
     /// path that cannot be shown (a `writable:` path missing on this host).
-    pub(crate) fn prepare(&self, binds: &[Bind<'_>]) -> io::Result<Option<Mounts>> {
+    pub(crate) fn prepare(&self, binds: &[Bind<'_>]) -> io::Result<Option<Mounts<'_>>> {
         if self.namespaces.is_err() {
             return Ok(None);
         }
@@ -173,23 +195,10 @@ impl Isolation {
         }
         // Outer paths first, so that one inside another is shown over it.
         prepared.sort_by_key(|b: &PreparedBind| b.parents.len());
-        // A hidden path inside another is covered with it; a bound path is shown again over it.
-        let mut hidden_dirs = Vec::new();
-        let mut hidden_files = Vec::new();
-        for (i, path) in self.hidden.iter().enumerate() {
-            if self.hidden[..i].iter().any(|outer| path.starts_with(outer)) {
-                continue;
-            }
-            match std::fs::metadata(path) {
-                Ok(meta) if meta.is_dir() => hidden_dirs.push(c_path(path)?),
-                Ok(_) => hidden_files.push(c_path(path)?),
-                Err(_) => {}
-            }
-        }
         Ok(Some(Mounts {
             binds: prepared,
-            hidden_dirs,
-            hidden_files,
+            hidden_dirs: &self.hidden_dirs,
+            hidden_files: &self.hidden_files,
         }))
     }
 }
@@ -268,7 +277,7 @@ const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
 /// # Safety
 /// System calls only, on `mounts` and the stack: callable in the child between `clone` and
 /// `execve` (see `spawn`).
-pub(crate) unsafe fn enter(mounts: &Mounts) -> Result<(), (MountStep, c_int)> {
+pub(crate) unsafe fn enter(mounts: &Mounts<'_>) -> Result<(), (MountStep, c_int)> {
     let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
     macro_rules! step {
         ($step:expr, $call:expr) => {
@@ -310,7 +319,7 @@ pub(crate) unsafe fn enter(mounts: &Mounts) -> Result<(), (MountStep, c_int)> {
             ) as c_int;
             step!(MountStep::Detach, *tree);
         }
-        for dir in &mounts.hidden_dirs {
+        for dir in mounts.hidden_dirs {
             step!(
                 MountStep::Hide,
                 libc::mount(
@@ -322,7 +331,7 @@ pub(crate) unsafe fn enter(mounts: &Mounts) -> Result<(), (MountStep, c_int)> {
                 )
             );
         }
-        for file in &mounts.hidden_files {
+        for file in mounts.hidden_files {
             step!(
                 MountStep::Hide,
                 libc::mount(

@@ -120,16 +120,15 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         program: job.program.to_owned(),
         source,
     };
-    let mounts = match &job.view {
-        Some((isolation, binds)) => isolation.prepare(binds).map_err(spawn_err)?,
-        None => None,
-    };
-    let cgroup = match &job.view {
-        Some((isolation, _)) => match isolation.cgroups() {
-            Ok(cgroups) => Some(cgroups.run(&job.cgroup).map_err(spawn_err)?),
-            Err(_) => None,
-        },
-        None => None,
+    let (mounts, cgroup) = match &job.view {
+        Some((isolation, binds)) => (
+            isolation.prepare(binds).map_err(spawn_err)?,
+            match isolation.cgroups() {
+                Ok(cgroups) => Some(cgroups.run(&job.cgroup).map_err(spawn_err)?),
+                Err(_) => None,
+            },
+        ),
+        None => (None, None),
     };
     let procs = cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
     let mut limits = job.limits.clone();

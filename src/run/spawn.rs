@@ -78,7 +78,7 @@ pub(crate) struct Spec<'a> {
     /// it only if the byte is 1 (see `journal::Syncing`).
     pub gate: Option<BorrowedFd<'a>>,
     /// Namespaces of its own, with this view of the file system (see [`isolate`]).
-    pub mounts: Option<&'a Mounts>,
+    pub mounts: Option<&'a Mounts<'a>>,
     /// `cgroup.procs` files (opened for writing) the child moves itself into first.
     pub cgroups: &'a [BorrowedFd<'a>],
 }
@@ -168,7 +168,7 @@ struct Context<'a> {
     /// [`Limits::no_network`].
     no_network: bool,
     /// [`Spec::mounts`].
-    mounts: Option<&'a Mounts>,
+    mounts: Option<&'a Mounts<'a>>,
     /// [`Spec::cgroups`].
     cgroups: Vec<RawFd>,
     /// A pidfd of the dispatcher, -1 for none: an isolated child, whose parent is outside its PID

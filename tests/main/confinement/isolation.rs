@@ -8,7 +8,7 @@
 
 use std::fs;
 
-use super::{entry, index_with};
+use super::{HOG, entry, index_with};
 use crate::support::{RUN_DEADLINE, Strays, World, log_file, root_or_skip};
 
 /// Waits (at most 20 s, in the handler) for `file` to exist.
@@ -347,9 +347,8 @@ fn a_run_over_its_cgroup_memory_is_failed_as_out_of_memory_and_usage_is_recorded
     ) {
         return;
     }
-    let hog = "#!/bin/sh\nexec python3 -c 'b = bytearray(1 << 30); print(\"ALLOCATED\", len(b))'\n";
     let world = World::new()
-        .handler("hog.sh", hog)
+        .handler("hog.sh", HOG)
         .index(&index_with(&[
             entry("hog-small", "hog.sh", &["memory: 100MiB", "timeout: 60s"]),
             entry("hog-large", "hog.sh", &["memory: 2GiB", "timeout: 60s"]),

@@ -3,11 +3,8 @@
 //! out of memory); `nproc`, and the cgroup's `pids:`, stop a fork loop, and nothing of the loop is left
 //! behind.
 
-use super::{entry, index_with};
+use super::{HOG, entry, index_with};
 use crate::support::{Strays, World, log_file, root_or_skip};
-
-const HOG: &str =
-    "#!/bin/sh\nexec python3 -c 'b = bytearray(1 << 30); print(\"ALLOCATED\", len(b))'\n";
 
 #[test]
 fn a_one_gib_allocation_fails_under_memory_100mib_and_succeeds_under_2gib() {

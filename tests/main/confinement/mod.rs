@@ -32,6 +32,10 @@ mod network;
 // Namespaces and cgroups: what a handler sees, writes, signals and uses.
 mod isolation;
 
+/// A handler that allocates 1 GiB and says so (`ALLOCATED 1073741824`) if it could.
+const HOG: &str =
+    "#!/bin/sh\nexec python3 -c 'b = bytearray(1 << 30); print(\"ALLOCATED\", len(b))'\n";
+
 /// One entry of `handlers/index.yml`: `handler` and the given `key: value` settings.
 fn entry(kind: &str, handler: &str, settings: &[&str]) -> String {
     let mut yaml = format!("{kind}:\n  handler: {handler}\n");
