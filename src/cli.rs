@@ -40,6 +40,34 @@ pub enum Command {
         git-dispatch submit deploy --file deploy.yml --param db.name=main --no-push"
     )]
     Submit(SubmitArgs),
+    /// In a clone of an inbox: pause every dispatcher (commits `control.yml`); running requests finish.
+    #[command(
+        after_help = "Requests keep queueing while paused; none is rejected for it. \
+        `git-dispatch resume` ends the pause.\n\n\
+        Examples:\n  \
+        git-dispatch pause --reason \"database migration until 18:00\"\n  \
+        git-dispatch resume"
+    )]
+    Pause(PauseArgs),
+    /// In a clone of an inbox: end a pause (commits `control.yml`).
+    Resume(ControlArgs),
+    /// In a clone of an inbox: dispatcher NAME starts nothing new, but keeps running, syncing and pushing.
+    #[command(after_help = "Examples:\n  \
+        git-dispatch drain ops-1 --reason \"disk swap\"\n  \
+        git-dispatch undrain ops-1")]
+    Drain(DrainArgs),
+    /// In a clone of an inbox: dispatcher NAME starts requests again.
+    Undrain(DrainArgs),
+    /// In a clone of an inbox: withdraw a request; it is recorded `cancelled` (stopped first if it runs).
+    #[command(
+        after_help = "Removes the request's file from `requests/` in a commit of its own \
+        and pushes it; a dispatcher records the request `cancelled`, naming the commit's author and \
+        the reason. A running request gets SIGTERM, then SIGKILL after its kind's grace. Exits 1 \
+        for a request that has another outcome already, or none was submitted with ID.\n\n\
+        Examples:\n  \
+        git-dispatch cancel backup-db-7 --reason \"wrong database\""
+    )]
+    Cancel(CancelArgs),
     /// In a clone of an inbox: the queue, recent outcomes and the last 24 hours at the upstream's tip.
     #[command(
         after_help = "Reads the upstream's tip after a `git fetch`, without checking anything \
@@ -247,6 +275,57 @@ pub struct SubmitArgs {
     /// The request's id [default: the `id` in --file, else a new time-sortable ULID]
     #[arg(long)]
     pub id: Option<String>,
+
+    /// Commit only; push later with `git push`.
+    #[arg(long)]
+    pub no_push: bool,
+
+    #[command(flatten)]
+    pub repo: RepoArg,
+}
+
+/// The clone a control command commits in, and whether it pushes.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Commit only; push later with `git push`.
+    #[arg(long)]
+    pub no_push: bool,
+
+    #[command(flatten)]
+    pub repo: RepoArg,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// Why, said by `status`, `/healthz` and the dispatchers' logs.
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The dispatcher's id (its `--dispatcher-id`).
+    pub name: String,
+
+    /// Why, said by the dispatcher's log and heartbeat (drain only).
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The request's id.
+    pub id: String,
+
+    /// Why, recorded in its status with who cancelled it.
+    #[arg(long)]
+    pub reason: Option<String>,
 
     /// Commit only; push later with `git push`.
     #[arg(long)]

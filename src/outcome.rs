@@ -24,6 +24,8 @@ pub(crate) enum State {
     TimedOut,
     Rejected,
     Abandoned,
+    /// Withdrawn: its file left `requests/` without an outcome (`git-dispatch cancel`, `git rm`).
+    Cancelled,
 }
 
 impl fmt::Display for State {
@@ -34,6 +36,7 @@ impl fmt::Display for State {
             State::TimedOut => "timed_out",
             State::Rejected => "rejected",
             State::Abandoned => "abandoned",
+            State::Cancelled => "cancelled",
         })
     }
 }
@@ -100,6 +103,9 @@ pub(crate) struct Outcome {
     pub handler: Option<String>,
     pub handler_blob: Option<Oid>,
     pub dispatcher: String,
+    /// Who withdrew a `cancelled` request (`Name <email>`, the author of the commit that removed
+    /// its file), and that commit.
+    pub cancelled_by: Option<(String, Oid)>,
     /// One per attempt, in order.
     pub logs: Vec<AttemptLog>,
 }
@@ -128,6 +134,10 @@ struct StatusFile<'a> {
     handler_blob: Option<String>,
     submitted_in: String,
     dispatcher: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancelled_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancelled_in: Option<String>,
     log: Option<String>,
     log_bytes: Option<u64>,
     log_truncated: Option<bool>,
@@ -166,6 +176,8 @@ impl Outcome {
             handler_blob: self.handler_blob.map(|o| o.to_string()),
             submitted_in: self.submitted_in.to_string(),
             dispatcher: &self.dispatcher,
+            cancelled_by: self.cancelled_by.as_ref().map(|(by, _)| by.as_str()),
+            cancelled_in: self.cancelled_by.as_ref().map(|(_, c)| c.to_string()),
             log: last.map(|_| self.log_path(self.logs.len())),
             log_bytes: last.map(|l| l.summary.bytes),
             log_truncated: last.map(|l| l.summary.truncated),

@@ -16,6 +16,9 @@ mod everyday;
 // `validate FILE...` before pushing: exit 0, or 1 naming each invalid file and field.
 #[path = "main/validate_cmd.rs"]
 mod validate_cmd;
+// The operator's switches: pause and resume, drain and undrain, cancel, and what blocks the queue.
+#[path = "main/control/mod.rs"]
+mod control;
 // Whatever is wrong with a request, it is recorded `rejected` and the ones behind it run.
 #[path = "main/rejected.rs"]
 mod rejected;

@@ -121,8 +121,12 @@ pub(crate) struct Heartbeat {
     /// Seconds since the epoch of `seen_at`, for readers that compare times.
     pub seen_at_s: i64,
     pub lease_ms: u64,
-    /// `running`; `stopping` once it takes nothing new before it exits; `stopped` at a clean exit.
+    /// `running`; `drained` while `control.yml` drains it; `stopping` once it takes nothing new
+    /// before it exits; `stopped` at a clean exit.
     pub state: String,
+    /// Why it starts nothing (paused, drained, a broken index), while that is so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
     pub running: Vec<RunningEntry>,
     /// The resources whose claims it holds (or makes in the push that carries this heartbeat): a
     /// restart on the same workdir takes them back at once.

@@ -223,6 +223,7 @@ impl Fleet {
                     "kinds": b.kinds,
                     "jobs": b.jobs,
                     "state": b.state,
+                    "blocked": b.blocked,
                     "freshness": d.freshness.word(),
                     "started_at": b.started_at,
                     "seen_at": b.seen_at,
@@ -376,6 +377,7 @@ mod tests {
             seen_at_s: seen,
             lease_ms: 30_000,
             state: state.into(),
+            blocked: None,
             running: Vec::new(),
             claims: Vec::new(),
         };

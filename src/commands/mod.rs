@@ -1,6 +1,8 @@
 //! One file per subcommand: the glue between the command line and the library.
 
+pub(crate) mod cancel;
 pub(crate) mod completions;
+pub(crate) mod control;
 pub(crate) mod demo;
 mod dispatchers;
 pub(crate) mod doctor;

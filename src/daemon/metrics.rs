@@ -1,9 +1,10 @@
 //! What an operator watches: `/metrics` in the Prometheus text format (outcomes by kind and state,
 //! run durations, queue depth, push retries and failures, time of the last successful sync, runs
 //! whose id another dispatcher recorded first, requests changed after they were taken, rewrites of
-//! the remote branch, claim events and claims held, build info) and `/healthz` (200 while the
-//! last sync succeeded within three poll intervals, otherwise 503 with the reason). Served on `--metrics-addr` by a thread of its own; the daemon only updates
-//! atomics and one small mutex.
+//! the remote branch, claim events and claims held, paused, drained and blocked, build info) and
+//! `/healthz` (200 while the last sync succeeded within three poll intervals and nothing blocks the
+//! dispatcher, otherwise 503 with the reason). Served on `--metrics-addr` by a thread of its own;
+//! the daemon only updates atomics and one small mutex.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,8 @@ struct BuildLabels {
 struct Health {
     last_sync: Option<Instant>,
     last_error: Option<String>,
+    /// Why nothing starts (paused, drained, a broken index), while that is so.
+    blocker: Option<String>,
 }
 
 pub(crate) struct Metrics {
@@ -56,6 +59,9 @@ pub(crate) struct Metrics {
     remote_rewritten: Counter,
     claims: Family<ClaimLabels, Counter>,
     claims_held: Gauge,
+    paused: Gauge,
+    drained: Gauge,
+    blocked: Gauge,
     health: Mutex<Health>,
     poll_interval: Duration,
 }
@@ -74,6 +80,24 @@ impl Metrics {
             "run_duration_seconds",
             "Time handlers ran, last attempt",
             duration.clone(),
+        );
+        let paused = Gauge::default();
+        registry.register(
+            "paused",
+            "1 while `control.yml` pauses every dispatcher",
+            paused.clone(),
+        );
+        let drained = Gauge::default();
+        registry.register(
+            "drained",
+            "1 while `control.yml` drains this dispatcher",
+            drained.clone(),
+        );
+        let blocked = Gauge::default();
+        registry.register(
+            "blocked",
+            "1 while this dispatcher starts nothing: paused, drained, or an index or control.yml that does not read (/healthz says why)",
+            blocked.clone(),
         );
         let queue_depth = Gauge::default();
         registry.register(
@@ -150,8 +174,12 @@ impl Metrics {
             remote_rewritten,
             claims,
             claims_held,
+            paused,
+            drained,
+            blocked,
             health: Mutex::new(Health {
                 last_sync: None,
+                blocker: None,
                 last_error: Some("no sync yet".to_owned()),
             }),
             poll_interval,
@@ -205,6 +233,17 @@ impl Metrics {
             .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
+    /// What keeps this dispatcher from starting requests, if anything: said by `/healthz` (503).
+    pub(crate) fn blocked(&self, blocker: Option<&str>, paused: bool, drained: bool) {
+        self.paused.set(i64::from(paused));
+        self.drained.set(i64::from(drained));
+        self.blocked.set(i64::from(blocker.is_some()));
+        self.health
+            .lock()
+            .expect("no thread panics holding it")
+            .blocker = blocker.map(str::to_owned);
+    }
+
     pub(crate) fn synced(&self) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -232,6 +271,9 @@ impl Metrics {
     /// `Ok` while the last sync succeeded within three poll intervals; otherwise why not.
     fn health(&self) -> Result<(), String> {
         let health = self.health.lock().expect("no thread panics holding it");
+        if let Some(blocker) = &health.blocker {
+            return Err(format!("not starting requests: {blocker}"));
+        }
         let fresh = health
             .last_sync
             .is_some_and(|t| t.elapsed() <= self.poll_interval * 3);

@@ -13,7 +13,9 @@
 //! - `open`: the workdir, its lock, the bare clone, the scratch directory;
 //! - `events`: the event channel, signals, the local remote's watcher, waiting;
 //! - `sync`: looking at the remote and following it;
+//! - `control`: what keeps it from starting requests (paused, drained, a broken index);
 //! - `take`: taking requests off the inbox, checking and starting them, rejecting the rest;
+//! - `withdraw`: requests whose file left the inbox without an outcome, recorded `cancelled`;
 //! - `route`: the requests left queued for another dispatcher (`runs_on`, `--handlers-dir`);
 //! - `claims`: claiming resources before their requests start, the heartbeat, renewals, fencing,
 //!   taking over the claims of dispatchers that died, releasing;
@@ -24,6 +26,7 @@
 //! - `retry`: backoff and attempt notes; `summary`: the closing line; `metrics`: `/metrics`.
 
 mod claims;
+mod control;
 mod events;
 pub(crate) mod metrics;
 mod open;
@@ -36,6 +39,7 @@ mod service;
 mod summary;
 mod sync;
 mod take;
+mod withdraw;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -150,6 +154,10 @@ pub(crate) struct Daemon {
     summary: Summary,
     /// The claims held and seen, the heartbeat, fencing (see [`crate::claim`]).
     claims: Claims,
+    /// `control.yml` as last read, and what blocks the dispatcher.
+    switches: control::Switches,
+    /// Requests withdrawn from the inbox: what was compared last, runs being stopped.
+    withdrawals: withdraw::Withdrawals,
 }
 
 impl Drop for Daemon {
@@ -200,6 +208,7 @@ impl Daemon {
                 self.sync_step()?;
             }
             self.recover_once()?;
+            self.withdrawals_step()?;
             let backlog = self.take_step()?;
             self.record_finished()?;
             self.watchdog()?;

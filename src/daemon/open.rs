@@ -139,6 +139,8 @@ impl Daemon {
             push: PushState::new(now),
             summary: Summary::default(),
             claims: Claims::new(&cfg.dispatcher_id, &cfg.host, cfg.lease, &cfg.workdir),
+            switches: Default::default(),
+            withdrawals: super::withdraw::Withdrawals::open(&cfg.workdir),
             cfg,
         })
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use git2::Oid;
 
 use crate::daemon::metrics;
+use crate::daemon::withdraw::Gone;
 use crate::daemon::{Daemon, DaemonError, io_err};
 use crate::git::sync::SyncError;
 use crate::layout;
@@ -55,11 +56,19 @@ impl Daemon {
             .running
             .remove(&report.key)
             .expect("every finished run was started");
+        let withdrawn = self.withdrawals.cancels.remove(&report.key);
+        if withdrawn.is_some() && report.attempts.is_empty() && report.fatal.is_none() {
+            // Withdrawn before its handler started: it never ran.
+            let tip = self.sync.tip().expect("runs start after the first sync");
+            let gone = Gone::of(&running.entry, &report.key, &running.request);
+            return self.record_withdrawn(tip, &gone, Vec::new(), 0);
+        }
         if report.cancelled {
             event(
                 "run",
                 Some(&report.key),
-                "not started: the dispatcher is stopping; the request stays in the inbox",
+                "not started: the dispatcher is stopping, or was paused or drained; the request \
+                 stays in the inbox",
             );
             return Ok(());
         }
@@ -143,7 +152,22 @@ impl Daemon {
         if let Some(took) = outcome.duration {
             self.claims.ledger.ran(took);
         }
-        if let Some(why) = fenced {
+        if let Some(why) = withdrawn {
+            outcome.state = State::Cancelled;
+            if let Some(log) = outcome.logs.last_mut() {
+                let mut bytes = std::mem::take(&mut log.bytes);
+                bytes.extend_from_slice(
+                    format!(
+                        "\n[git-dispatch: {}; the handler was stopped]\n",
+                        why.describe()
+                    )
+                    .as_bytes(),
+                );
+                *log = AttemptLog::from_bytes(bytes);
+            }
+            outcome.error = Some(why.describe());
+            outcome.cancelled_by = why.commit.map(|c| (why.by.clone(), c));
+        } else if let Some(why) = fenced {
             outcome.state = State::Abandoned;
             if let Some(log) = outcome.logs.last_mut() {
                 let mut bytes = std::mem::take(&mut log.bytes);

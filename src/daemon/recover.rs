@@ -53,7 +53,10 @@ impl Daemon {
                 .iter()
                 .find(|e| e.path == entry.request_path && e.oid.to_string() == entry.request_blob);
             let Some(waiting) = waiting.filter(|_| !self.is_taken(&entry.key)) else {
-                // Recorded before the crash (or the request was withdrawn): nothing is in flight.
+                if !self.is_taken(&entry.key) && self.withdrawn_meanwhile(tip, &entry)? {
+                    continue;
+                }
+                // Recorded before the crash: nothing is in flight.
                 self.journal.finish(&entry.key).map_err(io_err("journal"))?;
                 continue;
             };

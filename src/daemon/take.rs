@@ -83,6 +83,13 @@ impl Daemon {
             .list(&self.sync.repo, tip)
             .map_err(SyncError::from)?;
         let mut lines = Vec::new();
+        if let Some(why) = self.blocker(tip) {
+            lines.push(format!(
+                "would start nothing: {why} ({} request(s) wait)",
+                entries.len()
+            ));
+            return Ok(lines);
+        }
         for entry in entries.iter() {
             let Some(checked) = self.check_here(entry) else {
                 lines.push(format!(
@@ -128,6 +135,16 @@ impl Daemon {
             .list(&self.sync.repo, tip)
             .map_err(SyncError::from)?;
         self.metrics.queue(entries.len());
+        if self.blocker(tip).is_some() {
+            // Nothing starts and nothing is rejected; the queue is not a backlog to push for. A run
+            // taken ahead, waiting for its slot, does not start either.
+            for run in self.running.values().filter(|r| !r.ended) {
+                if run.in_flight.get().is_none() && run.prior_logs.is_empty() {
+                    run.in_flight.withhold();
+                }
+            }
+            return Ok(0);
+        }
         let mut waiting = 0;
         let mut skipped = 0;
         let mut busy: Vec<String> = self
@@ -471,6 +488,7 @@ impl Daemon {
             handler: None,
             handler_blob: None,
             dispatcher: self.cfg.dispatcher_id.clone(),
+            cancelled_by: None,
             logs: Vec::new(),
         }
     }

@@ -9,4 +9,5 @@ pub(crate) mod request;
 pub(crate) mod router;
 pub(crate) mod schema;
 pub(crate) mod snapshot;
+pub(crate) mod withdrawal;
 pub(crate) mod yaml;

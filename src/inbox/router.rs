@@ -2,8 +2,10 @@
 //!
 //! The index, the envelope schema and every params schema are read from one view of the repository
 //! (the fetched commit) and compiled together into a [`Catalog`], so a new handler is a new file and an
-//! index entry: no restart. A broken index does not stop the dispatcher: every request it would route
-//! is recorded `rejected` with the index's problem as the reason.
+//! index entry: no restart. An index that does not read (or an envelope schema that does not
+//! compile) is a blocker ([`Catalog::blocker`]): requests wait for a fixed one instead of being
+//! rejected for a mistake that is not theirs. A kind that a readable index does not list is
+//! rejected.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -199,6 +201,15 @@ impl Catalog {
     /// The kinds the index lists (usable or not).
     pub(crate) fn kinds(&self) -> Vec<&str> {
         self.routes.keys().map(String::as_str).collect()
+    }
+
+    /// Why no request can be checked at all: the index does not read, or the envelope schema does
+    /// not compile. Requests wait for a fixed one.
+    pub(crate) fn blocker(&self) -> Option<String> {
+        match (&self.index, &self.request_schema) {
+            (Err(e), _) | (_, Err(e)) => Some(e.clone()),
+            _ => None,
+        }
     }
 
     /// Every problem of the index and the schemas, for `validate --index` and `doctor`.

@@ -17,6 +17,12 @@ pub(crate) struct InFlight {
     deadline: std::sync::Mutex<Option<(Instant, Duration)>>,
     /// Set when the run's own thread acted on the deadline.
     fenced: std::sync::atomic::AtomicBool,
+    /// Whether the handler runs as the init of a PID namespace of its own (see
+    /// [`crate::run::sandbox::terminate`]).
+    isolated: std::sync::atomic::AtomicBool,
+    /// Set by the daemon when the run must not start its handler after all (the dispatcher was
+    /// paused or drained, or the request withdrawn, while the run waited for its slot).
+    withheld: std::sync::atomic::AtomicBool,
     /// Set by whichever gives the run's `--jobs` slot back first: its worker, or the watchdog for
     /// a worker that is stuck.
     slot_given_back: std::sync::atomic::AtomicBool,
@@ -30,6 +36,25 @@ impl InFlight {
     /// The handler's pid and when it started, while one runs.
     pub(crate) fn get(&self) -> Option<(u32, Instant)> {
         *self.handler.lock().expect("no thread panics holding it")
+    }
+
+    pub(crate) fn set_isolated(&self, isolated: bool) {
+        self.isolated
+            .store(isolated, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Keeps the run from starting its first handler, if it has not yet.
+    pub(crate) fn withhold(&self) {
+        self.withheld
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_withheld(&self) -> bool {
+        self.withheld.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn abandon(&self) {

@@ -110,7 +110,9 @@ pub(crate) struct Report {
     pub attempts: Vec<Attempt>,
     /// Set when the dispatcher could not carry the run; the request stays in the inbox.
     pub fatal: Option<RunnerError>,
-    /// The run never took a slot: the dispatcher began to stop first. Nothing of it was journaled.
+    /// The run never started a handler: the dispatcher began to stop first, or withheld it (see
+    /// [`InFlight::withhold`](crate::run::in_flight::InFlight::withhold)). Nothing of it was
+    /// journaled.
     pub cancelled: bool,
 }
 
@@ -238,8 +240,9 @@ fn admit<'p>(plan: &'p Plan, held: &mut Held<'p>) -> Result<Option<Ready<'p>>, R
         &plan.lock_dir,
         &plan.request.resource,
     )?);
-    // A stop that came while the lock was waited for.
-    if plan.stop.requested() {
+    // A stop that came while the lock was waited for, or a pause or a withdrawal while the slot
+    // was.
+    if plan.stop.requested() || plan.in_flight.is_withheld() {
         return Ok(None);
     }
     Ok(Some(ready))

@@ -166,6 +166,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         reaped: false,
     };
     let pid = u32::try_from(child.pid().as_raw()).expect("pids are positive");
+    job.in_flight.set_isolated(mounts.is_some());
     job.in_flight.set(Some((pid, clock)));
     (job.on_start)();
     crate::failpoint::hit("running");
@@ -297,7 +298,7 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
 /// at its default action (to terminate) is killed with SIGKILL instead, which ends it as SIGTERM
 /// would have (and with it its namespace); one that ignores SIGTERM is left to the grace's SIGKILL,
 /// as it would be outside a namespace. Whether SIGKILL stood in for SIGTERM.
-fn terminate(pid: Pid, isolated: bool) -> bool {
+pub(crate) fn terminate(pid: Pid, isolated: bool) -> bool {
     let _ = killpg(pid, Signal::SIGTERM);
     if !isolated || term_handled(pid) {
         return false;

@@ -4,15 +4,13 @@
 //! deleted with the outcome of the version that ran; a remote branch rewritten under a running
 //! dispatcher is noticed and said. Every test asserts on a fresh clone of the remote.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::support::proxy::Proxy;
 use crate::support::{
-    Background, Checkout, GitDaemon, World, add_kinds, free_port, git_command, log_file, processed,
-    sha256_hex, shard, wait_until,
+    Background, Checkout, GitDaemon, World, add_kinds, free_port, git_command, log_file, metric,
+    processed, sha256_hex, shard, wait_until,
 };
 
 /// How long a dispatcher process of these tests may take to do what a test waits for.
@@ -149,26 +147,6 @@ fn fetched(world: &World) -> bool {
         &world.work.join("repo.git"),
         &["rev-parse", "refs/remotes/origin/main"],
     ) == Some(remote_head(world))
-}
-
-/// GET `path` from 127.0.0.1:`port`: the body of a 200.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.lines().next()?.split_whitespace().nth(1)?;
-    (code == "200").then(|| body.to_owned())
-}
-
-/// The value of the sample `name` (no labels) on `/metrics`, once served.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    http_get(port, "/metrics")?
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A world with kind `held`, whose first run (in any dispatcher) waits until `markers/release`

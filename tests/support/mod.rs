@@ -11,13 +11,14 @@
 //! `world` (the builder and the dispatcher run against it), `checkout` (a clone and its reading helpers),
 //! `run` (the binary, `RunOutput`, `Background`), `git` (hermetic `git`, `GitDaemon`), `layout` (shard
 //! and log paths), `text` (log sections, timestamps), `host` (root, `id`, stray processes), `wait`
-//! (deadlines, free ports), `servers` (sshd, smart HTTP), `fleet` (several
+//! (deadlines, free ports), `http` (what `--metrics-addr` serves), `servers` (sshd, smart HTTP), `fleet` (several
 //! dispatchers on one remote and what their handlers leave) and `proxy` (a TCP proxy a test can cut).
 
 mod checkout;
 pub mod fleet;
 mod git;
 mod host;
+mod http;
 mod layout;
 pub mod proxy;
 mod run;
@@ -29,6 +30,7 @@ mod world;
 pub use checkout::Checkout;
 pub use git::{ALL_FROZEN_HOOK, BRANCH_FROZEN_HOOK, GitDaemon, git_command};
 pub use host::{Strays, id, root_or_skip, running_as_root};
+pub use http::{http_get, metric};
 pub use layout::{log_file, processed, sha256_hex, shard};
 pub use run::{Background, RUN_DEADLINE, RunOutput};
 pub use text::{between, instant_key, line_value, utc_rfc3339};

@@ -111,12 +111,14 @@ impl Daemon {
             seen_at: rfc3339(wall),
             seen_at_s: now_seconds(),
             lease_ms: u64::try_from(self.claims.ledger.lease.as_millis()).unwrap_or(u64::MAX),
-            state: match (self.claims.stopped, self.shutting_down) {
-                (true, _) => "stopped",
-                (false, true) => "stopping",
-                (false, false) => "running",
+            state: match (self.claims.stopped, self.shutting_down, self.is_drained()) {
+                (true, ..) => "stopped",
+                (false, true, _) => "stopping",
+                (false, false, true) => "drained",
+                (false, false, false) => "running",
             }
             .to_owned(),
+            blocked: self.blocked_by().map(str::to_owned),
             running,
             claims: self
                 .claims

@@ -118,8 +118,12 @@ impl Daemon {
     }
 
     /// Held claims that can go: nothing of theirs runs or waits to be pushed here, and everything
-    /// they list is recorded (or gone) at the remote's tip.
+    /// they list is recorded (or gone) at the remote's tip; or, while this dispatcher starts
+    /// nothing (paused, drained), what they list did not start here, so other dispatchers may
+    /// claim it (a claim with requests inherited from a dispatcher that died is kept: those may
+    /// have started, and are recorded first).
     pub(super) fn releasable(&self) -> Vec<String> {
+        let blocked = self.blocked_by().is_some();
         if self.claims.ledger.held().next().is_none()
             || !self.push.all_pushed()
             || self.sync.unpushed_commits().is_ok_and(|c| !c.is_empty())
@@ -134,7 +138,15 @@ impl Daemon {
                     .running
                     .values()
                     .any(|r| &r.request.resource == *resource)
-                    && self.unsettled(held).is_empty()
+                    && if blocked {
+                        !held
+                            .claim
+                            .requests
+                            .iter()
+                            .any(|c| self.claims.inherited.contains_key(&c.id))
+                    } else {
+                        self.unsettled(held).is_empty()
+                    }
             })
             .map(|(resource, _)| resource.clone())
             .collect()

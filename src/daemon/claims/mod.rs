@@ -106,6 +106,11 @@ impl Claims {
         }
     }
 
+    /// SIGKILL for the process group `pid` at `at` (its SIGTERM went already).
+    pub(super) fn kill_at(&mut self, at: Instant, pid: u32) {
+        self.kills.push((at, pid));
+    }
+
     /// When the loop must wake for the claims, at the latest.
     pub(super) fn wake_by(&self, now: Instant) -> Option<Instant> {
         let kills = self.kills.iter().map(|(at, _)| *at);

@@ -26,7 +26,7 @@ mod demo;
 
 /// `git-dispatch ARGS` run in `dir`, with a Git identity (the commands use the user's `git`) and no
 /// user or system Git configuration.
-fn everyday(world: &World, dir: &Path, args: &[&str]) -> RunOutput {
+pub(crate) fn everyday(world: &World, dir: &Path, args: &[&str]) -> RunOutput {
     let mut cmd = world.dispatcher();
     cmd.current_dir(dir)
         .args(args)

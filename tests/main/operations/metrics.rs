@@ -1,12 +1,10 @@
 //! `--metrics-addr`: `/metrics` counts outcomes (kinds the index does not list labelled `unknown`, so no
 //! submitter's text becomes a label) and `/healthz` turns 503 when the remote goes away.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use super::{DEADLINE, remote_git};
-use crate::support::{GitDaemon, World, free_port, processed, wait_until};
+use crate::support::{GitDaemon, World, free_port, http_get, processed, wait_until};
 
 /// Whether `path` exists at the tip of the remote's `main` (cheaper than a clone, for polling).
 fn remote_has(world: &World, path: &str) -> bool {
@@ -15,32 +13,6 @@ fn remote_has(world: &World, path: &str) -> bool {
         &["cat-file", "-e", &format!("refs/heads/main:{path}")],
     )
     .is_some()
-}
-
-/// `GET path` over HTTP/1.0 on 127.0.0.1:`port`: the status code and the body, `None` if nothing
-/// answers (not listening yet, or a broken response).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .ok()?;
-    let mut response = Vec::new();
-    // HTTP/1.0: the server closes the connection after the body. A read timeout leaves what arrived.
-    let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head
-        .lines()
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((code, body.to_owned()))
 }
 
 #[test]

@@ -1,0 +1,44 @@
+//! A broken index is a blocker, not a verdict on the requests: they wait, none is rejected for it
+//! (their ids are not used up), the dispatcher says why; once a fixed index lands they run. A kind a
+//! readable index does not list is still rejected at once.
+
+use crate::support::{DEFAULT_INDEX, World};
+
+#[test]
+fn a_broken_index_makes_requests_wait_and_a_fixed_one_lets_them_run() {
+    let world = World::new().build();
+    world.index("echo: [this is not\n");
+    world.publish("break the index");
+    world.submit("a.yml", "kind: echo\nid: a\n");
+    world.submit("b.yml", "kind: no-such-kind\nid: b\n");
+
+    let blocked = world.run(&[]);
+    blocked.assert_exit(0);
+    assert!(
+        blocked
+            .stderr
+            .contains("not starting requests: `handlers/index.yml`"),
+        "{blocked}"
+    );
+    assert!(
+        blocked.stderr.contains("until a fixed index lands"),
+        "{blocked}"
+    );
+    let clone = world.fresh_clone();
+    assert!(clone.statuses().is_empty(), "{:?}", clone.statuses());
+
+    world.index(DEFAULT_INDEX);
+    world.publish("fix the index");
+    world.run(&[]).assert_exit(0);
+    let clone = world.fresh_clone();
+    assert_eq!(clone.status("a")["state"], "succeeded");
+    // With a readable index, an unknown kind is the request's own mistake.
+    let b = clone.status("b");
+    assert_eq!(b["state"], "rejected");
+    assert!(
+        b["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("`no-such-kind` is not a kind")),
+        "{b:#}"
+    );
+}
