@@ -40,6 +40,19 @@ pub enum Command {
         git-dispatch submit deploy --file deploy.yml --param db.name=main --no-push"
     )]
     Submit(SubmitArgs),
+    /// In a clone of an inbox: submit request ID again as `ID.rerun-N`, params overridable; prints its id.
+    #[command(
+        after_help = "Reads request ID at the upstream's tip (after a `git fetch`): its recorded \
+        copy `processed/…/ID.yml`, or the file still waiting in `requests/`. The new request has \
+        every key of the original but `id` (kind, params, resource, ...), with `--param`s applied \
+        as `submit` applies them, and the id `ID.rerun-N`, N one more than the highest already \
+        used; its status says `rerun_of: ID`. The original is not changed. It is then checked, \
+        committed and pushed as `submit` does.\n\n\
+        Examples:\n  \
+        git-dispatch rerun db-main-2026-11-20\n  \
+        git-dispatch rerun db-main-2026-11-20 --param keep=14 --no-push"
+    )]
+    Rerun(RerunArgs),
     /// In a clone of an inbox: the queue, recent outcomes and the last 24 hours at the upstream's tip.
     #[command(
         after_help = "Reads the upstream's tip after a `git fetch`, without checking anything \
@@ -247,6 +260,24 @@ pub struct SubmitArgs {
     /// The request's id [default: the `id` in --file, else a new time-sortable ULID]
     #[arg(long)]
     pub id: Option<String>,
+
+    /// Commit only; push later with `git push`.
+    #[arg(long)]
+    pub no_push: bool,
+
+    #[command(flatten)]
+    pub repo: RepoArg,
+}
+
+#[derive(Debug, Args)]
+pub struct RerunArgs {
+    /// The id of the request to run again (finished, or still waiting).
+    pub id: String,
+
+    /// Overrides a params entry of the original, KEY=VALUE, as `submit --param` (a YAML scalar; dots
+    /// nest). Repeatable.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
 
     /// Commit only; push later with `git push`.
     #[arg(long)]

@@ -76,6 +76,7 @@ fn run(cli: &Cli) -> Result<(), CommandError> {
         Command::Run(args) => commands::run::run(args),
         Command::Validate(args) => commands::validate::run(args),
         Command::Submit(args) => commands::submit::run(args),
+        Command::Rerun(args) => commands::rerun::run(args),
         Command::Status(args) => commands::status::run(args),
         Command::Show(args) => commands::show::run(args),
         Command::Init(args) => commands::init::run(args),
