@@ -56,11 +56,15 @@ pub enum Command {
     /// In a clone of an inbox: the queue, recent outcomes and the last 24 hours at the upstream's tip.
     #[command(
         after_help = "Reads the upstream's tip after a `git fetch`, without checking anything \
-        out. Which request is running cannot be known from Git: a request stays in `requests/` (and \
-        so in the queue) until its outcome is pushed.\n\n\
+        out. A request stays in `requests/` until its outcome is pushed; the one a dispatcher runs \
+        is shown running, from the dispatchers' heartbeats under `refs/dispatch/`. With filters \
+        (--state, --kind, --since, --dispatcher), the queue, the recent outcomes (up to 1000 \
+        instead of 20) and the counts show only what matches them all.\n\n\
         Examples:\n  \
         git-dispatch status\n  \
-        git-dispatch status --json | jq '.counts_24h.failed'"
+        git-dispatch status --json | jq '.counts_24h.failed'\n  \
+        git-dispatch status --state failed,timed_out --since 24h\n  \
+        git-dispatch status --kind backup --dispatcher ops-1"
     )]
     Status(StatusArgs),
     /// In a clone of an inbox: one request's outcome, the commit that recorded it, and its log.
@@ -292,6 +296,30 @@ pub struct StatusArgs {
     /// One JSON object, `{"queue": [...], "recent": [...], "counts_24h": {...}}`, for scripts.
     #[arg(long)]
     pub json: bool,
+
+    /// Only requests in these states (repeatable, or a comma list).
+    #[arg(
+        long = "state",
+        value_name = "STATE",
+        value_delimiter = ',',
+        value_parser = [
+            "queued", "running", "succeeded", "failed", "timed_out", "rejected", "abandoned",
+            "cancelled",
+        ],
+    )]
+    pub states: Vec<String>,
+
+    /// Only requests of these kinds (repeatable, or a comma list).
+    #[arg(long = "kind", value_name = "KIND", value_delimiter = ',')]
+    pub kinds: Vec<String>,
+
+    /// Only outcomes recorded within this long (`24h`, `30m`, `7days`); the queue is not filtered by it.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+
+    /// Only outcomes recorded by this dispatcher and the requests it runs (queued ones are left out).
+    #[arg(long, value_name = "NAME")]
+    pub dispatcher: Option<String>,
 
     #[command(flatten)]
     pub clone: CloneArgs,
