@@ -68,14 +68,31 @@ pub enum Command {
         git-dispatch cancel backup-db-7 --reason \"wrong database\""
     )]
     Cancel(CancelArgs),
+    /// In a clone of an inbox: submit request ID again as `ID.rerun-N`, params overridable; prints its id.
+    #[command(
+        after_help = "Reads request ID at the upstream's tip (after a `git fetch`): its recorded \
+        copy `processed/…/ID.yml`, or the file still waiting in `requests/`. The new request has \
+        every key of the original but `id` (kind, params, resource, ...), with `--param`s applied \
+        as `submit` applies them, and the id `ID.rerun-N`, N one more than the highest already \
+        used; its status says `rerun_of: ID`. The original is not changed. It is then checked, \
+        committed and pushed as `submit` does.\n\n\
+        Examples:\n  \
+        git-dispatch rerun db-main-2026-11-20\n  \
+        git-dispatch rerun db-main-2026-11-20 --param keep=14 --no-push"
+    )]
+    Rerun(RerunArgs),
     /// In a clone of an inbox: the queue, recent outcomes and the last 24 hours at the upstream's tip.
     #[command(
         after_help = "Reads the upstream's tip after a `git fetch`, without checking anything \
-        out. Which request is running cannot be known from Git: a request stays in `requests/` (and \
-        so in the queue) until its outcome is pushed.\n\n\
+        out. A request stays in `requests/` until its outcome is pushed; the one a dispatcher runs \
+        is shown running, from the dispatchers' heartbeats under `refs/dispatch/`. With filters \
+        (--state, --kind, --since, --dispatcher), the queue, the recent outcomes (up to 1000 \
+        instead of 20) and the counts show only what matches them all.\n\n\
         Examples:\n  \
         git-dispatch status\n  \
-        git-dispatch status --json | jq '.counts_24h.failed'"
+        git-dispatch status --json | jq '.counts_24h.failed'\n  \
+        git-dispatch status --state failed,timed_out --since 24h\n  \
+        git-dispatch status --kind backup --dispatcher ops-1"
     )]
     Status(StatusArgs),
     /// In a clone of an inbox: one request's outcome, the commit that recorded it, and its log.
@@ -336,10 +353,52 @@ pub struct CancelArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RerunArgs {
+    /// The id of the request to run again (finished, or still waiting).
+    pub id: String,
+
+    /// Overrides a params entry of the original, KEY=VALUE, as `submit --param` (a YAML scalar; dots
+    /// nest). Repeatable.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+
+    /// Commit only; push later with `git push`.
+    #[arg(long)]
+    pub no_push: bool,
+
+    #[command(flatten)]
+    pub repo: RepoArg,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// One JSON object, `{"queue": [...], "recent": [...], "counts_24h": {...}}`, for scripts.
     #[arg(long)]
     pub json: bool,
+
+    /// Only requests in these states (repeatable, or a comma list).
+    #[arg(
+        long = "state",
+        value_name = "STATE",
+        value_delimiter = ',',
+        value_parser = [
+            "queued", "running", "succeeded", "failed", "timed_out", "rejected", "abandoned",
+            "cancelled",
+        ],
+    )]
+    pub states: Vec<String>,
+
+    /// Only requests of these kinds (repeatable, or a comma list).
+    #[arg(long = "kind", value_name = "KIND", value_delimiter = ',')]
+    pub kinds: Vec<String>,
+
+    /// Only outcomes recorded within this long (`24h`, `30m`, `7days`); the queue is not filtered by it.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+
+    /// Only outcomes recorded by this dispatcher and the requests it runs (queued ones are left out).
+    #[arg(long, value_name = "NAME")]
+    pub dispatcher: Option<String>,
 
     #[command(flatten)]
     pub clone: CloneArgs,

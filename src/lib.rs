@@ -81,6 +81,7 @@ fn run(cli: &Cli) -> Result<(), CommandError> {
         Command::Drain(args) => commands::control::drain(args),
         Command::Undrain(args) => commands::control::undrain(args),
         Command::Cancel(args) => commands::cancel::run(args),
+        Command::Rerun(args) => commands::rerun::run(args),
         Command::Status(args) => commands::status::run(args),
         Command::Show(args) => commands::show::run(args),
         Command::Init(args) => commands::init::run(args),

@@ -142,6 +142,9 @@ struct StatusFile<'a> {
     log_bytes: Option<u64>,
     log_truncated: Option<bool>,
     log_sha256: Option<&'a str>,
+    /// The id a request `ID.rerun-N` reruns (see [`rerun_of`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rerun_of: Option<&'a str>,
 }
 
 impl Outcome {
@@ -182,6 +185,7 @@ impl Outcome {
             log_bytes: last.map(|l| l.summary.bytes),
             log_truncated: last.map(|l| l.summary.truncated),
             log_sha256: last.map(|l| l.summary.sha256.as_str()),
+            rerun_of: rerun_of(&self.key),
         };
         let mut json =
             serde_json::to_string_pretty(&status).expect("a status of plain fields serialises");
@@ -352,6 +356,25 @@ fn commit(
     Ok(Written::Committed { commit, changed })
 }
 
+/// The suffix `git-dispatch rerun` gives the id of a rerun: `ID.rerun-N`.
+pub(crate) const RERUN_SUFFIX: &str = ".rerun-";
+
+/// `ID.rerun-N` (N a number without leading zeros, from 1) -> (`ID`, N); `None` for any other key.
+/// The key alone says what a request reruns, so the dispatcher needs no other record of it.
+pub(crate) fn rerun_number(key: &str) -> Option<(&str, u64)> {
+    let (base, n) = key.rsplit_once(RERUN_SUFFIX)?;
+    let well_formed = !base.is_empty()
+        && n.starts_with(|c: char| matches!(c, '1'..='9'))
+        && n.bytes().all(|b| b.is_ascii_digit());
+    // A number too large for u64 is still a rerun's; it counts as the largest.
+    well_formed.then(|| (base, n.parse().unwrap_or(u64::MAX)))
+}
+
+/// The `rerun_of` of a status: `ID` for a key `ID.rerun-N` (`^(.+)\.rerun-[1-9][0-9]*$`).
+pub(crate) fn rerun_of(key: &str) -> Option<&str> {
+    rerun_number(key).map(|(base, _)| base)
+}
+
 /// A name under which nothing is recorded yet: `base~1`, `base~2`, ... `~` never occurs in an id.
 pub(crate) fn free_key(base: &str, taken: impl Fn(&str) -> bool) -> String {
     (1..)
@@ -377,4 +400,65 @@ pub(crate) fn sanitize(stem: &str) -> String {
         s.insert(0, 'x');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_id_rerun_n_is_a_rerun_of_id() {
+        assert_eq!(rerun_number("db-main.rerun-1"), Some(("db-main", 1)));
+        assert_eq!(rerun_number("a.rerun-2.rerun-10"), Some(("a.rerun-2", 10)));
+        assert_eq!(rerun_of("a.rerun-2.rerun-10"), Some("a.rerun-2"));
+        assert_eq!(rerun_of("x.rerun-1"), Some("x"));
+        for key in [
+            "db-main",
+            ".rerun-1",
+            "x.rerun-",
+            "x.rerun-0",
+            "x.rerun-01",
+            "x.rerun-1a",
+            "x.rerun-1~1",
+            "x-rerun-1",
+        ] {
+            assert_eq!(rerun_of(key), None, "{key}");
+        }
+    }
+
+    fn outcome(key: &str) -> Outcome {
+        Outcome {
+            key: key.to_owned(),
+            kind: Some("echo".to_owned()),
+            state: State::Succeeded,
+            error: None,
+            exit_code: Some(0),
+            signal: None,
+            attempts: 1,
+            request_path: format!("requests/{key}.yml"),
+            request_blob: Oid::ZERO_SHA1,
+            request_is_file: true,
+            submitted_in: Oid::ZERO_SHA1,
+            submitted_at: 0,
+            started_at: None,
+            finished_at: SystemTime::UNIX_EPOCH,
+            duration: None,
+            memory_peak: None,
+            cpu_time: None,
+            handler: None,
+            handler_blob: None,
+            dispatcher: "d1".to_owned(),
+            logs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_status_of_a_rerun_names_what_it_reruns_and_others_have_no_such_field() {
+        let rerun: serde_json::Value =
+            serde_json::from_str(&outcome("nightly.rerun-3").status_json()).unwrap();
+        assert_eq!(rerun["rerun_of"], "nightly");
+        let plain: serde_json::Value =
+            serde_json::from_str(&outcome("nightly").status_json()).unwrap();
+        assert!(plain.get("rerun_of").is_none(), "{plain}");
+    }
 }

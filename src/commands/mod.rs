@@ -10,6 +10,7 @@ pub(crate) mod init;
 pub(crate) mod man;
 mod playground;
 pub(crate) mod replay;
+pub(crate) mod rerun;
 pub(crate) mod run;
 pub(crate) mod scaffold;
 pub(crate) mod selftest;

@@ -156,6 +156,7 @@ fn print_status(id: &str, path: &str, status: &Json, recording: Option<&Recorded
     println!("state      {}{detail}", paint.state(&state));
     let rows = [
         ("kind", text("kind")),
+        ("rerun of", text("rerun_of")),
         ("error", text("error")),
         (
             "attempts",

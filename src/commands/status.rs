@@ -6,6 +6,9 @@
 //!
 //! A running request stays in `requests/` until its outcome is pushed: it is shown running from its
 //! dispatcher's heartbeat ([`crate::commands::dispatchers`]).
+//!
+//! `--state`, `--kind`, `--since` and `--dispatcher` ([`Filter`]) narrow the queue, the recent
+//! outcomes (then up to [`RECENT_FILTERED`] of them) and the counts to what matches them all.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +25,9 @@ use crate::submitter::history::{History, Recorded, Waiting};
 
 /// How many outcomes `recent` lists.
 const RECENT: usize = 20;
+/// How many outcomes `recent` lists with a filter: enough to see what it selects, bounded so that
+/// the output stays readable.
+const RECENT_FILTERED: usize = 1000;
 /// The window of `counts_24h`.
 const DAY: i64 = 24 * 60 * 60;
 /// Every state an outcome can have, so `counts_24h` names each even when it is zero.
@@ -54,8 +60,10 @@ pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
     let now = now_seconds();
     let fleet = Fleet::read(&checkout.repo, remote.as_deref(), tip.oid, now)
         .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
-    let queue = history.queue().map_err(CommandError::config)?;
-    let (recent, counts) = outcomes(&history, now)?;
+    let filter = Filter::of(args);
+    let mut queue = history.queue().map_err(CommandError::config)?;
+    queue.retain(|w| filter.keeps_waiting(w, &fleet));
+    let (recent, counts) = outcomes(&history, &filter, now)?;
     if args.json {
         let report = json!({
             "tip": { "ref": tip.name, "commit": tip.oid.to_string() },
@@ -70,7 +78,15 @@ pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
         });
         println!("{report:#}");
     } else {
-        print_report(&tip, &fleet, &queue, &recent, &counts, now, Paint::stdout());
+        let view = Report {
+            tip: &tip,
+            fleet: &fleet,
+            queue: &queue,
+            recent: &recent,
+            counts: &counts,
+            filtered: filter.any(),
+        };
+        view.print(now, Paint::stdout());
     }
     Ok(())
 }
@@ -90,27 +106,109 @@ pub(crate) fn fetched_tip(checkout: &Checkout, no_fetch: bool) -> Result<Tip, Co
     checkout.tip().map_err(CommandError::config)
 }
 
-/// The last [`RECENT`] outcomes (with their status files) and the counts of the last 24 hours.
+/// What `--state`, `--kind`, `--since` and `--dispatcher` let through; empty, everything.
+struct Filter {
+    states: Vec<String>,
+    kinds: Vec<String>,
+    /// Seconds: outcomes recorded longer ago are left out.
+    since: Option<i64>,
+    dispatcher: Option<String>,
+}
+
+impl Filter {
+    fn of(args: &StatusArgs) -> Self {
+        Self {
+            states: args.states.clone(),
+            kinds: args.kinds.clone(),
+            since: args
+                .since
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            dispatcher: args.dispatcher.clone(),
+        }
+    }
+
+    fn any(&self) -> bool {
+        !self.states.is_empty()
+            || !self.kinds.is_empty()
+            || self.since.is_some()
+            || self.dispatcher.is_some()
+    }
+
+    fn state(&self, state: &str) -> bool {
+        self.states.is_empty() || self.states.iter().any(|s| s == state)
+    }
+
+    fn kind(&self, kind: Option<&str>) -> bool {
+        self.kinds.is_empty() || kind.is_some_and(|k| self.kinds.iter().any(|s| s == k))
+    }
+
+    /// A request in the queue: running (on a dispatcher, from its heartbeat) or queued. `--since`
+    /// does not apply; with `--dispatcher`, only those it runs.
+    fn keeps_waiting(&self, waiting: &Waiting, fleet: &Fleet) -> bool {
+        let running_on = fleet.running(&waiting.id).map(|(beat, _)| beat.id.as_str());
+        let state = if running_on.is_some() {
+            "running"
+        } else {
+            "queued"
+        };
+        self.state(state)
+            && self.kind(waiting.kind.as_deref())
+            && self
+                .dispatcher
+                .as_deref()
+                .is_none_or(|name| running_on == Some(name))
+    }
+
+    /// An outcome, on what its commit says (state, kind, when); `--dispatcher` needs its status.
+    fn keeps_recorded(&self, recorded: &Recorded, now: i64) -> bool {
+        self.state(&recorded.state)
+            && self.kind(recorded.kind.as_deref())
+            && self.since.is_none_or(|since| now - recorded.time <= since)
+    }
+
+    fn keeps_status(&self, status: Option<&Json>) -> bool {
+        self.dispatcher
+            .as_deref()
+            .is_none_or(|name| status.and_then(|s| s["dispatcher"].as_str()) == Some(name))
+    }
+}
+
+/// The last outcomes that `filter` keeps, newest first, with their status files ([`RECENT`] of them,
+/// [`RECENT_FILTERED`] with a filter), and the counts of those of the last 24 hours.
 #[allow(clippy::type_complexity)]
 fn outcomes(
     history: &History<'_>,
+    filter: &Filter,
     now: i64,
 ) -> Result<(Vec<(Recorded, Option<Json>)>, BTreeMap<String, u64>), CommandError> {
+    let limit = if filter.any() {
+        RECENT_FILTERED
+    } else {
+        RECENT
+    };
     let mut recent = Vec::new();
     let mut counts: BTreeMap<String, u64> = STATES.iter().map(|s| ((*s).to_owned(), 0)).collect();
     // The whole history is walked: commit times need not decrease along it (a submitter's clock may
     // be behind the dispatcher's), so there is no safe place to stop early.
     for recorded in history.outcomes().map_err(CommandError::config)? {
         let recorded = recorded.map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
-        if now - recorded.time <= DAY {
+        let listed = recent.len() < limit;
+        let counted = now - recorded.time <= DAY;
+        if !(listed || counted) || !filter.keeps_recorded(&recorded, now) {
+            continue;
+        }
+        // A status is read only where it is shown or the filter needs it.
+        let status = (listed || filter.dispatcher.is_some())
+            .then(|| history.status(&recorded.id, recorded.commit).ok().flatten())
+            .flatten()
+            .map(|(_, status)| status);
+        if !filter.keeps_status(status.as_ref()) {
+            continue;
+        }
+        if counted {
             *counts.entry(recorded.state.clone()).or_default() += 1;
         }
-        if recent.len() < RECENT {
-            let status = history
-                .status(&recorded.id, recorded.commit)
-                .ok()
-                .flatten()
-                .map(|(_, status)| status);
+        if listed {
             recent.push((recorded, status));
         }
     }
@@ -144,57 +242,89 @@ fn recent_json(recorded: &Recorded, status: Option<&Json>) -> Json {
     })
 }
 
-fn print_report(
-    tip: &Tip,
-    fleet: &Fleet,
-    queue: &[Waiting],
-    recent: &[(Recorded, Option<Json>)],
-    counts: &BTreeMap<String, u64>,
-    now: i64,
-    paint: Paint,
-) {
-    println!("{} at {}", tip.name, short(tip.oid));
-    println!();
-    fleet.print(now, paint);
-    if queue.is_empty() {
-        println!("queue: empty");
-    } else {
-        println!("queue: {} waiting, oldest first", queue.len());
-        let rows: Vec<Vec<String>> = queue
+/// What `status` prints, after the filters.
+struct Report<'a> {
+    tip: &'a Tip,
+    fleet: &'a Fleet,
+    queue: &'a [Waiting],
+    recent: &'a [(Recorded, Option<Json>)],
+    counts: &'a BTreeMap<String, u64>,
+    /// Whether a filter narrowed the lists (their headings say so).
+    filtered: bool,
+}
+
+impl Report<'_> {
+    fn print(&self, now: i64, paint: Paint) {
+        let Self {
+            tip,
+            fleet,
+            queue,
+            recent,
+            counts,
+            filtered,
+        } = *self;
+        let (waiting, none) = if filtered {
+            ("matching", "none matching")
+        } else {
+            ("waiting", "empty")
+        };
+        println!("{} at {}", tip.name, short(tip.oid));
+        println!();
+        fleet.print(now, paint);
+        if queue.is_empty() {
+            println!("queue: {none}");
+        } else {
+            println!("queue: {} {waiting}, oldest first", queue.len());
+            let rows: Vec<Vec<String>> = queue
+                .iter()
+                .map(|w| fleet.queue_row(w, now, paint))
+                .collect();
+            print_table(&rows, paint);
+        }
+        println!();
+        if recent.is_empty() {
+            println!(
+                "recent outcomes: {}",
+                if filtered {
+                    "none matching"
+                } else {
+                    "none yet"
+                }
+            );
+        } else {
+            let capped = if filtered && recent.len() == RECENT_FILTERED {
+                format!(" (the first {RECENT_FILTERED})")
+            } else {
+                String::new()
+            };
+            let matching = if filtered { " matching" } else { "" };
+            println!("recent outcomes{matching}, newest first{capped}:");
+            let rows: Vec<Vec<String>> = recent
+                .iter()
+                .map(|(r, status)| {
+                    let ms = status.as_ref().and_then(|s| s["duration_ms"].as_u64());
+                    vec![
+                        r.id.clone(),
+                        r.kind.clone().unwrap_or_else(|| "-".to_owned()),
+                        paint.state(&r.state),
+                        ms.map_or_else(|| "-".to_owned(), duration),
+                        format!("{} ago", age(now - r.time)),
+                    ]
+                })
+                .collect();
+            print_table(&rows, paint);
+        }
+        println!();
+        let seen: Vec<String> = counts
             .iter()
-            .map(|w| fleet.queue_row(w, now, paint))
+            .filter(|(_, n)| **n > 0)
+            .map(|(state, n)| format!("{n} {}", paint.state(state)))
             .collect();
-        print_table(&rows, paint);
-    }
-    println!();
-    if recent.is_empty() {
-        println!("recent outcomes: none yet");
-    } else {
-        println!("recent outcomes, newest first:");
-        let rows: Vec<Vec<String>> = recent
-            .iter()
-            .map(|(r, status)| {
-                let ms = status.as_ref().and_then(|s| s["duration_ms"].as_u64());
-                vec![
-                    r.id.clone(),
-                    r.kind.clone().unwrap_or_else(|| "-".to_owned()),
-                    paint.state(&r.state),
-                    ms.map_or_else(|| "-".to_owned(), duration),
-                    format!("{} ago", age(now - r.time)),
-                ]
-            })
-            .collect();
-        print_table(&rows, paint);
-    }
-    println!();
-    let seen: Vec<String> = counts
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(state, n)| format!("{n} {}", paint.state(state)))
-        .collect();
-    if seen.is_empty() {
-        println!("last 24 hours: no outcomes");
-    } else {
-        println!("last 24 hours: {}", seen.join(", "));
+        let matching = if filtered { " (matching)" } else { "" };
+        if seen.is_empty() {
+            println!("last 24 hours{matching}: no outcomes");
+        } else {
+            println!("last 24 hours{matching}: {}", seen.join(", "));
+        }
     }
 }

@@ -39,8 +39,18 @@ pub(crate) fn run(args: &SubmitArgs) -> Result<(), CommandError> {
         ensure_nothing_unpushed(&checkout, upstream)?;
     }
     let draft = draft(args)?;
+    send(&checkout, upstream, &draft)
+}
+
+/// Writes `draft` to `requests/ID.yml`, checks it, commits it alone and, with an `upstream`, pushes
+/// it; prints its id. An id already used or an invalid request leaves the clone as it was.
+pub(crate) fn send(
+    checkout: &Checkout,
+    upstream: Option<Upstream>,
+    draft: &Draft,
+) -> Result<(), CommandError> {
     let rel = format!("{INBOX}/{}.yml", draft.id);
-    ensure_unused(&checkout, &draft.id)?;
+    ensure_unused(checkout, &draft.id)?;
     write(&checkout.root, &rel, &draft.to_yaml())?;
     check(&checkout.root, &rel)?;
     let message = format!("request: {} {}", draft.id, draft.kind);
@@ -54,7 +64,7 @@ pub(crate) fn run(args: &SubmitArgs) -> Result<(), CommandError> {
     match upstream {
         None => eprintln!("not pushed (--no-push); push it with `git push`"),
         Some(upstream) => {
-            let pushed = push(&checkout, &upstream, &draft.id, commit)?;
+            let pushed = push(checkout, &upstream, &draft.id, commit)?;
             eprintln!("pushed to `{}` ({})", upstream.short(), short(pushed));
         }
     }
@@ -66,7 +76,10 @@ pub(crate) fn run(args: &SubmitArgs) -> Result<(), CommandError> {
 /// upstream lacks (a request staged with `--no-push`, a submit whose push failed, other work): it
 /// pushes its own request only, never one the user chose not to send. Checked before anything is
 /// written.
-fn ensure_nothing_unpushed(checkout: &Checkout, upstream: &Upstream) -> Result<(), CommandError> {
+pub(crate) fn ensure_nothing_unpushed(
+    checkout: &Checkout,
+    upstream: &Upstream,
+) -> Result<(), CommandError> {
     let earlier = checkout.unpushed(upstream).map_err(CommandError::config)?;
     if earlier == 0 {
         return Ok(());

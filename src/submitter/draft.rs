@@ -76,6 +76,37 @@ impl Draft {
             path: path.to_owned(),
             reason,
         })?;
+        draft.start_from(path, mapping)?;
+        Ok(draft)
+    }
+
+    /// Starts from a request already in the inbox, read from `path` (for `rerun`): its kind, id,
+    /// params and every other key.
+    pub(crate) fn from_request(path: &Path, mapping: Mapping) -> Result<Self, DraftError> {
+        let kind = match mapping.get("kind") {
+            Some(Yaml::String(kind)) => kind.clone(),
+            Some(other) => {
+                return Err(DraftError::Invalid {
+                    path: path.to_owned(),
+                    reason: format!("has `kind` {}; it must be a string", describe_yaml(other)),
+                });
+            }
+            None => {
+                return Err(DraftError::Invalid {
+                    path: path.to_owned(),
+                    reason: "has no `kind`".to_owned(),
+                });
+            }
+        };
+        let mut draft = Self::new(&kind, None)?;
+        draft.start_from(path, mapping)?;
+        Ok(draft)
+    }
+
+    /// Takes `mapping`'s keys; its `kind` must agree with the draft's or be absent.
+    fn start_from(&mut self, path: &Path, mapping: Mapping) -> Result<(), DraftError> {
+        let kind = self.kind.clone();
+        let draft = self;
         for (key, value) in mapping {
             match (key.as_str(), value) {
                 (Some("kind"), Yaml::String(found)) if found != kind => {
@@ -114,7 +145,7 @@ impl Draft {
                 }
             }
         }
-        Ok(draft)
+        Ok(())
     }
 
     /// Sets the id: `--id` wins over the file's; with neither, a new ULID (time-sortable, lowercase).

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{in_submitter, json};
 use crate::support::{Checkout, World, add_kinds};
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("after the epoch")
@@ -19,8 +19,8 @@ fn now() -> i64 {
 }
 
 /// Pushes `record` (with `version: 1`) to `refs/dispatch/<name>` of the remote, as a commit with the
-/// empty tree, no parent and the protocol's message.
-fn put(clone: &Checkout, name: &str, mut record: Value) {
+/// empty tree, no parent and the protocol's message (replacing what the ref held).
+pub(super) fn put(clone: &Checkout, name: &str, mut record: Value) {
     record["version"] = json!(1);
     let tree = clone.git(&["mktree"]);
     let message = format!("{name}\n\n{record}\n");
@@ -29,11 +29,17 @@ fn put(clone: &Checkout, name: &str, mut record: Value) {
         "push",
         "-q",
         "origin",
-        &format!("{oid}:refs/dispatch/{name}"),
+        &format!("+{oid}:refs/dispatch/{name}"),
     ]);
 }
 
-fn heartbeat(id: &str, labels: &[&str], kinds: Option<&[&str]>, seen: i64, state: &str) -> Value {
+pub(super) fn heartbeat(
+    id: &str,
+    labels: &[&str],
+    kinds: Option<&[&str]>,
+    seen: i64,
+    state: &str,
+) -> Value {
     json!({
         "id": id,
         "host": format!("host-{id}"),

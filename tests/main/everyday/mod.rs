@@ -13,6 +13,8 @@ use crate::support::{RunOutput, World};
 
 // `submit`: write, check, commit alone, push, rebase.
 mod submit;
+// `rerun ID`: the same request again as `ID.rerun-N`.
+mod rerun;
 // `status`: the queue, recent outcomes, counts.
 mod status;
 // `status` and the dispatchers: heartbeats, claims, what runs where, why a request waits.
