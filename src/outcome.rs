@@ -448,6 +448,7 @@ mod tests {
             handler: None,
             handler_blob: None,
             dispatcher: "d1".to_owned(),
+            cancelled_by: None,
             logs: Vec::new(),
         }
     }

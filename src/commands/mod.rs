@@ -1,5 +1,6 @@
 //! One file per subcommand: the glue between the command line and the library.
 
+mod blockers;
 pub(crate) mod cancel;
 pub(crate) mod completions;
 pub(crate) mod control;

@@ -64,9 +64,12 @@ pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
     let mut queue = history.queue().map_err(CommandError::config)?;
     queue.retain(|w| filter.keeps_waiting(w, &fleet));
     let (recent, counts) = outcomes(&history, &filter, now)?;
+    let blockers = crate::commands::blockers::read(&checkout.repo, tip.oid)
+        .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
     if args.json {
         let report = json!({
             "tip": { "ref": tip.name, "commit": tip.oid.to_string() },
+            "blockers": blockers.iter().map(|b| b.json()).collect::<Vec<_>>(),
             "dispatchers": fleet.dispatchers_json(now),
             "claims": fleet.claims_json(),
             "queue": queue
@@ -80,6 +83,7 @@ pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
     } else {
         let view = Report {
             tip: &tip,
+            blockers: &blockers,
             fleet: &fleet,
             queue: &queue,
             recent: &recent,
@@ -245,6 +249,7 @@ fn recent_json(recorded: &Recorded, status: Option<&Json>) -> Json {
 /// What `status` prints, after the filters.
 struct Report<'a> {
     tip: &'a Tip,
+    blockers: &'a [crate::commands::blockers::Blocker],
     fleet: &'a Fleet,
     queue: &'a [Waiting],
     recent: &'a [(Recorded, Option<Json>)],
@@ -257,6 +262,7 @@ impl Report<'_> {
     fn print(&self, now: i64, paint: Paint) {
         let Self {
             tip,
+            blockers,
             fleet,
             queue,
             recent,
@@ -269,6 +275,9 @@ impl Report<'_> {
             ("waiting", "empty")
         };
         println!("{} at {}", tip.name, short(tip.oid));
+        for blocker in blockers {
+            println!("{} {}", paint.state("blocked:"), blocker.line());
+        }
         println!();
         fleet.print(now, paint);
         if queue.is_empty() {

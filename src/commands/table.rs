@@ -43,8 +43,8 @@ impl Paint {
     pub(crate) fn state(self, state: &str) -> String {
         let code = match state {
             "succeeded" => "32",
-            "failed" | "timed_out" => "31",
-            "rejected" | "abandoned" => "33",
+            "failed" | "timed_out" | "blocked:" => "31",
+            "rejected" | "abandoned" | "cancelled" => "33",
             "queued" | "running" => "36",
             "fresh" => "32",
             "stale" => "33",

@@ -92,6 +92,15 @@ impl Daemon {
         blocker
     }
 
+    /// While blocked: a run taken ahead, waiting for its slot, does not start its handler.
+    pub(super) fn withhold_unstarted(&self) {
+        for run in self.running.values().filter(|r| !r.ended) {
+            if run.in_flight.get().is_none() && run.prior_logs.is_empty() {
+                run.in_flight.withhold();
+            }
+        }
+    }
+
     /// Whether `control.yml` drains this dispatcher (its heartbeat says `drained`).
     pub(super) fn is_drained(&self) -> bool {
         self.switches

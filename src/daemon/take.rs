@@ -136,13 +136,8 @@ impl Daemon {
             .map_err(SyncError::from)?;
         self.metrics.queue(entries.len());
         if self.blocker(tip).is_some() {
-            // Nothing starts and nothing is rejected; the queue is not a backlog to push for. A run
-            // taken ahead, waiting for its slot, does not start either.
-            for run in self.running.values().filter(|r| !r.ended) {
-                if run.in_flight.get().is_none() && run.prior_logs.is_empty() {
-                    run.in_flight.withhold();
-                }
-            }
+            // Nothing starts and nothing is rejected; the queue is not a backlog to push for.
+            self.withhold_unstarted();
             return Ok(0);
         }
         let mut waiting = 0;

@@ -26,12 +26,27 @@ fn a_broken_index_makes_requests_wait_and_a_fixed_one_lets_them_run() {
     );
     let clone = world.fresh_clone();
     assert!(clone.statuses().is_empty(), "{:?}", clone.statuses());
+    // `status` names the blocker too.
+    let status = super::operate(&world, &["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("JSON");
+    let blockers = json["blockers"].as_array().expect("a list");
+    assert_eq!(blockers.len(), 1, "{json:#}");
+    assert_eq!(blockers[0]["what"], "index");
+    assert!(
+        blockers[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("`handlers/index.yml`")),
+        "{json:#}"
+    );
 
     world.index(DEFAULT_INDEX);
     world.publish("fix the index");
     world.run(&[]).assert_exit(0);
     let clone = world.fresh_clone();
     assert_eq!(clone.status("a")["state"], "succeeded");
+    let status = super::operate(&world, &["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("JSON");
+    assert_eq!(json["blockers"], serde_json::json!([]), "{json:#}");
     // With a readable index, an unknown kind is the request's own mistake.
     let b = clone.status("b");
     assert_eq!(b["state"], "rejected");

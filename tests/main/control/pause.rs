@@ -54,6 +54,16 @@ fn paused_nothing_starts_or_is_rejected_the_run_in_flight_finishes_and_resume_ru
     assert_eq!(metric(port, "git_dispatch_paused"), Some(1.0));
     assert_eq!(metric(port, "git_dispatch_blocked"), Some(1.0));
 
+    let status = operate(&world, &["status"]);
+    status.assert_exit(0);
+    assert!(
+        status
+            .stdout
+            .contains("blocked: paused by Sam Submitter <sam@example.test> since "),
+        "{status}"
+    );
+    assert!(status.stdout.contains(": database migration"), "{status}");
+
     // Queued while paused: one that would run, one that would be rejected.
     world.submit("second.yml", "kind: hold\nid: second\n");
     world.submit("bad.yml", "kind: no-such-kind\nid: bad\n");
@@ -117,6 +127,8 @@ fn paused_nothing_starts_or_is_rejected_the_run_in_flight_finishes_and_resume_ru
     });
     assert!(healthy, "/healthz stayed 503 after resume");
     assert_eq!(metric(port, "git_dispatch_paused"), Some(0.0));
+    let status = operate(&world, &["status"]);
+    assert!(!status.stdout.contains("blocked:"), "{status}");
     // Who paused and resumed is in the history, each a commit of `control.yml` alone.
     let subjects = watch.log_subjects();
     assert!(
