@@ -100,6 +100,7 @@ fn exit_status(sub: Option<&str>) -> String {
         Some("submit") => Some("the request is invalid, or the push met a conflict"),
         Some("show") => Some("no outcome is recorded for the id"),
         Some("rerun") => Some("the id is unknown, the rerun's id too long, or the request invalid"),
+        Some("cancel") => Some("the request has another outcome already, or nobody submitted it"),
         Some("replay") => Some("a fixture differs from its expectations, or none was found"),
         Some("doctor") => Some("a problem was found (each is printed with its fix)"),
         Some("selftest") => Some("the self-test failed"),
@@ -111,7 +112,9 @@ fn exit_status(sub: Option<&str>) -> String {
             "the remote could not be reached or pushed to after --push-attempts (with --once or \
              --until-empty)",
         ),
-        Some("submit" | "rerun") => Some("the push was refused after all attempts"),
+        Some("submit" | "rerun" | "pause" | "resume" | "drain" | "undrain" | "cancel") => {
+            Some("the push was refused after all attempts")
+        }
         Some("status") => Some("the remote could not be fetched"),
         _ => None,
     };
@@ -157,7 +160,21 @@ fn environment(cmd: &clap::Command, sub: Option<&str>) -> String {
              secrets; nothing else of the dispatcher's environment reaches a handler",
         );
     }
-    if matches!(sub, Some("submit" | "rerun" | "status" | "show")) {
+    let in_a_clone = matches!(
+        sub,
+        Some(
+            "submit"
+                | "rerun"
+                | "status"
+                | "show"
+                | "pause"
+                | "resume"
+                | "drain"
+                | "undrain"
+                | "cancel"
+        )
+    );
+    if in_a_clone {
         out += &entry(
             "GIT_*",
             "the git commands run in the clone read Git's own environment and configuration \
@@ -170,7 +187,7 @@ fn environment(cmd: &clap::Command, sub: Option<&str>) -> String {
             "when set and not empty, `status` prints no colours",
         );
     }
-    if !any && !matches!(sub, None | Some("submit" | "rerun" | "status" | "show")) {
+    if !any && !in_a_clone && sub.is_some() {
         out += "No variables of its own.\n";
     }
     out

@@ -341,6 +341,7 @@ impl Daemon {
         logs: Vec<AttemptLog>,
         attempts: u32,
     ) -> Result<(), DaemonError> {
+        self.claims.inherited.remove(&gone.id);
         let why = withdrawal::find(&self.sync.repo, tip, &gone.path, gone.blob)
             .map_err(SyncError::from)?;
         let (arrived_in, arrived_at) = why.arrival.unwrap_or((tip, 0));
