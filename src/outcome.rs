@@ -108,6 +108,8 @@ pub(crate) struct Outcome {
     pub cancelled_by: Option<(String, Oid)>,
     /// One per attempt, in order.
     pub logs: Vec<AttemptLog>,
+    /// The follow-ups its state calls for, committed to `requests/` with it: (id, YAML).
+    pub follow_ups: Vec<(String, String)>,
 }
 
 /// `processed/…/ID.status.json`. Fields may be added, never removed.
@@ -134,6 +136,8 @@ struct StatusFile<'a> {
     handler_blob: Option<String>,
     submitted_in: String,
     dispatcher: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caused_by: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cancelled_by: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -179,6 +183,7 @@ impl Outcome {
             handler_blob: self.handler_blob.map(|o| o.to_string()),
             submitted_in: self.submitted_in.to_string(),
             dispatcher: &self.dispatcher,
+            caused_by: crate::inbox::chain::caused_by(&self.key),
             cancelled_by: self.cancelled_by.as_ref().map(|(by, _)| by.as_str()),
             cancelled_in: self.cancelled_by.as_ref().map(|(_, c)| c.to_string()),
             log: last.map(|_| self.log_path(self.logs.len())),
@@ -249,8 +254,11 @@ impl Outcome {
             &self.key,
             &self.request_path,
             (self.request_blob, self.request_is_file),
-            &self.status_json(),
-            &logs,
+            Files {
+                status_json: &self.status_json(),
+                logs: &logs,
+                follow_ups: &self.follow_ups,
+            },
             &self.message(),
         )
     }
@@ -266,6 +274,7 @@ impl Outcome {
             status_json: self.status_json(),
             request_is_file: self.request_is_file,
             logs: self.logs.len() as u32,
+            follow_ups: self.follow_ups.clone(),
         }
     }
 }
@@ -284,8 +293,11 @@ pub(crate) fn recommit(
         &entry.key,
         &entry.request_path,
         (request_blob, recorded.request_is_file),
-        &recorded.status_json,
-        &logs,
+        Files {
+            status_json: &recorded.status_json,
+            logs: &logs,
+            follow_ups: &recorded.follow_ups,
+        },
         &recorded.message,
     )
 }
@@ -306,16 +318,29 @@ pub(crate) enum Written {
 /// outcome there (in either place of [`crate::layout`]). The request leaves `requests/` (unless its
 /// path holds another blob than `request`'s, see [`Written::Committed`]); its blob (when it is a
 /// file), the status file and a log per attempt go to the shard folders of `key`.
+/// What an outcome commit writes besides the request's move: its status, its logs and its
+/// follow-ups.
+struct Files<'a> {
+    status_json: &'a str,
+    logs: &'a [&'a [u8]],
+    /// (id, YAML) of each follow-up, written to `requests/ID.yml` unless that path is taken.
+    follow_ups: &'a [(String, String)],
+}
+
 fn commit(
     sync: &Sync,
     key: &str,
     request_path: &str,
     (request_blob, request_is_file): (Oid, bool),
-    status_json: &str,
-    logs: &[&[u8]],
+    Files {
+        status_json,
+        logs,
+        follow_ups,
+    }: Files<'_>,
     message: &str,
 ) -> Result<Written, SyncError> {
     let mut changed = None;
+    let mut taken = Vec::new();
     if let Some(tip) = sync.tip() {
         let tree = sync.repo.find_commit(tip)?.tree()?;
         if crate::layout::is_recorded(&tree, key) {
@@ -326,6 +351,14 @@ fn commit(
             .ok()
             .map(|entry| entry.id())
             .filter(|oid| *oid != request_blob);
+        for (id, _) in follow_ups {
+            let path = format!("{}/{id}.yml", crate::inbox::request::INBOX);
+            if tree.get_path(std::path::Path::new(&path)).is_ok()
+                || crate::layout::is_recorded(&tree, id)
+            {
+                taken.push(id.as_str());
+            }
+        }
     }
     let mut edits = Vec::new();
     if changed.is_none() {
@@ -349,6 +382,16 @@ fn commit(
         edits.push(Edit::Upsert {
             path: Place::Sharded.log(key, i as u64 + 1),
             oid: sync.blob(log)?,
+            mode: FileMode::Blob,
+        });
+    }
+    for (id, yaml) in follow_ups
+        .iter()
+        .filter(|(id, _)| !taken.contains(&id.as_str()))
+    {
+        edits.push(Edit::Upsert {
+            path: format!("{}/{id}.yml", crate::inbox::request::INBOX),
+            oid: sync.blob(yaml.as_bytes())?,
             mode: FileMode::Blob,
         });
     }
@@ -450,6 +493,7 @@ mod tests {
             dispatcher: "d1".to_owned(),
             cancelled_by: None,
             logs: Vec::new(),
+            follow_ups: Vec::new(),
         }
     }
 

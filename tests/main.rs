@@ -19,6 +19,9 @@ mod validate_cmd;
 // The operator's switches: pause and resume, drain and undrain, cancel, and what blocks the queue.
 #[path = "main/control/mod.rs"]
 mod control;
+// Follow-ups (`then`, `on_failure`) and `not_before`; the `notify` kind.
+#[path = "main/chains.rs"]
+mod chains;
 // Whatever is wrong with a request, it is recorded `rejected` and the ones behind it run.
 #[path = "main/rejected.rs"]
 mod rejected;

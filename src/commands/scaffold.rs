@@ -24,10 +24,12 @@ pub(crate) const EXAMPLE_INBOX: &[File] = &[
     file!("handlers/greet.py", true),
     file!("handlers/fail.sh", true),
     file!("handlers/sleep.sh", true),
+    file!("handlers/notify.py", true),
     file!("schemas/request.schema.json", false),
     file!("schemas/greet.schema.json", false),
     file!("schemas/fail.schema.json", false),
     file!("schemas/sleep.schema.json", false),
+    file!("schemas/notify.schema.json", false),
     File {
         path: "requests/.gitkeep",
         contents: "",

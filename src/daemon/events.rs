@@ -145,6 +145,9 @@ impl Daemon {
         if let Some(by) = self.claims.wake_by(Instant::now()) {
             deadline = deadline.min(by);
         }
+        if let Some(due) = self.due_at {
+            deadline = deadline.min(due);
+        }
         let timeout = deadline.saturating_duration_since(Instant::now());
         match self.events.recv_timeout(timeout) {
             Ok(event) => self.handle(event),

@@ -27,6 +27,7 @@
 
 mod claims;
 mod control;
+mod dry_run;
 mod events;
 pub(crate) mod metrics;
 mod open;
@@ -158,6 +159,8 @@ pub(crate) struct Daemon {
     switches: control::Switches,
     /// Requests withdrawn from the inbox: what was compared last, runs being stopped.
     withdrawals: withdraw::Withdrawals,
+    /// When the first request waiting for its `not_before` is due.
+    due_at: Option<std::time::Instant>,
 }
 
 impl Drop for Daemon {

@@ -141,6 +141,7 @@ impl Daemon {
             claims: Claims::new(&cfg.dispatcher_id, &cfg.host, cfg.lease, &cfg.workdir),
             switches: Default::default(),
             withdrawals: super::withdraw::Withdrawals::open(&cfg.workdir),
+            due_at: None,
             cfg,
         })
     }

@@ -176,6 +176,7 @@ impl Daemon {
             }
             outcome.error = Some(why);
         }
+        self.chain(&mut outcome, request);
         crate::log::event_with(
             "record",
             Some(&outcome.key),
@@ -195,7 +196,17 @@ impl Daemon {
         let Some(commit) = self.written(&outcome.key, &outcome.request_path, written)? else {
             return Ok(());
         };
-        if let (Some(parent), Written::Committed { changed: None, .. }) = (parent, written) {
+        for (id, _) in &outcome.follow_ups {
+            event(
+                "chain",
+                Some(&outcome.key),
+                &format!("follow-up `{id}` enqueued ({})", outcome.state),
+            );
+        }
+        // An outcome commit that adds follow-ups changed `requests/` beyond taking one out.
+        if let (Some(parent), Written::Committed { changed: None, .. }, true) =
+            (parent, written, outcome.follow_ups.is_empty())
+        {
             self.inbox
                 .taken_out(&self.sync.repo, parent, commit, &outcome.request_path)
                 .map_err(SyncError::from)?;
@@ -215,6 +226,20 @@ impl Daemon {
             &outcome.state.to_string(),
             outcome.duration,
         )
+    }
+
+    /// Sets the follow-ups `request`'s outcome calls for (see [`crate::inbox::chain`]), from the
+    /// outcome's state, exit code and last log (redacted as committed).
+    pub(super) fn chain(&self, outcome: &mut Outcome, request: &crate::inbox::request::Request) {
+        let state = outcome.state.to_string();
+        let log = outcome.logs.last().map_or(&[][..], |l| l.bytes.as_slice());
+        let parent = crate::inbox::chain::Parent {
+            id: &outcome.key,
+            state: &state,
+            exit_code: outcome.exit_code,
+            log,
+        };
+        outcome.follow_ups = request.follow_ups.due(&parent);
     }
 
     /// The `kind` label of `/metrics`: a kind the index lists, else `unknown`, so that what a

@@ -142,6 +142,9 @@ impl Daemon {
                 }
             ));
             outcome.logs = logs;
+            if let Ok(request) = &checked {
+                self.chain(&mut outcome, request);
+            }
             crate::log::event_with(
                 "recover",
                 Some(&entry.key),
@@ -190,6 +193,7 @@ impl Daemon {
             outcome.logs = run.prior_logs;
             outcome.logs.push(AttemptLog::from_bytes(log));
             outcome.error = Some(why.clone());
+            self.chain(&mut outcome, &run.request);
             crate::log::event_with(
                 "watchdog",
                 Some(&key),

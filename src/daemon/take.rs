@@ -68,57 +68,6 @@ fn rejected_key(id: Option<&str>, file_name: &str, is_taken: impl Fn(&str) -> bo
 }
 
 impl Daemon {
-    /// Fetches, then validates and routes every waiting request and says what would happen to it, in
-    /// the order it would be taken. Nothing runs, nothing is committed or pushed.
-    pub(crate) fn dry_run(mut self) -> Result<Vec<String>, DaemonError> {
-        self.sync.fetch().map_err(|e| match e {
-            e if e.is_transient() => DaemonError::Remote(e.to_string()),
-            e => e.into(),
-        })?;
-        self.sync.reconcile()?;
-        let tip = self.sync.tip().expect("reconcile sets the local branch");
-        self.refresh_snapshot(tip)?;
-        let entries = self
-            .inbox
-            .list(&self.sync.repo, tip)
-            .map_err(SyncError::from)?;
-        let mut lines = Vec::new();
-        if let Some(why) = self.blocker(tip) {
-            lines.push(format!(
-                "would start nothing: {why} ({} request(s) wait)",
-                entries.len()
-            ));
-            return Ok(lines);
-        }
-        for entry in entries.iter() {
-            let Some(checked) = self.check_here(entry) else {
-                lines.push(format!(
-                    "would leave  {}  for another dispatcher",
-                    entry.path
-                ));
-                continue;
-            };
-            let checked =
-                checked.and_then(|request| self.secret_env(entry, &request).map(|_| request));
-            lines.push(match checked {
-                Ok(r) => format!(
-                    "would run    {}  kind={} handler={} resource={} timeout={}",
-                    r.id,
-                    r.kind,
-                    r.route.handler_path,
-                    r.resource,
-                    humantime::format_duration(r.timeout)
-                ),
-                Err(rejection) => format!(
-                    "would reject {}  {}",
-                    entry.path,
-                    self.cfg.redactor.redact(&rejection.error)
-                ),
-            });
-        }
-        Ok(lines)
-    }
-
     /// Takes requests in arrival order while there is room: records rejections at once, starts the
     /// rest. Returns how many requests wait (not counting running ones).
     ///
@@ -142,6 +91,7 @@ impl Daemon {
         }
         let mut waiting = 0;
         let mut skipped = 0;
+        self.due_at = None;
         let mut busy: Vec<String> = self
             .running
             .values()
@@ -177,6 +127,10 @@ impl Daemon {
                 Err(rejection) => {
                     self.took_one = true;
                     self.reject(entry, rejection)?;
+                }
+                Ok((request, _)) if self.not_yet(&request, now) => {
+                    skipped += 1;
+                    waiting += 1;
                 }
                 Ok((request, _)) if ahead == 0 && busy.contains(&request.resource) => {
                     // Its resource is taken: look further, but only so far, so that a long queue on
@@ -333,6 +287,7 @@ impl Daemon {
             .logs
             .push(AttemptLog::text(&format!("[git-dispatch: {why}]\n")));
         outcome.error = Some(why.clone());
+        self.chain(&mut outcome, &request);
         crate::log::event_with(
             "claim",
             Some(&outcome.key),
@@ -373,7 +328,7 @@ impl Daemon {
     }
 
     /// The kind's `secrets`, as environment variables; naming one the host lacks rejects the request.
-    fn secret_env(
+    pub(super) fn secret_env(
         &self,
         entry: &InboxEntry,
         request: &Request,
@@ -485,6 +440,7 @@ impl Daemon {
             dispatcher: self.cfg.dispatcher_id.clone(),
             cancelled_by: None,
             logs: Vec::new(),
+            follow_ups: Vec::new(),
         }
     }
 

@@ -6,18 +6,28 @@
 //! A request that fails any check becomes a [`Rejection`] whose `error` names the file, the field and
 //! what was expected. `run` records it; `validate` prints it: the same words either way.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value as Json};
 use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::git::view::EntryType;
+use crate::inbox::chain::{self, FollowUps};
 use crate::inbox::router::{Catalog, Route, parse_duration};
 use crate::inbox::yaml::{MAX_EXPANDED, describe_yaml, parse_yaml_mapping, too_large};
 use crate::layout::is_valid_name;
 
 pub(crate) const INBOX: &str = "requests";
-const ENVELOPE_KEYS: [&str; 5] = ["kind", "id", "resource", "params", "timeout"];
+const ENVELOPE_KEYS: [&str; 8] = [
+    "kind",
+    "id",
+    "resource",
+    "params",
+    "timeout",
+    "not_before",
+    "then",
+    "on_failure",
+];
 
 /// The most bytes `params` may take as JSON: the handler gets them in `DISPATCH_PARAMS`, one
 /// environment string, which Linux caps at 128 KiB (`MAX_ARG_STRLEN`) with the name, the `=` and the
@@ -35,6 +45,10 @@ pub(crate) struct Request {
     pub json: Json,
     pub timeout: Duration,
     pub route: Route,
+    /// It waits in the queue until then.
+    pub not_before: Option<SystemTime>,
+    /// What is enqueued when it ends (see [`crate::inbox::chain`]).
+    pub follow_ups: FollowUps,
 }
 
 /// Why a request cannot run.
@@ -244,6 +258,54 @@ pub(crate) fn check(
             timeout
         }
     };
+    let not_before = match envelope.json.get("not_before") {
+        None => None,
+        Some(Json::String(text)) => Some(
+            parse_time(text)
+                .map_err(|e| reject(valid_id, Some(kind), format!("`not_before`: {e}")))?,
+        ),
+        Some(other) => {
+            return Err(reject(
+                valid_id,
+                Some(kind),
+                format!(
+                    "`not_before` must be an RFC 3339 time as a string (got {}; quote it)",
+                    describe_json(other)
+                ),
+            ));
+        }
+    };
+    let object = envelope
+        .json
+        .as_object()
+        .expect("the envelope is a mapping");
+    let follow_ups = FollowUps::of(object).map_err(|e| reject(valid_id, Some(kind), e))?;
+    for (list, i, child, request) in follow_ups.candidates(&id) {
+        let at = |e: String| reject(valid_id, Some(kind), format!("`{list}[{i}]`: {e}"));
+        if chain::depth(&child) > chain::MAX_DEPTH {
+            return Err(at(format!(
+                "follow-up `{child}` would be {} deep, over the limit of {}: a chain this long \
+                 is taken for a runaway",
+                chain::depth(&child),
+                chain::MAX_DEPTH
+            )));
+        }
+        let bytes = serde_yaml::to_string(&request).expect("JSON values serialise as YAML");
+        let child_path = format!("{INBOX}/{child}.yml");
+        let candidate = Candidate {
+            path: &child_path,
+            entry: EntryType::File { executable: false },
+            size: bytes.len() as u64,
+            max_size: candidate.max_size,
+        };
+        // Boxed: one instance of `check` serves every depth.
+        let bytes: Box<dyn FnOnce() -> std::io::Result<Vec<u8>>> =
+            Box::new(move || Ok(bytes.into_bytes()));
+        check(&candidate, bytes, catalog, is_used).map_err(|r| {
+            let prefix = format!("request `{child_path}`: ");
+            at(r.error.strip_prefix(&prefix).unwrap_or(&r.error).to_owned())
+        })?;
+    }
     Ok(Request {
         id,
         kind: kind.to_owned(),
@@ -252,7 +314,18 @@ pub(crate) fn check(
         json: envelope.json,
         timeout,
         route,
+        not_before,
+        follow_ups,
     })
+}
+
+/// An RFC 3339 time (`2026-12-05T18:00:00Z`, `2026-12-05T19:00:00+01:00`).
+fn parse_time(text: &str) -> Result<SystemTime, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(SystemTime::from)
+        .map_err(|e| {
+            format!("`{text}` is not an RFC 3339 time ({e}); expected e.g. `2026-12-05T18:00:00Z`")
+        })
 }
 
 /// Whether the inbox leaves the entry `name` alone: a dotfile (`.gitkeep`) that is not named like a

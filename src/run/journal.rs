@@ -78,6 +78,9 @@ pub(crate) struct Recorded {
     pub request_is_file: bool,
     /// How many attempts' logs the outcome holds.
     pub logs: u32,
+    /// The follow-ups the outcome commit adds to `requests/`: (id, YAML).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_ups: Vec<(String, String)>,
 }
 
 pub(crate) struct Journal {
@@ -405,6 +408,10 @@ mod tests {
             status_json: "{}\n".to_owned(),
             request_is_file: true,
             logs: 1,
+            follow_ups: vec![(
+                "k.then-1".to_owned(),
+                "id: k.then-1\nkind: echo\n".to_owned(),
+            )],
         }
     }
 

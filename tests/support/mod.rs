@@ -35,4 +35,4 @@ pub use layout::{log_file, processed, sha256_hex, shard};
 pub use run::{Background, RUN_DEADLINE, RunOutput};
 pub use text::{between, instant_key, line_value, utc_rfc3339};
 pub use wait::{free_port, wait_until};
-pub use world::{DEFAULT_INDEX, World, add_kinds};
+pub use world::{DEFAULT_INDEX, REQUEST_SCHEMA, World, add_kinds};

@@ -25,7 +25,10 @@ pub const REQUEST_SCHEMA: &str = r#"{
     "id": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$" },
     "resource": { "type": "string", "minLength": 1 },
     "params": { "type": "object" },
-    "timeout": { "type": "string" }
+    "timeout": { "type": "string" },
+    "not_before": { "type": "string", "format": "date-time" },
+    "then": { "type": "array", "items": { "type": "object" } },
+    "on_failure": { "type": "array", "items": { "type": "object" } }
   }
 }
 "#;
