@@ -181,6 +181,7 @@ impl Fleet {
             ),
         };
         item["state"] = json!(state);
+        item["not_before"] = json!(waiting.not_before);
         item["dispatcher"] = dispatcher;
         item["running_since"] = since;
         item["blocked"] = blocked;
@@ -203,8 +204,9 @@ impl Fleet {
                 kind,
                 paint.state("queued"),
                 format!("for {}", age(now - waiting.entry.arrival.time)),
-                self.blocked(waiting.kind.as_deref())
-                    .map(|b| b.message)
+                waits_until(waiting, now)
+                    .map(|t| format!("waits until {t} (not_before)"))
+                    .or_else(|| self.blocked(waiting.kind.as_deref()).map(|b| b.message))
                     .unwrap_or_default(),
             ],
         }
@@ -356,6 +358,13 @@ fn runs_on_at(repo: &Repository, tip: Oid) -> BTreeMap<String, Vec<String>> {
         .into_iter()
         .filter_map(|(kind, spec)| spec.ok().map(|s| (kind, s.runs_on)))
         .collect()
+}
+
+/// The `not_before` of a queued request while it is still ahead of `now`.
+fn waits_until(waiting: &Waiting, now: i64) -> Option<&str> {
+    let text = waiting.not_before.as_deref()?;
+    let at = chrono::DateTime::parse_from_rfc3339(text).ok()?.timestamp();
+    (at > now).then_some(text)
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub(crate) struct Waiting {
     pub id: String,
     /// Its `kind`, when the file says (the checks come later: it may still be rejected).
     pub kind: Option<String>,
+    /// Its `not_before`, as written, when it has one.
+    pub not_before: Option<String>,
     pub entry: InboxEntry,
 }
 
@@ -87,6 +89,7 @@ impl<'r> History<'r> {
                 Waiting {
                     id,
                     kind: field("kind"),
+                    not_before: field("not_before"),
                     entry,
                 }
             })

@@ -163,6 +163,11 @@ fn a_request_waits_for_its_not_before_and_a_bad_time_is_rejected_naming_it() {
         "bad-time.yml",
         "kind: say\nid: bad-time\nnot_before: tomorrow\n",
     );
+    let status = crate::everyday::everyday(&world, &world.submitter.dir, &["status"]);
+    assert!(
+        status.stdout.contains(&format!("waits until {stamp}")),
+        "{status}"
+    );
     let dry = world.run(&["--dry-run"]);
     assert!(dry.stdout.contains("would wait   later  until"), "{dry}");
     world.run(&[]).assert_exit(0);
