@@ -68,6 +68,18 @@ pub enum Command {
         git-dispatch cancel backup-db-7 --reason \"wrong database\""
     )]
     Cancel(CancelArgs),
+    /// In a clone of an inbox: approve a request that waits for approvals (a signed commit).
+    #[command(
+        after_help = "Commits `approvals/ID/<ulid>.yml` for the version of the request \
+        waiting in `requests/`, signed with your git signing setup (`git commit -S`: set \
+        `gpg.format=ssh` and `user.signingkey`), and pushes it. It counts when its signer is one of \
+        the kind's `approvers` in the dispatchers' --trust file and not the submitter.\n\n\
+        Examples:\n  \
+        git-dispatch approve deploy-42 --comment \"plan reviewed\""
+    )]
+    Approve(ApproveArgs),
+    /// In a clone of an inbox: deny a request that waits for approvals; it is recorded `rejected`.
+    Deny(DenyArgs),
     /// In a clone of an inbox: submit request ID again as `ID.rerun-N`, params overridable; prints its id.
     #[command(
         after_help = "Reads request ID at the upstream's tip (after a `git fetch`): its recorded \
@@ -252,6 +264,21 @@ pub struct RunArgs {
     /// This dispatcher's labels: it takes only kinds whose `runs_on` labels it has all of.
     #[arg(long, env = "GIT_DISPATCH_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
+
+    /// The host's trusted signing keys: an OpenSSH `allowed_signers` file (as `git` uses with
+    /// `gpg.format=ssh`). Submitters, approvers and admins are its principals.
+    #[arg(long, env = "GIT_DISPATCH_TRUST", value_name = "FILE")]
+    pub trust: Option<PathBuf>,
+
+    /// The principals (of --trust) who may change the index, handlers, schemas and `control.yml`
+    /// [default: every principal of --trust]
+    #[arg(
+        long,
+        env = "GIT_DISPATCH_ADMINS",
+        value_delimiter = ',',
+        requires = "trust"
+    )]
+    pub admins: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +360,40 @@ pub struct DrainArgs {
 
     #[command(flatten)]
     pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The request's id.
+    pub id: String,
+
+    /// Said in the approval and its commit.
+    #[arg(long)]
+    pub comment: Option<String>,
+
+    /// Commit only; push later with `git push`.
+    #[arg(long)]
+    pub no_push: bool,
+
+    #[command(flatten)]
+    pub repo: RepoArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    /// The request's id.
+    pub id: String,
+
+    /// Why: recorded in its status with who denied it.
+    #[arg(long)]
+    pub reason: Option<String>,
+
+    /// Commit only; push later with `git push`.
+    #[arg(long)]
+    pub no_push: bool,
+
+    #[command(flatten)]
+    pub repo: RepoArg,
 }
 
 #[derive(Debug, Args)]

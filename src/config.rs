@@ -66,6 +66,17 @@ pub(crate) struct RunConfig {
     pub labels: Vec<String>,
     /// The host's name, as the heartbeat and the claims say it.
     pub host: String,
+    /// `--trust` and `--admins`: whose signatures count.
+    pub trust: Option<Trust>,
+}
+
+/// The host's trust (see [`crate::git::verify`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Trust {
+    /// The `allowed_signers` file.
+    pub file: std::path::PathBuf,
+    /// Who may change the index, handlers, schemas and `control.yml`.
+    pub admins: Vec<String>,
 }
 
 impl RunConfig {
@@ -123,6 +134,39 @@ impl RunConfig {
             }
             labels.push(label.to_owned());
         }
+        let trust = match &args.trust {
+            None => None,
+            Some(file) => {
+                let file = absolute(file)?;
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("--trust: `{}`: {e}", file.display()))?;
+                let known = crate::git::verify::principals(&text);
+                if known.is_empty() {
+                    bail!(
+                        "--trust: `{}` names no principal (expected `allowed_signers` lines: \
+                         `PRINCIPAL KEYTYPE KEY`)",
+                        file.display()
+                    );
+                }
+                let admins: Vec<String> = args
+                    .admins
+                    .iter()
+                    .map(|a| a.trim().to_owned())
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                if let Some(stranger) = admins.iter().find(|a| !known.contains(a)) {
+                    bail!(
+                        "--admins: `{stranger}` is not a principal of `{}` (it names {})",
+                        file.display(),
+                        known.join(", ")
+                    );
+                }
+                Some(Trust {
+                    file,
+                    admins: if admins.is_empty() { known } else { admins },
+                })
+            }
+        };
         let log_limit =
             parse_size(&args.log_limit).map_err(|e| anyhow::anyhow!("--log-limit: {e}"))?;
         let secrets = match &args.secrets_file {
@@ -175,6 +219,7 @@ impl RunConfig {
             lease,
             labels,
             host,
+            trust,
         })
     }
 }

@@ -81,6 +81,8 @@ fn run(cli: &Cli) -> Result<(), CommandError> {
         Command::Drain(args) => commands::control::drain(args),
         Command::Undrain(args) => commands::control::undrain(args),
         Command::Cancel(args) => commands::cancel::run(args),
+        Command::Approve(args) => commands::approve::approve(args),
+        Command::Deny(args) => commands::approve::deny(args),
         Command::Rerun(args) => commands::rerun::run(args),
         Command::Status(args) => commands::status::run(args),
         Command::Show(args) => commands::show::run(args),

@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use git2::{FileMode, Oid};
 use serde::Serialize;
 
+use crate::git::verify::Signer;
+
 use crate::clock::{rfc3339, rfc3339_seconds};
 use crate::git::sync::{ID_TRAILER, Sync, SyncError};
 use crate::git::tree_edit::Edit;
@@ -110,6 +112,43 @@ pub(crate) struct Outcome {
     pub logs: Vec<AttemptLog>,
     /// The follow-ups its state calls for, committed to `requests/` with it: (id, YAML).
     pub follow_ups: Vec<(String, String)>,
+    /// With `run --trust`: who signed the commit that added the request, and that commit.
+    pub submitter: Option<(Signer, Oid)>,
+    /// The approvals it ran with.
+    pub approvals: Vec<Signed>,
+}
+
+/// An approval: its approver (the verified signer of its commit), the key, the commit and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Signed {
+    pub principal: String,
+    pub fingerprint: String,
+    pub commit: Oid,
+    /// Seconds since the epoch.
+    pub time: i64,
+}
+
+/// `status.json`'s `submitter`.
+fn submitter_json((signer, commit): &(Signer, Oid)) -> serde_json::Value {
+    let (principal, fingerprint, signature) = match signer {
+        Signer::Trusted {
+            principal,
+            fingerprint,
+        } => (
+            Some(principal.as_str()),
+            Some(fingerprint.as_str()),
+            "trusted",
+        ),
+        Signer::Stranger { fingerprint } => (None, Some(fingerprint.as_str()), "unknown key"),
+        Signer::Unsigned => (None, None, "unsigned"),
+        Signer::Bad(_) => (None, None, "bad"),
+    };
+    serde_json::json!({
+        "principal": principal,
+        "fingerprint": fingerprint,
+        "signature": signature,
+        "commit": commit.to_string(),
+    })
 }
 
 /// `processed/…/ID.status.json`. Fields may be added, never removed.
@@ -138,6 +177,10 @@ struct StatusFile<'a> {
     dispatcher: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     caused_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submitter: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    approvals: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cancelled_by: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +227,19 @@ impl Outcome {
             submitted_in: self.submitted_in.to_string(),
             dispatcher: &self.dispatcher,
             caused_by: crate::inbox::chain::caused_by(&self.key),
+            submitter: self.submitter.as_ref().map(submitter_json),
+            approvals: self
+                .approvals
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "principal": a.principal,
+                        "fingerprint": a.fingerprint,
+                        "commit": a.commit.to_string(),
+                        "at": crate::clock::rfc3339_seconds(a.time),
+                    })
+                })
+                .collect(),
             cancelled_by: self.cancelled_by.as_ref().map(|(by, _)| by.as_str()),
             cancelled_in: self.cancelled_by.as_ref().map(|(_, c)| c.to_string()),
             log: last.map(|_| self.log_path(self.logs.len())),
@@ -494,6 +550,8 @@ mod tests {
             cancelled_by: None,
             logs: Vec::new(),
             follow_ups: Vec::new(),
+            submitter: None,
+            approvals: Vec::new(),
         }
     }
 

@@ -22,6 +22,9 @@ mod control;
 // Follow-ups (`then`, `on_failure`) and `not_before`; the `notify` kind.
 #[path = "main/chains.rs"]
 mod chains;
+// Signed submissions and approvals against the host's trust.
+#[path = "main/identity.rs"]
+mod identity;
 // Whatever is wrong with a request, it is recorded `rejected` and the ones behind it run.
 #[path = "main/rejected.rs"]
 mod rejected;

@@ -53,6 +53,7 @@ fn decide(
             path,
             contents: None,
             message,
+            signed: false,
         });
     }
     if let Some(status) = find_status(root, id) {
@@ -80,7 +81,7 @@ fn decide(
 }
 
 /// `requests/ID.yml` (or `.yaml`), else the file whose `id` is ID.
-fn find_request(root: &Path, id: &str) -> Option<String> {
+pub(crate) fn find_request(root: &Path, id: &str) -> Option<String> {
     for ext in ["yml", "yaml"] {
         let rel = format!("{INBOX}/{id}.{ext}");
         if root.join(&rel).is_file() {
@@ -98,7 +99,7 @@ fn find_request(root: &Path, id: &str) -> Option<String> {
 }
 
 /// ID's status file in either place of [`crate::layout`].
-fn find_status(root: &Path, id: &str) -> Option<Json> {
+pub(crate) fn find_status(root: &Path, id: &str) -> Option<Json> {
     Place::ALL.iter().find_map(|place| {
         let bytes = fs::read(root.join(place.status(id))).ok()?;
         serde_json::from_slice(&bytes).ok()

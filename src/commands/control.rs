@@ -112,6 +112,7 @@ fn plan(mut control: Control, switch: &Switch<'_>) -> Plan {
         path: CONTROL_PATH.to_owned(),
         contents: Some(control.to_yaml()),
         message,
+        signed: false,
     }
 }
 

@@ -29,6 +29,7 @@ mod claims;
 mod control;
 mod dry_run;
 mod events;
+mod identity;
 pub(crate) mod metrics;
 mod open;
 mod push;
@@ -159,8 +160,14 @@ pub(crate) struct Daemon {
     switches: control::Switches,
     /// Requests withdrawn from the inbox: what was compared last, runs being stopped.
     withdrawals: withdraw::Withdrawals,
-    /// When the first request waiting for its `not_before` is due.
+    /// When the first request waiting for its `not_before` (or its approvals' timeout) is due.
     due_at: Option<std::time::Instant>,
+    /// With `--trust`: checks who signed a commit.
+    verifier: Option<crate::git::verify::Verifier>,
+    /// Approval files read, by request id, with the folder's tree they were read from.
+    approvals_read: HashMap<String, (git2::Oid, Vec<crate::inbox::approval::Found>)>,
+    /// The approvals of requests started, by key, for their outcome.
+    approved: HashMap<String, Vec<crate::outcome::Signed>>,
 }
 
 impl Drop for Daemon {

@@ -79,6 +79,10 @@ impl Daemon {
             &cfg.dispatcher_id,
             cfg.access.clone(),
         )?;
+        let verifier = cfg
+            .trust
+            .as_ref()
+            .map(|t| crate::git::verify::Verifier::new(sync.repo.path(), &t.file));
         let swept = Scratch::sweep();
         if swept > 0 {
             say(&format!(
@@ -142,6 +146,9 @@ impl Daemon {
             switches: Default::default(),
             withdrawals: super::withdraw::Withdrawals::open(&cfg.workdir),
             due_at: None,
+            verifier,
+            approvals_read: HashMap::new(),
+            approved: HashMap::new(),
             cfg,
         })
     }

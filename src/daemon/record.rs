@@ -101,6 +101,7 @@ impl Daemon {
         );
         outcome.handler = Some(request.route.handler_path.clone());
         outcome.handler_blob = request.route.handler_blob;
+        outcome.approvals = self.approved.remove(&report.key).unwrap_or_default();
         outcome.logs = running.prior_logs;
         for attempt in report.attempts {
             outcome.attempts = attempt.number;

@@ -17,6 +17,7 @@ use crate::claim::ledger::{MAX_BATCH, May};
 use crate::claim::protocol::Claimed;
 use crate::config::Mode;
 use crate::daemon::events::Event;
+use crate::daemon::identity::Approval;
 use crate::daemon::open::RUNS;
 use crate::daemon::recover::Resume;
 use crate::daemon::{Daemon, DaemonError, io_err};
@@ -122,7 +123,30 @@ impl Daemon {
                 continue;
             };
             let checked = checked
-                .and_then(|request| self.secret_env(entry, &request).map(|env| (request, env)));
+                .and_then(|request| self.secret_env(entry, &request).map(|env| (request, env)))
+                .and_then(|(request, env)| {
+                    self.check_submitter(entry, &request)
+                        .map(|()| (request, env))
+                });
+            let checked = match checked.map(|(r, env)| (self.approval(entry, &r), r, env)) {
+                Ok((Approval::Waiting, ..)) => {
+                    // Waiting for approvals holds up neither other requests nor the resource, nor
+                    // `--until-empty` (it may wait for days): it is no backlog.
+                    continue;
+                }
+                Ok((Approval::Refused(why), request, _)) => Err(Rejection {
+                    id: Some(request.id.clone()),
+                    kind: Some(request.kind.clone()),
+                    error: format!("request `{}`: {why}", entry.path),
+                }),
+                Ok((Approval::Given(given), request, env)) => {
+                    if !given.is_empty() {
+                        self.approved.insert(request.id.clone(), given);
+                    }
+                    Ok((request, env))
+                }
+                Err(rejection) => Err(rejection),
+            };
             match checked {
                 Err(rejection) => {
                     self.took_one = true;
@@ -441,6 +465,8 @@ impl Daemon {
             cancelled_by: None,
             logs: Vec::new(),
             follow_ups: Vec::new(),
+            submitter: self.submitter(entry),
+            approvals: Vec::new(),
         }
     }
 

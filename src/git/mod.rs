@@ -21,6 +21,7 @@ pub(crate) mod sync;
 pub(crate) mod transport;
 pub(crate) mod tree_edit;
 pub(crate) mod url;
+pub(crate) mod verify;
 pub(crate) mod view;
 pub(crate) mod written;
 

@@ -3,6 +3,7 @@
 //! [`schema`] compiles the JSON Schemas and [`snapshot`] holds one commit's compiled configuration
 //! with its handlers written out.
 
+pub(crate) mod approval;
 pub(crate) mod chain;
 pub(crate) mod control;
 pub(crate) mod queue;

@@ -57,7 +57,16 @@ struct RawKind {
     isolation: Option<String>,
     pids: Option<u64>,
     cpu: Option<f64>,
+    submitters: Option<Vec<String>>,
+    #[serde(default)]
+    approvals: u32,
+    #[serde(default)]
+    approvers: Vec<String>,
+    approval_timeout: Option<String>,
 }
+
+/// How long a request waits for its approvals by default: a week.
+const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// Defaults for the limits a kind may override.
 const DEFAULT_NPROC: u64 = 1024;
@@ -101,6 +110,13 @@ pub(crate) struct KindSpec {
     pub pids: Option<u64>,
     /// The cgroup's CPU limit, in cores.
     pub cpu: Option<f64>,
+    /// The principals (of `run --trust`) whose signed commits may add requests of this kind.
+    pub submitters: Option<Vec<String>>,
+    /// How many distinct approvers, none of them the submitter, must approve a request first.
+    pub approvals: u32,
+    pub approvers: Vec<String>,
+    /// How long a request waits for its approvals before it is rejected as expired.
+    pub approval_timeout: Duration,
 }
 
 /// The parsed index: kind name -> spec, or the reason that kind cannot be used.
@@ -360,7 +376,29 @@ fn parse_kind(name: &str, value: Yaml) -> Result<KindSpec, String> {
             field("cpu")
         ));
     }
+    if raw.approvals > 0 && raw.approvers.len() < raw.approvals as usize {
+        return Err(format!(
+            "{}: {} approval(s) need at least as many `approvers` (it lists {})",
+            field("approvals"),
+            raw.approvals,
+            raw.approvers.len()
+        ));
+    }
+    if raw.approvals == 0 && !raw.approvers.is_empty() {
+        return Err(format!(
+            "{}: `approvers` without `approvals: N` asks for nothing (set how many must approve)",
+            field("approvers")
+        ));
+    }
     Ok(KindSpec {
+        submitters: raw.submitters,
+        approvals: raw.approvals,
+        approvers: raw.approvers,
+        approval_timeout: duration(
+            "approval_timeout",
+            &raw.approval_timeout,
+            DEFAULT_APPROVAL_TIMEOUT,
+        )?,
         no_network,
         no_isolation,
         writable: raw.writable,

@@ -28,6 +28,9 @@ pub(crate) enum Plan {
         path: String,
         contents: Option<String>,
         message: String,
+        /// Signed (`git commit -S`, with the user's signing setup): an approval's signer is the
+        /// approver.
+        signed: bool,
     },
 }
 
@@ -60,15 +63,16 @@ pub(crate) fn change(
         if upstream.is_some() {
             checkout.pull_rebase().map_err(CommandError::config)?;
         }
-        let (path, contents, message) = match decide(checkout)? {
+        let (path, contents, message, signed) = match decide(checkout)? {
             Plan::Nothing(said) => return Ok(said),
             Plan::Commit {
                 path,
                 contents,
                 message,
-            } => (path, contents, message),
+                signed,
+            } => (path, contents, message, signed),
         };
-        let commit = commit(checkout, &path, contents.as_deref(), &message)?;
+        let commit = commit(checkout, &path, contents.as_deref(), &message, signed)?;
         let Some(upstream) = &upstream else {
             return Ok(format!(
                 "committed {} ({}); not pushed (--no-push): push it with `git push`",
@@ -109,30 +113,57 @@ pub(crate) fn change(
     )))
 }
 
-/// Writes or removes `path` and commits it alone.
+/// Writes or removes `path` and commits it alone (with `-S` when `signed`; otherwise as the user's
+/// configuration signs).
 fn commit(
     checkout: &Checkout,
     path: &str,
     contents: Option<&str>,
     message: &str,
+    signed: bool,
 ) -> Result<git2::Oid, CommandError> {
     let file = checkout.root.join(path);
-    match contents {
+    let staged = match contents {
         Some(text) => {
+            if let Some(folder) = file.parent() {
+                fs::create_dir_all(folder).map_err(|e| {
+                    CommandError::config(anyhow::anyhow!("`{}`: {e}", folder.display()))
+                })?;
+            }
             fs::write(&file, text)
                 .map_err(|e| CommandError::config(anyhow::anyhow!("`{}`: {e}", file.display())))?;
-            checkout.commit_file(path, message)
+            checkout.git(&["add", "--", path])
         }
-        None => checkout
-            .git(&["rm", "--quiet", "--", path])
-            .and_then(|_| checkout.git(&["commit", "--quiet", "-m", message, "--", path]))
-            .and_then(|_| Ok(checkout.repo.refname_to_id("HEAD")?)),
+        None => checkout.git(&["rm", "--quiet", "--", path]),
+    };
+    let mut args = vec!["commit", "--quiet"];
+    if signed {
+        args.push("-S");
     }
-    .map_err(|e| {
-        CommandError::config(anyhow::anyhow!(e).context(format!(
-            "`{path}` could not be committed (nothing was pushed)"
-        )))
-    })
+    args.extend(["-m", message, "--", path]);
+    staged
+        .and_then(|_| {
+            let committed = checkout.git(&args);
+            if committed.is_err() {
+                // The index and the tree as they were.
+                let _ = checkout.git(&["reset", "--quiet", "--", path]);
+                match contents {
+                    Some(_) => {
+                        let _ = fs::remove_file(&file);
+                    }
+                    None => {
+                        let _ = checkout.git(&["checkout", "--quiet", "--", path]);
+                    }
+                }
+            }
+            committed
+        })
+        .and_then(|_| Ok(checkout.repo.refname_to_id("HEAD")?))
+        .map_err(|e| {
+            CommandError::config(anyhow::anyhow!(e).context(format!(
+                "`{path}` could not be committed (nothing was pushed)"
+            )))
+        })
 }
 
 fn first_line(message: &str) -> &str {
