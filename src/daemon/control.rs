@@ -42,6 +42,7 @@ impl Daemon {
             .and_then(|t| t.get_name(CONTROL_PATH).map(|e| e.id()));
         if self.switches.read != Some(blob) {
             self.switches.read = Some(blob);
+            let blob = self.trusted_control(tip, blob);
             self.switches.control = match blob {
                 None => Ok(Control::default()),
                 Some(oid) => self
@@ -73,7 +74,7 @@ impl Daemon {
             (_, _, _, Some(e)) => Some(format!(
                 "{e}; requests wait, none is rejected for it, until a fixed index lands"
             )),
-            _ => None,
+            _ => self.trust_blocker(),
         };
         if self.switches.said != blocker {
             match &blocker {
@@ -90,6 +91,39 @@ impl Daemon {
             self.switches.said = blocker.clone();
         }
         blocker
+    }
+
+    /// The `control.yml` to obey: the tip's (`blob`), or with `--trust` the newest version an
+    /// admin signed in (none: nothing paused or drained), said when that is not the tip's.
+    fn trusted_control(&self, tip: Oid, blob: Option<Oid>) -> Option<Oid> {
+        let (Some(verifier), Some(trust)) = (&self.verifier, &self.cfg.trust) else {
+            return blob;
+        };
+        let repo = &self.sync.repo;
+        let Ok(found) = verifier.trusted_version(repo, tip, &[CONTROL_PATH], &trust.admins) else {
+            return None;
+        };
+        // No file, and never one an admin signed: nothing to obey, nothing to say.
+        if blob.is_none() && found.at.is_none() {
+            return None;
+        }
+        if let Some((commit, signer)) = &found.newest {
+            say(&format!(
+                "warning: `{CONTROL_PATH}` as changed in {} is not obeyed: that commit is {}, and \
+                 only an admin's signature counts; {}",
+                crate::git::view::short(*commit),
+                signer.describe(),
+                found.at.map_or_else(
+                    || "no earlier version was signed by an admin either".to_owned(),
+                    |at| format!("the version of {} is obeyed", crate::git::view::short(at))
+                )
+            ));
+        }
+        let at = found.at?;
+        repo.find_commit(at)
+            .and_then(|c| c.tree())
+            .ok()
+            .and_then(|t| t.get_name(CONTROL_PATH).map(|e| e.id()))
     }
 
     /// While blocked: a run taken ahead, waiting for its slot, does not start its handler.

@@ -3,17 +3,25 @@
 //! field); a kind's `submitters:` take requests only from those principals; a kind's `approvals: N`
 //! makes its requests wait until N of its `approvers`, none of them the submitter, have approved
 //! with signed commits (`git-dispatch approve`, [`crate::inbox::approval`]); a denial by an
-//! approver, or the end of `approval_timeout`, rejects the request.
+//! approver, or the end of `approval_timeout`, rejects the request. With `--trust`, the index,
+//! handlers and schemas are used in the newest version an admin signed in; requests of kinds a
+//! later, unsigned change touches wait for an admin.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use git2::Oid;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, DaemonError};
+use crate::git::sync::SyncError;
 use crate::git::verify::Signer;
+use crate::git::view::{TreeView, short};
 use crate::inbox::approval::{self, Verdict};
 use crate::inbox::queue::InboxEntry;
 use crate::inbox::request::{Rejection, Request};
+use crate::inbox::router::Catalog;
+use crate::inbox::snapshot::Snapshot;
+use crate::log::say;
 use crate::outcome::Signed;
 
 /// Where a request waits for approvals, or what they decided.
@@ -187,4 +195,116 @@ fn list(principals: &[String]) -> String {
         .map(|p| format!("`{p}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What `--trust` makes of the configuration at the tip.
+#[derive(Default)]
+pub(super) struct TrustState {
+    /// The tip's `handlers/` and `schemas/` trees last looked at.
+    pub(super) tip_trees: Option<(Option<Oid>, Option<Oid>)>,
+    /// Kinds whose version at the tip is not the trusted one: their requests wait.
+    kinds: HashSet<String>,
+    /// Every kind waits: the schemas changed, or no version was ever signed by an admin.
+    all: bool,
+    /// Why the tip's configuration is not used, while that is so.
+    pub(super) why: Option<String>,
+}
+
+impl Daemon {
+    /// The commit whose `handlers/` and `schemas/` to use: the tip's, or with `--trust` the newest
+    /// version an admin signed in (said once per version when that is not the tip's).
+    pub(super) fn config_commit(&mut self, tip: Oid) -> Result<Oid, DaemonError> {
+        let (Some(verifier), Some(trust)) = (&self.verifier, &self.cfg.trust) else {
+            return Ok(tip);
+        };
+        let found = verifier
+            .trusted_version(
+                &self.sync.repo,
+                tip,
+                &["handlers", "schemas"],
+                &trust.admins,
+            )
+            .map_err(SyncError::from)?;
+        let why = found.newest.as_ref().map(|(commit, signer)| {
+            let using = found.at.map_or_else(
+                || "no earlier version was signed by an admin either, so nothing starts".to_owned(),
+                |at| format!("the version of {} is used", short(at)),
+            );
+            format!(
+                "the index, handlers or schemas changed in {} are not trusted: that commit is {}, \
+                 and only an admin's signature counts ({}); {using}",
+                short(*commit),
+                signer.describe(),
+                list(&trust.admins)
+            )
+        });
+        self.trust.all = found.at.is_none();
+        if self.trust.why != why {
+            if let Some(why) = &why {
+                say(&format!("warning: {why}"));
+            } else if self.trust.why.is_some() {
+                say("the index, handlers and schemas at the tip are trusted again");
+            }
+            self.metrics.untrusted(why.as_deref());
+            self.trust.why = why;
+        }
+        Ok(found.at.unwrap_or(tip))
+    }
+
+    /// The kinds whose requests wait because the tip changes them in a way no admin signed: every
+    /// kind when the schemas changed; otherwise those whose index entry or handler differ.
+    pub(super) fn untrusted_kinds(&mut self, tip: Oid, config: Oid) -> Result<(), DaemonError> {
+        self.trust.kinds.clear();
+        let repo = &self.sync.repo;
+        let (tip_trees, config_trees) = (
+            Snapshot::trees_of(repo, tip).map_err(SyncError::from)?,
+            Snapshot::trees_of(repo, config).map_err(SyncError::from)?,
+        );
+        if tip_trees == config_trees {
+            return Ok(());
+        }
+        if tip_trees.1 != config_trees.1 {
+            self.trust.all = true;
+            return Ok(());
+        }
+        let tree = repo
+            .find_commit(tip)
+            .and_then(|c| c.tree())
+            .map_err(SyncError::from)?;
+        let at_tip = Catalog::load(&TreeView {
+            repo,
+            tree,
+            commit: tip,
+        });
+        let trusted = &self.snapshot.as_ref().expect("loaded above").catalog;
+        let signature = |catalog: &Catalog, kind: &str| {
+            catalog
+                .route(kind)
+                .map(|r| format!("{:?} {:?}", r.spec, r.handler_blob))
+                .ok()
+        };
+        for kind in at_tip.kinds().into_iter().chain(trusted.kinds()) {
+            if signature(&at_tip, kind) != signature(trusted, kind) {
+                self.trust.kinds.insert(kind.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a request waits for an admin to sign its kind's change.
+    pub(super) fn waits_for_trust(&self, checked: &Result<Request, Rejection>) -> bool {
+        if self.trust.why.is_none() {
+            return false;
+        }
+        let kind = match checked {
+            Ok(request) => Some(request.kind.as_str()),
+            Err(rejection) => rejection.kind.as_deref(),
+        };
+        self.trust.all || kind.is_some_and(|k| self.trust.kinds.contains(k))
+    }
+
+    /// Nothing may start when no version of the configuration was signed by an admin.
+    pub(super) fn trust_blocker(&self) -> Option<String> {
+        self.trust.all.then(|| self.trust.why.clone()).flatten()
+    }
 }

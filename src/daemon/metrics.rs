@@ -44,6 +44,8 @@ struct Health {
     last_error: Option<String>,
     /// Why nothing starts (paused, drained, a broken index), while that is so.
     blocker: Option<String>,
+    /// Why the tip's index, handlers or schemas are not used (`--trust`), while that is so.
+    untrusted: Option<String>,
 }
 
 pub(crate) struct Metrics {
@@ -180,6 +182,7 @@ impl Metrics {
             health: Mutex::new(Health {
                 last_sync: None,
                 blocker: None,
+                untrusted: None,
                 last_error: Some("no sync yet".to_owned()),
             }),
             poll_interval,
@@ -244,6 +247,14 @@ impl Metrics {
             .blocker = blocker.map(str::to_owned);
     }
 
+    /// Why the tip's configuration is not trusted, if so: `/healthz` says it (503).
+    pub(crate) fn untrusted(&self, why: Option<&str>) {
+        self.health
+            .lock()
+            .expect("no thread panics holding it")
+            .untrusted = why.map(str::to_owned);
+    }
+
     pub(crate) fn synced(&self) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -273,6 +284,9 @@ impl Metrics {
         let health = self.health.lock().expect("no thread panics holding it");
         if let Some(blocker) = &health.blocker {
             return Err(format!("not starting requests: {blocker}"));
+        }
+        if let Some(why) = &health.untrusted {
+            return Err(format!("not trusted: {why}"));
         }
         let fresh = health
             .last_sync

@@ -168,6 +168,8 @@ pub(crate) struct Daemon {
     approvals_read: HashMap<String, (git2::Oid, Vec<crate::inbox::approval::Found>)>,
     /// The approvals of requests started, by key, for their outcome.
     approved: HashMap<String, Vec<crate::outcome::Signed>>,
+    /// What `--trust` makes of the tip's configuration.
+    trust: identity::TrustState,
 }
 
 impl Drop for Daemon {

@@ -149,6 +149,7 @@ impl Daemon {
             verifier,
             approvals_read: HashMap::new(),
             approved: HashMap::new(),
+            trust: Default::default(),
             cfg,
         })
     }

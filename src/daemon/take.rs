@@ -122,6 +122,9 @@ impl Daemon {
             let Some(checked) = self.check_here(entry) else {
                 continue;
             };
+            if self.waits_for_trust(&checked) {
+                continue;
+            }
             let checked = checked
                 .and_then(|request| self.secret_env(entry, &request).map(|env| (request, env)))
                 .and_then(|(request, env)| {
@@ -395,10 +398,20 @@ impl Daemon {
 
     pub(super) fn refresh_snapshot(&mut self, tip: Oid) -> Result<(), DaemonError> {
         let trees = Snapshot::trees_of(&self.sync.repo, tip).map_err(SyncError::from)?;
-        if self.snapshot.as_ref().is_none_or(|s| s.trees != trees) {
+        if self.snapshot.as_ref().is_some() && self.trust.tip_trees == Some(trees) {
+            return Ok(());
+        }
+        // With --trust, the version an admin signed in, which may be older than the tip's.
+        let config = self.config_commit(tip)?;
+        let config_trees = Snapshot::trees_of(&self.sync.repo, config).map_err(SyncError::from)?;
+        if self
+            .snapshot
+            .as_ref()
+            .is_none_or(|s| s.trees != config_trees)
+        {
             let snapshot = Snapshot::load(
                 &self.sync.repo,
-                tip,
+                config,
                 self.scratch.path(),
                 self.cfg.handlers_dir.as_deref(),
             )
@@ -416,7 +429,8 @@ impl Daemon {
             }
             self.snapshot = Some(snapshot);
         }
-        Ok(())
+        self.trust.tip_trees = Some(trees);
+        self.untrusted_kinds(tip, config)
     }
 
     fn reject(&mut self, entry: &InboxEntry, rejection: Rejection) -> Result<(), DaemonError> {

@@ -104,6 +104,81 @@ impl Verifier {
     }
 }
 
+/// How many versions of a path [`Verifier::trusted_version`] looks back at, and how many commits.
+const MAX_VERSIONS: usize = 64;
+const MAX_WALK: usize = 100_000;
+
+/// The newest version of some paths that an admin signed in, as [`Verifier::trusted_version`]
+/// finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Trusted {
+    /// A commit whose tree holds that version; `None` when no version in reach was signed by an
+    /// admin.
+    pub at: Option<Oid>,
+    /// When the tip's version is not that one: the commit that made it, and who signed it.
+    pub newest: Option<(Oid, Signer)>,
+}
+
+impl Verifier {
+    /// The newest version of `paths` (taken together) along the first-parent history of `tip`
+    /// whose change was made by a commit an admin signed. The commit that made a version is the
+    /// oldest commit since which the paths hold it.
+    pub(crate) fn trusted_version(
+        &self,
+        repo: &git2::Repository,
+        tip: Oid,
+        paths: &[&str],
+        admins: &[String],
+    ) -> Result<Trusted, git2::Error> {
+        let value = |c: &git2::Commit<'_>| -> Vec<Option<Oid>> {
+            let tree = c.tree().ok();
+            paths
+                .iter()
+                .map(|p| {
+                    tree.as_ref()
+                        .and_then(|t| t.get_path(Path::new(p)).ok())
+                        .map(|e| e.id())
+                })
+                .collect()
+        };
+        let mut found = Trusted {
+            at: None,
+            newest: None,
+        };
+        let mut commit = repo.find_commit(tip)?;
+        let mut walked = 0;
+        for _ in 0..MAX_VERSIONS {
+            let version = value(&commit);
+            // Back to the commit that made this version.
+            loop {
+                walked += 1;
+                match commit.parent(0) {
+                    Ok(parent) if walked < MAX_WALK && value(&parent) == version => {
+                        commit = parent;
+                    }
+                    _ => break,
+                }
+            }
+            let signer = self.signer(commit.id());
+            if signer
+                .principal()
+                .is_some_and(|p| admins.iter().any(|a| a == p))
+            {
+                found.at = Some(commit.id());
+                return Ok(found);
+            }
+            if found.newest.is_none() {
+                found.newest = Some((commit.id(), signer));
+            }
+            match commit.parent(0) {
+                Ok(parent) if walked < MAX_WALK => commit = parent,
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+}
+
 /// `git verify-commit`'s verdict and standard error -> the signer.
 fn read_answer(good: bool, stderr: &str) -> Signer {
     let fingerprint = |line: &str| {

@@ -83,6 +83,41 @@ fn submit_signed(world: &World, name: &str, yaml: &str, key: Option<&Path>, auth
     clone.push();
 }
 
+/// Commits what is staged in the submitter's clone, signed by `who`, now, and pushes it.
+fn commit_signed(world: &World, keys: &Keys, who: &str, message: &str) {
+    let clone = &world.submitter;
+    let mut cmd = git_command(&world.home, &clone.dir);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let date = format!("{now} +0000");
+    cmd.env("GIT_AUTHOR_DATE", &date)
+        .env("GIT_COMMITTER_DATE", &date)
+        .args(["-c", "gpg.format=ssh", "-c"])
+        .arg(format!("user.signingkey={}", keys.key(who).display()))
+        .args(["commit", "-q", "-S", "-m", message]);
+    let out = cmd.output().expect("git commit");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    clone.push();
+}
+
+/// An admin (Ada) signs the configuration in: the seed commit is unsigned, so with --trust nothing
+/// would start.
+fn sign_config(world: &World, keys: &Keys) {
+    world.submitter.sync();
+    world
+        .submitter
+        .write("handlers/README", "reviewed and signed in by an admin\n");
+    world.submitter.git(&["add", "-A"]);
+    commit_signed(world, keys, "ada", "the index, signed by an admin");
+}
+
 /// `git-dispatch ARGS` in the submitter's clone, signing as `who`.
 fn as_signer(world: &World, keys: &Keys, who: &str, args: &[&str]) -> RunOutput {
     let mut cmd = world.dispatcher();
@@ -102,11 +137,14 @@ fn as_signer(world: &World, keys: &Keys, who: &str, args: &[&str]) -> RunOutput 
     world.output(cmd)
 }
 
-fn world_with(kinds: &str) -> World {
-    World::new()
+fn world_with(kinds: &str) -> (World, Keys) {
+    let world = World::new()
         .index(&format!("{DEFAULT_INDEX}{kinds}"))
         .handler("deploy.sh", "#!/bin/sh\necho \"deployed $DISPATCH_ID\"\n")
-        .build()
+        .build();
+    let keys = Keys::new(&world);
+    sign_config(&world, &keys);
+    (world, keys)
 }
 
 fn error_of(world: &World, id: &str) -> String {
@@ -117,8 +155,8 @@ fn error_of(world: &World, id: &str) -> String {
 
 #[test]
 fn only_a_submitter_the_kind_names_with_a_trusted_signature_gets_a_request_run() {
-    let world = world_with("deploy:\n  handler: deploy.sh\n  submitters: [ada@example.org]\n");
-    let keys = Keys::new(&world);
+    let (world, keys) =
+        world_with("deploy:\n  handler: deploy.sh\n  submitters: [ada@example.org]\n");
     submit_signed(
         &world,
         "unsigned.yml",
@@ -202,8 +240,7 @@ const TWO_APPROVALS: &str = "deploy:\n  handler: deploy.sh\n  approvals: 2\n  ap
 
 #[test]
 fn a_request_waits_until_two_approvers_other_than_its_submitter_approve() {
-    let world = world_with(TWO_APPROVALS);
-    let keys = Keys::new(&world);
+    let (world, keys) = world_with(TWO_APPROVALS);
     submit_signed(
         &world,
         "prod.yml",
@@ -254,8 +291,7 @@ fn a_request_waits_until_two_approvers_other_than_its_submitter_approve() {
 
 #[test]
 fn a_denial_rejects_naming_who_and_why_and_an_approval_of_another_version_does_not_count() {
-    let world = world_with(TWO_APPROVALS);
-    let keys = Keys::new(&world);
+    let (world, keys) = world_with(TWO_APPROVALS);
     let trust = ["--trust", keys.trust.as_str()];
     submit_signed(
         &world,
@@ -304,10 +340,9 @@ fn a_denial_rejects_naming_who_and_why_and_an_approval_of_another_version_does_n
 
 #[test]
 fn a_request_not_approved_within_its_approval_timeout_is_rejected_as_expired() {
-    let world = world_with(
+    let (world, keys) = world_with(
         "deploy:\n  handler: deploy.sh\n  approvals: 1\n  approvers: [bob@example.org]\n  approval_timeout: 2s\n",
     );
-    let keys = Keys::new(&world);
     submit_signed(
         &world,
         "late.yml",
@@ -333,12 +368,74 @@ fn a_request_not_approved_within_its_approval_timeout_is_rejected_as_expired() {
 
 #[test]
 fn approve_of_a_request_that_is_not_waiting_exits_1() {
-    let world = world_with(TWO_APPROVALS);
-    let keys = Keys::new(&world);
+    let (world, keys) = world_with(TWO_APPROVALS);
     let out = as_signer(&world, &keys, "bob", &["approve", "nothing-here"]);
     out.assert_exit(1);
     assert!(
         out.stderr.contains("no request `nothing-here` waiting"),
         "{out}"
     );
+}
+
+#[test]
+fn a_change_no_admin_signed_is_not_used_its_kinds_wait_and_the_dispatcher_says_so() {
+    let (world, keys) = world_with("deploy:\n  handler: deploy.sh\n");
+    let trust = [
+        "--trust",
+        keys.trust.as_str(),
+        "--admins",
+        "ada@example.org",
+    ];
+    // Bob, trusted as a submitter but no admin, changes what `deploy` runs.
+    world.handler("deploy.sh", "#!/bin/sh\necho \"bob's handler ran\"\n");
+    world.submitter.git(&["add", "-A"]);
+    commit_signed(&world, &keys, "bob", "deploy: a handler of my own");
+    // An unsigned pause, pushed by anyone: not obeyed either.
+    world
+        .submitter
+        .write("control.yml", "paused: true\nreason: not an admin\n");
+    world.publish("pause, unsigned");
+    submit_signed(
+        &world,
+        "d.yml",
+        "kind: deploy\nid: d\n",
+        Some(&keys.key("ada")),
+        "Ada",
+    );
+    world.submit("e.yml", "kind: echo\nid: e\n");
+    let out = world.run(&trust);
+    out.assert_exit(0);
+    assert!(
+        out.stderr
+            .contains("are not trusted: that commit is `bob@example.org`"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("`control.yml` as changed in"), "{out}");
+    let clone = world.fresh_clone();
+    assert_eq!(
+        clone.status("e")["state"],
+        "succeeded",
+        "a kind that did not change runs"
+    );
+    assert_eq!(
+        clone.statuses().len(),
+        1,
+        "deploy ran on an untrusted change: {:?}",
+        clone.statuses()
+    );
+
+    // Ada signs the change in: now it runs, with the new handler.
+    world.submitter.sync();
+    world
+        .submitter
+        .write("handlers/notes.txt", "reviewed by ada\n");
+    world.submitter.git(&["add", "-A"]);
+    commit_signed(&world, &keys, "ada", "review bob's handler");
+    world.run(&trust).assert_exit(0);
+    let clone = world.fresh_clone();
+    assert_eq!(clone.status("d")["state"], "succeeded");
+    let log = clone
+        .read_string(&crate::support::log_file("d", 1))
+        .expect("log");
+    assert!(log.contains("bob's handler ran"), "{log}");
 }

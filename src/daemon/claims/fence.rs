@@ -118,7 +118,10 @@ impl Daemon {
                 (false, false, false) => "running",
             }
             .to_owned(),
-            blocked: self.blocked_by().map(str::to_owned),
+            blocked: self
+                .blocked_by()
+                .map(str::to_owned)
+                .or_else(|| self.trust.why.clone()),
             running,
             claims: self
                 .claims
