@@ -101,6 +101,9 @@ fn exit_status(sub: Option<&str>) -> String {
         Some("show") => Some("no outcome is recorded for the id"),
         Some("rerun") => Some("the id is unknown, the rerun's id too long, or the request invalid"),
         Some("cancel") => Some("the request has another outcome already, or nobody submitted it"),
+        Some("approve" | "deny") => {
+            Some("the request is not waiting: it has an outcome, or none was submitted")
+        }
         Some("replay") => Some("a fixture differs from its expectations, or none was found"),
         Some("doctor") => Some("a problem was found (each is printed with its fix)"),
         Some("selftest") => Some("the self-test failed"),
@@ -112,9 +115,10 @@ fn exit_status(sub: Option<&str>) -> String {
             "the remote could not be reached or pushed to after --push-attempts (with --once or \
              --until-empty)",
         ),
-        Some("submit" | "rerun" | "pause" | "resume" | "drain" | "undrain" | "cancel") => {
-            Some("the push was refused after all attempts")
-        }
+        Some(
+            "submit" | "rerun" | "pause" | "resume" | "drain" | "undrain" | "cancel" | "approve"
+            | "deny",
+        ) => Some("the push was refused after all attempts"),
         Some("status") => Some("the remote could not be fetched"),
         _ => None,
     };
