@@ -243,7 +243,53 @@ fn remote(config: &RunConfig) -> Vec<Finding> {
             "fix `handlers/index.yml`, the handler or the schema named, commit and push",
         ));
     }
+    if let Some(trust) = &config.trust {
+        findings.push(trusted(&sync.repo, tip, trust));
+    }
     findings
+}
+
+/// With `--trust`: whether the index, handlers and schemas at the tip were signed in by an admin
+/// (which also proves `git verify-commit` and `ssh-keygen` work here).
+fn trusted(repo: &Repository, tip: git2::Oid, trust: &crate::config::Trust) -> Finding {
+    let verifier = crate::git::verify::Verifier::new(repo.path(), &trust.file);
+    let short = crate::git::view::short;
+    match verifier.trusted_version(repo, tip, &["handlers", "schemas"], &trust.admins) {
+        Ok(found) if found.newest.is_none() => Finding::Ok(format!(
+            "--trust: the index, handlers and schemas at {} were signed in by an admin ({})",
+            short(tip),
+            trust.admins.join(", ")
+        )),
+        Ok(found) => Finding::Warning {
+            what: format!(
+                "--trust: the index, handlers and schemas at {} are not trusted: the commit that \
+                 made them ({}) is {}; {}",
+                short(tip),
+                found
+                    .newest
+                    .as_ref()
+                    .map(|(c, _)| short(*c))
+                    .unwrap_or_default(),
+                found
+                    .newest
+                    .as_ref()
+                    .map(|(_, s)| s.describe())
+                    .unwrap_or_default(),
+                found.at.map_or_else(
+                    || "no version was signed by an admin, so nothing will start".to_owned(),
+                    |at| format!("the version of {} will be used", short(at))
+                )
+            ),
+            fix: format!(
+                "an admin ({}) signs a commit that touches `handlers/` (docs/identity.md)",
+                trust.admins.join(", ")
+            ),
+        },
+        Err(e) => Finding::Problem {
+            what: format!("--trust: the history could not be read: {e}"),
+            fix: "re-run doctor".to_owned(),
+        },
+    }
 }
 
 /// Connects for a push and lists the refs: proves the credentials are accepted for pushing without

@@ -154,9 +154,39 @@ fn print_status(id: &str, path: &str, status: &Json, recording: Option<&Recorded
     };
     println!("id         {id}");
     println!("state      {}{detail}", paint.state(&state));
+    let submitter = &status["submitter"];
+    let submitter = submitter
+        .is_object()
+        .then(|| match submitter["principal"].as_str() {
+            Some(who) => format!(
+                "{who} ({})",
+                submitter["fingerprint"].as_str().unwrap_or_default()
+            ),
+            None => submitter["signature"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_owned(),
+        });
+    let approvals = status["approvals"].as_array().map(|all| {
+        all.iter()
+            .map(|a| {
+                format!(
+                    "{} ({}, {})",
+                    a["principal"].as_str().unwrap_or("?"),
+                    a["fingerprint"].as_str().unwrap_or("?"),
+                    a["at"].as_str().unwrap_or("?")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
     let rows = [
         ("kind", text("kind")),
         ("rerun of", text("rerun_of")),
+        ("caused by", text("caused_by")),
+        ("cancelled", text("cancelled_by")),
+        ("submitter", submitter),
+        ("approvals", approvals),
         ("error", text("error")),
         (
             "attempts",

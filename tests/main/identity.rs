@@ -287,6 +287,15 @@ fn a_request_waits_until_two_approvers_other_than_its_submitter_approve() {
         "{status:#}"
     );
     assert_eq!(status["submitter"]["principal"], "ada@example.org");
+    let shown = as_signer(&world, &keys, "ada", &["show", "prod"]);
+    assert!(
+        shown.stdout.contains("submitter  ada@example.org (SHA256:"),
+        "{shown}"
+    );
+    assert!(
+        shown.stdout.contains("approvals  bob@example.org (SHA256:"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -438,4 +447,39 @@ fn a_change_no_admin_signed_is_not_used_its_kinds_wait_and_the_dispatcher_says_s
         .read_string(&crate::support::log_file("d", 1))
         .expect("log");
     assert!(log.contains("bob's handler ran"), "{log}");
+}
+
+#[test]
+fn doctor_says_whether_an_admin_signed_the_index_in() {
+    let world = world_with_unsigned_index();
+    let keys = Keys::new(&world);
+    let doctor = |world: &World| {
+        let mut cmd = world.dispatcher();
+        cmd.args(["doctor", "--remote", world.remote_arg(), "--workdir"])
+            .arg(&world.work)
+            .arg("--lock-dir")
+            .arg(&world.locks)
+            .args(["--trust", &keys.trust, "--admins", "ada@example.org"]);
+        world.output(cmd)
+    };
+    let unsigned = doctor(&world);
+    assert!(
+        unsigned
+            .all_output()
+            .contains("are not trusted: the commit that made them"),
+        "{unsigned}"
+    );
+    assert!(unsigned.all_output().contains("is unsigned"), "{unsigned}");
+    sign_config(&world, &keys);
+    let signed = doctor(&world);
+    assert!(
+        signed
+            .all_output()
+            .contains("were signed in by an admin (ada@example.org)"),
+        "{signed}"
+    );
+}
+
+fn world_with_unsigned_index() -> World {
+    World::new().build()
 }
