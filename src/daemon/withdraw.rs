@@ -5,7 +5,7 @@
 //!
 //! After each look at the remote that found a new head, the commits since the tip last looked at
 //! (kept in `<workdir>/inbox-seen`, so a restart goes on from where the last process was; on a new
-//! workdir, the history back to [`withdrawal::MAX_WALK`] commits) are read: outcome commits are
+//! workdir, the last [`LOOK_BACK`] commits) are read: outcome commits are
 //! passed over by their message alone, and each other commit's `requests/` is compared with its
 //! parent's. Of the files taken out, those without an outcome at the tip were withdrawn (a request
 //! submitted and withdrawn between two looks included):
@@ -35,6 +35,11 @@ use crate::inbox::yaml::parse_yaml_mapping;
 use crate::layout;
 use crate::log::{event, event_with};
 use crate::outcome::{AttemptLog, State};
+
+/// How many commits back withdrawals are looked for at most: on a new workdir, and after the
+/// branch was rewritten. Reading a commit's message costs a few microseconds; the whole of a
+/// 100,000-commit history would add a fraction of a second to a start.
+const LOOK_BACK: usize = 10_000;
 
 /// The file in the workdir that keeps the commit up to which withdrawals were looked for.
 const SEEN_FILE: &str = "inbox-seen";
@@ -95,7 +100,7 @@ impl Withdrawals {
 }
 
 /// The request files that commits after `seen` (along first parents, back from `tip`, at most
-/// [`withdrawal::MAX_WALK`]) took out of `requests/`, other than outcome commits. Without `seen`
+/// [`LOOK_BACK`]) took out of `requests/`, other than outcome commits. Without `seen`
 /// (a new workdir), the whole history within that bound.
 fn taken_out(
     repo: &Repository,
@@ -104,7 +109,7 @@ fn taken_out(
 ) -> Result<Vec<(String, Oid)>, git2::Error> {
     let mut found = Vec::new();
     let mut commit = repo.find_commit(tip)?;
-    for _ in 0..withdrawal::MAX_WALK {
+    for _ in 0..LOOK_BACK {
         if Some(commit.id()) == seen {
             break;
         }
