@@ -178,6 +178,8 @@ struct StatusFile<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     caused_by: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     submitter: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     approvals: Vec<serde_json::Value>,
@@ -227,6 +229,7 @@ impl Outcome {
             submitted_in: self.submitted_in.to_string(),
             dispatcher: &self.dispatcher,
             caused_by: crate::inbox::chain::caused_by(&self.key),
+            schedule: crate::inbox::schedule::schedule_of(&self.key),
             submitter: self.submitter.as_ref().map(submitter_json),
             approvals: self
                 .approvals

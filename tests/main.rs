@@ -22,6 +22,9 @@ mod control;
 // Follow-ups (`then`, `on_failure`) and `not_before`; the `notify` kind.
 #[path = "main/chains.rs"]
 mod chains;
+// Schedules: one request per slot, catch-up, overlap, invalid ones reported.
+#[path = "main/schedules.rs"]
+mod schedules;
 // Signed submissions and approvals against the host's trust.
 #[path = "main/identity.rs"]
 mod identity;

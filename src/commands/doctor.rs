@@ -243,6 +243,17 @@ fn remote(config: &RunConfig) -> Vec<Finding> {
             "fix `handlers/index.yml`, the handler or the schema named, commit and push",
         ));
     }
+    if let Ok(tree) = commit.tree() {
+        for (_, _, parsed) in crate::inbox::schedule::of_tree(&sync.repo, &tree, &catalog) {
+            match parsed {
+                Ok(s) => findings.push(Finding::Ok(format!("schedule `{}` is valid", s.name))),
+                Err(e) => findings.push(problem(
+                    e,
+                    "fix the schedule named (its keys, or its request), commit and push",
+                )),
+            }
+        }
+    }
     if let Some(trust) = &config.trust {
         findings.push(trusted(&sync.repo, tip, trust));
     }

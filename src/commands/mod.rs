@@ -15,6 +15,7 @@ pub(crate) mod replay;
 pub(crate) mod rerun;
 pub(crate) mod run;
 pub(crate) mod scaffold;
+mod schedules;
 pub(crate) mod selftest;
 pub(crate) mod show;
 pub(crate) mod status;

@@ -66,10 +66,13 @@ pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
     let (recent, counts) = outcomes(&history, &filter, now)?;
     let blockers = crate::commands::blockers::read(&checkout.repo, tip.oid)
         .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
+    let schedules = crate::commands::schedules::read(&checkout.repo, tip.oid)
+        .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
     if args.json {
         let report = json!({
             "tip": { "ref": tip.name, "commit": tip.oid.to_string() },
             "blockers": blockers.iter().map(|b| b.json()).collect::<Vec<_>>(),
+            "schedules": schedules.iter().map(|s| s.json()).collect::<Vec<_>>(),
             "dispatchers": fleet.dispatchers_json(now),
             "claims": fleet.claims_json(),
             "queue": queue
@@ -84,6 +87,7 @@ pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
         let view = Report {
             tip: &tip,
             blockers: &blockers,
+            schedules: &schedules,
             fleet: &fleet,
             queue: &queue,
             recent: &recent,
@@ -250,6 +254,7 @@ fn recent_json(recorded: &Recorded, status: Option<&Json>) -> Json {
 struct Report<'a> {
     tip: &'a Tip,
     blockers: &'a [crate::commands::blockers::Blocker],
+    schedules: &'a [crate::commands::schedules::Shown],
     fleet: &'a Fleet,
     queue: &'a [Waiting],
     recent: &'a [(Recorded, Option<Json>)],
@@ -263,6 +268,7 @@ impl Report<'_> {
         let Self {
             tip,
             blockers,
+            schedules,
             fleet,
             queue,
             recent,
@@ -280,6 +286,22 @@ impl Report<'_> {
         }
         println!();
         fleet.print(now, paint);
+        if !schedules.is_empty() {
+            println!("schedules:");
+            let rows: Vec<Vec<String>> = schedules
+                .iter()
+                .map(|s| match &s.error {
+                    Some(e) => vec![s.name.clone(), paint.state("invalid"), e.clone()],
+                    None => vec![
+                        s.name.clone(),
+                        format!("last {}", s.last.as_deref().unwrap_or("none")),
+                        format!("next {}", s.next.as_deref().unwrap_or("none")),
+                    ],
+                })
+                .collect();
+            print_table(&rows, paint);
+            println!();
+        }
         if queue.is_empty() {
             println!("queue: {none}");
         } else {

@@ -25,6 +25,7 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<(), CommandError> {
     let mut errors = Vec::new();
     if args.index {
         errors.extend(catalog.problems());
+        errors.extend(schedule_problems(&root, &catalog));
     }
     for file in &args.files {
         match check_file(&root, &view, &catalog, file) {
@@ -43,6 +44,41 @@ pub(crate) fn run(args: &ValidateArgs) -> Result<(), CommandError> {
             errors.len()
         )))
     }
+}
+
+/// Every schedule of `schedules/` on disk that does not read, or whose request would be rejected.
+fn schedule_problems(root: &Path, catalog: &Catalog) -> Vec<String> {
+    use crate::inbox::schedule::{SCHEDULES, check};
+    let Ok(files) = std::fs::read_dir(root.join(SCHEDULES)) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let mut files: Vec<_> = files.flatten().map(|f| f.path()).collect();
+    files.sort();
+    for path in files {
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if file.starts_with('.') {
+            continue;
+        }
+        let Some(name) = file.strip_suffix(".yml") else {
+            problems.push(format!(
+                "`{SCHEDULES}/{file}` is not a schedule: schedules are `{SCHEDULES}/NAME.yml` files"
+            ));
+            continue;
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                if let Err(e) = check(name, &bytes, catalog) {
+                    problems.push(e);
+                }
+            }
+            Err(e) => problems.push(format!("`{SCHEDULES}/{file}`: {e}")),
+        }
+    }
+    problems
 }
 
 /// Checks one request file on disk exactly as the dispatcher would check it in `requests/`; the error

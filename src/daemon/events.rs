@@ -148,6 +148,9 @@ impl Daemon {
         if let Some(due) = self.due_at {
             deadline = deadline.min(due);
         }
+        if let Some(slot) = self.schedules.next {
+            deadline = deadline.min(slot);
+        }
         let timeout = deadline.saturating_duration_since(Instant::now());
         match self.events.recv_timeout(timeout) {
             Ok(event) => self.handle(event),

@@ -16,6 +16,7 @@
 //! - `control`: what keeps it from starting requests (paused, drained, a broken index);
 //! - `take`: taking requests off the inbox, checking and starting them, rejecting the rest;
 //! - `withdraw`: requests whose file left the inbox without an outcome, recorded `cancelled`;
+//! - `schedule`: the due slots of `schedules/`, committed as requests;
 //! - `route`: the requests left queued for another dispatcher (`runs_on`, `--handlers-dir`);
 //! - `claims`: claiming resources before their requests start, the heartbeat, renewals, fencing,
 //!   taking over the claims of dispatchers that died, releasing;
@@ -37,6 +38,7 @@ mod record;
 mod recover;
 mod retry;
 mod route;
+mod schedule;
 mod service;
 mod summary;
 mod sync;
@@ -170,6 +172,8 @@ pub(crate) struct Daemon {
     approved: HashMap<String, Vec<crate::outcome::Signed>>,
     /// What `--trust` makes of the tip's configuration.
     trust: identity::TrustState,
+    /// The schedules as last read, and when the next slot is.
+    schedules: schedule::Schedules,
 }
 
 impl Drop for Daemon {
@@ -221,6 +225,7 @@ impl Daemon {
             }
             self.recover_once()?;
             self.withdrawals_step()?;
+            self.schedules_step()?;
             let backlog = self.take_step()?;
             self.record_finished()?;
             self.watchdog()?;

@@ -150,6 +150,7 @@ impl Daemon {
             approvals_read: HashMap::new(),
             approved: HashMap::new(),
             trust: Default::default(),
+            schedules: Default::default(),
             cfg,
         })
     }

@@ -9,6 +9,7 @@ pub(crate) mod control;
 pub(crate) mod queue;
 pub(crate) mod request;
 pub(crate) mod router;
+pub(crate) mod schedule;
 pub(crate) mod schema;
 pub(crate) mod snapshot;
 pub(crate) mod withdrawal;
