@@ -156,7 +156,7 @@ fn overlap_skip_writes_no_slot_while_the_last_one_runs() {
         )],
     );
     schedule_now(&world, "slow", "every: 1s\nrequest: {kind: hold}\n");
-    let mut dispatcher =
+    let dispatcher =
         world.spawn(world.run_command(world.remote_arg(), &["--poll-interval", "200ms"]));
     assert!(
         wait_until(DEADLINE, || world.markers.join("started").exists()),
