@@ -1,7 +1,6 @@
 //! One file per subcommand: the glue between the command line and the library.
 
 pub(crate) mod approve;
-mod blockers;
 pub(crate) mod cancel;
 pub(crate) mod completions;
 pub(crate) mod control;

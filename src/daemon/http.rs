@@ -1,5 +1,6 @@
-//! What `--http-addr` serves: `/metrics` and `/healthz` (`metrics.rs`), and `POST /hooks/push`
-//! (`webhook.rs`), which wakes the loop through its event channel.
+//! What `--http-addr` serves: `/api/status` (the document of `status --json`, from the workdir),
+//! `/metrics` and `/healthz` (`metrics.rs`), and `POST /hooks/push` (`webhook.rs`), which wakes the
+//! loop through its event channel.
 //!
 //! The server is hyper on a single-threaded tokio runtime, on a thread of its own. It replaced
 //! tiny_http, which, for a request whose body it was not asked to read, allocated the whole declared
@@ -46,6 +47,9 @@ pub(super) struct Http {
     pub(super) wake: Sender<Event>,
     /// `--webhook-secret-file`; without it `/hooks/push` is not served (404).
     pub(super) secret: Option<WebhookSecret>,
+    /// The workdir's bare clone and the branch served: `/api/status` reads them on each request.
+    pub(super) repo: std::path::PathBuf,
+    pub(super) branch: String,
     /// Webhooks per source address.
     pub(super) limit: Mutex<RateLimit>,
 }
@@ -110,11 +114,34 @@ impl Http {
                 Ok(()) => Reply::text(200, "ok\n"),
                 Err(reason) => Reply::text(503, format!("{reason}\n")),
             },
+            (&Method::GET | &Method::HEAD, "/api/status") => match self.status() {
+                Ok(document) => Reply {
+                    code: 200,
+                    content_type: "application/json",
+                    body: format!("{document:#}\n").into_bytes(),
+                },
+                Err(e) => Reply::text(503, format!("the status could not be read: {e}\n")),
+            },
             (&Method::GET | &Method::HEAD, _) => {
                 Reply::text(404, "not found: try /, /api/status, /metrics or /healthz\n")
             }
             _ => Reply::text(405, "method not allowed: only GET, and POST /hooks/push\n"),
         }
+    }
+
+    /// The status document (`status --json`'s) at the workdir's branch, read afresh: the branch
+    /// moves only once its objects are on disk, so what it names can be read.
+    fn status(&self) -> Result<serde_json::Value, String> {
+        let repo = git2::Repository::open_bare(&self.repo).map_err(|e| e.to_string())?;
+        let tip = repo
+            .refname_to_id(&crate::git::transport::local_ref(&self.branch))
+            .map_err(|_| "no tip yet: the remote was not looked at".to_owned())?;
+        crate::report::read(
+            &repo,
+            (&self.branch, tip),
+            None,
+            crate::clock::now_seconds(),
+        )
     }
 
     /// `POST /hooks/push`: bounded, verified, counted; a verified one wakes the loop.

@@ -81,6 +81,8 @@ impl Daemon {
                 wake: self.sender.clone(),
                 secret: self.cfg.webhook_secret.clone(),
                 limit: std::sync::Mutex::default(),
+                repo: self.cfg.workdir.join("repo.git"),
+                branch: self.cfg.branch.clone(),
             };
             http.serve(addr)
                 .map_err(io_err(format!("could not serve HTTP on `{addr}`")))?;
