@@ -233,9 +233,29 @@ pub struct RunArgs {
     )]
     pub log_format: crate::log::LogFormat,
 
-    /// Serve `/metrics` (Prometheus text format) and `/healthz` on this address, e.g. 127.0.0.1:9464.
-    #[arg(long, env = "GIT_DISPATCH_METRICS_ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the operator's page (`/`), `/api/status`, `/metrics` (Prometheus text format),
+    /// `/healthz` and, with --webhook-secret-file, `POST /hooks/push` on this address, e.g.
+    /// 127.0.0.1:9464.
+    #[arg(
+        long,
+        visible_alias = "metrics-addr",
+        env = "GIT_DISPATCH_HTTP_ADDR",
+        value_name = "HOST:PORT"
+    )]
+    pub http_addr: Option<std::net::SocketAddr>,
+
+    /// `GIT_DISPATCH_METRICS_ADDR`, the older name of `GIT_DISPATCH_HTTP_ADDR`.
+    #[arg(
+        long = "metrics-addr-env",
+        hide = true,
+        env = "GIT_DISPATCH_METRICS_ADDR"
+    )]
+    pub metrics_addr_env: Option<std::net::SocketAddr>,
+
+    /// A file (mode 600) holding the secret that push webhooks (GitHub, Gitea, GitLab) are signed
+    /// with; `POST /hooks/push` on --http-addr is served only with it.
+    #[arg(long, env = "GIT_DISPATCH_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
 
     /// How to fetch and push: libgit2 in process, or the system `git` (so the user's SSH config,
     /// known hosts and credential helpers apply).

@@ -57,7 +57,10 @@ pub(crate) struct RunConfig {
     pub access: Access,
     /// Validate and route only: nothing runs, nothing is committed or pushed.
     pub dry_run: bool,
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the page, the API, `/metrics`, `/healthz` and the webhooks are served.
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// `--webhook-secret-file`'s secret: `POST /hooks/push` is served only with one.
+    pub webhook_secret: Option<WebhookSecret>,
     /// Variables every handler gets on top of the SPEC's (`replay` fixtures set these).
     pub fixed_env: Vec<(String, String)>,
     /// How long a claim lasts without a renewal (see [`crate::claim`]).
@@ -68,6 +71,33 @@ pub(crate) struct RunConfig {
     pub host: String,
     /// `--trust` and `--admins`: whose signatures count.
     pub trust: Option<Trust>,
+}
+
+/// The secret push webhooks are signed with (`--webhook-secret-file`); never printed.
+#[derive(Clone)]
+pub(crate) struct WebhookSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(..)")
+    }
+}
+
+impl WebhookSecret {
+    /// The file's text without its trailing line break; refused when others can read the file, or
+    /// when it is empty.
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = crate::secrets::read_private(path)
+            .map_err(|e| anyhow::anyhow!("--webhook-secret-file: {e}"))?;
+        let secret = text.trim_end_matches(['\n', '\r']);
+        if secret.is_empty() {
+            bail!(
+                "--webhook-secret-file: `{}` is empty; put the webhook's secret in it",
+                path.display()
+            );
+        }
+        Ok(Self(secret.as_bytes().to_vec()))
+    }
 }
 
 /// The host's trust (see [`crate::git::verify`]).
@@ -214,7 +244,12 @@ impl RunConfig {
                 password,
             },
             dry_run: args.dry_run,
-            metrics_addr: args.metrics_addr,
+            http_addr: args.http_addr.or(args.metrics_addr_env),
+            webhook_secret: args
+                .webhook_secret_file
+                .as_deref()
+                .map(WebhookSecret::load)
+                .transpose()?,
             fixed_env: Vec::new(),
             lease,
             labels,

@@ -36,6 +36,7 @@ mod layout;
 pub mod log;
 mod outcome;
 mod replay;
+mod report;
 mod run;
 mod secrets;
 mod submitter;

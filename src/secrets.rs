@@ -50,6 +50,32 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
+/// The text of `path`, a file only the dispatcher's user may read: refused when group or others
+/// could read it, or another user owns it (`--secrets-file`, `--webhook-secret-file`).
+pub(crate) fn read_private(path: &Path) -> Result<String, SecretsError> {
+    let refused = |message: String| SecretsError::Refused {
+        path: path.to_owned(),
+        message,
+    };
+    let meta = fs::metadata(path).map_err(|e| refused(e.to_string()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(refused(format!(
+            "is readable by group or others (mode {:o}); run `chmod 600 {}`",
+            mode & 0o777,
+            path.display()
+        )));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(refused(format!(
+            "is owned by uid {}, not by the dispatcher's user (uid {euid})",
+            meta.uid()
+        )));
+    }
+    fs::read_to_string(path).map_err(|e| refused(e.to_string()))
+}
+
 impl Secrets {
     /// Reads `path`, refusing a file that others could read or that another user owns.
     pub(crate) fn load(path: &Path) -> Result<Self, SecretsError> {
@@ -57,23 +83,7 @@ impl Secrets {
             path: path.to_owned(),
             message,
         };
-        let meta = fs::metadata(path).map_err(|e| refused(e.to_string()))?;
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(refused(format!(
-                "is readable by group or others (mode {:o}); run `chmod 600 {}`",
-                mode & 0o777,
-                path.display()
-            )));
-        }
-        let euid = nix::unistd::geteuid().as_raw();
-        if meta.uid() != euid {
-            return Err(refused(format!(
-                "is owned by uid {}, not by the dispatcher's user (uid {euid})",
-                meta.uid()
-            )));
-        }
-        let text = fs::read_to_string(path).map_err(|e| refused(e.to_string()))?;
+        let text = read_private(path)?;
         let mut values = BTreeMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim_start();

@@ -1,7 +1,6 @@
 //! One file per subcommand: the glue between the command line and the library.
 
 pub(crate) mod approve;
-mod blockers;
 pub(crate) mod cancel;
 pub(crate) mod completions;
 pub(crate) mod control;
@@ -15,7 +14,6 @@ pub(crate) mod replay;
 pub(crate) mod rerun;
 pub(crate) mod run;
 pub(crate) mod scaffold;
-mod schedules;
 pub(crate) mod selftest;
 pub(crate) mod show;
 pub(crate) mod status;

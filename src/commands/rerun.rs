@@ -20,9 +20,9 @@ use crate::inbox::request::{INBOX, request_stem};
 use crate::inbox::yaml::parse_yaml_mapping;
 use crate::layout::{self, Place, is_valid_name};
 use crate::outcome::{RERUN_SUFFIX, rerun_number};
+use crate::report::history::History;
 use crate::submitter::checkout::{Checkout, Tip};
 use crate::submitter::draft::{Draft, DraftError};
-use crate::submitter::history::History;
 
 /// The longest id `layout::is_valid_name` allows.
 const ID_LIMIT: usize = 128;

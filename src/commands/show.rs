@@ -11,8 +11,8 @@ use crate::commands::table::{Paint, age, duration};
 use crate::error::CommandError;
 use crate::git::view::short;
 use crate::layout::Place;
+use crate::report::history::{History, Recorded, Waiting};
 use crate::submitter::checkout::{Checkout, Tip};
-use crate::submitter::history::{History, Recorded, Waiting};
 
 pub(crate) fn run(args: &ShowArgs) -> Result<(), CommandError> {
     let id = args.id.as_str();

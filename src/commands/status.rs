@@ -5,41 +5,28 @@
 //! many of each state the last 24 hours saw.
 //!
 //! A running request stays in `requests/` until its outcome is pushed: it is shown running from its
-//! dispatcher's heartbeat ([`crate::commands::dispatchers`]).
+//! dispatcher's heartbeat ([`crate::report::fleet`]).
 //!
 //! `--state`, `--kind`, `--since` and `--dispatcher` ([`Filter`]) narrow the queue, the recent
 //! outcomes (then up to [`RECENT_FILTERED`] of them) and the counts to what matches them all.
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 use crate::cli::StatusArgs;
-use crate::clock::{now_seconds, rfc3339_seconds};
-use crate::commands::dispatchers::Fleet;
+use crate::clock::now_seconds;
 use crate::commands::table::{Paint, age, duration, print_table};
 use crate::error::CommandError;
 use crate::git::view::short;
-use crate::submitter::checkout::{Checkout, Tip};
-use crate::submitter::history::{History, Recorded, Waiting};
+use crate::report::fleet::Fleet;
+use crate::report::history::{History, Recorded, Waiting};
+use crate::report::{self, RECENT};
+use crate::submitter::checkout::{Checkout, Tip, dispatch_namespace};
 
-/// How many outcomes `recent` lists.
-const RECENT: usize = 20;
 /// How many outcomes `recent` lists with a filter: enough to see what it selects, bounded so that
 /// the output stays readable.
 const RECENT_FILTERED: usize = 1000;
-/// The window of `counts_24h`.
-const DAY: i64 = 24 * 60 * 60;
-/// Every state an outcome can have, so `counts_24h` names each even when it is zero.
-const STATES: [&str; 6] = [
-    "succeeded",
-    "failed",
-    "timed_out",
-    "rejected",
-    "abandoned",
-    "cancelled",
-];
-
 pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
     let checkout = Checkout::open(args.clone.repo.path.as_deref()).map_err(CommandError::config)?;
     let tip = fetched_tip(&checkout, args.clone.no_fetch)?;
@@ -58,30 +45,27 @@ pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
     let remote = remote.transpose()?;
     let history = History::new(&checkout.repo, tip.oid);
     let now = now_seconds();
-    let fleet = Fleet::read(&checkout.repo, remote.as_deref(), tip.oid, now)
+    let namespace = remote.as_deref().map(dispatch_namespace);
+    let fleet = Fleet::read(&checkout.repo, namespace.as_deref(), tip.oid, now)
         .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
     let filter = Filter::of(args);
     let mut queue = history.queue().map_err(CommandError::config)?;
     queue.retain(|w| filter.keeps_waiting(w, &fleet));
     let (recent, counts) = outcomes(&history, &filter, now)?;
-    let blockers = crate::commands::blockers::read(&checkout.repo, tip.oid)
+    let blockers = crate::report::blockers::read(&checkout.repo, tip.oid)
         .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
-    let schedules = crate::commands::schedules::read(&checkout.repo, tip.oid)
+    let schedules = crate::report::schedules::read(&checkout.repo, tip.oid)
         .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
     if args.json {
-        let report = json!({
-            "tip": { "ref": tip.name, "commit": tip.oid.to_string() },
-            "blockers": blockers.iter().map(|b| b.json()).collect::<Vec<_>>(),
-            "schedules": schedules.iter().map(|s| s.json()).collect::<Vec<_>>(),
-            "dispatchers": fleet.dispatchers_json(now),
-            "claims": fleet.claims_json(),
-            "queue": queue
-                .iter()
-                .map(|w| fleet.queue_json(w, waiting_json(w, now)))
-                .collect::<Vec<_>>(),
-            "recent": recent.iter().map(|(r, s)| recent_json(r, s.as_ref())).collect::<Vec<_>>(),
-            "counts_24h": counts,
-        });
+        let report = report::document(
+            (&tip.name, tip.oid),
+            (&blockers, &schedules),
+            &fleet,
+            &queue,
+            &recent,
+            &counts,
+            now,
+        );
         println!("{report:#}");
     } else {
         let view = Report {
@@ -194,67 +178,22 @@ fn outcomes(
     } else {
         RECENT
     };
-    let mut recent = Vec::new();
-    let mut counts: BTreeMap<String, u64> = STATES.iter().map(|s| ((*s).to_owned(), 0)).collect();
-    // The whole history is walked: commit times need not decrease along it (a submitter's clock may
-    // be behind the dispatcher's), so there is no safe place to stop early.
-    for recorded in history.outcomes().map_err(CommandError::config)? {
-        let recorded = recorded.map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
-        let listed = recent.len() < limit;
-        let counted = now - recorded.time <= DAY;
-        if !(listed || counted) || !filter.keeps_recorded(&recorded, now) {
-            continue;
-        }
-        // A status is read only where it is shown or the filter needs it.
-        let status = (listed || filter.dispatcher.is_some())
-            .then(|| history.status(&recorded.id, recorded.commit).ok().flatten())
-            .flatten()
-            .map(|(_, status)| status);
-        if !filter.keeps_status(status.as_ref()) {
-            continue;
-        }
-        if counted {
-            *counts.entry(recorded.state.clone()).or_default() += 1;
-        }
-        if listed {
-            recent.push((recorded, status));
-        }
-    }
-    Ok((recent, counts))
-}
-
-fn waiting_json(waiting: &Waiting, now: i64) -> Json {
-    json!({
-        "id": waiting.id,
-        "kind": waiting.kind,
-        "path": waiting.entry.path,
-        "arrived_at": rfc3339_seconds(waiting.entry.arrival.time),
-        "age_seconds": (now - waiting.entry.arrival.time).max(0),
-        "commit": waiting.entry.arrival.commit.to_string(),
-    })
-}
-
-fn recent_json(recorded: &Recorded, status: Option<&Json>) -> Json {
-    let field = |key: &str| status.map_or(Json::Null, |s| s[key].clone());
-    json!({
-        "id": recorded.id,
-        "kind": recorded.kind,
-        "state": recorded.state,
-        "duration_ms": field("duration_ms"),
-        "exit_code": field("exit_code"),
-        "finished_at": match field("finished_at") {
-            Json::Null => Json::String(rfc3339_seconds(recorded.time)),
-            at => at,
-        },
-        "commit": recorded.commit.to_string(),
-    })
+    report::outcomes(
+        history,
+        limit,
+        now,
+        filter.dispatcher.is_some(),
+        |recorded| filter.keeps_recorded(recorded, now),
+        |status| filter.keeps_status(status),
+    )
+    .map_err(|e| CommandError::config(anyhow::anyhow!(e)))
 }
 
 /// What `status` prints, after the filters.
 struct Report<'a> {
     tip: &'a Tip,
-    blockers: &'a [crate::commands::blockers::Blocker],
-    schedules: &'a [crate::commands::schedules::Shown],
+    blockers: &'a [crate::report::blockers::Blocker],
+    schedules: &'a [crate::report::schedules::Shown],
     fleet: &'a Fleet,
     queue: &'a [Waiting],
     recent: &'a [(Recorded, Option<Json>)],

@@ -3,12 +3,10 @@
 //! whose id another dispatcher recorded first, requests changed after they were taken, rewrites of
 //! the remote branch, claim events and claims held, paused, drained and blocked, build info) and
 //! `/healthz` (200 while the last sync succeeded within three poll intervals and nothing blocks the
-//! dispatcher, otherwise 503 with the reason). Served on `--metrics-addr` by a thread of its own;
-//! the daemon only updates atomics and one small mutex.
+//! dispatcher, otherwise 503 with the reason), both served by `http.rs`; the daemon only updates
+//! atomics and one small mutex.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -31,6 +29,11 @@ struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClaimLabels {
     event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +64,7 @@ pub(crate) struct Metrics {
     remote_rewritten: Counter,
     claims: Family<ClaimLabels, Counter>,
     claims_held: Gauge,
+    webhooks: Family<WebhookLabels, Counter>,
     paused: Gauge,
     drained: Gauge,
     blocked: Gauge,
@@ -156,6 +160,16 @@ impl Metrics {
             "Resources whose claim this dispatcher holds",
             claims_held.clone(),
         );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Push webhooks, by result: accepted (verified: the remote is looked at at once) or \
+             rejected (a signature or token missing or wrong, a body too large, too many)",
+            webhooks.clone(),
+        );
+        for result in ["accepted", "rejected"] {
+            let _ = webhooks.get_or_create(&WebhookLabels { result });
+        }
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -176,6 +190,7 @@ impl Metrics {
             remote_rewritten,
             claims,
             claims_held,
+            webhooks,
             paused,
             drained,
             blocked,
@@ -231,6 +246,12 @@ impl Metrics {
         self.claims.get_or_create(&ClaimLabels { event }).inc();
     }
 
+    /// A push webhook, `accepted` or `rejected`.
+    pub(crate) fn webhook(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "rejected" };
+        self.webhooks.get_or_create(&WebhookLabels { result }).inc();
+    }
+
     pub(crate) fn claims_held(&self, held: usize) {
         self.claims_held
             .set(i64::try_from(held).unwrap_or(i64::MAX));
@@ -272,7 +293,7 @@ impl Metrics {
             .last_error = Some(error.to_owned());
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -280,7 +301,7 @@ impl Metrics {
     }
 
     /// `Ok` while the last sync succeeded within three poll intervals; otherwise why not.
-    fn health(&self) -> Result<(), String> {
+    pub(super) fn health(&self) -> Result<(), String> {
         let health = self.health.lock().expect("no thread panics holding it");
         if let Some(blocker) = &health.blocker {
             return Err(format!("not starting requests: {blocker}"));
@@ -299,39 +320,5 @@ impl Metrics {
             (None, Some(t)) => format!("no successful sync for {:.0?}", t.elapsed()),
             (None, None) => "no sync yet".to_owned(),
         })
-    }
-
-    /// Serves `/metrics` and `/healthz` on `addr` from a thread of its own.
-    pub(crate) fn serve(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<()> {
-        let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
-        let metrics = Arc::clone(self);
-        thread::spawn(move || {
-            for request in server.incoming_requests() {
-                let (status, body, content_type) = match request.url() {
-                    "/metrics" => (
-                        200,
-                        metrics.text(),
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                    "/healthz" => match metrics.health() {
-                        Ok(()) => (200, "ok\n".to_owned(), "text/plain"),
-                        Err(reason) => (503, format!("{reason}\n"), "text/plain"),
-                    },
-                    _ => (
-                        404,
-                        "not found: try /metrics or /healthz\n".to_owned(),
-                        "text/plain",
-                    ),
-                };
-                let header = tiny_http::Header::from_bytes("Content-Type", content_type)
-                    .expect("a static header is valid");
-                let _ = request.respond(
-                    tiny_http::Response::from_string(body)
-                        .with_status_code(status)
-                        .with_header(header),
-                );
-            }
-        });
-        Ok(())
     }
 }

@@ -24,12 +24,14 @@
 //! - `push`: pushing in batches, retrying, giving up on the remote;
 //! - `recover`: the journal a previous process left, and the stale-run watchdog;
 //! - `service`: what systemd and a terminal see (readiness, watchdog pings, the progress line);
-//! - `retry`: backoff and attempt notes; `summary`: the closing line; `metrics`: `/metrics`.
+//! - `retry`: backoff and attempt notes; `summary`: the closing line; `metrics`: `/metrics`;
+//!   `http`: what `--http-addr` serves; `webhook`: push webhooks.
 
 mod claims;
 mod control;
 mod dry_run;
 mod events;
+mod http;
 mod identity;
 pub(crate) mod metrics;
 mod open;
@@ -43,6 +45,7 @@ mod service;
 mod summary;
 mod sync;
 mod take;
+mod webhook;
 mod withdraw;
 
 use std::collections::{HashMap, HashSet};

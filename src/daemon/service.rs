@@ -6,6 +6,7 @@
 //! turns.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Mode;
@@ -74,12 +75,24 @@ impl Daemon {
     /// Serves `/metrics` if asked to, says what is served, and notices outcomes a previous process
     /// recorded and did not push.
     pub(super) fn announce(&mut self) -> Result<(), DaemonError> {
-        if let Some(addr) = self.cfg.metrics_addr {
-            self.metrics
-                .serve(addr)
-                .map_err(io_err(format!("could not serve metrics on `{addr}`")))?;
+        if let Some(addr) = self.cfg.http_addr {
+            let http = crate::daemon::http::Http {
+                metrics: Arc::clone(&self.metrics),
+                wake: self.sender.clone(),
+                secret: self.cfg.webhook_secret.clone(),
+                limit: std::sync::Mutex::default(),
+                repo: self.cfg.workdir.join("repo.git"),
+                branch: self.cfg.branch.clone(),
+            };
+            http.serve(addr)
+                .map_err(io_err(format!("could not serve HTTP on `{addr}`")))?;
+            let hooks = match self.cfg.webhook_secret {
+                Some(_) => format!(", push webhooks on http://{addr}/hooks/push"),
+                None => String::new(),
+            };
             say(&format!(
-                "metrics on http://{addr}/metrics, health on http://{addr}/healthz"
+                "page on http://{addr}/, metrics on http://{addr}/metrics, health on \
+                 http://{addr}/healthz{hooks}"
             ));
         }
         say(&format!(

@@ -24,6 +24,10 @@ mod run_modes;
 mod json_logs;
 // `/metrics` and `/healthz`.
 mod metrics;
+// `/api/status` and the operator's page.
+mod page;
+// `POST /hooks/push`: verified push webhooks wake a polling dispatcher.
+mod webhooks;
 // SIGTERM finishes and records the running handler; a second SIGINT exits at once.
 mod shutdown;
 // `--git-transport cli` through a real `git daemon`.
