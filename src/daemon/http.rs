@@ -1,4 +1,4 @@
-//! What `--http-addr` serves: `/api/status` (the document of `status --json`, from the workdir),
+//! What `--http-addr` serves: `/` (the operator's page, `page/`) and `/logs/<id>`, `/api/status` (the document of `status --json`, from the workdir),
 //! `/metrics` and `/healthz` (`metrics.rs`), and `POST /hooks/push` (`webhook.rs`), which wakes the
 //! loop through its event channel.
 //!
@@ -50,6 +50,8 @@ pub(super) struct Http {
     /// The workdir's bare clone and the branch served: `/api/status` reads them on each request.
     pub(super) repo: std::path::PathBuf,
     pub(super) branch: String,
+    /// This dispatcher's id, for the page.
+    pub(super) me: String,
     /// Webhooks per source address.
     pub(super) limit: Mutex<RateLimit>,
 }
@@ -122,6 +124,21 @@ impl Http {
                 },
                 Err(e) => Reply::text(503, format!("the status could not be read: {e}\n")),
             },
+            (&Method::GET | &Method::HEAD, "/") => match self.status() {
+                Ok(document) => Reply {
+                    code: 200,
+                    content_type: "text/html; charset=utf-8",
+                    body: crate::daemon::page::render(&document, self.metrics.health(), &self.me)
+                        .into_bytes(),
+                },
+                Err(e) => Reply::text(503, format!("the status could not be read: {e}\n")),
+            },
+            (&Method::GET | &Method::HEAD, logs) if logs.starts_with("/logs/") => {
+                match self.logs(&logs["/logs/".len()..]) {
+                    Some(text) => Reply::text(200, text),
+                    None => Reply::text(404, "no log recorded for that id\n"),
+                }
+            }
             (&Method::GET | &Method::HEAD, _) => {
                 Reply::text(404, "not found: try /, /api/status, /metrics or /healthz\n")
             }
@@ -136,12 +153,38 @@ impl Http {
         let tip = repo
             .refname_to_id(&crate::git::transport::local_ref(&self.branch))
             .map_err(|_| "no tip yet: the remote was not looked at".to_owned())?;
-        crate::report::read(
+        let mut document = crate::report::read(
             &repo,
             (&self.branch, tip),
             None,
             crate::clock::now_seconds(),
-        )
+        )?;
+        // The workdir keeps no heartbeats: what runs here, this process knows, and that a dispatcher
+        // is alive (this one) is no reason for a request to wait.
+        let running = self.metrics.running_now();
+        let no_beats = document["dispatchers"].as_array().is_none_or(Vec::is_empty);
+        if let Some(queue) = document["queue"].as_array_mut() {
+            for item in queue {
+                if no_beats {
+                    item["blocked"] = serde_json::Value::Null;
+                }
+                if let Some((_, _, since)) = running.iter().find(|(id, ..)| item["id"] == *id) {
+                    item["state"] = "running".into();
+                    item["dispatcher"] = self.me.clone().into();
+                    item["running_since"] = since.clone().into();
+                }
+            }
+        }
+        Ok(document)
+    }
+
+    /// The logs of request `id` at the workdir's branch, as committed.
+    fn logs(&self, id: &str) -> Option<String> {
+        let repo = git2::Repository::open_bare(&self.repo).ok()?;
+        let tip = repo
+            .refname_to_id(&crate::git::transport::local_ref(&self.branch))
+            .ok()?;
+        crate::daemon::page::logs(&repo, tip, id)
     }
 
     /// `POST /hooks/push`: bounded, verified, counted; a verified one wakes the loop.

@@ -49,6 +49,8 @@ struct Health {
     blocker: Option<String>,
     /// Why the tip's index, handlers or schemas are not used (`--trust`), while that is so.
     untrusted: Option<String>,
+    /// What runs here now: (id, kind, since as RFC 3339), for `/api/status` and the page.
+    running: Vec<(String, String, String)>,
 }
 
 pub(crate) struct Metrics {
@@ -198,6 +200,7 @@ impl Metrics {
                 last_sync: None,
                 blocker: None,
                 untrusted: None,
+                running: Vec::new(),
                 last_error: Some("no sync yet".to_owned()),
             }),
             poll_interval,
@@ -266,6 +269,23 @@ impl Metrics {
             .lock()
             .expect("no thread panics holding it")
             .blocker = blocker.map(str::to_owned);
+    }
+
+    /// What runs here now, when it changed: (id, kind, since).
+    pub(crate) fn running(&self, running: Vec<(String, String, String)>) {
+        let mut health = self.health.lock().expect("no thread panics holding it");
+        if health.running != running {
+            health.running = running;
+        }
+    }
+
+    /// What runs here now.
+    pub(crate) fn running_now(&self) -> Vec<(String, String, String)> {
+        self.health
+            .lock()
+            .expect("no thread panics holding it")
+            .running
+            .clone()
     }
 
     /// Why the tip's configuration is not trusted, if so: `/healthz` says it (503).

@@ -35,6 +35,7 @@ mod http;
 mod identity;
 pub(crate) mod metrics;
 mod open;
+mod page;
 mod push;
 mod record;
 mod recover;
@@ -231,6 +232,7 @@ impl Daemon {
             self.schedules_step()?;
             let backlog = self.take_step()?;
             self.record_finished()?;
+            self.metrics.running(self.running_now());
             self.watchdog()?;
             self.claims_step()?;
             if self.push_due(backlog) {
@@ -285,6 +287,28 @@ impl Daemon {
             self.finish(report)?;
         }
         Ok(())
+    }
+
+    /// What runs here (handler started): id, kind, since.
+    fn running_now(&self) -> Vec<(String, String, String)> {
+        let now = std::time::Instant::now();
+        let wall = std::time::SystemTime::now();
+        let mut all: Vec<(String, String, String)> = self
+            .running
+            .iter()
+            .filter(|(_, r)| !r.ended)
+            .filter_map(|(key, r)| {
+                let (_, started) = r.in_flight.get()?;
+                let since = wall - now.saturating_duration_since(started);
+                Some((
+                    key.clone(),
+                    r.request.kind.clone(),
+                    crate::clock::rfc3339(since),
+                ))
+            })
+            .collect();
+        all.sort();
+        all
     }
 
     /// Every run ended after shutdown began: fail as the remote was given up on, or push and stop.

@@ -83,6 +83,7 @@ impl Daemon {
                 limit: std::sync::Mutex::default(),
                 repo: self.cfg.workdir.join("repo.git"),
                 branch: self.cfg.branch.clone(),
+                me: self.cfg.dispatcher_id.clone(),
             };
             http.serve(addr)
                 .map_err(io_err(format!("could not serve HTTP on `{addr}`")))?;

@@ -50,3 +50,117 @@ fn api_status_lists_the_queue_and_the_recent_outcomes_as_status_json_does() {
     dispatcher.terminate();
     dispatcher.wait(DEADLINE).assert_exit(0);
 }
+
+/// `chromium --headless ARGS URL`: its standard output.
+fn chromium(args: &[&str], url: &str) -> String {
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium is installed (`.ci/run` installs it: apt-get install chromium)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_page_renders_in_a_browser_what_runs_waits_failed_and_what_blocks() {
+    let world = World::new().build();
+    let markers = world.markers.display();
+    crate::support::add_kinds(
+        &world,
+        &[
+            (
+                "hold",
+                &format!(
+                    "#!/bin/sh\ntouch '{markers}/held'\n\
+                     while [ ! -e '{markers}/release' ]; do sleep 0.05; done\n"
+                ),
+                "",
+            ),
+            ("broken", "#!/bin/sh\necho 'disk full' >&2\nexit 3\n", ""),
+        ],
+    );
+    world.submit("bad-1.yml", "kind: broken\nid: bad-1\n");
+    world.submit("long-1.yml", "kind: hold\nid: long-1\n");
+    world.submit("next-1.yml", "kind: hold\nid: next-1\n");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dispatcher = world.spawn(world.run_command(
+        world.remote_arg(),
+        &[
+            "--poll-interval",
+            "200ms",
+            "--http-addr",
+            &addr,
+            "--jobs",
+            "2",
+        ],
+    ));
+    let ready = wait_until(DEADLINE, || {
+        world.markers.join("held").exists()
+            && http_get(port, "/api/status")
+                .is_some_and(|(_, body)| body.contains("\"bad-1\"") && body.contains("\"running\""))
+    });
+    assert!(ready, "not ready: {}", dispatcher.output_so_far());
+    let url = format!("http://127.0.0.1:{port}/");
+    let dom = chromium(&["--dump-dom"], &url);
+    let section = |id: &str| {
+        let start = dom
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no #{id} in the page:\n{dom}"));
+        let end = dom[start..]
+            .find("</table>")
+            .map_or(dom.len(), |e| start + e);
+        dom[start..end].to_owned()
+    };
+    assert!(section("running").contains("long-1"), "{dom}");
+    assert!(section("queue").contains("next-1"), "{dom}");
+    let recent = section("recent");
+    assert!(
+        recent.contains("bad-1") && recent.contains("state-failed"),
+        "{recent}"
+    );
+    assert!(recent.contains("href=\"/logs/bad-1\""), "{recent}");
+    assert!(dom.contains("Dispatch-safe"), "{dom}");
+    assert!(dom.contains("name=\"viewport\""), "{dom}");
+    // The log link serves the log as committed.
+    let (code, log) = http_get(port, "/logs/bad-1").expect("/logs/bad-1");
+    assert_eq!(code, 200);
+    assert!(log.contains("disk full"), "{log}");
+    // A screenshot for people: `target/page.png`.
+    let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/target/page.png");
+    chromium(
+        &[&format!("--screenshot={shot}"), "--window-size=1100,1100"],
+        &url,
+    );
+    assert!(
+        std::fs::metadata(shot).is_ok_and(|m| m.len() > 1000),
+        "no screenshot"
+    );
+
+    // Paused, the page says so.
+    crate::everyday::everyday(
+        &world,
+        &world.submitter.dir,
+        &["pause", "--reason", "migration"],
+    )
+    .assert_exit(0);
+    let paused = wait_until(DEADLINE, || {
+        chromium(&["--dump-dom"], &url).contains("Not dispatch-safe")
+    });
+    assert!(paused, "the page never showed the pause");
+    assert!(chromium(&["--dump-dom"], &url).contains("migration"));
+    std::fs::write(world.markers.join("release"), "").expect("release");
+    dispatcher.terminate();
+    dispatcher.wait(DEADLINE).assert_exit(0);
+}
