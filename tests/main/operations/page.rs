@@ -95,7 +95,7 @@ fn the_page_renders_in_a_browser_what_runs_waits_failed_and_what_blocks() {
     world.submit("next-1.yml", "kind: hold\nid: next-1\n");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut dispatcher = world.spawn(world.run_command(
+    let dispatcher = world.spawn(world.run_command(
         world.remote_arg(),
         &[
             "--poll-interval",
