@@ -17,7 +17,8 @@
 #   3  concurrency: 8 `sleep 1` requests on resources r1..r8 with --jobs 8 and --jobs 1
 #   4  idle loop mode (--poll-interval 1s): CPU % of one core and RSS, local path and git daemon
 #   5  peak RSS while draining the N requests of figure 1 (VmRSS sampled every 50 ms)
-#   6  pickup latency, push end -> handler start: git daemon (poll 1s) and local path (inotify)
+#   6  pickup latency, push end -> handler start: git daemon (poll 1s), git daemon with a push
+#      webhook sent after each push, and local path (inotify)
 #   7  ms/request draining SCALE_N requests over 0 and HISTORY recorded outcomes (one commit of
 #      processed/S/ID.yml, processed/S/ID.status.json and logs/S/ID.log made with git fast-import),
 #      on a workdir that already cloned the history, with the dispatcher's peak RSS; SCALE_ROUNDS
@@ -64,7 +65,7 @@ done
 want() { [[ -z $ONLY || $ONLY == *,$1,* || ($1 == 1 && $ONLY == *,2,*) ]]; }
 
 if ((QUICK)); then
-    N=100 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 SCALE_ROUNDS=2 LAT_RUNS=5 FLEET_N=80 FLEET_RES=16
+    N=100 IDLE_SECS=10 HISTORY=10000 SCALE_N=100 SCALE_ROUNDS=2 LAT_RUNS=9 FLEET_N=80 FLEET_RES=16
 else
     N=1000 IDLE_SECS=60 HISTORY=100000 SCALE_N=200 SCALE_ROUNDS=7 LAT_RUNS=5 FLEET_N=400 FLEET_RES=40
 fi
@@ -520,11 +521,13 @@ if want 6; then
 MARKS=$TMP/marks
 mkdir -p "$MARKS"
 chmod 1777 "$MARKS"
-latency() { # NAME DISPATCHER_REMOTE SUBMITTER_REMOTE WORLD LABEL
+latency() { # NAME DISPATCHER_REMOTE SUBMITTER_REMOTE WORLD LABEL [RUN OPTIONS...]; $HOOK, when
+    # set, is run after each push, as a forge sends its push webhook
     local name=$1 remote=$2 push_to=$3 dir=$4 label=$5 i t_start t_push t_mark lat lats=() pushes=() k
+    shift 5
     rm -f "$MARKS"/*
     git -C "$dir/submit" remote set-url origin "$push_to"
-    BENCH_MARK=$MARKS start_loop "$name" "$remote" "$TMP/work-$name"
+    BENCH_MARK=$MARKS start_loop "$name" "$remote" "$TMP/work-$name" "$@"
     for ((i = 1; i <= LAT_RUNS; i++)); do
         # a random phase against the poll interval
         nap "0.$((RANDOM % 10))$((RANDOM % 10))"
@@ -534,6 +537,7 @@ latency() { # NAME DISPATCHER_REMOTE SUBMITTER_REMOTE WORLD LABEL
         t_start=$(now)
         git -C "$dir/submit" push -q origin main 2>>"$TMP/submit.log" || die "$name: the submitter's push failed (see $TMP/submit.log)"
         t_push=$(now)
+        [[ -n ${HOOK:-} ]] && $HOOK
         for k in $(seq 1 300); do
             [[ -s $MARKS/$name-$i ]] && break
             nap 0.01
@@ -564,7 +568,8 @@ mark_world() {
     open_world "$dir"
     printf '#!/bin/sh\ndate +%%s.%%N >"$BENCH_MARK/$DISPATCH_ID"\n' >"$dir/submit/handlers/mark.sh"
     chmod 755 "$dir/submit/handlers/mark.sh"
-    printf 'mark:\n  handler: mark.sh\n  env: [BENCH_MARK]\n' >>"$dir/submit/handlers/index.yml"
+    # The handler writes its mark outside its working directory: a `writable:` path (isolation).
+    printf 'mark:\n  handler: mark.sh\n  env: [BENCH_MARK]\n  writable: [%s]\n' "$MARKS" >>"$dir/submit/handlers/index.yml"
     commit_world "$dir" "the mark kind"
 }
 say "6: pickup latency, git daemon"
@@ -575,6 +580,26 @@ latency lat-daemon "git://127.0.0.1:$PORT/remote.git" "git://127.0.0.1:$PORT/rem
     "remote git:// (git daemon), --poll-interval $POLL [target about the poll interval + 100 ms]"
 stop_pid "$DAEMON_PID" || true
 rm -rf "$W" "$TMP/work-lat-daemon"
+say "6: pickup latency, git daemon with a push webhook"
+W=$TMP/lat-hook
+mark_world "$W"
+start_daemon "$W"
+HOOK_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'bench-webhook-secret' >"$TMP/hook-secret"
+chmod 600 "$TMP/hook-secret"
+# What GitHub sends after a push: the body signed with the shared secret (signed once; curl posts
+# it, as python's start-up alone takes ~120 ms here).
+HOOK_BODY='{"ref":"refs/heads/main"}'
+HOOK_SIG=sha256=$(printf '%s' "$HOOK_BODY" | openssl dgst -sha256 -hmac bench-webhook-secret | awk '{print $NF}')
+post_hook() {
+    curl -sf -o /dev/null -X POST -H "X-Hub-Signature-256: $HOOK_SIG" -H 'X-GitHub-Event: push' \
+        -H 'Content-Type: application/json' --data "$HOOK_BODY" "http://127.0.0.1:$HOOK_PORT/hooks/push"
+}
+HOOK=post_hook latency lat-hook "git://127.0.0.1:$PORT/remote.git" "git://127.0.0.1:$PORT/remote.git" "$W" \
+    "remote git:// (git daemon), --poll-interval $POLL, a push webhook after each push [target p50 < 100 ms]" \
+    --http-addr "127.0.0.1:$HOOK_PORT" --webhook-secret-file "$TMP/hook-secret"
+stop_pid "$DAEMON_PID" || true
+rm -rf "$W" "$TMP/work-lat-hook"
 say "6: pickup latency, local path"
 W=$TMP/lat-local
 mark_world "$W"
