@@ -21,10 +21,21 @@ impl Fleet {
             None => vec![
                 waiting.id.clone(),
                 kind,
-                paint.state("queued"),
+                paint.state(if waiting.approvals.is_some() {
+                    "awaiting_approval"
+                } else {
+                    "queued"
+                }),
                 format!("for {}", age(now - waiting.entry.arrival.time)),
                 waits_until(waiting, now)
                     .map(|t| format!("waits until {t} (not_before)"))
+                    .or_else(|| {
+                        waiting.approvals.map(|(filed, need)| {
+                            format!(
+                                "needs {need} approval(s); {filed} filed (`git-dispatch approve`)"
+                            )
+                        })
+                    })
                     .or_else(|| self.blocked(waiting.kind.as_deref()).map(|b| b.message))
                     .unwrap_or_default(),
             ],

@@ -177,7 +177,12 @@ impl Fleet {
                 ),
             ),
         };
-        item["state"] = json!(state);
+        let awaiting = state == "queued" && waiting.approvals.is_some();
+        item["state"] = json!(if awaiting { "awaiting_approval" } else { state });
+        item["approvals"] = waiting.approvals.map_or(
+            Json::Null,
+            |(filed, need)| json!({"filed": filed, "need": need}),
+        );
         item["not_before"] = json!(waiting.not_before);
         item["dispatcher"] = dispatcher;
         item["running_since"] = since;

@@ -39,6 +39,9 @@ pub(crate) struct Waiting {
     pub kind: Option<String>,
     /// Its `not_before`, as written, when it has one.
     pub not_before: Option<String>,
+    /// For a kind with `approvals: N`: (approval files filed for it, N). Who signed them is the
+    /// dispatcher's to check (`--trust`).
+    pub approvals: Option<(usize, u32)>,
     pub entry: InboxEntry,
 }
 
@@ -68,6 +71,17 @@ impl<'r> History<'r> {
     pub(crate) fn queue(&self) -> Result<Vec<Waiting>, HistoryError> {
         let entries = std::rc::Rc::unwrap_or_clone(Inbox::default().list(self.repo, self.tip)?);
         let view = self.view(self.tip)?;
+        let catalog = crate::inbox::router::Catalog::load(&view);
+        let filed = |id: &str| {
+            view.tree
+                .get_path(std::path::Path::new(&format!(
+                    "{}/{id}",
+                    crate::inbox::approval::APPROVALS
+                )))
+                .ok()
+                .and_then(|e| self.repo.find_tree(e.id()).ok())
+                .map_or(0, |t| t.len())
+        };
         Ok(entries
             .into_iter()
             .map(|entry| {
@@ -86,10 +100,15 @@ impl<'r> History<'r> {
                 let id = field("id")
                     .or_else(|| request_stem(&entry.name).map(str::to_owned))
                     .unwrap_or_else(|| entry.name.clone());
+                let approvals = field("kind")
+                    .and_then(|k| catalog.route(&k).ok().map(|r| r.spec.approvals))
+                    .filter(|need| *need > 0)
+                    .map(|need| (filed(&id), need));
                 Waiting {
                     id,
                     kind: field("kind"),
                     not_before: field("not_before"),
+                    approvals,
                     entry,
                 }
             })

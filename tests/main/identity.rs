@@ -254,6 +254,12 @@ fn a_request_waits_until_two_approvers_other_than_its_submitter_approve() {
         world.fresh_clone().statuses().is_empty(),
         "ran without approvals"
     );
+    let status = as_signer(&world, &keys, "ada", &["status"]);
+    assert!(status.stdout.contains("awaiting_approval"), "{status}");
+    assert!(
+        status.stdout.contains("needs 2 approval(s); 0 filed"),
+        "{status}"
+    );
 
     // The submitter's own approval does not count; a stranger's neither.
     as_signer(&world, &keys, "ada", &["approve", "prod"]).assert_exit(0);

@@ -39,6 +39,11 @@ pub(crate) fn render(document: &Json, health: Result<(), String>, me: &str) -> S
         }
         let why = if let Some(until) = q["not_before"].as_str() {
             format!("waits until {until} (not_before)")
+        } else if let Some(need) = q["approvals"]["need"].as_u64() {
+            format!(
+                "awaiting approval: needs {need}, {} filed",
+                q["approvals"]["filed"].as_u64().unwrap_or(0)
+            )
         } else if let Some(message) = q["blocked"]["message"].as_str() {
             message.to_owned()
         } else if !blockers.is_empty() {
