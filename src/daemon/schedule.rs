@@ -192,9 +192,13 @@ impl Daemon {
 
     /// Reads `schedules/` at `tip`; says each invalid one once per version.
     fn read_schedules(&mut self, tip: Oid) -> Result<(), DaemonError> {
+        let Some(at) = self.trusted_schedules(tip) else {
+            self.schedules.entries.clear();
+            return Ok(());
+        };
         let repo = &self.sync.repo;
         let tree = repo
-            .find_commit(tip)
+            .find_commit(at)
             .and_then(|c| c.tree())
             .map_err(SyncError::from)?;
         let catalog = &self.snapshot.as_ref().expect("refreshed above").catalog;
@@ -210,7 +214,7 @@ impl Daemon {
             }
             let (since, done) = match old {
                 Some(o) if o.blob == blob => (o.since, o.done),
-                _ => (version_time(repo, tip, &name, blob), None),
+                _ => (version_time(repo, at, &name, blob), None),
             };
             entries.insert(
                 name,
@@ -224,6 +228,43 @@ impl Daemon {
         }
         self.schedules.entries = entries;
         Ok(())
+    }
+}
+
+impl Daemon {
+    /// The commit whose `schedules/` to use: the tip's, or with `--trust` the newest version an
+    /// admin signed in (said when that is not the tip's); `None`: no version is trusted, so no
+    /// schedule runs.
+    fn trusted_schedules(&self, tip: Oid) -> Option<Oid> {
+        let (Some(verifier), Some(trust)) = (&self.verifier, &self.cfg.trust) else {
+            return Some(tip);
+        };
+        let repo = &self.sync.repo;
+        let Ok(found) = verifier.trusted_version(repo, tip, &[SCHEDULES], &trust.admins) else {
+            return None;
+        };
+        let folder_at = |c: Oid| {
+            repo.find_commit(c)
+                .and_then(|c| c.tree())
+                .ok()
+                .and_then(|t| t.get_name(SCHEDULES).map(|e| e.id()))
+        };
+        if found.at.is_none() && folder_at(tip).is_none() {
+            return None;
+        }
+        if let Some((commit, signer)) = &found.newest {
+            say(&format!(
+                "warning: `{SCHEDULES}/` as changed in {} is not used: that commit is {}, and only \
+                 an admin's signature counts; {}",
+                crate::git::view::short(*commit),
+                signer.describe(),
+                found.at.map_or_else(
+                    || "no version was signed by an admin, so no schedule runs".to_owned(),
+                    |at| format!("the version of {} is used", crate::git::view::short(at))
+                )
+            ));
+        }
+        found.at
     }
 }
 

@@ -229,8 +229,7 @@ impl Daemon {
             .find(|(_, r)| r.entry.path == gone.path && r.entry.oid == gone.blob && !r.ended)
             .map(|(key, _)| key.clone());
         if let Some(key) = running {
-            let why = withdrawal::find(&self.sync.repo, tip, &gone.path, gone.blob)
-                .map_err(SyncError::from)?;
+            let why = self.who_withdrew(tip, &gone)?;
             self.stop_withdrawn(&key, why);
             return Ok(());
         }
@@ -338,6 +337,21 @@ impl Daemon {
         Ok(true)
     }
 
+    /// Who withdrew `gone` and why: the author of the commit that removed it, or with `--trust` its
+    /// verified signer (an unsigned or unknown one said as such).
+    fn who_withdrew(&self, tip: Oid, gone: &Gone) -> Result<Withdrawal, DaemonError> {
+        let mut why = withdrawal::find(&self.sync.repo, tip, &gone.path, gone.blob)
+            .map_err(SyncError::from)?;
+        if let (Some(verifier), Some(commit)) = (&self.verifier, why.commit) {
+            let signer = verifier.signer(commit);
+            why.by = match signer.principal() {
+                Some(who) => who.to_owned(),
+                None => format!("{} (the commit is {})", why.by, signer.describe()),
+            };
+        }
+        Ok(why)
+    }
+
     /// Records `gone` `cancelled`, with the logs of what ran of it (none when it never started).
     pub(super) fn record_withdrawn(
         &mut self,
@@ -347,8 +361,7 @@ impl Daemon {
         attempts: u32,
     ) -> Result<(), DaemonError> {
         self.claims.inherited.remove(&gone.id);
-        let why = withdrawal::find(&self.sync.repo, tip, &gone.path, gone.blob)
-            .map_err(SyncError::from)?;
+        let why = self.who_withdrew(tip, gone)?;
         let (arrived_in, arrived_at) = why.arrival.unwrap_or((tip, 0));
         let entry = InboxEntry {
             name: gone.path.trim_start_matches("requests/").to_owned(),

@@ -125,7 +125,9 @@ fn as_signer(world: &World, keys: &Keys, who: &str, args: &[&str]) -> RunOutput 
         .args(args)
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_COUNT", "2")
+        .env("GIT_CONFIG_COUNT", "3")
+        .env("GIT_CONFIG_KEY_2", "commit.gpgsign")
+        .env("GIT_CONFIG_VALUE_2", "true")
         .env("GIT_CONFIG_KEY_0", "gpg.format")
         .env("GIT_CONFIG_VALUE_0", "ssh")
         .env("GIT_CONFIG_KEY_1", "user.signingkey")
@@ -488,4 +490,47 @@ fn doctor_says_whether_an_admin_signed_the_index_in() {
 
 fn world_with_unsigned_index() -> World {
     World::new().build()
+}
+
+#[test]
+fn with_trust_a_cancel_names_its_verified_signer_not_its_author_field() {
+    let (world, keys) = world_with("deploy:\n  handler: deploy.sh\n");
+    submit_signed(
+        &world,
+        "c.yml",
+        "kind: deploy\nid: c\n",
+        Some(&keys.key("ada")),
+        "Ada",
+    );
+    // Bob cancels, signing with his key; his author field says Bob too, but the signer counts.
+    as_signer(
+        &world,
+        &keys,
+        "bob",
+        &["cancel", "c", "--reason", "wrong target"],
+    )
+    .assert_exit(0);
+    world.run(&["--trust", &keys.trust]).assert_exit(0);
+    let status = world.fresh_clone().status("c");
+    assert_eq!(status["state"], "cancelled", "{status:#}");
+    assert_eq!(status["cancelled_by"], "bob@example.org", "{status:#}");
+}
+
+#[test]
+fn a_schedule_no_admin_signed_makes_no_requests() {
+    let (world, keys) = world_with("deploy:\n  handler: deploy.sh\n");
+    world.submitter.sync();
+    world.submitter.write(
+        "schedules/often.yml",
+        "every: 1s\nrequest: {kind: deploy}\n",
+    );
+    world.submitter.git(&["add", "-A"]);
+    commit_signed(&world, &keys, "bob", "a schedule of my own");
+    let out = world.run(&["--trust", &keys.trust, "--admins", "ada@example.org"]);
+    out.assert_exit(0);
+    assert!(out.stderr.contains("`schedules/` as changed in"), "{out}");
+    assert!(
+        world.fresh_clone().statuses().is_empty(),
+        "an unsigned schedule ran"
+    );
 }
