@@ -463,8 +463,8 @@ pub struct StatusArgs {
         value_name = "STATE",
         value_delimiter = ',',
         value_parser = [
-            "queued", "running", "succeeded", "failed", "timed_out", "rejected", "abandoned",
-            "cancelled",
+            "queued", "awaiting_approval", "running", "succeeded", "failed", "timed_out",
+            "rejected", "abandoned", "cancelled",
         ],
     )]
     pub states: Vec<String>,

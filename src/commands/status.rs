@@ -138,10 +138,10 @@ impl Filter {
     /// does not apply; with `--dispatcher`, only those it runs.
     fn keeps_waiting(&self, waiting: &Waiting, fleet: &Fleet) -> bool {
         let running_on = fleet.running(&waiting.id).map(|(beat, _)| beat.id.as_str());
-        let state = if running_on.is_some() {
-            "running"
-        } else {
-            "queued"
+        let state = match (running_on, waiting.approvals) {
+            (Some(_), _) => "running",
+            (None, Some(_)) => "awaiting_approval",
+            (None, None) => "queued",
         };
         self.state(state)
             && self.kind(waiting.kind.as_deref())

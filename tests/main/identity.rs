@@ -262,6 +262,15 @@ fn a_request_waits_until_two_approvers_other_than_its_submitter_approve() {
         status.stdout.contains("needs 2 approval(s); 0 filed"),
         "{status}"
     );
+    let waiting = as_signer(
+        &world,
+        &keys,
+        "ada",
+        &["status", "--state", "awaiting_approval"],
+    );
+    assert!(waiting.stdout.contains("prod"), "{waiting}");
+    let queued = as_signer(&world, &keys, "ada", &["status", "--state", "queued"]);
+    assert!(!queued.stdout.contains("prod "), "{queued}");
 
     // The submitter's own approval does not count; a stranger's neither.
     as_signer(&world, &keys, "ada", &["approve", "prod"]).assert_exit(0);
