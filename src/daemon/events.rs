@@ -148,6 +148,10 @@ impl Daemon {
         if let Some(due) = self.due_at {
             deadline = deadline.min(due);
         }
+        // A claim extended since the last take: what it now lists waits for no deadline.
+        if std::mem::take(&mut self.claims.extended) {
+            deadline = Instant::now();
+        }
         if let Some(slot) = self.schedules.next {
             deadline = deadline.min(slot);
         }

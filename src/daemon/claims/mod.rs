@@ -43,6 +43,9 @@ pub(super) struct Claims {
     pub(super) inherited: HashMap<String, String>,
     /// Runs stopped because their claim was fenced or lost, by key: why.
     pub(super) fenced: HashMap<String, String>,
+    /// A claim held here was extended or renewed: what it lists may start now, so the loop takes
+    /// again at once instead of waiting for its next deadline.
+    pub(in crate::daemon) extended: bool,
     /// Handlers' process groups to kill, and when (the SIGTERM went already).
     kills: Vec<(Instant, u32)>,
     /// What the remote's ref of this dispatcher's heartbeat holds, as last seen or written.
@@ -92,6 +95,7 @@ impl Claims {
             unverified: HashSet::new(),
             inherited: HashMap::new(),
             fenced: HashMap::new(),
+            extended: false,
             kills: Vec::new(),
             beat_oid: None,
             retry_at: None,

@@ -174,6 +174,7 @@ impl Daemon {
             }
             (Change::Claim { claim, made }, RefOutcome::Updated) => {
                 let resource = claim.resource.clone();
+                self.claims.extended |= !made;
                 if made {
                     self.metrics.claim("made");
                     event(

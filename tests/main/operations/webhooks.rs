@@ -37,10 +37,16 @@ fn secret_file(world: &World) -> PathBuf {
 /// A dispatcher polling once an hour on `remote`, serving HTTP on a port of its own (with the
 /// secret file when `secret`), once it answers `/healthz`.
 fn start(world: &World, remote: &str, secret: bool) -> (Background, u16) {
+    start_with(world, remote, secret, &[])
+}
+
+/// [`start`] with more `run` options.
+fn start_with(world: &World, remote: &str, secret: bool, extra: &[&str]) -> (Background, u16) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let file = secret_file(world);
     let mut args = vec!["--poll-interval", "1h", "--http-addr", &addr];
+    args.extend(extra);
     let file = file.to_str().expect("a UTF-8 path");
     if secret {
         args.extend(["--webhook-secret-file", file]);
@@ -241,6 +247,42 @@ fn a_verified_webhook_makes_a_dispatcher_polling_hourly_pick_a_push_up_at_once()
     );
     assert!(pushed_at.elapsed() < Duration::from_secs(20));
     assert_eq!(world.fresh_clone().status("hooked")["state"], "succeeded");
+    dispatcher.terminate();
+    dispatcher.wait(DEADLINE).assert_exit(0);
+}
+
+#[test]
+fn each_push_of_a_row_is_picked_up_at_its_webhook_while_the_resource_is_still_claimed() {
+    let world = World::new().build();
+    let daemon = GitDaemon::serve(&world);
+    // A long lease: the loop wakes on its own for its claims only every 15 s.
+    let (dispatcher, port) = start_with(&world, &daemon.url(), true, &["--lease", "120s"]);
+    for i in 1..=3 {
+        let id = format!("row-{i}");
+        world.submit(&format!("{id}.yml"), "kind: echo\n");
+        let (code, _) = http_post(
+            port,
+            "/hooks/push",
+            &[format!("X-Gitea-Signature: {}", hmac_hex(SECRET, BODY))],
+            BODY,
+        )
+        .expect("an answer");
+        assert_eq!(code, 202);
+        let status = processed(&id, "status.json");
+        // Well under the poll interval (1 h) and the claims' own wake-ups (15 s).
+        let picked_up = wait_until(Duration::from_secs(5), || {
+            remote_git(
+                &world,
+                &["cat-file", "-e", &format!("refs/heads/main:{status}")],
+            )
+            .is_some()
+        });
+        assert!(
+            picked_up,
+            "{id} not picked up within 5 s of its webhook: {}",
+            dispatcher.output_so_far()
+        );
+    }
     dispatcher.terminate();
     dispatcher.wait(DEADLINE).assert_exit(0);
 }
