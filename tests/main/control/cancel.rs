@@ -176,7 +176,13 @@ fn a_request_whose_dispatcher_died_while_running_it_is_recorded_cancelled_not_ab
     let daemon = GitDaemon::serve(&world);
     let mut member = Member::start(&world, &daemon.url(), "solo", &["--lease", "4s"]);
     world.submit("long.yml", "kind: slow\nid: long\n");
-    let started = wait_until(DEADLINE, || !strays.pids().is_empty());
+    // Killed once its first line is in the journal's log: before, the kill could beat the capture
+    // of the line, and the log had nothing of the run to keep.
+    let partial = member.work.join("journal/long.1.log");
+    let started = wait_until(DEADLINE, || {
+        !strays.pids().is_empty()
+            && std::fs::read_to_string(&partial).is_ok_and(|log| log.contains("started on"))
+    });
     assert!(started, "long never started:\n{}", member.output_so_far());
     member.kill();
     operate(
