@@ -50,10 +50,11 @@ pub(crate) fn run(args: &StatusArgs) -> Result<(), CommandError> {
         .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
     let filter = Filter::of(args);
     let mut queue = history.queue().map_err(CommandError::config)?;
+    let mut blockers = crate::report::blockers::read(&checkout.repo, tip.oid)
+        .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
+    blockers.extend(crate::report::blockers::of_fleet(&fleet, &queue, now));
     queue.retain(|w| filter.keeps_waiting(w, &fleet));
     let (recent, counts) = outcomes(&history, &filter, now)?;
-    let blockers = crate::report::blockers::read(&checkout.repo, tip.oid)
-        .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
     let schedules = crate::report::schedules::read(&checkout.repo, tip.oid)
         .map_err(|e| CommandError::config(anyhow::anyhow!(e)))?;
     if args.json {

@@ -146,23 +146,23 @@ impl Http {
         }
     }
 
-    /// The status document (`status --json`'s) at the workdir's branch, read afresh: the branch
-    /// moves only once its objects are on disk, so what it names can be read.
+    /// The status document (`status --json`'s) at the workdir's branch, read afresh (the branch
+    /// moves only once its objects are on disk, so what it names can be read), with the records
+    /// of the dispatchers the loop last read from the remote.
     fn status(&self) -> Result<serde_json::Value, String> {
         let repo = git2::Repository::open_bare(&self.repo).map_err(|e| e.to_string())?;
         let tip = repo
             .refname_to_id(&crate::git::transport::local_ref(&self.branch))
             .map_err(|_| "no tip yet: the remote was not looked at".to_owned())?;
-        let mut document = crate::report::read(
-            &repo,
-            (&self.branch, tip),
-            None,
-            crate::clock::now_seconds(),
-        )?;
-        // The workdir keeps no heartbeats: what runs here, this process knows, and that a dispatcher
-        // is alive (this one) is no reason for a request to wait.
+        let now = crate::clock::now_seconds();
+        let records = self.metrics.fleet_now();
+        let no_beats = records.is_empty();
+        let fleet = crate::report::fleet::Fleet::of_records(&repo, tip, records, now);
+        let mut document = crate::report::read(&repo, (&self.branch, tip), &fleet, now)?;
+        // What runs here, this process knows better than its last heartbeat; before the first
+        // records are read, that a dispatcher is alive (this one) is no reason for a request to
+        // wait.
         let running = self.metrics.running_now();
-        let no_beats = document["dispatchers"].as_array().is_none_or(Vec::is_empty);
         if let Some(queue) = document["queue"].as_array_mut() {
             for item in queue {
                 if no_beats {
@@ -172,8 +172,12 @@ impl Http {
                     item["state"] = "running".into();
                     item["dispatcher"] = self.me.clone().into();
                     item["running_since"] = since.clone().into();
+                    item["blocked"] = serde_json::Value::Null;
                 }
             }
+        }
+        if no_beats && let Some(blockers) = document["blockers"].as_array_mut() {
+            blockers.retain(|b| b["what"] != "no_dispatcher");
         }
         Ok(document)
     }

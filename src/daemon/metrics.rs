@@ -51,6 +51,9 @@ struct Health {
     untrusted: Option<String>,
     /// What runs here now: (id, kind, since as RFC 3339), for `/api/status` and the page.
     running: Vec<(String, String, String)>,
+    /// The records under the remote's `refs/dispatch/` as last read (ref, message), for
+    /// `/api/status` and the page.
+    fleet: Vec<(String, String)>,
 }
 
 pub(crate) struct Metrics {
@@ -201,6 +204,7 @@ impl Metrics {
                 blocker: None,
                 untrusted: None,
                 running: Vec::new(),
+                fleet: Vec::new(),
                 last_error: Some("no sync yet".to_owned()),
             }),
             poll_interval,
@@ -277,6 +281,23 @@ impl Metrics {
         if health.running != running {
             health.running = running;
         }
+    }
+
+    /// The records under the remote's `refs/dispatch/`, as last read: (ref, message).
+    pub(crate) fn fleet(&self, records: Vec<(String, String)>) {
+        self.health
+            .lock()
+            .expect("no thread panics holding it")
+            .fleet = records;
+    }
+
+    /// The records of [`Metrics::fleet`].
+    pub(crate) fn fleet_now(&self) -> Vec<(String, String)> {
+        self.health
+            .lock()
+            .expect("no thread panics holding it")
+            .fleet
+            .clone()
     }
 
     /// What runs here now.

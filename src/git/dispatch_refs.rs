@@ -91,21 +91,37 @@ impl Sync {
     /// of [`ErrorCode::NotFound`]; a commit larger than [`MAX_NOTE`] (no dispatcher writes one) is
     /// an error of [`ErrorCode::Invalid`], and is not read.
     pub(crate) fn note_message(&self, name: &str, oid: Oid) -> Result<String, SyncError> {
-        if let Some(message) = message_of(&self.repo, oid) {
-            return Ok(message.map_err(|size| too_large(name, size))?);
-        }
-        self.remote().fetch_note(name, oid)?;
-        let message = message_of(&self.repo, oid);
+        let mut messages = self.note_messages(&[(name, oid)])?;
+        messages.pop().expect("one message per note asked for")
+    }
+
+    /// [`Sync::note_message`] of each of `notes`, with one round trip for all those not here. Err
+    /// only when the remote could not be reached.
+    pub(crate) fn note_messages(
+        &self,
+        notes: &[(&str, Oid)],
+    ) -> Result<Vec<Result<String, SyncError>>, SyncError> {
+        let missing: Vec<(&str, Oid)> = notes
+            .iter()
+            .filter(|(_, oid)| message_of(&self.repo, *oid).is_none())
+            .copied()
+            .collect();
+        self.remote().fetch_notes(&missing)?;
         // Read once (the caller keeps what it needs): removed later with the spent notes.
-        self.spent_notes.borrow_mut().push(oid);
-        match message {
-            Some(message) => Ok(message.map_err(|size| too_large(name, size))?),
-            None => Err(SyncError::Git(git2::Error::new(
-                ErrorCode::NotFound,
-                ErrorClass::Reference,
-                format!("`{name}` on the remote no longer names commit {oid}"),
-            ))),
-        }
+        self.spent_notes
+            .borrow_mut()
+            .extend(missing.iter().map(|(_, oid)| *oid));
+        Ok(notes
+            .iter()
+            .map(|(name, oid)| match message_of(&self.repo, *oid) {
+                Some(message) => Ok(message.map_err(|size| too_large(name, size))?),
+                None => Err(SyncError::Git(git2::Error::new(
+                    ErrorCode::NotFound,
+                    ErrorClass::Reference,
+                    format!("`{name}` on the remote no longer names commit {oid}"),
+                ))),
+            })
+            .collect())
     }
 
     /// Why `update` is not sent at all (`earlier` are the updates before it in the same call).

@@ -1,7 +1,8 @@
-//! What keeps requests from starting, read from a clone's tip as the dispatchers read it: a pause
-//! or drains in `control.yml` (with who set them and when: the commit that last changed the
-//! file), a `control.yml` that does not read, an index or envelope schema that does not read. For
-//! `status` (text and `--json`) and `doctor`.
+//! What keeps requests from starting, read from a clone's tip as the dispatchers read it ([`read`]):
+//! a pause or drains in `control.yml` (with who set them and when: the commit that last changed
+//! the file), a `control.yml` that does not read, an index or envelope schema that does not read;
+//! and what the dispatchers' refs show ([`of_fleet`]): stale dispatchers, kinds no fresh
+//! dispatcher can run, stuck runs. For `status` (text and `--json`), `doctor` and the page.
 
 use std::path::Path;
 
@@ -12,15 +13,21 @@ use crate::clock::rfc3339_seconds;
 use crate::git::view::TreeView;
 use crate::inbox::control::{CONTROL_PATH, Control};
 use crate::inbox::router::Catalog;
+use crate::report::fleet::{Fleet, Freshness};
+use crate::report::history::Waiting;
+
+/// How long a stale dispatcher counts as a blocker: after a day without a heartbeat it is only
+/// listed (a host retired without a clean stop would otherwise block the verdict for good).
+const STALE_FOR: i64 = 24 * 60 * 60;
 
 /// How many commits are looked back for the one that set `control.yml`.
 const MAX_WALK: usize = 100_000;
 
 /// One reason nothing (or one dispatcher) starts requests.
 pub(crate) struct Blocker {
-    /// `paused`, `drained`, `control` or `index`.
+    /// `paused`, `drained`, `control`, `index`; `stale`, `no_dispatcher` or `stuck`.
     pub what: &'static str,
-    /// The drained dispatcher.
+    /// The drained, stale dispatcher, or the one of the stuck run.
     pub dispatcher: Option<String>,
     pub reason: String,
     /// Who changed `control.yml` to say so, and when (pause and drain).
@@ -40,6 +47,9 @@ impl Blocker {
 
     /// `paused by Ada <ada@example.org> since 2026-12-05T10:00:00Z: migration`.
     pub(crate) fn line(&self) -> String {
+        if matches!(self.what, "stale" | "no_dispatcher" | "stuck") {
+            return self.reason.clone();
+        }
         let what = match (&self.dispatcher, self.what) {
             (Some(d), _) => format!("dispatcher `{d}` is drained"),
             (None, "paused") => "paused".to_owned(),
@@ -135,4 +145,83 @@ fn last_change(repo: &Repository, tip: Oid) -> Result<Option<(String, i64)>, git
         ),
         commit.time().seconds(),
     )))
+}
+
+/// What the dispatchers' refs show that needs an operator: each dispatcher stale for less than
+/// [`STALE_FOR`] (and what it last ran), each kind whose queued requests no fresh dispatcher can
+/// run while others are fresh (its labels or its kind), each run past its kind's timeout. `queue` is what waits at the tip.
+pub(crate) fn of_fleet(fleet: &Fleet, queue: &[Waiting], now: i64) -> Vec<Blocker> {
+    let mut found = Vec::new();
+    let blocker = |what, dispatcher: Option<&str>, reason: String| Blocker {
+        what,
+        dispatcher: dispatcher.map(str::to_owned),
+        reason,
+        by: None,
+    };
+    for seen in &fleet.dispatchers {
+        let beat = &seen.beat;
+        let silent = now - beat.seen_at_s;
+        if seen.freshness != Freshness::Stale || silent > STALE_FOR {
+            continue;
+        }
+        let ran: Vec<&str> = beat.running.iter().map(|r| r.id.as_str()).collect();
+        let ran = match ran.is_empty() {
+            true => String::new(),
+            false => format!("; it last ran {}", ran.join(", ")),
+        };
+        found.push(blocker(
+            "stale",
+            Some(&beat.id),
+            format!(
+                "dispatcher `{}` on {} is stale: no heartbeat since {} ({silent} s, its lease is \
+                 {} s){ran}",
+                beat.id,
+                beat.host,
+                beat.seen_at,
+                beat.lease_ms / 1000
+            ),
+        ));
+    }
+    // Requests that would start now but for the fleet, by kind.
+    let mut by_kind: std::collections::BTreeMap<Option<&str>, (usize, String)> =
+        std::collections::BTreeMap::new();
+    for waiting in queue {
+        let held = waiting.approvals.is_some()
+            || crate::report::fleet::waits_until(waiting, now).is_some()
+            || fleet.running(&waiting.id).is_some();
+        if held {
+            continue;
+        }
+        // No fresh dispatcher at all is how a remote served by `run --until-empty` from cron
+        // looks between runs: each request says so, and the dispatchers are listed.
+        if let Some(b) = fleet
+            .blocked(waiting.kind.as_deref())
+            .filter(|b| b.reason != "no_fresh_dispatcher")
+        {
+            by_kind
+                .entry(waiting.kind.as_deref())
+                .or_insert((0, b.message))
+                .0 += 1;
+        }
+    }
+    for (kind, (count, message)) in by_kind {
+        let which = kind.map_or_else(String::new, |k| format!(" of kind `{k}`"));
+        found.push(blocker(
+            "no_dispatcher",
+            None,
+            format!("{count} queued request(s){which} wait: {message}"),
+        ));
+    }
+    for (beat, run, ran) in fleet.stuck(now) {
+        found.push(blocker(
+            "stuck",
+            Some(&beat.id),
+            format!(
+                "request `{}` ({}) has run on `{}` since {} ({ran} s): longer than its kind's \
+                 timeout plus twice its grace",
+                run.id, run.kind, beat.id, run.since
+            ),
+        ));
+    }
+    found
 }

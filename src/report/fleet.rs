@@ -46,14 +46,23 @@ pub(crate) struct Blocked {
     pub message: String,
 }
 
-/// The dispatchers and claims of one remote, with the `runs_on` of each kind of the tip's index.
+/// The dispatchers and claims of one remote, with what the tip's index says of each kind.
 #[derive(Default)]
 pub(crate) struct Fleet {
     pub dispatchers: Vec<Seen>,
     pub claims: Vec<Claim>,
     /// Records this build cannot read (a later version, or not a record at all).
     pub unreadable: Vec<String>,
-    runs_on: BTreeMap<String, Vec<String>>,
+    kinds: BTreeMap<String, KindShown>,
+}
+
+/// What the fleet needs of a kind of the index.
+#[derive(Default)]
+struct KindShown {
+    runs_on: Vec<String>,
+    /// Seconds after which a run of it is stuck: its timeout plus twice its grace, by when the
+    /// sandbox has killed every handler of it.
+    stuck_after: i64,
 }
 
 impl Fleet {
@@ -65,26 +74,42 @@ impl Fleet {
         tip: Oid,
         now: i64,
     ) -> Result<Self, git2::Error> {
+        let mut records = Vec::new();
+        if let Some(namespace) = namespace {
+            for reference in repo.references_glob(&format!("{namespace}*"))? {
+                let reference = reference?;
+                let Ok(name) = reference.name().map(str::to_owned) else {
+                    continue;
+                };
+                // Read only when its header says it is of a record's size: one pushed by hand may
+                // be huge, and is then unreadable like any other stranger.
+                let message = reference
+                    .target()
+                    .and_then(|oid| message_of(repo, oid))
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                records.push((
+                    format!("{}{}", protocol::PREFIX, &name[namespace.len()..]),
+                    message,
+                ));
+            }
+        }
+        Ok(Self::of_records(repo, tip, records, now))
+    }
+
+    /// The fleet of `records`: the remote's refs under `refs/dispatch/` and their commits'
+    /// messages (a dispatcher reads them from the remote itself), with the index at `tip`.
+    pub(crate) fn of_records(
+        repo: &Repository,
+        tip: Oid,
+        records: impl IntoIterator<Item = (String, String)>,
+        now: i64,
+    ) -> Self {
         let mut fleet = Self {
-            runs_on: runs_on_at(repo, tip),
+            kinds: kinds_at(repo, tip),
             ..Self::default()
         };
-        let Some(namespace) = namespace else {
-            return Ok(fleet);
-        };
-        for reference in repo.references_glob(&format!("{namespace}*"))? {
-            let reference = reference?;
-            let Ok(name) = reference.name().map(str::to_owned) else {
-                continue;
-            };
-            // Read only when its header says it is of a record's size: one pushed by hand may be
-            // huge, and is then unreadable like any other stranger.
-            let message = reference
-                .target()
-                .and_then(|oid| message_of(repo, oid))
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            let remote_name = format!("{}{}", protocol::PREFIX, &name[namespace.len()..]);
+        for (remote_name, message) in records {
             if remote_name.starts_with(protocol::DISPATCHERS) {
                 match protocol::decode::<Heartbeat>(&message) {
                     Some(beat) => fleet.dispatchers.push(Seen {
@@ -102,7 +127,7 @@ impl Fleet {
         }
         fleet.dispatchers.sort_by(|a, b| a.beat.id.cmp(&b.beat.id));
         fleet.claims.sort_by(|a, b| a.resource.cmp(&b.resource));
-        Ok(fleet)
+        fleet
     }
 
     /// The dispatcher whose heartbeat says it runs request `id` (a stopped one runs nothing).
@@ -134,7 +159,10 @@ impl Fleet {
             });
         }
         let kind = kind?;
-        let runs_on = self.runs_on.get(kind).map_or(&[][..], Vec::as_slice);
+        let runs_on = self
+            .kinds
+            .get(kind)
+            .map_or(&[][..], |k| k.runs_on.as_slice());
         let labelled: Vec<&Heartbeat> = taking
             .into_iter()
             .filter(|d| runs_on.iter().all(|l| d.labels.contains(l)))
@@ -161,6 +189,24 @@ impl Fleet {
             });
         }
         None
+    }
+
+    /// The runs that fresh dispatchers say they run for longer than their kind allows (its timeout
+    /// plus twice its grace): (dispatcher, run, seconds it has run). Those of a stale dispatcher
+    /// are its staleness's to tell.
+    pub(crate) fn stuck(&self, now: i64) -> Vec<(&Heartbeat, &RunningEntry, i64)> {
+        self.dispatchers
+            .iter()
+            .filter(|d| d.freshness == Freshness::Fresh)
+            .flat_map(|d| d.beat.running.iter().map(move |r| (&d.beat, r)))
+            .filter_map(|(beat, run)| {
+                let since = chrono::DateTime::parse_from_rfc3339(&run.since)
+                    .ok()?
+                    .timestamp();
+                let limit = self.kinds.get(&run.kind)?.stuck_after;
+                (now - since > limit).then_some((beat, run, now - since))
+            })
+            .collect()
     }
 
     /// A queued request as `status --json` lists it: `waiting` plus where it runs or why it waits.
@@ -245,8 +291,8 @@ fn freshness(beat: &Heartbeat, now: i64) -> Freshness {
     }
 }
 
-/// The `runs_on` of each usable kind of the index at `tip` (none when it does not read).
-fn runs_on_at(repo: &Repository, tip: Oid) -> BTreeMap<String, Vec<String>> {
+/// What the fleet needs of each usable kind of the index at `tip` (none when it does not read).
+fn kinds_at(repo: &Repository, tip: Oid) -> BTreeMap<String, KindShown> {
     let bytes = repo
         .find_commit(tip)
         .and_then(|c| c.tree())
@@ -262,7 +308,17 @@ fn runs_on_at(repo: &Repository, tip: Oid) -> BTreeMap<String, Vec<String>> {
     index
         .kinds
         .into_iter()
-        .filter_map(|(kind, spec)| spec.ok().map(|s| (kind, s.runs_on)))
+        .filter_map(|(kind, spec)| {
+            let spec = spec.ok()?;
+            let stuck_after = (spec.timeout + spec.grace * 2).as_secs();
+            Some((
+                kind,
+                KindShown {
+                    runs_on: spec.runs_on,
+                    stuck_after: i64::try_from(stuck_after).unwrap_or(i64::MAX),
+                },
+            ))
+        })
         .collect()
 }
 
@@ -305,7 +361,14 @@ mod tests {
     fn fleet(dispatchers: Vec<Seen>) -> Fleet {
         Fleet {
             dispatchers,
-            runs_on: [("train".to_owned(), vec!["gpu".to_owned()])].into(),
+            kinds: [(
+                "train".to_owned(),
+                KindShown {
+                    runs_on: vec!["gpu".to_owned()],
+                    stuck_after: 60,
+                },
+            )]
+            .into(),
             ..Fleet::default()
         }
     }
@@ -341,5 +404,42 @@ mod tests {
             message.as_deref(),
             Some("no fresh dispatcher with the labels `gpu` defines kind `train`")
         );
+    }
+
+    #[test]
+    fn a_run_past_its_kinds_timeout_is_stuck_and_a_dispatcher_silent_for_a_day_only_listed() {
+        let run = |since: &str| RunningEntry {
+            id: "t-1".into(),
+            kind: "train".into(),
+            resource: "t".into(),
+            since: since.into(),
+        };
+        // now is 1000 s after the epoch; `train` is stuck after 60 s.
+        let mut busy = beat(&["gpu"], None, 1000, "running");
+        busy.beat.running.push(run("1970-01-01T00:15:40Z"));
+        assert!(fleet(vec![busy]).stuck(1000).is_empty(), "60 s is not past");
+        let mut busy = beat(&["gpu"], None, 1000, "running");
+        busy.beat.running.push(run("1970-01-01T00:15:39Z"));
+        let busy = fleet(vec![busy]);
+        assert_eq!(busy.stuck(1000).len(), 1);
+        let blockers = crate::report::blockers::of_fleet(&busy, &[], 1000);
+        assert_eq!(blockers.len(), 1);
+        assert_eq!(blockers[0].what, "stuck");
+        assert!(
+            blockers[0].reason.contains("`t-1` (train)"),
+            "{}",
+            blockers[0].reason
+        );
+
+        let day = 24 * 60 * 60;
+        let gone = |seen| fleet(vec![beat(&[], None, seen, "running")]);
+        let whats = |f: &Fleet, now| {
+            crate::report::blockers::of_fleet(f, &[], now)
+                .iter()
+                .map(|b| b.what)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(whats(&gone(0), day), ["stale"]);
+        assert!(whats(&gone(0), day + 1).is_empty());
     }
 }

@@ -34,23 +34,24 @@ const STATES: [&str; 6] = [
     "cancelled",
 ];
 
-/// Everything at `tip` (named `tip_name`), unfiltered: the document of [`document`].
+/// Everything at `tip` (named `tip_name`), unfiltered, with `fleet` (read from a clone's refs, or
+/// by a dispatcher from the remote): the document of [`document`].
 pub(crate) fn read(
     repo: &Repository,
     (tip_name, tip): (&str, Oid),
-    namespace: Option<&str>,
+    fleet: &Fleet,
     now: i64,
 ) -> Result<Json, String> {
     let history = History::new(repo, tip);
-    let fleet = Fleet::read(repo, namespace, tip, now).map_err(|e| e.to_string())?;
     let queue = history.queue().map_err(|e| e.to_string())?;
     let (recent, counts) = outcomes(&history, RECENT, now, false, |_| true, |_| true)?;
-    let blockers = blockers::read(repo, tip).map_err(|e| e.to_string())?;
+    let mut blockers = blockers::read(repo, tip).map_err(|e| e.to_string())?;
+    blockers.extend(blockers::of_fleet(fleet, &queue, now));
     let schedules = schedules::read(repo, tip).map_err(|e| e.to_string())?;
     Ok(document(
         (tip_name, tip),
         (&blockers, &schedules),
-        &fleet,
+        fleet,
         &queue,
         &recent,
         &counts,

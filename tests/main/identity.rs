@@ -241,6 +241,54 @@ fn only_a_submitter_the_kind_names_with_a_trusted_signature_gets_a_request_run()
 const TWO_APPROVALS: &str = "deploy:\n  handler: deploy.sh\n  approvals: 2\n  approvers: [ada@example.org, bob@example.org, cy@example.org]\n";
 
 #[test]
+fn the_page_shows_a_request_awaiting_approval_with_the_approvals_it_has_and_needs() {
+    let (world, keys) = world_with(TWO_APPROVALS);
+    submit_signed(
+        &world,
+        "prod.yml",
+        "kind: deploy\nid: prod\n",
+        Some(&keys.key("ada")),
+        "Ada",
+    );
+    as_signer(&world, &keys, "bob", &["approve", "prod"]).assert_exit(0);
+    let port = crate::support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let dispatcher = world.spawn(world.run_command(
+        world.remote_arg(),
+        &[
+            "--poll-interval",
+            "200ms",
+            "--trust",
+            &keys.trust,
+            "--http-addr",
+            &addr,
+        ],
+    ));
+    let waiting = wait_until(Duration::from_secs(40), || {
+        crate::support::http_get(port, "/api/status")
+            .is_some_and(|(_, body)| body.contains("\"awaiting_approval\""))
+    });
+    assert!(
+        waiting,
+        "not shown awaiting: {}",
+        dispatcher.output_so_far()
+    );
+    let dom = crate::support::chromium(&["--dump-dom"], &format!("http://127.0.0.1:{port}/"));
+    let start = dom.find("id=\"approvals\"").expect("an approvals table");
+    let table = &dom[start..start + dom[start..].find("</table>").expect("its end")];
+    assert!(
+        table.contains("prod") && table.contains("1 of 2 filed"),
+        "{table}"
+    );
+    assert!(
+        !dom[dom.find("<h2>Queue").expect("a queue")..start].contains(">prod<"),
+        "{dom}"
+    );
+    dispatcher.terminate();
+    dispatcher.wait(Duration::from_secs(40)).assert_exit(0);
+}
+
+#[test]
 fn a_request_waits_until_two_approvers_other_than_its_submitter_approve() {
     let (world, keys) = world_with(TWO_APPROVALS);
     submit_signed(

@@ -30,7 +30,7 @@ mod world;
 pub use checkout::Checkout;
 pub use git::{ALL_FROZEN_HOOK, BRANCH_FROZEN_HOOK, GitDaemon, git_command};
 pub use host::{Strays, id, root_or_skip, running_as_root};
-pub use http::{http_get, http_post, metric};
+pub use http::{chromium, http_get, http_post, metric};
 pub use layout::{log_file, processed, sha256_hex, shard};
 pub use run::{Background, RUN_DEADLINE, RunOutput};
 pub use text::{between, instant_key, line_value, utc_rfc3339};

@@ -28,6 +28,7 @@ use crate::log::say;
 mod fence;
 mod lease;
 mod push;
+mod shown;
 
 /// The file in the workdir that keeps the boot id of the dispatcher that runs (or ran) on it.
 const BOOT_FILE: &str = "boot";
@@ -71,6 +72,8 @@ pub(super) struct Claims {
     /// at once, without waiting for their lease.
     leftovers: Vec<String>,
     started_at: String,
+    /// The records the page shows (`--http-addr`).
+    shown: shown::Shown,
 }
 
 impl Claims {
@@ -107,6 +110,7 @@ impl Claims {
             previous,
             leftovers: Vec::new(),
             started_at: rfc3339(SystemTime::now()),
+            shown: shown::Shown::default(),
         }
     }
 
@@ -161,6 +165,7 @@ impl Daemon {
         for resource in self.claims.ledger.observe(dispatch, now) {
             self.lost(&resource);
         }
+        self.show_fleet(dispatch);
     }
 
     /// The branch was looked at (and fetched if it moved) after the claims made so far.

@@ -22,13 +22,24 @@ pub(crate) fn render(document: &Json, health: Result<(), String>, me: &str) -> S
         blockers.push(reason.clone());
     }
     for b in document["blockers"].as_array().into_iter().flatten() {
-        let line = format!("{}: {}", text(&b["what"]), text(&b["reason"]));
+        let line = match text(&b["what"]).as_str() {
+            "stale" | "no_dispatcher" | "stuck" => text(&b["reason"]),
+            what => match b["by"].as_str() {
+                Some(by) => format!(
+                    "{what} by {by} since {}: {}",
+                    text(&b["since"]),
+                    text(&b["reason"])
+                ),
+                None => format!("{what}: {}", text(&b["reason"])),
+            },
+        };
         if !blockers.iter().any(|l| l.contains(&text(&b["reason"]))) {
             blockers.push(line);
         }
     }
     let mut running = Vec::new();
     let mut queue = Vec::new();
+    let mut approvals = Vec::new();
     for q in document["queue"].as_array().into_iter().flatten() {
         if q["state"] == "running" {
             running.push(json!({
@@ -37,13 +48,15 @@ pub(crate) fn render(document: &Json, health: Result<(), String>, me: &str) -> S
             }));
             continue;
         }
+        if let Some(need) = q["approvals"]["need"].as_u64() {
+            approvals.push(json!({
+                "id": q["id"], "kind": q["kind"], "arrived_at": q["arrived_at"],
+                "need": need, "filed": q["approvals"]["filed"].as_u64().unwrap_or(0),
+            }));
+            continue;
+        }
         let why = if let Some(until) = q["not_before"].as_str() {
             format!("waits until {until} (not_before)")
-        } else if let Some(need) = q["approvals"]["need"].as_u64() {
-            format!(
-                "awaiting approval: needs {need}, {} filed",
-                q["approvals"]["filed"].as_u64().unwrap_or(0)
-            )
         } else if let Some(message) = q["blocked"]["message"].as_str() {
             message.to_owned()
         } else if !blockers.is_empty() {
@@ -55,14 +68,31 @@ pub(crate) fn render(document: &Json, health: Result<(), String>, me: &str) -> S
             "id": q["id"], "kind": q["kind"], "arrived_at": q["arrived_at"], "why": why,
         }));
     }
-    for d in document["dispatchers"].as_array().into_iter().flatten() {
-        if d["freshness"] == "stale" {
-            blockers.push(format!(
-                "dispatcher `{}` is stale (no heartbeat within its lease)",
-                text(&d["id"])
-            ));
-        }
-    }
+    let dispatchers: Vec<Json> = document["dispatchers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let runs: Vec<String> = d["running"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| text(&r["id"]))
+                .collect();
+            let labels: Vec<String> = d["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
+            json!({
+                "id": d["id"], "host": d["host"], "software": d["software"],
+                "state": d["state"], "freshness": d["freshness"],
+                "seen_ago": d["seen_seconds_ago"], "labels": labels.join(", "),
+                "runs": runs.join(", "),
+            })
+        })
+        .collect();
     let template = env.get_template("page.html").expect("added above");
     template
         .render(context! {
@@ -73,8 +103,9 @@ pub(crate) fn render(document: &Json, health: Result<(), String>, me: &str) -> S
             blockers => blockers,
             running => Value::from(Serde(&running)),
             queue => Value::from(Serde(&queue)),
+            approvals => Value::from(Serde(&approvals)),
             recent => Value::from(Serde(&document["recent"])),
-            dispatchers => Value::from(Serde(&document["dispatchers"])),
+            dispatchers => Value::from(Serde(&dispatchers)),
             schedules => Value::from(Serde(&document["schedules"])),
             me => me,
         })

@@ -112,21 +112,27 @@ pub(super) fn update_dispatch_refs(
         .collect())
 }
 
-/// `git fetch` of the remote's ref `name`, for its objects only (no ref is written).
-pub(super) fn fetch_ref(remote: &Remote<'_>, name: &str) -> Result<(), SyncError> {
-    let args = [
+/// `git fetch` of the remote's refs `names`, for their objects only (no ref is written). `git`
+/// fetches nothing when one of them is gone, so then each is fetched on its own.
+pub(super) fn fetch_refs(remote: &Remote<'_>, names: &[&str]) -> Result<(), SyncError> {
+    let mut args = vec![
         "fetch",
         "--quiet",
         "--no-tags",
         "--no-write-fetch-head",
         REMOTE,
-        name,
     ];
+    args.extend_from_slice(names);
     match git(remote, &args) {
         // Deleted meanwhile: the caller finds the commit missing.
         Err(SyncError::Unreachable { message, .. })
             if message.contains("couldn't find remote ref") =>
         {
+            if names.len() > 1 {
+                for name in names {
+                    fetch_refs(remote, &[name])?;
+                }
+            }
             Ok(())
         }
         other => other.map(drop),

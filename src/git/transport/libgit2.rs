@@ -201,14 +201,14 @@ pub(super) fn update_dispatch_refs(
 }
 
 /// Downloads the objects of the remote's ref `name` (no ref is written).
-pub(super) fn fetch_ref(remote: &Remote<'_>, name: &str) -> Result<(), SyncError> {
+pub(super) fn fetch_refs(remote: &Remote<'_>, names: &[&str]) -> Result<(), SyncError> {
     let mut origin = remote.repo.find_remote(REMOTE)?;
     let tried = Tried::default();
     let mut options = FetchOptions::new();
     options.remote_callbacks(callbacks(remote, &tried));
     options.download_tags(git2::AutotagOption::None);
     origin
-        .download(&[name], Some(&mut options))
+        .download(names, Some(&mut options))
         .map_err(|e| unreachable(remote, &e, &tried))?;
     origin.disconnect()?;
     Ok(())

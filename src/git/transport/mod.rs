@@ -165,19 +165,26 @@ impl<'a> Remote<'a> {
         libgit2::update_dispatch_refs(self, updates)
     }
 
-    /// Brings commit `oid`, which the remote's ref `name` held, into the workdir: a fetch of
-    /// `name` (which may name another commit by now), or a copy from a bare repository on this
-    /// host.
-    pub(crate) fn fetch_note(&self, name: &str, oid: Oid) -> Result<(), SyncError> {
+    /// Brings the commits `notes` name (each one the remote's ref held) into the workdir in one
+    /// round trip: a fetch of their refs (which may name other commits by now), or a copy from a
+    /// bare repository on this host.
+    pub(crate) fn fetch_notes(&self, notes: &[(&str, Oid)]) -> Result<(), SyncError> {
+        let names: Vec<&str> = notes.iter().map(|(name, _)| *name).collect();
+        if notes.is_empty() {
+            return Ok(());
+        }
         if self.access.transport == Transport::Cli {
-            return cli::fetch_ref(self, name);
+            return cli::fetch_refs(self, &names);
         }
         if let Some(remote) = local::open(self) {
             // A handle of its own on the workdir: the objects go to its object files.
             let disk = Repository::open_bare(self.git_dir)?;
-            return local::copy_note(&remote, &disk, oid);
+            for (_, oid) in notes {
+                local::copy_note(&remote, &disk, *oid)?;
+            }
+            return Ok(());
         }
-        libgit2::fetch_ref(self, name)
+        libgit2::fetch_refs(self, &names)
     }
 
     fn local_ref(&self) -> String {

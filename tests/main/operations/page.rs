@@ -2,7 +2,7 @@
 //! `status --json`, read by the dispatcher from its own workdir.
 
 use super::DEADLINE;
-use crate::support::{World, free_port, http_get, wait_until};
+use crate::support::{World, chromium, free_port, http_get, wait_until};
 
 #[test]
 fn api_status_lists_the_queue_and_the_recent_outcomes_as_status_json_does() {
@@ -49,27 +49,6 @@ fn api_status_lists_the_queue_and_the_recent_outcomes_as_status_json_does() {
     assert_eq!(keys(&document), keys(&status));
     dispatcher.terminate();
     dispatcher.wait(DEADLINE).assert_exit(0);
-}
-
-/// `chromium --headless ARGS URL`: its standard output.
-fn chromium(args: &[&str], url: &str) -> String {
-    let out = std::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-        ])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("chromium is installed (`.ci/run` installs it: apt-get install chromium)");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -163,4 +142,140 @@ fn the_page_renders_in_a_browser_what_runs_waits_failed_and_what_blocks() {
     std::fs::write(world.markers.join("release"), "").expect("release");
     dispatcher.terminate();
     dispatcher.wait(DEADLINE).assert_exit(0);
+}
+
+/// `status` of `/api/status` as JSON, once it answers 200.
+fn api_status(port: u16) -> Option<serde_json::Value> {
+    match http_get(port, "/api/status") {
+        Some((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_page_shows_every_dispatcher_of_the_remote_what_each_runs_and_a_stale_one_as_a_blocker() {
+    use crate::support::GitDaemon;
+    use crate::support::fleet::Member;
+
+    let world = World::new().build();
+    let markers = world.markers.display();
+    crate::support::add_kinds(
+        &world,
+        &[
+            (
+                "hold",
+                &format!(
+                    "#!/bin/sh\ntouch '{markers}/held'\n\
+                     while [ ! -e '{markers}/release' ]; do sleep 0.05; done\n"
+                ),
+                "  runs_on: [far]\n",
+            ),
+            ("train", "#!/bin/sh\necho trained\n", "  runs_on: [gpu]\n"),
+        ],
+    );
+    let daemon = GitDaemon::serve(&world);
+    world.submit("far-1.yml", "kind: hold\nid: far-1\nresource: far\n");
+    world.submit("train-1.yml", "kind: train\nid: train-1\n");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut near = Member::start(
+        &world,
+        &daemon.url(),
+        "near",
+        &["--lease", "2s", "--http-addr", &addr],
+    );
+    let mut far = Member::start(
+        &world,
+        &daemon.url(),
+        "far",
+        &["--lease", "2s", "--labels", "far"],
+    );
+
+    // `near` serves the page: it shows `far` too, and that `far` runs far-1.
+    let mut document = serde_json::Value::Null;
+    let shown = wait_until(DEADLINE, || {
+        document = api_status(port).unwrap_or_default();
+        let running_far = document["queue"].as_array().is_some_and(|q| {
+            q.iter()
+                .any(|i| i["id"] == "far-1" && i["state"] == "running" && i["dispatcher"] == "far")
+        });
+        world.markers.join("held").exists() && running_far
+    });
+    assert!(
+        shown,
+        "far-1 not shown running on `far`: {document:#}\n{}{}",
+        near.output_so_far(),
+        far.output_so_far()
+    );
+    let ids: Vec<&str> = document["dispatchers"]
+        .as_array()
+        .expect("dispatchers")
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["far", "near"], "{document:#}");
+    let far_seen = &document["dispatchers"][0];
+    assert_eq!(far_seen["freshness"], "fresh", "{document:#}");
+    let host = far_seen["host"].as_str().expect("a host").to_owned();
+    assert_eq!(far_seen["running"][0]["id"], "far-1", "{document:#}");
+    // No dispatcher has the label `gpu`: train-1's kind is a blocker, and it says why it waits.
+    let blockers = document["blockers"].as_array().expect("blockers");
+    assert!(
+        blockers.iter().any(|b| b["what"] == "no_dispatcher"
+            && b["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("`train`") && r.contains("`gpu`"))),
+        "{document:#}"
+    );
+    let page = http_get(port, "/").expect("the page").1;
+    let table = &page[page
+        .find("id=\"dispatchers\"")
+        .expect("a dispatchers table")..];
+    assert!(table.contains(&host) && table.contains("far-1"), "{page}");
+    assert!(
+        page.contains("no fresh dispatcher has the labels `gpu`"),
+        "{page}"
+    );
+
+    // `far` dies: within a lease and a look, it is stale, a blocker naming what it ran.
+    far.kill();
+    let stale = wait_until(DEADLINE, || {
+        document = api_status(port).unwrap_or_default();
+        document["blockers"].as_array().is_some_and(|b| {
+            b.iter()
+                .any(|b| b["what"] == "stale" && b["dispatcher"] == "far")
+        })
+    });
+    assert!(
+        stale,
+        "`far` never shown stale: {document:#}\n{}",
+        near.output_so_far()
+    );
+    let reason = document["blockers"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["what"] == "stale"))
+        .map(|b| b["reason"].to_string())
+        .unwrap_or_default();
+    assert!(reason.contains("far-1"), "{reason}");
+    let page = http_get(port, "/").expect("the page").1;
+    assert!(page.contains("Not dispatch-safe"), "{page}");
+    assert!(
+        page.contains(&format!("dispatcher `far` on {host} is stale")),
+        "{page}"
+    );
+    // `status` in a clone says the same.
+    let out = crate::everyday::everyday(&world, &world.submitter.dir, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out.stdout).expect("status --json");
+    let whats: Vec<&str> = status["blockers"]
+        .as_array()
+        .expect("blockers")
+        .iter()
+        .filter_map(|b| b["what"].as_str())
+        .collect();
+    assert!(
+        whats.contains(&"stale") && whats.contains(&"no_dispatcher"),
+        "{status:#}"
+    );
+    std::fs::write(world.markers.join("release"), "").expect("release");
+    near.stop(DEADLINE).assert_exit(0);
 }
