@@ -26,7 +26,8 @@ fleet_world() {
     open_world "$dir"
     printf '#!/bin/sh\nsleep 0.2\necho "$DISPATCH_ID" >>"$BENCH_RUNS"\n' >"$dir/submit/handlers/nap.sh"
     chmod 755 "$dir/submit/handlers/nap.sh"
-    printf 'nap:\n  handler: nap.sh\n  env: [BENCH_RUNS]\n' >>"$dir/submit/handlers/index.yml"
+    # The runs file's folder is writable for isolated handlers (their /tmp is private).
+    printf 'nap:\n  handler: nap.sh\n  env: [BENCH_RUNS]\n  writable: [%s]\n' "$TMP/runs" >>"$dir/submit/handlers/index.yml"
     for ((i = 1; i <= FLEET_N; i++)); do
         printf 'kind: nap\nid: nap-%04d\nresource: r%02d\n' "$i" $((i % FLEET_RES)) >"$dir/submit/requests/nap-$i.yml"
     done

@@ -90,9 +90,11 @@ fn check(config: &RunConfig, service: bool) -> Vec<Finding> {
         } else {
             Finding::Warning {
                 what,
-                fix: "run the dispatcher as root (it runs handlers as --run-as) on a host with \
-                      cgroup v1 controllers, or accept the weaker confinement (docs/handlers.md)"
-                    .to_owned(),
+                fix:
+                    "run the dispatcher as root (it runs handlers as --run-as), on cgroup v2 as a \
+                      service with `Delegate=yes`, or accept the weaker confinement \
+                      (docs/handlers.md)"
+                        .to_owned(),
             }
         }
     }));

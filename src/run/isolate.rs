@@ -133,7 +133,10 @@ impl Isolation {
                 Err(why) => (false, format!("namespaces: none ({why})")),
             },
             match &self.cgroups {
-                Ok(cgroups) => (true, format!("cgroups: {}", cgroups.describe())),
+                Ok(cgroups) => (
+                    cgroups.complete(),
+                    format!("cgroups: {}", cgroups.describe()),
+                ),
                 Err(why) => (
                     false,
                     format!(

@@ -120,21 +120,23 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         program: job.program.to_owned(),
         source,
     };
+    let mut limits = job.limits.clone();
     let (mounts, cgroup) = match &job.view {
         Some((isolation, binds)) => (
             isolation.prepare(binds).map_err(spawn_err)?,
             match isolation.cgroups() {
-                Ok(cgroups) => Some(cgroups.run(&job.cgroup).map_err(spawn_err)?),
+                Ok(cgroups) => {
+                    if cgroups.limits_memory() {
+                        limits.address_space = None;
+                    }
+                    Some(cgroups.run(&job.cgroup).map_err(spawn_err)?)
+                }
                 Err(_) => None,
             },
         ),
         None => (None, None),
     };
     let procs = cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
-    let mut limits = job.limits.clone();
-    if cgroup.is_some() {
-        limits.address_space = None;
-    }
     let started = SystemTime::now();
     let clock = Instant::now();
     let spawned = {

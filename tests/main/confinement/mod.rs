@@ -31,6 +31,8 @@ mod log_cap;
 mod network;
 // Namespaces and cgroups: what a handler sees, writes, signals and uses.
 mod isolation;
+// The unified cgroup hierarchy (v2).
+mod cgroup_v2;
 
 /// A handler that allocates 1 GiB and says so (`ALLOCATED 1073741824`) if it could.
 const HOG: &str =
