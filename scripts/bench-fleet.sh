@@ -49,7 +49,7 @@ fleet() {
     for ((i = 1; i <= k; i++)); do
         "$BIN" run --remote "git://127.0.0.1:$PORT/remote.git" --workdir "$TMP/work-fleet$k-$i" \
             --lock-dir "$TMP/locks-fleet$k-$i" --dispatcher-id "bench-$i" --jobs 2 \
-            --poll-interval 200ms </dev/null >"$TMP/fleet$k-$i.log" 2>&1 &
+            --poll-interval 200ms --log-format json </dev/null >"$TMP/fleet$k-$i.log" 2>&1 &
         pids+=("$!")
         BG_PIDS+=("$!")
     done

@@ -39,7 +39,8 @@
 # The baseline scripts (mkworld.sh, seed-starter.sh) are taken from $BENCH_SHARED (default
 # /work/shared/bench) when it exists, else from the verbatim copies in scripts/bench-lib/.
 # The starter needs `yq` (the Python yq: `yq -r`); without it its figures are skipped.
-# Environment: BENCH_KEEP=1 keeps the temporary directory. Everything runs on local paths and
+# Environment: BENCH_KEEP=1 keeps the temporary directory; BENCH_CGROUP=v1|v2|none chooses the
+# cgroup hierarchy of the runs (GIT_DISPATCH_CGROUP). Everything runs on local paths and
 # 127.0.0.1; loops are bounded; the exit trap stops what it started and removes its temp dir.
 
 set -euo pipefail
@@ -154,6 +155,8 @@ export GIT_AUTHOR_NAME="Bench Submitter" GIT_AUTHOR_EMAIL=bench@example.test
 export GIT_COMMITTER_NAME="Bench Submitter" GIT_COMMITTER_EMAIL=bench@example.test
 unset GIT_DIR GIT_WORK_TREE GIT_DISPATCH_FAILPOINT
 for v in $(env | sed -n 's/^\(GIT_DISPATCH_[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
+# BENCH_CGROUP=v1|v2|none: the cgroup hierarchy the dispatchers drive (GIT_DISPATCH_CGROUP).
+[[ -n ${BENCH_CGROUP:-} ]] && export GIT_DISPATCH_CGROUP=$BENCH_CGROUP
 
 # A file descriptor to sleep on without forking: `read -t` on a pipe nobody writes to.
 exec {SLEEP_FD}<> <(:)

@@ -5,8 +5,9 @@
 //! Stages: `fetch` (a fetch has downloaded but not updated the branch), `taken` (a run is journaled,
 //! its handler not started), `running` (the handler runs), `recorded` (an outcome is committed
 //! in memory, not written out), `committed` (outcomes are written out to the workdir, not pushed), `push` (the remote has updated its ref, the push has not returned).
-//! One stage hangs instead of dying: `stuck` (a run's worker never reports after its handler ended),
-//! for the stale-run watchdog. Three fail instead: `write-pack` (writing a pack of outcomes fails, as
+//! Two stages hang instead of dying: `stuck` (a run's worker never reports after its handler ended),
+//! for the stale-run watchdog, and `push-reported` (a push's thread, once it reported its end, never
+//! exits). Three fail instead: `write-pack` (writing a pack of outcomes fails, as
 //! on a full disk), `sync-entry` (syncing a run's first journal entry fails) and `copy-pack` (a pack
 //! of outcomes is gone from the workdir when a push to a local path copies it, as after a `git
 //! repack` that merged it meanwhile).
@@ -40,7 +41,7 @@ pub(crate) fn fails(stage: &str) -> bool {
 pub(crate) fn hang(stage: &str) {
     #[cfg(debug_assertions)]
     if std::env::var("GIT_DISPATCH_FAILPOINT").is_ok_and(|armed| armed == stage) {
-        crate::log::say(&format!("fail point `{stage}`: this run's worker hangs"));
+        crate::log::say(&format!("fail point `{stage}`: this thread hangs"));
         loop {
             std::thread::park();
         }

@@ -189,7 +189,7 @@ impl Daemon {
             }
             Event::RemoteChanged => self.syncing.next = Instant::now(),
             // The loop collects it at its push step.
-            Event::Pushed => {}
+            Event::Pushed => self.push_reported(),
             Event::Signal(signal) => match on_signal(self.shutting_down, signal) {
                 OnSignal::ExitNow => {
                     say("second interrupt: exiting at once");

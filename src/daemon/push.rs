@@ -11,6 +11,7 @@
 //! an outcome that is neither pushed nor reported as left in the workdir.
 
 use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,9 +42,15 @@ pub(super) struct PushState {
     in_flight: Option<Pushing>,
 }
 
-/// A push on a thread of its own.
+/// A push on a thread of its own. It hands its result over on `done` before it sends
+/// [`Event::Pushed`], and the loop takes the result then: whether the thread has exited by that
+/// time is no matter (it once was, and a thread not yet returned left its push uncollected until
+/// the loop's next deadline).
 struct Pushing {
-    thread: JoinHandle<Result<(), SyncError>>,
+    thread: JoinHandle<()>,
+    done: Receiver<Result<(), SyncError>>,
+    /// Taken from `done` when the thread reported.
+    result: Option<Result<(), SyncError>>,
     /// How many outcome commits it pushes.
     pending: usize,
     /// The keys counted in the summary that it pushes.
@@ -95,7 +102,7 @@ impl PushState {
     fn due(&self, now: Instant, backlog: usize, batch: Duration) -> bool {
         if let Some(pushing) = &self.in_flight {
             // The loop looks when the push's thread says it ended.
-            return pushing.thread.is_finished();
+            return pushing.result.is_some();
         }
         let Some(since) = self.since else {
             return false;
@@ -114,6 +121,16 @@ impl PushState {
 }
 
 impl Daemon {
+    /// [`Event::Pushed`]: the push in flight handed its result over; it is taken at the next push
+    /// step.
+    pub(super) fn push_reported(&mut self) {
+        if let Some(pushing) = &mut self.push.in_flight
+            && pushing.result.is_none()
+        {
+            pushing.result = pushing.done.try_recv().ok();
+        }
+    }
+
     /// Whether to push now; never after giving up on the remote.
     pub(super) fn push_due(&self, backlog: usize) -> bool {
         self.gave_up.is_none() && self.push.due(Instant::now(), backlog, self.cfg.push_batch)
@@ -127,15 +144,22 @@ impl Daemon {
     /// [`Daemon::push_step`]; with `wait`, a push in flight is waited for and a new one is made on
     /// this thread.
     fn push_now(&mut self, wait: bool) -> Result<(), DaemonError> {
-        if let Some(pushing) = self
+        if let Some(mut pushing) = self
             .push
             .in_flight
-            .take_if(|p| wait || p.thread.is_finished())
+            .take_if(|p| wait || p.result.is_some())
         {
-            let result = pushing
-                .thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let result = match pushing.result.take() {
+                Some(result) => result,
+                None => match pushing.done.recv() {
+                    Ok(result) => result,
+                    // Gone without a result: the thread panicked.
+                    Err(_) => match pushing.thread.join() {
+                        Err(panic) => std::panic::resume_unwind(panic),
+                        Ok(()) => unreachable!("a push's thread sends its result before it ends"),
+                    },
+                },
+            };
             self.sync.end_push();
             return self.pushed(pushing.pending, result, Some(pushing.keys));
         }
@@ -156,17 +180,20 @@ impl Daemon {
             && let Some(job) = self.sync.begin_push()?
         {
             let sender = self.sender.clone();
+            let (report, done) = sync_channel(1);
             let thread = std::thread::Builder::new()
                 .name("push".to_owned())
                 .spawn(move || {
-                    let result = job.run();
+                    let _ = report.send(job.run());
                     let _ = sender.send(Event::Pushed);
-                    result
+                    crate::failpoint::hang("push-reported");
                 })
                 .expect("failed to spawn thread");
             let keys = self.push.counted.keys().cloned().collect();
             self.push.in_flight = Some(Pushing {
                 thread,
+                done,
+                result: None,
                 pending,
                 keys,
             });

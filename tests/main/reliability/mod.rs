@@ -35,6 +35,8 @@ mod port_daemon;
 mod remote_outages;
 // Hostile files in the inbox: each rejected once, nothing escapes.
 mod hostile_inbox;
+// A push on a thread of its own, collected when it reports.
+mod push_thread;
 
 /// How long a dispatcher process of these tests may run before it is killed and the test fails.
 const DEADLINE: Duration = Duration::from_secs(40);
