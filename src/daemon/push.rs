@@ -144,11 +144,7 @@ impl Daemon {
     /// [`Daemon::push_step`]; with `wait`, a push in flight is waited for and a new one is made on
     /// this thread.
     fn push_now(&mut self, wait: bool) -> Result<(), DaemonError> {
-        if let Some(mut pushing) = self
-            .push
-            .in_flight
-            .take_if(|p| wait || p.result.is_some())
-        {
+        if let Some(mut pushing) = self.push.in_flight.take_if(|p| wait || p.result.is_some()) {
             let result = match pushing.result.take() {
                 Some(result) => result,
                 None => match pushing.done.recv() {
