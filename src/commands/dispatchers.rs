@@ -73,7 +73,7 @@ impl Fleet {
                             format!("labels {}", b.labels.join(","))
                         },
                         paint.state(d.freshness.word()),
-                        format!("seen {} ago", age(now - b.seen_at_s)),
+                        format!("seen {} ago", age(now.saturating_sub(b.seen_at_s))),
                         if runs.is_empty() {
                             "idle".to_owned()
                         } else {

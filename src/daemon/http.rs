@@ -244,6 +244,15 @@ impl Http {
     }
 }
 
+/// One open connection, counted out when dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections and serves each on a task of its own, with its deadlines.
 async fn accept(listener: std::net::TcpListener, http: Arc<Http>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -262,6 +271,8 @@ async fn accept(listener: std::net::TcpListener, http: Arc<Http>) {
         open.fetch_add(1, Ordering::Relaxed);
         let (http, open) = (Arc::clone(&http), Arc::clone(&open));
         tokio::spawn(async move {
+            // Counted out however the task ends, a panic included.
+            let _open = Open(open);
             let service = hyper::service::service_fn(|request| {
                 let http = Arc::clone(&http);
                 async move {
@@ -275,7 +286,6 @@ async fn accept(listener: std::net::TcpListener, http: Arc<Http>) {
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

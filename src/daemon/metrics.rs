@@ -51,9 +51,9 @@ struct Health {
     untrusted: Option<String>,
     /// What runs here now: (id, kind, since as RFC 3339), for `/api/status` and the page.
     running: Vec<(String, String, String)>,
-    /// The records under the remote's `refs/dispatch/` as last read (ref, message), for
-    /// `/api/status` and the page.
-    fleet: Vec<(String, String)>,
+    /// The records under the remote's `refs/dispatch/` as last read (ref, message, when a look
+    /// last saw the ref move), for `/api/status` and the page.
+    fleet: Vec<(String, String, Option<i64>)>,
 }
 
 pub(crate) struct Metrics {
@@ -283,8 +283,9 @@ impl Metrics {
         }
     }
 
-    /// The records under the remote's `refs/dispatch/`, as last read: (ref, message).
-    pub(crate) fn fleet(&self, records: Vec<(String, String)>) {
+    /// The records under the remote's `refs/dispatch/`, as last read: (ref, message, when a look
+    /// last saw the ref move).
+    pub(crate) fn fleet(&self, records: Vec<(String, String, Option<i64>)>) {
         self.health
             .lock()
             .expect("no thread panics holding it")
@@ -292,7 +293,7 @@ impl Metrics {
     }
 
     /// The records of [`Metrics::fleet`].
-    pub(crate) fn fleet_now(&self) -> Vec<(String, String)> {
+    pub(crate) fn fleet_now(&self) -> Vec<(String, String, Option<i64>)> {
         self.health
             .lock()
             .expect("no thread panics holding it")

@@ -42,6 +42,15 @@ pub(super) struct PushState {
     in_flight: Option<Pushing>,
 }
 
+/// Sends [`Event::Pushed`] when dropped: a push's thread says it is done however it ends.
+struct Wake(std::sync::mpsc::Sender<Event>);
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        let _ = self.0.send(Event::Pushed);
+    }
+}
+
 /// A push on a thread of its own. It hands its result over on `done` before it sends
 /// [`Event::Pushed`], and the loop takes the result then: whether the thread has exited by that
 /// time is no matter (it once was, and a thread not yet returned left its push uncollected until
@@ -101,8 +110,9 @@ impl PushState {
     /// not before a failed push's backoff ran out.
     fn due(&self, now: Instant, backlog: usize, batch: Duration) -> bool {
         if let Some(pushing) = &self.in_flight {
-            // The loop looks when the push's thread says it ended.
-            return pushing.result.is_some();
+            // The loop looks when the push's thread says it ended (or ended without a word: a
+            // panic, which the loop then resumes).
+            return pushing.result.is_some() || pushing.thread.is_finished();
         }
         let Some(since) = self.since else {
             return false;
@@ -144,8 +154,16 @@ impl Daemon {
     /// [`Daemon::push_step`]; with `wait`, a push in flight is waited for and a new one is made on
     /// this thread.
     fn push_now(&mut self, wait: bool) -> Result<(), DaemonError> {
-        if let Some(mut pushing) = self.push.in_flight.take_if(|p| wait || p.result.is_some()) {
-            let result = match pushing.result.take() {
+        if let Some(mut pushing) = self
+            .push
+            .in_flight
+            .take_if(|p| wait || p.result.is_some() || p.thread.is_finished())
+        {
+            let result = match pushing
+                .result
+                .take()
+                .or_else(|| pushing.done.try_recv().ok())
+            {
                 Some(result) => result,
                 None => match pushing.done.recv() {
                     Ok(result) => result,
@@ -180,8 +198,10 @@ impl Daemon {
             let thread = std::thread::Builder::new()
                 .name("push".to_owned())
                 .spawn(move || {
+                    // Wakes the loop when the thread is done, even by a panic.
+                    let wake = Wake(sender);
                     let _ = report.send(job.run());
-                    let _ = sender.send(Event::Pushed);
+                    drop(wake);
                     crate::failpoint::hang("push-reported");
                 })
                 .expect("failed to spawn thread");

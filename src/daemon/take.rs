@@ -50,7 +50,7 @@ impl Running {
     /// How long after its handler started a run counts as stale: its timeout plus twice its grace,
     /// by when the sandbox has killed every handler (see [`Daemon::watchdog`]).
     pub(super) fn stale_after(&self) -> Duration {
-        self.request.timeout + self.request.route.spec.grace * 2
+        (self.request.timeout).saturating_add(self.request.route.spec.grace.saturating_mul(2))
     }
 }
 

@@ -13,12 +13,15 @@
 //! libgit2 transaction that locks each ref before reading it. Notes are written to the workdir's
 //! object files, never only to the in-memory store, so that every transport can send them.
 
+use std::path::Path;
+
 use git2::{ErrorClass, ErrorCode, Oid, Reference, Repository};
 
 use crate::claim::protocol::PREFIX;
 use crate::git::error::SyncError;
 use crate::git::refs::{Look, RefOutcome, RefUpdate};
 use crate::git::sync::Sync;
+use crate::git::transport::REMOTE;
 
 impl Sync {
     /// The branch's head and every ref under refs/dispatch/ on the remote, in one look.
@@ -101,27 +104,29 @@ impl Sync {
         &self,
         notes: &[(&str, Oid)],
     ) -> Result<Vec<Result<String, SyncError>>, SyncError> {
-        let missing: Vec<(&str, Oid)> = notes
-            .iter()
-            .filter(|(_, oid)| message_of(&self.repo, *oid).is_none())
-            .copied()
-            .collect();
+        let missing = missing(&self.repo, notes);
         self.remote().fetch_notes(&missing)?;
         // Read once (the caller keeps what it needs): removed later with the spent notes.
         self.spent_notes
             .borrow_mut()
             .extend(missing.iter().map(|(_, oid)| *oid));
-        Ok(notes
-            .iter()
-            .map(|(name, oid)| match message_of(&self.repo, *oid) {
-                Some(message) => Ok(message.map_err(|size| too_large(name, size))?),
-                None => Err(SyncError::Git(git2::Error::new(
-                    ErrorCode::NotFound,
-                    ErrorClass::Reference,
-                    format!("`{name}` on the remote no longer names commit {oid}"),
-                ))),
-            })
-            .collect())
+        Ok(messages(&self.repo, notes))
+    }
+
+    /// [`Sync::note_messages`] for records read again and again (the heartbeats and claims the
+    /// page shows): fetched into a repository of their own beside the workdir's clone,
+    /// `records.git`, made afresh once it holds more than [`MAX_RECORD_FILES`] packs or folders
+    /// of loose objects. A fetch over a network writes a pack each time, which the clone would
+    /// keep until its next repack.
+    pub(crate) fn read_records(
+        &self,
+        notes: &[(&str, Oid)],
+    ) -> Result<Vec<Result<String, SyncError>>, SyncError> {
+        let path = self.beside("records.git");
+        let repo = records_repo(&path, &self.url)?;
+        let missing = missing(&repo, notes);
+        self.remote_from(&repo, &path).fetch_notes(&missing)?;
+        Ok(messages(&repo, notes))
     }
 
     /// Why `update` is not sent at all (`earlier` are the updates before it in the same call).
@@ -148,12 +153,14 @@ impl Sync {
 /// [`MAX_BATCH`]: crate::claim::ledger::MAX_BATCH
 pub(crate) const MAX_NOTE: usize = 1 << 20;
 
-/// The message of commit `oid` in `repo`, if it holds it; `Err(size)` when the commit is larger
-/// than [`MAX_NOTE`], told by the object's header before anything of it is read.
+/// The message of commit `oid` in `repo`, if it holds it (an object of another type reads as an
+/// empty message); `Err(size)` when the commit is larger than [`MAX_NOTE`], told by the object's
+/// header before anything of it is read.
 pub(crate) fn message_of(repo: &Repository, oid: Oid) -> Option<Result<String, usize>> {
     let (size, kind) = repo.odb().ok()?.read_header(oid).ok()?;
     if kind != git2::ObjectType::Commit {
-        return None;
+        // Held, but no record: read as one that says nothing.
+        return Some(Ok(String::new()));
     }
     if size > MAX_NOTE {
         return Some(Err(size));
@@ -162,6 +169,53 @@ pub(crate) fn message_of(repo: &Repository, oid: Oid) -> Option<Result<String, u
     Some(Ok(
         String::from_utf8_lossy(commit.message_raw_bytes()).into_owned()
     ))
+}
+
+/// The most packs (and their indexes) or folders of loose objects `records.git` may hold before
+/// it is made afresh.
+const MAX_RECORD_FILES: usize = 64;
+
+/// `records.git` at `path`, fetching from `url`; made afresh when it grew past
+/// [`MAX_RECORD_FILES`].
+fn records_repo(path: &Path, url: &str) -> Result<Repository, SyncError> {
+    let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, Iterator::count);
+    let objects = path.join("objects");
+    if count(&objects) > MAX_RECORD_FILES || count(&objects.join("pack")) > MAX_RECORD_FILES {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    if path.join("HEAD").exists() {
+        return Ok(Repository::open_bare(path)?);
+    }
+    let mut options = git2::RepositoryInitOptions::new();
+    options.bare(true).external_template(false);
+    let repo = Repository::init_opts(path, &options)?;
+    repo.remote(REMOTE, url)?;
+    Ok(repo)
+}
+
+/// Those of `notes` whose commit `repo` does not hold.
+fn missing<'a>(repo: &Repository, notes: &[(&'a str, Oid)]) -> Vec<(&'a str, Oid)> {
+    notes
+        .iter()
+        .filter(|(_, oid)| message_of(repo, *oid).is_none())
+        .copied()
+        .collect()
+}
+
+/// The message of each of `notes` in `repo`: [`ErrorCode::NotFound`] where it does not hold the
+/// commit (or holds something else under that oid), [`ErrorCode::Invalid`] where it is too large.
+fn messages(repo: &Repository, notes: &[(&str, Oid)]) -> Vec<Result<String, SyncError>> {
+    notes
+        .iter()
+        .map(|(name, oid)| match message_of(repo, *oid) {
+            Some(message) => Ok(message.map_err(|size| too_large(name, size))?),
+            None => Err(SyncError::Git(git2::Error::new(
+                ErrorCode::NotFound,
+                ErrorClass::Reference,
+                format!("`{name}` on the remote no longer names commit {oid}"),
+            ))),
+        })
+        .collect()
 }
 
 fn too_large(name: &str, size: usize) -> git2::Error {

@@ -210,6 +210,16 @@ impl Sync {
         )
     }
 
+    /// The remote as seen from another repository of the workdir (`records.git`, at `git_dir`).
+    pub(super) fn remote_from<'a>(&'a self, repo: &'a Repository, git_dir: &'a Path) -> Remote<'a> {
+        Remote::new(repo, git_dir, &self.url, &self.access, &self.branch)
+    }
+
+    /// The folder `name` beside the workdir's clone.
+    pub(super) fn beside(&self, name: &str) -> std::path::PathBuf {
+        self.path.with_file_name(name)
+    }
+
     /// The dispatcher's signature, as author and committer, at this moment.
     pub(super) fn signature(&self) -> Result<Signature<'static>, git2::Error> {
         Signature::now(&self.signature_name, &self.signature_email)

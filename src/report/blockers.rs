@@ -160,7 +160,7 @@ pub(crate) fn of_fleet(fleet: &Fleet, queue: &[Waiting], now: i64) -> Vec<Blocke
     };
     for seen in &fleet.dispatchers {
         let beat = &seen.beat;
-        let silent = now - beat.seen_at_s;
+        let silent = now.saturating_sub(beat.seen_at_s);
         if seen.freshness != Freshness::Stale || silent > STALE_FOR {
             continue;
         }

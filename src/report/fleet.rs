@@ -91,29 +91,32 @@ impl Fleet {
                 records.push((
                     format!("{}{}", protocol::PREFIX, &name[namespace.len()..]),
                     message,
+                    None,
                 ));
             }
         }
         Ok(Self::of_records(repo, tip, records, now))
     }
 
-    /// The fleet of `records`: the remote's refs under `refs/dispatch/` and their commits'
-    /// messages (a dispatcher reads them from the remote itself), with the index at `tip`.
+    /// The fleet of `records`: the remote's refs under `refs/dispatch/`, their commits' messages
+    /// and, where known, when the ref last moved (seconds; a dispatcher reads them from the remote
+    /// itself, and a heartbeat whose ref moved within its lease is fresh even before its new
+    /// commit is read), with the index at `tip`.
     pub(crate) fn of_records(
         repo: &Repository,
         tip: Oid,
-        records: impl IntoIterator<Item = (String, String)>,
+        records: impl IntoIterator<Item = (String, String, Option<i64>)>,
         now: i64,
     ) -> Self {
         let mut fleet = Self {
             kinds: kinds_at(repo, tip),
             ..Self::default()
         };
-        for (remote_name, message) in records {
+        for (remote_name, message, moved) in records {
             if remote_name.starts_with(protocol::DISPATCHERS) {
                 match protocol::decode::<Heartbeat>(&message) {
                     Some(beat) => fleet.dispatchers.push(Seen {
-                        freshness: freshness(&beat, now),
+                        freshness: freshness(&beat, now, moved),
                         beat,
                     }),
                     None => fleet.unreadable.push(remote_name),
@@ -204,7 +207,8 @@ impl Fleet {
                     .ok()?
                     .timestamp();
                 let limit = self.kinds.get(&run.kind)?.stuck_after;
-                (now - since > limit).then_some((beat, run, now - since))
+                let ran = now.saturating_sub(since);
+                (ran > limit).then_some((beat, run, ran))
             })
             .collect()
     }
@@ -253,7 +257,7 @@ impl Fleet {
                     "freshness": d.freshness.word(),
                     "started_at": b.started_at,
                     "seen_at": b.seen_at,
-                    "seen_seconds_ago": now - b.seen_at_s,
+                    "seen_seconds_ago": now.saturating_sub(b.seen_at_s),
                     "lease_ms": b.lease_ms,
                     "running": b.running,
                 })
@@ -280,11 +284,13 @@ impl Fleet {
     }
 }
 
-fn freshness(beat: &Heartbeat, now: i64) -> Freshness {
+/// How `beat` looks at `now`, its ref seen to move at `moved` (seconds) if known.
+fn freshness(beat: &Heartbeat, now: i64, moved: Option<i64>) -> Freshness {
     let lease = i64::try_from(beat.lease_ms / 1000).unwrap_or(i64::MAX);
+    let seen = beat.seen_at_s.max(moved.unwrap_or(i64::MIN));
     if beat.state == "stopped" {
         Freshness::Stopped
-    } else if now - beat.seen_at_s <= lease {
+    } else if now.saturating_sub(seen) <= lease {
         Freshness::Fresh
     } else {
         Freshness::Stale
@@ -310,7 +316,10 @@ fn kinds_at(repo: &Repository, tip: Oid) -> BTreeMap<String, KindShown> {
         .into_iter()
         .filter_map(|(kind, spec)| {
             let spec = spec.ok()?;
-            let stuck_after = (spec.timeout + spec.grace * 2).as_secs();
+            let stuck_after = spec
+                .timeout
+                .saturating_add(spec.grace.saturating_mul(2))
+                .as_secs();
             Some((
                 kind,
                 KindShown {
@@ -353,7 +362,7 @@ mod tests {
             claims: Vec::new(),
         };
         Seen {
-            freshness: freshness(&beat, 1000),
+            freshness: freshness(&beat, 1000, None),
             beat,
         }
     }
@@ -377,6 +386,10 @@ mod tests {
     fn a_heartbeat_is_fresh_within_its_lease_stale_after_and_stopped_when_it_says_so() {
         assert_eq!(beat(&[], None, 970, "running").freshness, Freshness::Fresh);
         assert_eq!(beat(&[], None, 969, "running").freshness, Freshness::Stale);
+        // Its ref seen to move since: alive, its new heartbeat not read yet.
+        let old = beat(&[], None, 969, "running").beat;
+        assert_eq!(freshness(&old, 1000, Some(990)), Freshness::Fresh);
+        assert_eq!(freshness(&old, 1000, Some(960)), Freshness::Stale);
         assert_eq!(
             beat(&[], None, 1000, "stopped").freshness,
             Freshness::Stopped

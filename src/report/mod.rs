@@ -132,7 +132,7 @@ fn waiting_json(waiting: &Waiting, now: i64) -> Json {
         "kind": waiting.kind,
         "path": waiting.entry.path,
         "arrived_at": rfc3339_seconds(waiting.entry.arrival.time),
-        "age_seconds": (now - waiting.entry.arrival.time).max(0),
+        "age_seconds": now.saturating_sub(waiting.entry.arrival.time).max(0),
         "commit": waiting.entry.arrival.commit.to_string(),
     })
 }

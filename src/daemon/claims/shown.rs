@@ -12,6 +12,7 @@ use git2::Oid;
 
 use crate::claim::protocol;
 use crate::daemon::Daemon;
+use crate::git::sync::SyncError;
 
 /// At most this often the records are read: well within the page's refresh.
 const EVERY: Duration = Duration::from_secs(2);
@@ -23,53 +24,76 @@ const MAX_ROUND: usize = 512;
 pub(in crate::daemon) struct Shown {
     read_at: Option<Instant>,
     records: BTreeMap<String, (Oid, String)>,
+    /// What each ref held at the last look, and when (seconds) a look first saw it hold that, when
+    /// a look saw it move: a heartbeat whose ref moves is alive, read yet or not.
+    moved: BTreeMap<String, (Oid, Option<i64>)>,
 }
 
 impl Daemon {
-    /// After a look that worked (`dispatch`: every ref under `refs/dispatch/`): reads the records
-    /// that changed and hands them all to the server.
+    /// After a look that worked (`dispatch`: every ref under `refs/dispatch/`): notes which refs
+    /// moved, reads the records that changed (at most every [`EVERY`]) and hands them all to the
+    /// server.
     pub(super) fn show_fleet(&mut self, dispatch: &BTreeMap<String, Oid>) {
-        let now = Instant::now();
-        let shown = &mut self.claims.shown;
-        if self.cfg.http_addr.is_none() || shown.read_at.is_some_and(|t| now < t + EVERY) {
+        if self.cfg.http_addr.is_none() {
             return;
         }
-        shown.read_at = Some(now);
-        shown
-            .records
-            .retain(|name, (oid, _)| dispatch.get(name) == Some(oid));
-        let wanted: Vec<(&str, Oid)> = dispatch
-            .iter()
-            .filter(|(name, _)| {
-                (name.starts_with(protocol::DISPATCHERS) || name.starts_with(protocol::CLAIMS))
-                    && !shown.records.contains_key(*name)
-            })
-            .map(|(name, oid)| (name.as_str(), *oid))
-            .take(MAX_ROUND)
-            .collect();
-        // The remote away: the records stay as they were, and are read again next time.
-        if let Ok(messages) = self.sync.note_messages(&wanted) {
-            for ((name, oid), message) in wanted.iter().zip(messages) {
-                // One that no longer holds `oid` is read when it is seen again; one too large
-                // to read never will be, and shows as unreadable.
-                let message = match message {
-                    Ok(message) => message,
-                    Err(crate::git::sync::SyncError::Git(e))
-                        if e.code() == git2::ErrorCode::NotFound =>
-                    {
-                        continue;
-                    }
-                    Err(_) => String::new(),
-                };
-                shown.records.insert((*name).to_owned(), (*oid, message));
+        let now = Instant::now();
+        let wall = crate::clock::now_seconds();
+        let shown = &mut self.claims.shown;
+        shown.moved.retain(|name, _| dispatch.contains_key(name));
+        for (name, oid) in dispatch {
+            match shown.moved.get_mut(name) {
+                Some((held, at)) if held != oid => (*held, *at) = (*oid, Some(wall)),
+                Some(_) => {}
+                // First seen: when it last moved is not known.
+                None => drop(shown.moved.insert(name.clone(), (*oid, None))),
             }
+        }
+        if shown.read_at.is_none_or(|t| now >= t + EVERY) {
+            shown.read_at = Some(now);
+            read(&self.sync, shown, dispatch);
         }
         self.metrics.fleet(
             shown
                 .records
                 .iter()
-                .map(|(name, (_, message))| (name.clone(), message.clone()))
+                .map(|(name, (_, message))| {
+                    let moved = shown.moved.get(name).and_then(|(_, at)| *at);
+                    (name.clone(), message.clone(), moved)
+                })
                 .collect(),
         );
+    }
+}
+
+/// Reads the records of `dispatch` that are not read yet or changed, in one round trip.
+fn read(sync: &crate::git::sync::Sync, shown: &mut Shown, dispatch: &BTreeMap<String, Oid>) {
+    // A record stays shown until its ref's new commit is read, and goes with its ref.
+    shown.records.retain(|name, _| dispatch.contains_key(name));
+    let wanted: Vec<(&str, Oid)> = dispatch
+        .iter()
+        .filter(|(name, oid)| {
+            (name.starts_with(protocol::DISPATCHERS) || name.starts_with(protocol::CLAIMS))
+                && shown
+                    .records
+                    .get(*name)
+                    .is_none_or(|(read, _)| read != *oid)
+        })
+        .map(|(name, oid)| (name.as_str(), *oid))
+        .take(MAX_ROUND)
+        .collect();
+    // The remote away: the records stay as they were, and are read again next time.
+    let Ok(messages) = sync.read_records(&wanted) else {
+        return;
+    };
+    for ((name, oid), message) in wanted.iter().zip(messages) {
+        // One gone meanwhile is read when seen again (what was read before stays); one that does
+        // not read (too large) shows as unreadable until its ref moves.
+        let message = match message {
+            Ok(message) => message,
+            Err(SyncError::Git(e)) if e.code() == git2::ErrorCode::NotFound => continue,
+            Err(_) => String::new(),
+        };
+        shown.records.insert((*name).to_owned(), (*oid, message));
     }
 }

@@ -28,6 +28,9 @@ use std::time::Duration;
 const PREFIX: &str = "git-dispatch-";
 /// The CFS period `cpu:` is a share of.
 const CPU_PERIOD_US: u64 = 100_000;
+/// The kernel's largest pid count (`PID_MAX_LIMIT`): `pids.max` takes no more, and no more are
+/// possible anyway.
+const PID_MAX_LIMIT: u64 = 4 * 1024 * 1024;
 /// Chooses the hierarchy: `v1`, `v2` or `none`.
 pub(crate) const CHOICE_VAR: &str = "GIT_DISPATCH_CGROUP";
 

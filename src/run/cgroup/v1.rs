@@ -8,8 +8,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
-    CPU_PERIOD_US, CgroupLimits, RunCgroup, Usage, UsageFrom, keyed, make_dir, mount_point, named,
-    number, remove_tree, sweep, write,
+    CPU_PERIOD_US, CgroupLimits, PID_MAX_LIMIT, RunCgroup, Usage, UsageFrom, keyed, make_dir,
+    mount_point, named, number, remove_tree, sweep, write,
 };
 
 /// The dispatcher's folder in each controller; removed on drop.
@@ -87,7 +87,11 @@ impl Folders {
             }
         }
         if let Some(pids) = limits.pids {
-            write(&self.pids.join(name), "pids.max", &pids.to_string())?;
+            write(
+                &self.pids.join(name),
+                "pids.max",
+                &pids.min(PID_MAX_LIMIT).to_string(),
+            )?;
         }
         if let Some(cores) = limits.cpu {
             let dir = self.cpu.join(name);

@@ -14,8 +14,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
-    CPU_PERIOD_US, CgroupLimits, PREFIX, RunCgroup, Usage, UsageFrom, keyed, make_dir, mount_point,
-    named, number, remove_tree, sweep, write,
+    CPU_PERIOD_US, CgroupLimits, PID_MAX_LIMIT, PREFIX, RunCgroup, Usage, UsageFrom, keyed,
+    make_dir, mount_point, named, number, remove_tree, sweep, write,
 };
 
 /// The controllers a run's folder may get, in the order they are asked for.
@@ -60,8 +60,13 @@ impl Folder {
         });
         let controllers = match hand_down(&parent, &wanted) {
             Ok(()) => wanted,
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && parent != mount => {
-                match move_self(&parent, &me).and_then(|()| hand_down(&parent, &wanted)) {
+            // Processes in `parent`: when they are this one alone (a service with `Delegate=yes`,
+            // or the root of a container's cgroup namespace), it moves into a folder of its own.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                match alone_in(&parent)
+                    .and_then(|()| move_self(&parent, &me))
+                    .and_then(|()| hand_down(&parent, &wanted))
+                {
                     Ok(()) => wanted,
                     Err(e) => {
                         missing = Some(format!(
@@ -146,7 +151,7 @@ impl Folder {
             }
         }
         if let Some(pids) = limits.pids.filter(|_| self.has("pids")) {
-            write(dir, "pids.max", &pids.to_string())?;
+            write(dir, "pids.max", &pids.min(PID_MAX_LIMIT).to_string())?;
         }
         if let Some(cores) = limits.cpu.filter(|_| self.has("cpu")) {
             let quota = ((cores * CPU_PERIOD_US as f64) as u64).max(1000);
@@ -179,6 +184,17 @@ fn hand_down(dir: &Path, controllers: &[&str]) -> io::Result<()> {
     }
     let line: Vec<String> = controllers.iter().map(|c| format!("+{c}")).collect();
     fs::write(dir.join("cgroup.subtree_control"), line.join(" "))
+}
+
+/// Ok when this process is the only one in the cgroup `dir`; otherwise why not (moving it would
+/// not free `dir`, and would leave a folder behind).
+fn alone_in(dir: &Path) -> io::Result<()> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs"))?;
+    let me = std::process::id().to_string();
+    match procs.lines().all(|pid| pid.trim() == me) {
+        true => Ok(()),
+        false => Err(io::Error::other("other processes share it")),
+    }
 }
 
 /// Moves this process into the folder `name` of `parent`, so `parent` holds no process of its own.

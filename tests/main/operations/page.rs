@@ -279,3 +279,54 @@ fn the_page_shows_every_dispatcher_of_the_remote_what_each_runs_and_a_stale_one_
     std::fs::write(world.markers.join("release"), "").expect("release");
     near.stop(DEADLINE).assert_exit(0);
 }
+
+/// The records the page shows are read again and again (a heartbeat moves each quarter of a lease):
+/// they are fetched into a repository of their own, so the workdir's clone gains no pack per read.
+#[test]
+fn reading_the_other_dispatchers_heartbeats_adds_nothing_to_the_workdirs_clone() {
+    use crate::support::GitDaemon;
+    use crate::support::fleet::Member;
+
+    let world = World::new().build();
+    let daemon = GitDaemon::serve(&world);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut near = Member::start(
+        &world,
+        &daemon.url(),
+        "near",
+        &["--lease", "2s", "--http-addr", &addr],
+    );
+    let mut far = Member::start(&world, &daemon.url(), "far", &["--lease", "2s"]);
+    let packs =
+        || std::fs::read_dir(near.work.join("repo.git/objects/pack")).map_or(0, Iterator::count);
+    // The `seen_at` of `far` as the page shows it, each time it moved.
+    let mut seen = Vec::new();
+    let mut moves = |n: usize| {
+        wait_until(DEADLINE, || {
+            let document = api_status(port).unwrap_or_default();
+            let at = document["dispatchers"]
+                .as_array()
+                .and_then(|d| d.iter().find(|d| d["id"] == "far"))
+                .map(|d| d["seen_at"].to_string());
+            if let Some(at) = at.filter(|at| seen.last() != Some(at)) {
+                seen.push(at);
+            }
+            seen.len() >= n
+        })
+    };
+    assert!(
+        moves(2),
+        "`far` never shown twice: {}",
+        near.output_so_far()
+    );
+    let before = packs();
+    assert!(moves(5), "`far` not shown moving: {}", near.output_so_far());
+    assert_eq!(
+        packs(),
+        before,
+        "the page's reads wrote packs into the clone"
+    );
+    far.stop(DEADLINE).assert_exit(0);
+    near.stop(DEADLINE).assert_exit(0);
+}
