@@ -235,6 +235,7 @@ impl Daemon {
             self.metrics.running(self.running_now());
             self.watchdog()?;
             self.claims_step()?;
+            self.show_fleet();
             if self.push_due(backlog) {
                 self.push_step()?;
             }

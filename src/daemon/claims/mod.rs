@@ -165,7 +165,7 @@ impl Daemon {
         for resource in self.claims.ledger.observe(dispatch, now) {
             self.lost(&resource);
         }
-        self.show_fleet(dispatch);
+        self.note_fleet(dispatch);
     }
 
     /// The branch was looked at (and fetched if it moved) after the claims made so far.
