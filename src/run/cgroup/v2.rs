@@ -53,7 +53,7 @@ impl Folder {
             WANTED.into_iter().filter(|c| offered.contains(c)).collect();
         let mut missing = (wanted.len() < WANTED.len()).then(|| {
             format!(
-                "the host offers only `{}` in `{}`",
+                "not all controllers: the host offers only `{}` in `{}`",
                 offered.join(" "),
                 parent.display()
             )
@@ -70,7 +70,7 @@ impl Folder {
                     Ok(()) => wanted,
                     Err(e) => {
                         missing = Some(format!(
-                            "`{}` holds other processes and cannot hand controllers down ({e}); \
+                            "not all controllers: `{}` holds other processes and cannot hand controllers down ({e}); \
                              run the dispatcher as a service of its own with `Delegate=yes`",
                             parent.display()
                         ));
@@ -79,7 +79,7 @@ impl Folder {
                 }
             }
             Err(e) => {
-                missing = Some(format!("{e}"));
+                missing = Some(format!("not all controllers: {e}"));
                 Vec::new()
             }
         };
@@ -93,6 +93,16 @@ impl Folder {
         };
         hand_down(&folder.dir, &folder.controllers)
             .map_err(|e| format!("`{}`: {e}", folder.dir.display()))?;
+        if folder.has("memory") && !folder.dir.join("memory.swap.max").exists() {
+            // A kernel without swap accounting: `memory.swap.max` is nowhere to be set.
+            let why = "swap is not accounted on this host: `memory:` bounds memory, not swap";
+            let mut folder = folder;
+            folder.missing = Some(match folder.missing.take() {
+                Some(other) => format!("{other}; {why}"),
+                None => why.to_owned(),
+            });
+            return Ok(folder);
+        }
         Ok(folder)
     }
 
@@ -104,7 +114,7 @@ impl Folder {
         let missing = self
             .missing
             .as_ref()
-            .map_or_else(String::new, |why| format!("; not all controllers: {why}"));
+            .map_or_else(String::new, |why| format!("; {why}"));
         let unbounded: Vec<String> = WANTED
             .iter()
             .filter(|c| !self.has(c))
@@ -238,11 +248,10 @@ mod tests {
             read(&folder.dir.join("cgroup.subtree_control")),
             "+memory +pids +cpu"
         );
-        assert!(
-            folder
-                .describe()
-                .starts_with("cgroup v2 (memory, pids, cpu)")
-        );
+        let said = folder.describe();
+        assert!(said.starts_with("cgroup v2 (memory, pids, cpu)"), "{said}");
+        // No `memory.swap.max` in the folder: a kernel without swap accounting, said so.
+        assert!(said.contains("swap is not accounted"), "{said}");
         let limits = CgroupLimits {
             memory: Some(512 << 20),
             pids: Some(20),
