@@ -42,6 +42,7 @@ impl Blocker {
             "reason": self.reason,
             "by": self.by.as_ref().map(|(who, _)| who),
             "since": self.by.as_ref().map(|(_, at)| rfc3339_seconds(*at)),
+            "line": self.line(),
         })
     }
 

@@ -22,17 +22,8 @@ pub(crate) fn render(document: &Json, health: Result<(), String>, me: &str) -> S
         blockers.push(reason.clone());
     }
     for b in document["blockers"].as_array().into_iter().flatten() {
-        let line = match text(&b["what"]).as_str() {
-            "stale" | "no_dispatcher" | "stuck" => text(&b["reason"]),
-            what => match b["by"].as_str() {
-                Some(by) => format!(
-                    "{what} by {by} since {}: {}",
-                    text(&b["since"]),
-                    text(&b["reason"])
-                ),
-                None => format!("{what}: {}", text(&b["reason"])),
-            },
-        };
+        // As `status` prints it.
+        let line = text(&b["line"]);
         if !blockers.iter().any(|l| l.contains(&text(&b["reason"]))) {
             blockers.push(line);
         }
@@ -140,7 +131,8 @@ mod tests {
     fn what_a_submitter_wrote_is_escaped_and_a_blocker_makes_it_unsafe() {
         let document = json!({
             "tip": {"ref": "main", "commit": "0123456789abcdef"},
-            "blockers": [{"what": "paused", "reason": "<script>alert(1)</script>"}],
+            "blockers": [{"what": "paused", "reason": "<script>alert(1)</script>",
+                "line": "paused: <script>alert(1)</script>"}],
             "queue": [{"id": "q<1>", "kind": "echo", "state": "queued", "arrived_at": "t"}],
             "recent": [], "dispatchers": [], "schedules": [],
         });
