@@ -27,7 +27,8 @@ pub(crate) fn bound_silence(lease: std::time::Duration) {
 /// packs in windows of 1 MiB up to 2 MiB in all (the default maps whole packs, up to 8 GiB, and
 /// mapped pages count in the resident memory: 42.9 MiB peak over 100,000 outcomes with the default,
 /// 30.2 with 8 MiB; no more CPU time either), skip re-hashing every object read from our own object
-/// store, and bound how long a silent server can hold a fetch or push. The first call also
+/// store, bound how long a silent server can hold a fetch or push, and serve `git://` with
+/// [`crate::git::transport::git_protocol`]. The first call also
 /// initialises libgit2, which loads the system's CA certificates for HTTPS whatever the remote
 /// (about 20 ms, a third of a first start): `Daemon::open` makes it on a thread of its own.
 pub(crate) fn configure_libgit2() {
@@ -43,9 +44,15 @@ pub(crate) fn configure_libgit2() {
             let _ = git2::opts::set_cache_max_size(512 << 10);
             let _ = git2::opts::set_mwindow_size(1 << 20);
             let _ = git2::opts::set_mwindow_mapped_limit(2 << 20);
+            let silence = SILENCE_MS.load(std::sync::atomic::Ordering::Relaxed);
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(15_000);
-            let _ = git2::opts::set_server_timeout_in_milliseconds(
-                SILENCE_MS.load(std::sync::atomic::Ordering::Relaxed),
+            let _ = git2::opts::set_server_timeout_in_milliseconds(silence);
+            // `git://` over a socket without Nagle's delay (see its module): registered once,
+            // like the settings above, before any remote is opened. Should it fail, libgit2's
+            // own transport serves `git://`, only slower.
+            let _ = crate::git::transport::git_protocol::register(
+                std::time::Duration::from_millis(15_000),
+                std::time::Duration::from_millis(silence.unsigned_abs().into()),
             );
         }
     });

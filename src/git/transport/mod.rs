@@ -6,6 +6,7 @@
 //!
 //! - [`libgit2`]: in process, over SSH (agent or `--ssh-key`), HTTPS (credential helper) or a path;
 //! - [`cli`]: the system `git`, so the user's SSH config, known hosts and credential helpers apply;
+//!   `git://` goes through [`git_protocol`], a socket with Nagle's algorithm off;
 //! - [`local`]: a bare repository on this host reached through libgit2, written directly (objects
 //!   copied, the ref moved with a compare-and-swap) instead of through libgit2's local transport.
 //!
@@ -15,6 +16,7 @@
 //! Never a force push.
 
 mod cli;
+pub(crate) mod git_protocol;
 mod libgit2;
 mod local;
 
