@@ -16,7 +16,7 @@
 //! one pkt-line `git-upload-pack /path\0host=HOST\0` (or `git-receive-pack`), then hand libgit2 the
 //! socket for both directions. Timeouts are those of libgit2's own sockets.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -60,11 +60,36 @@ impl SmartSubtransport for GitProtocol {
             Service::UploadPackLs | Service::UploadPack => "git-upload-pack",
             Service::ReceivePackLs | Service::ReceivePack => "git-receive-pack",
         };
-        Ok(Box::new(connect(url, service, self.0)?))
+        Ok(Box::new(Socket(connect(url, service, self.0)?)))
     }
 
     fn close(&self) -> Result<(), Error> {
         Ok(())
+    }
+}
+
+/// The connection as libgit2 reads and writes it: each read asks the kernel to acknowledge at once
+/// what comes next (`TCP_QUICKACK`, which the kernel turns off again by itself), so that the
+/// server's own small writes (`git upload-pack` writes a pkt-line's length and its data apart) do
+/// not wait for a delayed ACK either.
+struct Socket(TcpStream);
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.0.read(buf)?;
+        // Only ever a hint: a refusal changes timing, not what is read.
+        let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        Ok(read)
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
