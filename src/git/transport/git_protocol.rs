@@ -75,8 +75,16 @@ impl SmartSubtransport for GitProtocol {
 struct Socket(TcpStream);
 
 impl Read for Socket {
+    /// Reads again when a signal interrupted the read: a socket with a timeout is not restarted by
+    /// the kernel, and libgit2 takes any error for a broken connection (a handler's SIGCHLD once
+    /// failed a claim push whose updates the server had made).
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let read = self.0.read(buf)?;
+        let read = loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => break read?,
+            }
+        };
         // Only ever a hint: a refusal changes timing, not what is read.
         let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
         Ok(read)
@@ -85,7 +93,12 @@ impl Read for Socket {
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                written => return written,
+            }
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -246,6 +259,56 @@ mod tests {
         );
         assert_eq!(got[4..], *expected.as_bytes());
         assert_eq!(&got[..4], format!("{:04x}", expected.len() + 4).as_bytes());
+    }
+
+    #[test]
+    fn a_signal_while_the_server_is_silent_does_not_fail_the_read() {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        extern "C" fn nothing(_: nix::libc::c_int) {}
+        // SAFETY: a handler that does nothing; no other test uses SIGUSR2.
+        unsafe {
+            let quiet = SigAction::new(
+                SigHandler::Handler(nothing),
+                SaFlags::empty(),
+                SigSet::empty(),
+            );
+            sigaction(Signal::SIGUSR2, &quiet).unwrap();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("git://{}/repo.git", listener.local_addr().unwrap());
+        let (ready, reading) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut socket = Socket(connect(&url, "git-upload-pack", TIMEOUTS).unwrap());
+            ready
+                .send((nix::unistd::gettid(), unsafe { nix::libc::pthread_self() }))
+                .unwrap();
+            let mut buf = [0u8; 5];
+            socket.read(&mut buf).map(|n| buf[..n].to_vec())
+        });
+        let (mut server, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4];
+        server.read_exact(&mut request).unwrap();
+        let (tid, thread) = reading.recv().unwrap();
+        // Once the reader sleeps (in its read), interrupt it; then answer.
+        let stat = format!("/proc/self/task/{tid}/stat");
+        let asleep = || {
+            std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('S')))
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !asleep() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(asleep(), "the reader never waited");
+        // SAFETY: the reader thread is alive: it returns only once the server answers.
+        assert_eq!(
+            unsafe { nix::libc::pthread_kill(thread, nix::libc::SIGUSR2) },
+            0
+        );
+        server.write_all(b"hello").unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), b"hello");
     }
 
     #[test]
