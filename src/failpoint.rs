@@ -10,7 +10,8 @@
 //! exits). Three fail instead: `write-pack` (writing a pack of outcomes fails, as
 //! on a full disk), `sync-entry` (syncing a run's first journal entry fails) and `copy-pack` (a pack
 //! of outcomes is gone from the workdir when a push to a local path copies it, as after a `git
-//! repack` that merged it meanwhile).
+//! repack` that merged it meanwhile). And `claims-unanswered` reports every push of claims and heartbeat
+//! as failed after the server applied it, as when a connection breaks before the report is read.
 
 /// Dies here if the fail point `stage` is armed.
 #[inline]

@@ -68,6 +68,13 @@ impl Sync {
             .borrow_mut()
             .extend(sent.iter().filter_map(|u| u.new));
         let mut results = results?;
+        if crate::failpoint::fails("claims-unanswered") {
+            return Err(SyncError::Unreachable {
+                url: self.url.clone(),
+                message: "fail point `claims-unanswered`: the report of the updates was lost"
+                    .to_owned(),
+            });
+        }
         if results.iter().any(|r| matches!(r, RefOutcome::Refused(_))) {
             // A refusal of a ref that no longer holds its `expect` is a race lost at the remote's
             // lock (or a lease that was stale): say who won. Without a look, it stays a refusal.

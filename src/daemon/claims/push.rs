@@ -34,8 +34,22 @@ impl Daemon {
         let outcomes = match self.sync.update_dispatch_refs(&updates) {
             Ok(outcomes) => outcomes,
             Err(e) if e.is_transient() => {
-                return self
-                    .claims_failed(format!("could not write the claims and the heartbeat: {e}"));
+                // The connection may have failed after the server applied the updates, before
+                // their report was read: what the remote holds now says which were made. Taken
+                // for failed, a claim made would have looked like another dispatcher's, and an
+                // extension made like a claim taken over.
+                let applied = self.applied_anyway(&updates);
+                if !applied.iter().all(|made| *made) {
+                    for ((change, update), made) in changes.into_iter().zip(&updates).zip(applied) {
+                        if made {
+                            self.took_or_not(change, update, RefOutcome::Updated, started);
+                        }
+                    }
+                    return self.claims_failed(format!(
+                        "could not write the claims and the heartbeat: {e}"
+                    ));
+                }
+                updates.iter().map(|_| RefOutcome::Updated).collect()
             }
             Err(e) => return Err(e.into()),
         };
@@ -65,6 +79,18 @@ impl Daemon {
         }
         self.claims.failures = 0;
         Ok(())
+    }
+
+    /// Which of `updates` the remote holds, by a look after a push whose answer was lost (none, if
+    /// the look fails too): a ref at the update's `new` (gone, for a delete).
+    fn applied_anyway(&self, updates: &[RefUpdate]) -> Vec<bool> {
+        match self.sync.look() {
+            Ok(look) => updates
+                .iter()
+                .map(|u| look.dispatch.get(&u.name).copied() == u.new)
+                .collect(),
+            Err(_) => vec![false; updates.len()],
+        }
     }
 
     /// A claim push that did not work: tried again after a backoff (at most an eighth of the

@@ -20,6 +20,8 @@ mod attacks;
 mod labels;
 // One workdir, two dispatcher ids: the second is refused.
 mod workdir;
+// A claim push applied by the server whose report was lost.
+mod unanswered;
 
 /// The kind every test here runs: `work`, the `Runs` handler sleeping `seconds`, the host variable
 /// passed through, and `extra` index lines.
