@@ -85,6 +85,11 @@ impl PackFile {
         Ok(())
     }
 
+    /// Opens the pack file (not its index) in `pack_dir`, for reading.
+    pub(crate) fn open(&self, pack_dir: &Path) -> io::Result<fs::File> {
+        fs::File::open(self.path(pack_dir, "pack"))
+    }
+
     /// Removes this pack's files from `pack_dir`, index first, as `git repack -d` does.
     pub(crate) fn remove_from(&self, pack_dir: &Path) -> io::Result<()> {
         for ext in ["idx", "pack"] {

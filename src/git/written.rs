@@ -34,6 +34,14 @@ impl WrittenPacks {
         self.0.clear();
     }
 
+    /// The pack, when there is exactly one (as after [`WrittenPacks::merge`]).
+    pub(crate) fn only(&self) -> Option<&WrittenPack> {
+        match self.0.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &WrittenPack> {
         self.0.iter()
     }

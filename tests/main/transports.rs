@@ -298,3 +298,55 @@ fn giving_up_on_the_remote_lets_the_running_handler_finish_and_records_it_locall
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["attempts"], 1, "{status}");
 }
+
+/// The names of the packs in the repository at `git_dir` (a pack is named by its checksum).
+fn pack_names(git_dir: &Path) -> std::collections::BTreeSet<String> {
+    fs::read_dir(git_dir.join("objects").join("pack"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".pack"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Over `git://`, a push sends the pack the dispatcher wrote while recording, as it is: the remote
+/// stores a pack of the same name. libgit2's push packed the same objects again (another pack, and
+/// most of a processor while a backlog drained).
+#[test]
+fn a_push_over_git_daemon_sends_the_pack_the_dispatcher_wrote_as_it_is() {
+    let world = World::new().build();
+    let daemon = crate::support::GitDaemon::serve(&world);
+    let requests: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            (
+                format!("p-{i:02}.yml"),
+                format!("kind: echo\nid: p-{i:02}\n"),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = requests
+        .iter()
+        .map(|(name, yaml)| (name.as_str(), yaml.as_bytes()))
+        .collect();
+    world.submit_many(&files);
+    let before = pack_names(&world.remote);
+
+    world.run_via(&daemon.url(), &[]).assert_exit(0);
+
+    let sent: Vec<String> = pack_names(&world.remote)
+        .difference(&before)
+        .filter(|name| pack_names(&world.work.join("repo.git")).contains(*name))
+        .cloned()
+        .collect();
+    assert!(
+        !sent.is_empty(),
+        "no pack of the workdir's on the remote: remote {:?}, workdir {:?}",
+        pack_names(&world.remote),
+        pack_names(&world.work.join("repo.git"))
+    );
+    let clone = world.clone_from(&daemon.url());
+    assert_eq!(clone.statuses().len(), 40, "outcomes recorded");
+    assert_eq!(clone.ls("requests"), [".gitkeep"], "requests left");
+}

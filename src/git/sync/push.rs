@@ -35,8 +35,9 @@ impl Sync {
         let Some(local) = self.prepare_push()? else {
             return Ok(None);
         };
-        // Over the network, the packs are packed again by the transport.
-        drop(self.written.take());
+        // Over `git://`, the pack written since the last push is sent as it is (opened here: a
+        // repack after the push may remove it); elsewhere the transport packs the objects again.
+        let pack = self.remote().chained_pack(&self.written.take(), local);
         self.repo
             .reference(PUSH_REF, local, true, "git-dispatch: to push")?;
         Ok(Some(PushJob {
@@ -45,6 +46,7 @@ impl Sync {
             access: self.access.clone(),
             branch: self.branch.clone(),
             local,
+            pack,
         }))
     }
 
@@ -79,6 +81,9 @@ pub(crate) struct PushJob {
     access: transport::Access,
     branch: String,
     local: Oid,
+    /// The pack to send as it is, and the remote's tip it chains from (see
+    /// [`Remote::chained_pack`]).
+    pack: Option<(Oid, std::fs::File)>,
 }
 
 impl PushJob {
@@ -86,7 +91,12 @@ impl PushJob {
     /// what was pushed.
     pub(crate) fn run(self) -> Result<(), SyncError> {
         let repo = Repository::open_bare(&self.path)?;
-        Remote::new(&repo, &self.path, &self.url, &self.access, &self.branch)
-            .push_from(PUSH_REF, self.local)
+        let remote = Remote::new(&repo, &self.path, &self.url, &self.access, &self.branch);
+        if let Some((base, pack)) = self.pack
+            && remote.push_pack(base, self.local, pack)?
+        {
+            return Ok(());
+        }
+        remote.push_from(PUSH_REF, self.local)
     }
 }

@@ -11,8 +11,8 @@
 //! transport; everything after the connection (the smart protocol, packs, negotiation) is still
 //! libgit2's.
 //!
-//! The interface is one function, [`register`], which [`crate::git::configure_libgit2`] calls once
-//! before any remote is opened. What the protocol asks of the transport is only this: connect, send
+//! The interface is [`register`], which [`crate::git::configure_libgit2`] calls once before any
+//! remote is opened, and [`open`], the same connection for [`super::send_pack`]'s pushes. What the protocol asks of the transport is only this: connect, send
 //! one pkt-line `git-upload-pack /path\0host=HOST\0` (or `git-receive-pack`), then hand libgit2 the
 //! socket for both directions. Timeouts are those of libgit2's own sockets.
 
@@ -30,6 +30,19 @@ struct Timeouts {
     silence: Duration,
 }
 
+/// The timeouts [`register`] was given, for the pushes of [`super::send_pack`].
+static TIMEOUTS: std::sync::OnceLock<Timeouts> = std::sync::OnceLock::new();
+
+/// Opens a connection to the server of `url` for `service` (`git-receive-pack`), as the transport
+/// does, with the timeouts it was registered with (or libgit2's defaults).
+pub(super) fn open(url: &str, service: &str) -> Result<Socket, Error> {
+    let timeouts = TIMEOUTS.get().copied().unwrap_or(Timeouts {
+        connect: Duration::from_secs(15),
+        silence: Duration::from_secs(120),
+    });
+    Ok(Socket(connect(url, service, timeouts)?))
+}
+
 /// Makes `git://` URLs use [`GitProtocol`]. Call once, before any remote is opened (libgit2's
 /// transport registry is not synchronised).
 ///
@@ -37,6 +50,7 @@ struct Timeouts {
 /// No other thread may be creating a libgit2 transport meanwhile.
 pub(crate) unsafe fn register(connect: Duration, silence: Duration) -> Result<(), Error> {
     let timeouts = Timeouts { connect, silence };
+    let _ = TIMEOUTS.set(timeouts);
     // SAFETY: the caller guarantees that no transport is being created meanwhile.
     unsafe {
         git2::transport::register("git", move |remote| {
@@ -72,7 +86,7 @@ impl SmartSubtransport for GitProtocol {
 /// what comes next (`TCP_QUICKACK`, which the kernel turns off again by itself), so that the
 /// server's own small writes (`git upload-pack` writes a pkt-line's length and its data apart) do
 /// not wait for a delayed ACK either.
-struct Socket(TcpStream);
+pub(super) struct Socket(TcpStream);
 
 impl Read for Socket {
     /// Reads again when a signal interrupted the read: a socket with a timeout is not restarted by

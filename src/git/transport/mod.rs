@@ -6,7 +6,8 @@
 //!
 //! - [`libgit2`]: in process, over SSH (agent or `--ssh-key`), HTTPS (credential helper) or a path;
 //! - [`cli`]: the system `git`, so the user's SSH config, known hosts and credential helpers apply;
-//!   `git://` goes through [`git_protocol`], a socket with Nagle's algorithm off;
+//!   `git://` goes through [`git_protocol`], a socket with Nagle's algorithm off, and a push there
+//!   sends the pack the workdir wrote as it is ([`send_pack`]) when it holds what the push adds;
 //! - [`local`]: a bare repository on this host reached through libgit2, written directly (objects
 //!   copied, the ref moved with a compare-and-swap) instead of through libgit2's local transport.
 //!
@@ -19,7 +20,9 @@ mod cli;
 pub(crate) mod git_protocol;
 mod libgit2;
 mod local;
+mod send_pack;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
@@ -119,8 +122,54 @@ impl<'a> Remote<'a> {
             local::push(self, &remote, local, &packs)?;
             return Ok(Some(remote.path().to_owned()));
         }
+        if let Some((base, pack)) = self.chained_pack(&packs, local)
+            && self.push_pack(base, local, pack)?
+        {
+            return Ok(None);
+        }
         libgit2::push(self, &self.local_ref(), local)?;
         Ok(None)
+    }
+
+    /// The one pack of `packs`, opened, and the remote's tip it chains from to `local`, when a push
+    /// over `git://` can send it as it is ([`Remote::push_pack`]).
+    pub(crate) fn chained_pack(&self, packs: &WrittenPacks, local: Oid) -> Option<(Oid, File)> {
+        let base = self.remote_tip()?;
+        let only = packs.only()?;
+        if !self.sends_packs() || !packs.chains(base, local) {
+            return None;
+        }
+        let file = only
+            .pack
+            .open(&self.git_dir.join("objects").join("pack"))
+            .ok()?;
+        Some((base, file))
+    }
+
+    /// Whether pushes may send a written pack as it is: `git://` through libgit2's transport.
+    fn sends_packs(&self) -> bool {
+        self.access.transport == Transport::Libgit2
+            && self
+                .url
+                .get(..6)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("git://"))
+    }
+
+    /// Pushes `pack`, which holds every object `local` adds to `base` (the remote's tip), moving
+    /// the branch from `base` to `local` (see [`send_pack`]). `Ok(false)` when it does not apply
+    /// (the server does not offer what it needs): push another way.
+    pub(crate) fn push_pack(&self, base: Oid, local: Oid, pack: File) -> Result<bool, SyncError> {
+        let refname = self.local_ref();
+        match send_pack::send_pack(self.url, &refname, base, local, pack) {
+            Ok(send_pack::Sent::Pushed) => {
+                crate::failpoint::hit("push");
+                self.pushed(local)?;
+                Ok(true)
+            }
+            Ok(send_pack::Sent::Refused(reason)) => Err(self.rejected(refname, reason)),
+            Ok(send_pack::Sent::Unsupported) => Ok(false),
+            Err(e) => Err(self.unreachable(e.to_string())),
+        }
     }
 
     /// Whether pushes go over a network (the `git` command line, or libgit2 to a URL), as opposed to
