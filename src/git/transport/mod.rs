@@ -157,7 +157,7 @@ impl<'a> Remote<'a> {
 
     /// Pushes `pack`, which holds every object `local` adds to `base` (the remote's tip), moving
     /// the branch from `base` to `local` (see [`send_pack`]). `Ok(false)` when it does not apply
-    /// (the server does not offer what it needs): push another way.
+    /// (the server does not offer what it needs) or the server refused it: push another way.
     pub(crate) fn push_pack(&self, base: Oid, local: Oid, pack: File) -> Result<bool, SyncError> {
         let refname = self.local_ref();
         match send_pack::send_pack(self.url, &refname, base, local, pack) {
@@ -166,8 +166,10 @@ impl<'a> Remote<'a> {
                 self.pushed(local)?;
                 Ok(true)
             }
-            Ok(send_pack::Sent::Refused(reason)) => Err(self.rejected(refname, reason)),
-            Ok(send_pack::Sent::Unsupported) => Ok(false),
+            Ok(send_pack::Sent::Moved(reason)) => Err(self.rejected(refname, reason)),
+            // libgit2's push, which packs the objects itself, tells a pack the server could not
+            // use from an update it refuses: a pack of ours never fails a push on its own.
+            Ok(send_pack::Sent::Refused(_) | send_pack::Sent::Unsupported) => Ok(false),
             Err(e) => Err(self.unreachable(e.to_string())),
         }
     }

@@ -14,8 +14,9 @@
 //! `ofs-delta`, then the pack, then read the report. A server that does not offer both is left to
 //! libgit2 ([`Sent::Unsupported`]), and so is everything but `git://` and a pack that chains from
 //! the remote's tip to the one pushed (the caller checks that). The invariant is the one of every
-//! push here: the server moves the ref only if it still holds `OLD` (under its ref lock), and a
-//! refusal is reported as such, never as a success.
+//! push here: the server moves the ref only if it still holds `OLD` (under its ref lock), and
+//! nothing but its `ok` counts as a success. A pack the server refuses after it was sent is left to
+//! libgit2's push, which packs the objects itself and reports the refusal.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -29,7 +30,10 @@ use super::git_protocol;
 pub(super) enum Sent {
     /// It stored the pack and moved the ref.
     Pushed,
-    /// It did not move the ref: why (it held another value, or it refused the update).
+    /// Nothing was sent: the server's ref is not at `old` (why).
+    Moved(String),
+    /// It did not store the pack or did not move the ref (why): libgit2's push, which packs the
+    /// objects itself, says whether that was the pack or the update.
     Refused(String),
     /// It does not offer what this push needs: push another way.
     Unsupported,
@@ -58,7 +62,7 @@ pub(super) fn send_pack(
     }
     if current != Some(old) {
         socket.write_all(b"0000")?;
-        return Ok(Sent::Refused(format!(
+        return Ok(Sent::Moved(format!(
             "the remote moved: `{refname}` is at {}, not at {old} (fetch first)",
             current.map_or("nothing".to_owned(), |oid| oid.to_string())
         )));
@@ -136,7 +140,7 @@ fn read_report(stream: &mut impl Read, refname: &str) -> io::Result<Sent> {
     let unpack = read_pkt(stream)?.ok_or_else(|| invalid("no report".to_owned()))?;
     let unpack = String::from_utf8_lossy(&unpack).trim_end().to_owned();
     if unpack != "unpack ok" {
-        return Err(io::Error::other(format!(
+        return Ok(Sent::Refused(format!(
             "the server did not store the pack: {unpack}"
         )));
     }
@@ -204,14 +208,15 @@ mod tests {
             report(&["unpack ok\n", "ng refs/heads/main failed to lock\n"]).unwrap(),
             Sent::Refused("failed to lock".to_owned())
         );
-        let err = report(&[
-            "unpack index-pack abnormal exit\n",
-            "ng refs/heads/main unpacker error\n",
-        ])
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("index-pack abnormal exit"),
-            "{err}"
+        assert_eq!(
+            report(&[
+                "unpack index-pack abnormal exit\n",
+                "ng refs/heads/main unpacker error\n",
+            ])
+            .unwrap(),
+            Sent::Refused(
+                "the server did not store the pack: unpack index-pack abnormal exit".to_owned()
+            )
         );
         assert!(report(&["unpack ok\n"]).is_err());
     }
