@@ -5,9 +5,9 @@
 //! [`crate::git::dispatch_refs`]).
 //!
 //! - [`libgit2`]: in process, over SSH (agent or `--ssh-key`), HTTPS (credential helper) or a path;
-//! - [`cli`]: the system `git`, so the user's SSH config, known hosts and credential helpers apply;
 //!   `git://` goes through [`git_protocol`], a socket with Nagle's algorithm off, and a push there
 //!   sends the pack the workdir wrote as it is ([`send_pack`]) when it holds what the push adds;
+//! - [`cli`]: the system `git`, so the user's SSH config, known hosts and credential helpers apply;
 //! - [`local`]: a bare repository on this host reached through libgit2, written directly (objects
 //!   copied, the ref moved with a compare-and-swap) instead of through libgit2's local transport.
 //!
