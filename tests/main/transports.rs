@@ -314,13 +314,10 @@ fn pack_names(git_dir: &Path) -> std::collections::BTreeSet<String> {
 /// The remote keeps every pack pushed to it as it came (`git receive-pack` unpacks one of fewer than
 /// 100 objects into loose ones by default).
 fn keep_every_pack(world: &World) {
-    let status = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(&world.remote)
-        .args(["config", "receive.unpackLimit", "1"])
-        .status()
-        .expect("run git config");
-    assert!(status.success(), "git config receive.unpackLimit");
+    let remote = world.remote.to_str().expect("a UTF-8 path");
+    world
+        .submitter
+        .git(&["--git-dir", remote, "config", "receive.unpackLimit", "1"]);
 }
 
 /// The packs on the remote since `before` that the workdir holds too.

@@ -12,9 +12,10 @@
 //! libgit2's.
 //!
 //! The interface is [`register`], which [`crate::git::configure_libgit2`] calls once before any
-//! remote is opened, and [`open`], the same connection for [`super::send_pack`]'s pushes. What the protocol asks of the transport is only this: connect, send
-//! one pkt-line `git-upload-pack /path\0host=HOST\0` (or `git-receive-pack`), then hand libgit2 the
-//! socket for both directions. Timeouts are those of libgit2's own sockets.
+//! remote is opened, and for [`super::send_pack`]'s pushes [`open`] (the same connection),
+//! [`pkt_line`] and [`is_git_url`]. What the protocol asks of the transport is only this: connect,
+//! send one pkt-line `git-upload-pack /path\0host=HOST\0` (or `git-receive-pack`), then hand
+//! libgit2 the socket for both directions. Timeouts are those of libgit2's own sockets.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -30,16 +31,32 @@ struct Timeouts {
     silence: Duration,
 }
 
-/// The timeouts [`register`] was given, for the pushes of [`super::send_pack`].
+/// The timeouts [`register`] was given, for every connection made here.
 static TIMEOUTS: std::sync::OnceLock<Timeouts> = std::sync::OnceLock::new();
 
-/// Opens a connection to the server of `url` for `service` (`git-receive-pack`), as the transport
-/// does, with the timeouts it was registered with (or libgit2's defaults).
+/// Until [`register`] runs (unit tests): at most as long as the dispatcher's own bounds.
+const UNREGISTERED: Timeouts = Timeouts {
+    connect: Duration::from_secs(15),
+    silence: Duration::from_secs(120),
+};
+
+/// Whether `url` is a `git://` URL.
+pub(super) fn is_git_url(url: &str) -> bool {
+    url.get(..6)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("git://"))
+}
+
+/// One pkt-line holding `data`: its length in four hex digits, then the data.
+pub(super) fn pkt_line(data: &[u8]) -> Vec<u8> {
+    let mut line = format!("{:04x}", data.len() + 4).into_bytes();
+    line.extend_from_slice(data);
+    line
+}
+
+/// Opens a connection to the server of `url` for `service` (`git-upload-pack` or
+/// `git-receive-pack`), with the timeouts [`register`] was given.
 pub(super) fn open(url: &str, service: &str) -> Result<Socket, Error> {
-    let timeouts = TIMEOUTS.get().copied().unwrap_or(Timeouts {
-        connect: Duration::from_secs(15),
-        silence: Duration::from_secs(120),
-    });
+    let timeouts = TIMEOUTS.get().copied().unwrap_or(UNREGISTERED);
     Ok(Socket(connect(url, service, timeouts)?))
 }
 
@@ -49,20 +66,19 @@ pub(super) fn open(url: &str, service: &str) -> Result<Socket, Error> {
 /// # Safety
 /// No other thread may be creating a libgit2 transport meanwhile.
 pub(crate) unsafe fn register(connect: Duration, silence: Duration) -> Result<(), Error> {
-    let timeouts = Timeouts { connect, silence };
-    let _ = TIMEOUTS.set(timeouts);
+    let _ = TIMEOUTS.set(Timeouts { connect, silence });
     // SAFETY: the caller guarantees that no transport is being created meanwhile.
     unsafe {
-        git2::transport::register("git", move |remote| {
+        git2::transport::register("git", |remote| {
             // Stateful (not RPC): one connection carries the listing and then the exchange.
-            Transport::smart(remote, false, GitProtocol(timeouts))
+            Transport::smart(remote, false, GitProtocol)
         })
     }
 }
 
 /// The `git://` subtransport: one TCP connection per listing, kept for the fetch or push after it
 /// (libgit2 asks for the `*Ls` service first and reuses its stream).
-struct GitProtocol(Timeouts);
+struct GitProtocol;
 
 impl SmartSubtransport for GitProtocol {
     fn action(
@@ -74,7 +90,7 @@ impl SmartSubtransport for GitProtocol {
             Service::UploadPackLs | Service::UploadPack => "git-upload-pack",
             Service::ReceivePackLs | Service::ReceivePack => "git-receive-pack",
         };
-        Ok(Box::new(Socket(connect(url, service, self.0)?)))
+        Ok(Box::new(open(url, service)?))
     }
 
     fn close(&self) -> Result<(), Error> {
@@ -105,14 +121,11 @@ impl Read for Socket {
     }
 }
 
+/// Writes go through `write_all` (git2's stream and [`super::send_pack`] alike), which makes an
+/// interrupted write again.
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        loop {
-            match self.0.write(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                written => return written,
-            }
-        }
+        self.0.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -175,10 +188,8 @@ struct Target {
 impl Target {
     fn parse(url: &str) -> Result<Self, Error> {
         let invalid = |why: &str| net(format!("`{url}` is not a git:// URL: {why}"));
-        let rest = url
-            .get(..6)
-            .filter(|scheme| scheme.eq_ignore_ascii_case("git://"))
-            .map(|_| &url[6..])
+        let rest = is_git_url(url)
+            .then(|| &url[6..])
             .ok_or_else(|| invalid("it does not start with git://"))?;
         let (authority, path) = rest
             .find('/')
@@ -207,10 +218,7 @@ impl Target {
 
     /// The pkt-line that opens the exchange: `SERVICE PATH\0host=AUTHORITY\0`.
     fn request(&self, service: &str) -> Vec<u8> {
-        let body = format!("{service} {}\0host={}\0", self.path, self.authority);
-        let mut line = format!("{:04x}", body.len() + 4).into_bytes();
-        line.extend_from_slice(body.as_bytes());
-        line
+        pkt_line(format!("{service} {}\0host={}\0", self.path, self.authority).as_bytes())
     }
 }
 

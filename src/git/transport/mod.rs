@@ -148,11 +148,7 @@ impl<'a> Remote<'a> {
 
     /// Whether pushes may send a written pack as it is: `git://` through libgit2's transport.
     fn sends_packs(&self) -> bool {
-        self.access.transport == Transport::Libgit2
-            && self
-                .url
-                .get(..6)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("git://"))
+        self.access.transport == Transport::Libgit2 && git_protocol::is_git_url(self.url)
     }
 
     /// Pushes `pack`, which holds every object `local` adds to `base` (the remote's tip), moving

@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 
 use git2::Oid;
 
-use super::git_protocol;
+use super::git_protocol::{self, pkt_line};
 
 /// What the server made of a pushed pack.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,13 +77,6 @@ pub(super) fn send_pack(
     io::copy(&mut pack, &mut socket)?;
     socket.flush()?;
     read_report(&mut socket, refname)
-}
-
-/// One pkt-line holding `data`.
-fn pkt_line(data: &[u8]) -> Vec<u8> {
-    let mut line = format!("{:04x}", data.len() + 4).into_bytes();
-    line.extend_from_slice(data);
-    line
 }
 
 /// The next pkt-line's data; `None` for a flush. An `ERR` line from the server is an error.
