@@ -6,7 +6,7 @@
 //! against `git daemon` on 127.0.0.1 (the same effect forced on `git` itself with an `LD_PRELOAD`
 //! that set `TCP_NODELAY` after `connect`): a ref listing took 50 ms and 9 ms without the delay, a
 //! one-commit push 60 ms and 22 ms. A dispatcher makes a look and a claim push before each pickup,
-//! so a push webhook's pickup median went from 107 ms to 58 ms (`scripts/bench.sh --only=6`).
+//! so a push webhook's pickup median went from 107 ms to 48 ms (`scripts/bench.sh --only=6`).
 //! libgit2 does not let the caller set socket options, so this module replaces its `git://`
 //! transport; everything after the connection (the smart protocol, packs, negotiation) is still
 //! libgit2's.
