@@ -310,11 +310,14 @@ impl World {
         self.clone_from(self.remote_arg())
     }
 
-    /// A brand-new clone of `url` (e.g. the `GitDaemon`'s), in a new directory.
+    /// A brand-new clone of `url` (e.g. the `GitDaemon`'s), in a new directory. A path is cloned
+    /// through `upload-pack` (`--no-local`), as a URL is: Git's local clone hard-links the remote's
+    /// object files and dies ("hardlink different from source") when one of them is a temporary
+    /// file that a push writes and renames meanwhile.
     pub fn clone_from(&self, url: &str) -> Checkout {
         let dir = self.root.join(format!("clone-{}", self.next()));
         let mut cmd = git_command(&self.home, &self.root);
-        cmd.args(["clone", "-q", url]).arg(&dir);
+        cmd.args(["clone", "-q", "--no-local", url]).arg(&dir);
         checked(cmd);
         Checkout::new(dir, self.home.clone(), Rc::clone(&self.clock))
     }
@@ -354,4 +357,34 @@ fn harness_serves_the_remote_over_git_daemon_with_ordered_commit_times() {
         .map(|t| t.parse().expect("commit time"))
         .collect();
     assert_eq!(times, [EPOCH + 60, EPOCH + 120, EPOCH + 180]);
+}
+
+/// The dispatcher writes into a local remote's `objects/pack` while tests clone it: a clone that
+/// hard-linked those files failed when one was renamed under it, so clones share no file with it.
+#[test]
+fn harness_clones_a_local_remote_without_sharing_its_object_files() {
+    use std::os::unix::fs::MetadataExt;
+    fn files(dir: &std::path::Path, into: &mut Vec<(u64, u64)>) {
+        for entry in fs::read_dir(dir).expect("a readable folder").flatten() {
+            let meta = entry.metadata().expect("metadata");
+            match meta.is_dir() {
+                true => files(&entry.path(), into),
+                false => into.push((meta.dev(), meta.ino())),
+            }
+        }
+    }
+    let world = World::new().build();
+    world.submit("first.yml", "kind: echo\n");
+    let (mut remote, mut cloned) = (Vec::new(), Vec::new());
+    files(&world.remote.join("objects"), &mut remote);
+    let clone = world.fresh_clone();
+    files(&clone.path(".git/objects"), &mut cloned);
+
+    assert!(!remote.is_empty() && !cloned.is_empty());
+    let shared: Vec<_> = cloned.iter().filter(|f| remote.contains(f)).collect();
+    assert!(
+        shared.is_empty(),
+        "{} object files hard-linked",
+        shared.len()
+    );
 }
