@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
-    CPU_PERIOD_US, CgroupLimits, PID_MAX_LIMIT, RunCgroup, Usage, UsageFrom, keyed, make_dir,
+    CPU_PERIOD_US, CgroupLimits, PID_MAX_LIMIT, RunFolder, Usage, UsageFrom, keyed, make_dir,
     mount_point, named, number, remove_tree, sweep, write,
 };
 
@@ -53,9 +53,9 @@ impl Folders {
         )
     }
 
-    pub(super) fn run(&self, name: &str, limits: &CgroupLimits) -> io::Result<RunCgroup> {
+    pub(super) fn run(&self, name: &str, limits: &CgroupLimits) -> io::Result<RunFolder> {
         let memory = self.memory.join(name);
-        let mut group = RunCgroup {
+        let mut group = RunFolder {
             dirs: Vec::new(),
             procs: Vec::new(),
             usage: UsageFrom::V1 {
@@ -110,6 +110,21 @@ impl Drop for Folders {
             remove_tree(dir);
         }
     }
+}
+
+/// Whether a run's folder in `memory` may serve another run: no process in it, no out-of-memory
+/// kill, and at most `leftover` bytes still charged to it.
+pub(super) fn emptied(memory: &Path, leftover: u64) -> bool {
+    fs::read_to_string(memory.join("cgroup.procs")).is_ok_and(|procs| procs.trim().is_empty())
+        && number(memory, "memory.usage_in_bytes").is_some_and(|bytes| bytes <= leftover)
+        && keyed(memory, "memory.oom_control", "oom_kill") == Some(0)
+}
+
+/// Resets the peak memory and the CPU time of an emptied run's folders for another run; the peak
+/// starts again from what is still charged.
+pub(super) fn reset(memory: &Path, cpuacct: &Path) -> io::Result<()> {
+    write(memory, "memory.max_usage_in_bytes", "0")?;
+    write(cpuacct, "cpuacct.usage", "0")
 }
 
 /// What a run used, from its folders in `memory` and `cpuacct`.

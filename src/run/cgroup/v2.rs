@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
-    CPU_PERIOD_US, CgroupLimits, PID_MAX_LIMIT, PREFIX, RunCgroup, Usage, UsageFrom, keyed,
+    CPU_PERIOD_US, CgroupLimits, PID_MAX_LIMIT, PREFIX, RunFolder, Usage, UsageFrom, keyed,
     make_dir, mount_point, named, number, remove_tree, sweep, write,
 };
 
@@ -138,10 +138,10 @@ impl Folder {
         self.controllers.contains(&controller)
     }
 
-    pub(super) fn run(&self, name: &str, limits: &CgroupLimits) -> io::Result<RunCgroup> {
+    pub(super) fn run(&self, name: &str, limits: &CgroupLimits) -> io::Result<RunFolder> {
         let dir = self.dir.join(name);
         fs::create_dir(&dir).map_err(named(&dir))?;
-        let mut group = RunCgroup {
+        let mut group = RunFolder {
             dirs: vec![dir.clone()],
             procs: Vec::new(),
             usage: UsageFrom::V2 { dir: dir.clone() },

@@ -33,6 +33,8 @@ mod network;
 mod isolation;
 // The unified cgroup hierarchy (v2).
 mod cgroup_v2;
+// A run's cgroup folders serving a later run.
+mod cgroup_reuse;
 
 /// A handler that allocates 1 GiB and says so (`ALLOCATED 1073741824`) if it could.
 const HOG: &str =
