@@ -78,7 +78,7 @@ fn a_reused_cgroup_folder_counts_only_its_own_runs_usage_and_one_with_an_oom_kil
     for (key, kind) in order {
         world.submit(
             &format!("{key}.yml"),
-            &format!("kind: {kind}\nresource: one\n"),
+            format!("kind: {kind}\nresource: one\n"),
         );
     }
 
