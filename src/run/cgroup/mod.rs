@@ -51,7 +51,8 @@ pub(crate) const CHOICE_VAR: &str = "GIT_DISPATCH_CGROUP";
 /// The dispatcher's folder (v2) or folders (v1, one per controller); removed on drop.
 #[derive(Debug)]
 pub(crate) struct Cgroups {
-    /// Emptied run folders, with the limits they have (v1); dropped before the tree they are in.
+    /// Emptied run folders, with the limits they have (only v1's are kept); dropped before the tree
+    /// they are in.
     spares: Mutex<Vec<(CgroupLimits, RunFolder)>>,
     tree: Tree,
     next: AtomicU64,
@@ -81,7 +82,7 @@ pub(crate) struct RunCgroup<'a> {
     folder: Option<RunFolder>,
     limits: CgroupLimits,
     /// Where it goes back to when it may be used again.
-    spares: Option<&'a Mutex<Vec<(CgroupLimits, RunFolder)>>>,
+    spares: &'a Mutex<Vec<(CgroupLimits, RunFolder)>>,
 }
 
 /// A run's folder in each controller it joins; removed on drop.
@@ -171,21 +172,13 @@ impl Cgroups {
     /// A cgroup for one run, with `limits` applied: an emptied one with the same limits (its
     /// counters reset), or a new one.
     pub(crate) fn run(&self, limits: &CgroupLimits) -> io::Result<RunCgroup<'_>> {
-        let spares = match &self.tree {
-            Tree::V1(_) => Some(&self.spares),
-            Tree::V2(_) => None,
+        let spare = {
+            let mut spares = self.spares.lock().expect("no thread panics holding it");
+            let at = spares.iter().position(|(l, _)| l == limits);
+            at.map(|at| spares.swap_remove(at).1)
         };
-        let spare = spares.and_then(|spares| {
-            let mut spares = spares.lock().expect("no thread panics holding it");
-            let at = spares.iter().position(|(l, _)| l == limits)?;
-            Some(spares.swap_remove(at).1)
-        });
         // A folder that cannot be reset is removed, and a new one made.
-        let spare = spare.filter(|folder| match &folder.usage {
-            UsageFrom::V1 { memory, cpuacct } => v1::reset(memory, cpuacct).is_ok(),
-            UsageFrom::V2 { .. } => false,
-        });
-        let folder = match spare {
+        let folder = match spare.filter(RunFolder::reset) {
             Some(folder) => folder,
             None => {
                 let name = format!("run-{}", self.next.fetch_add(1, Ordering::Relaxed));
@@ -198,7 +191,7 @@ impl Cgroups {
         Ok(RunCgroup {
             folder: Some(folder),
             limits: *limits,
-            spares,
+            spares: &self.spares,
         })
     }
 }
@@ -224,16 +217,10 @@ impl RunCgroup<'_> {
 
 impl Drop for RunCgroup<'_> {
     fn drop(&mut self) {
-        let (Some(spares), Some(folder)) = (self.spares, self.folder.take()) else {
+        let Some(folder) = self.folder.take().filter(RunFolder::emptied) else {
             return;
         };
-        let UsageFrom::V1 { memory, .. } = &folder.usage else {
-            return;
-        };
-        if !v1::emptied(memory, LEFTOVER) {
-            return;
-        }
-        let mut spares = spares.lock().expect("no thread panics holding it");
+        let mut spares = self.spares.lock().expect("no thread panics holding it");
         if spares.len() < SPARES {
             spares.push((self.limits, folder));
         }
@@ -241,6 +228,22 @@ impl Drop for RunCgroup<'_> {
 }
 
 impl RunFolder {
+    /// Whether another run may use it (v1 only; see the module's doc).
+    fn emptied(&self) -> bool {
+        match &self.usage {
+            UsageFrom::V1 { memory, .. } => v1::emptied(memory, LEFTOVER),
+            UsageFrom::V2 { .. } => false,
+        }
+    }
+
+    /// Resets its counters for another run; false if it cannot be.
+    fn reset(&self) -> bool {
+        match &self.usage {
+            UsageFrom::V1 { memory, cpuacct } => v1::reset(memory, cpuacct).is_ok(),
+            UsageFrom::V2 { .. } => false,
+        }
+    }
+
     /// Opens `cgroup.procs` of each of its folders.
     fn open_procs(&mut self) -> io::Result<()> {
         for dir in &self.dirs {
