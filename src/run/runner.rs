@@ -5,8 +5,9 @@
 //! The report goes back to the daemon, which alone records outcomes. The first attempt's files (the
 //! journal entry's, the log's, the working directory) are made before the slot is waited for.
 //!
-//! The slot and the lock are given up as soon as the last attempt's handler is gone, before the
-//! working directory is removed and the report sent: a run the daemon started ahead, waiting for a
+//! The slot and the lock are given up as soon as the last attempt's handler is gone (reaped, with
+//! every process it left), before its output is drained to the end, its cgroup's usage read, the
+//! working directory removed and the report sent: a run the daemon started ahead, waiting for a
 //! slot (see `Daemon::take`), starts its handler meanwhile. The run that gave the slot up waits for
 //! that start (a few milliseconds at most) before it goes on: its clean-up, and the work its report
 //! sets off on the main thread (the outcome commit, the next request taken ahead, made ready), would
@@ -14,6 +15,7 @@
 //! runs. On the 1000-request benchmark's two cores, the time from the gate's opening to the
 //! handler's execution was 346 µs (median) while they competed.
 
+use std::cell::RefCell;
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
@@ -86,10 +88,15 @@ impl Attempt {
     /// Whether another attempt may help.
     fn failed(&self) -> bool {
         match &self.result {
-            Ok(finished) => finished.timed_out || finished.termination != Termination::Exited(0),
+            Ok(finished) => failed(finished.termination, finished.timed_out),
             Err(_) => false,
         }
     }
+}
+
+/// Whether a handler that ended so did not succeed.
+fn failed(termination: Termination, timed_out: bool) -> bool {
+    timed_out || termination != Termination::Exited(0)
 }
 
 /// A failure of the dispatcher itself, not of the request: the run cannot go on.
@@ -156,8 +163,8 @@ fn report(plan: Plan, attempts: Vec<Attempt>, result: Result<bool, RunnerError>)
 /// gives its slot back, so the run waiting for the slot does not start a handler the dispatcher,
 /// which exits on that error, would leave behind.
 fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<bool, RunnerError> {
-    let mut held = Held::default();
-    let result = run_holding(plan, attempts, &mut held);
+    let held = RefCell::new(Held::default());
+    let result = run_holding(plan, attempts, &held);
     if result.is_err() {
         plan.stop.request();
     }
@@ -181,9 +188,9 @@ struct Held<'p> {
 fn run_holding<'p>(
     plan: &'p Plan,
     attempts: &mut Vec<Attempt>,
-    held: &mut Held<'p>,
+    held: &RefCell<Held<'p>>,
 ) -> Result<bool, RunnerError> {
-    let Some(first) = admit(plan, held)? else {
+    let Some(first) = admit(plan, &mut held.borrow_mut())? else {
         return Ok(false);
     };
     let mut first = Some(first);
@@ -206,9 +213,10 @@ fn run_holding<'p>(
             None => Ready::new(plan, number)?,
         };
         let attempt = attempt(plan, &mut ready, number, held)?;
-        let again = retry_due(plan, &attempt);
+        let again = retry_due(plan, attempt.number, attempt.failed());
         if !again {
-            hand_over(plan, held);
+            // Handed over already when the handler ended, unless its log could not be written.
+            hand_over(plan, &mut held.borrow_mut());
         }
         // Clean-up: the attempt's working folder goes, once the next run may have started.
         drop(ready);
@@ -269,12 +277,13 @@ fn say_running(plan: &Plan) {
 
 /// Attempt `number`: journals it, then runs the handler in `ready`'s working folder. The handler
 /// starts only once its journal entry is on disk; when that failed, it never started: the entry
-/// goes (a restart runs the request), and the dispatcher cannot go on.
+/// goes (a restart runs the request), and the dispatcher cannot go on. Once the handler is gone,
+/// the slot and the lock are handed over unless the attempt is to be retried.
 fn attempt(
     plan: &Plan,
     ready: &mut Ready<'_>,
     number: u32,
-    held: &Held<'_>,
+    held: &RefCell<Held<'_>>,
 ) -> Result<Attempt, RunnerError> {
     let spec = &plan.request.route.spec;
     let syncing = plan
@@ -334,7 +343,12 @@ fn attempt(
         marker: ("DISPATCH_ID".to_owned(), plan.key.clone()),
         in_flight: &plan.in_flight,
         gate: syncing.as_ref().map(|s| s.gate.as_fd()),
-        on_start: &|| held.slot.as_ref().map_or((), Slot::started),
+        on_start: &|| held.borrow().slot.as_ref().map_or((), Slot::started),
+        on_exit: &|termination, timed_out| {
+            if !retry_due(plan, number, failed(termination, timed_out)) {
+                hand_over(plan, &mut held.borrow_mut());
+            }
+        },
     });
     if let Some(Err(e)) = syncing.map(journal::Syncing::wait) {
         let _ = plan.journal.discard(&plan.key);
@@ -348,9 +362,10 @@ fn attempt(
     })
 }
 
-/// Whether another attempt follows: this one failed or timed out, and the kind has retries left.
-fn retry_due(plan: &Plan, attempt: &Attempt) -> bool {
-    attempt.failed() && attempt.number < 1 + plan.request.route.spec.retries
+/// Whether another attempt follows: attempt `number` failed or timed out, and the kind has
+/// retries left.
+fn retry_due(plan: &Plan, number: u32, failed: bool) -> bool {
+    failed && number < 1 + plan.request.route.spec.retries
 }
 
 /// The last handler is gone: gives the lock and the slot up, so that a run waiting for them starts

@@ -82,6 +82,10 @@ pub(crate) struct Job<'a> {
     pub view: Option<(&'a Isolation, Vec<Bind<'a>>)>,
     /// Called once the handler has started.
     pub on_start: &'a dyn Fn(),
+    /// Called once the handler and every process it left are gone, with how it ended and whether
+    /// it timed out: before its output is drained to the end and its usage read, so that the run's
+    /// slot may pass to the next run meanwhile.
+    pub on_exit: &'a dyn Fn(Termination, bool),
 }
 
 /// How the handler's process ended.
@@ -242,10 +246,16 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
             // while the exited leader still holds the group's id), and descendants that left the
             // group but were re-parented to the dispatcher (a child subreaper).
             let _ = killpg(child.pid(), Signal::SIGKILL);
-            status = Some(child.reap().map_err(log_err)?);
+            let ended = termination(child.reap().map_err(log_err)?, killed_for_term);
+            status = Some(ended);
             escalate_at = None;
             input = None;
-            kill_escapees(&job.marker);
+            // An isolated handler is the init of its PID namespace: when it exits, the kernel kills
+            // every process in the namespace, and none can leave it.
+            if !isolated {
+                kill_escapees(&job.marker);
+            }
+            (job.on_exit)(ended, timed_out);
             drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
         }
         if let Some(out) = output.as_mut().filter(|_| ready.readable) {
@@ -277,22 +287,27 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
     }
     let summary = log.finish().map_err(log_err)?;
     let usage = cgroup.as_ref().map(|c| c.usage());
-    let termination = match status.expect("the loop ends only after the handler exited") {
-        WaitStatus::Exited(_, code) => Termination::Exited(code),
-        WaitStatus::Signaled(_, Signal::SIGKILL, _) if killed_for_term => {
-            Termination::Signaled(Signal::SIGTERM as i32)
-        }
-        WaitStatus::Signaled(_, signal, _) => Termination::Signaled(signal as i32),
-        _ => Termination::Exited(-1),
-    };
     Ok(Finished {
-        termination,
+        termination: status.expect("the loop ends only after the handler exited"),
         timed_out,
         log: summary,
         started,
         duration,
         usage,
     })
+}
+
+/// How the handler ended, from its wait status; a SIGKILL that stood in for a SIGTERM (see
+/// [`terminate`]) counts as the SIGTERM.
+fn termination(status: WaitStatus, killed_for_term: bool) -> Termination {
+    match status {
+        WaitStatus::Exited(_, code) => Termination::Exited(code),
+        WaitStatus::Signaled(_, Signal::SIGKILL, _) if killed_for_term => {
+            Termination::Signaled(Signal::SIGTERM as i32)
+        }
+        WaitStatus::Signaled(_, signal, _) => Termination::Signaled(signal as i32),
+        _ => Termination::Exited(-1),
+    }
 }
 
 /// Sends SIGTERM to the handler's process group. An isolated handler is the init of its PID

@@ -170,15 +170,14 @@ impl Cgroups {
     }
 
     /// A cgroup for one run, with `limits` applied: an emptied one with the same limits (its
-    /// counters reset), or a new one.
+    /// counters reset when it was given back), or a new one.
     pub(crate) fn run(&self, limits: &CgroupLimits) -> io::Result<RunCgroup<'_>> {
         let spare = {
             let mut spares = self.spares.lock().expect("no thread panics holding it");
             let at = spares.iter().position(|(l, _)| l == limits);
             at.map(|at| spares.swap_remove(at).1)
         };
-        // A folder that cannot be reset is removed, and a new one made.
-        let folder = match spare.filter(RunFolder::reset) {
+        let folder = match spare {
             Some(folder) => folder,
             None => {
                 let name = format!("run-{}", self.next.fetch_add(1, Ordering::Relaxed));
@@ -215,9 +214,16 @@ impl RunCgroup<'_> {
     }
 }
 
+/// An emptied folder is reset here, once its run is over and the next may have started, not when
+/// a run takes it; one that cannot be reset is removed.
 impl Drop for RunCgroup<'_> {
     fn drop(&mut self) {
-        let Some(folder) = self.folder.take().filter(RunFolder::emptied) else {
+        let Some(folder) = self
+            .folder
+            .take()
+            .filter(RunFolder::emptied)
+            .filter(RunFolder::reset)
+        else {
             return;
         };
         let mut spares = self.spares.lock().expect("no thread panics holding it");
