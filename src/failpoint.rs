@@ -2,8 +2,9 @@
 //! stage, so tests can crash it deterministically where a real crash could happen. Release builds
 //! compile this to nothing and ignore the variable.
 //!
-//! Stages: `fetch` (a fetch has downloaded but not updated the branch), `taken` (a run is journaled,
-//! its handler not started), `running` (the handler runs), `recorded` (an outcome is committed
+//! Stages: `fetch` (a fetch has downloaded but not updated the branch), `prepared` (a run's journal
+//! entry is on disk, without its start mark, and the run is about to wait for its slot), `taken` (a
+//! run is marked started in the journal, its handler not started), `running` (the handler runs), `recorded` (an outcome is committed
 //! in memory, not written out), `committed` (outcomes are written out to the workdir, not pushed), `push` (the remote has updated its ref, the push has not returned).
 //! Two stages hang instead of dying: `stuck` (a run's worker never reports after its handler ended),
 //! for the stale-run watchdog, and `push-reported` (a push's thread, once it reported its end, never
@@ -12,6 +13,20 @@
 //! of outcomes is gone from the workdir when a push to a local path copies it, as after a `git
 //! repack` that merged it meanwhile). And `claims-unanswered` reports every push of claims and heartbeat
 //! as failed after the server applied it, as when a connection breaks before the report is read.
+
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), for which `GIT_DISPATCH_BOOT_ID`
+/// stands in in test builds, so that a test can start the dispatcher as after a restart of the
+/// machine. Where it cannot be read, an id of this process alone: then nothing from before counts
+/// as of this boot.
+pub(crate) fn boot_id() -> String {
+    #[cfg(debug_assertions)]
+    if let Ok(id) = std::env::var("GIT_DISPATCH_BOOT_ID") {
+        return id;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_else(|_| ulid::Ulid::generate().to_string())
+}
 
 /// Dies here if the fail point `stage` is armed.
 #[inline]

@@ -87,9 +87,8 @@ impl Daemon {
                 if attempt == entry.attempt {
                     bytes.extend_from_slice(
                         format!(
-                            "\n[git-dispatch: the dispatcher stopped while attempt {attempt} ran (started {}); \
-                             the output ends here]\n",
-                            entry.started_at
+                            "\n[git-dispatch: {}; the output ends here]\n",
+                            entry.interrupted()
                         )
                         .as_bytes(),
                     );
@@ -127,11 +126,13 @@ impl Daemon {
                 outcome.handler_blob = request.route.handler_blob;
             }
             outcome.attempts = entry.attempt;
-            outcome.started_at = humantime::parse_rfc3339(&entry.started_at).ok();
+            outcome.started_at = entry
+                .started_at
+                .as_deref()
+                .and_then(|at| humantime::parse_rfc3339(at).ok());
             outcome.error = Some(format!(
-                "the dispatcher stopped while attempt {} ran (started {}); {}",
-                entry.attempt,
-                entry.started_at,
+                "{}; {}",
+                entry.interrupted(),
                 match &checked {
                     Ok(r) if !r.route.spec.idempotent => format!(
                         "kind `{}` is not `idempotent: true`, so it is not run again",

@@ -4,49 +4,51 @@
 //! log of each attempt as it is captured. After a crash it tells the next start what was running,
 //! and its partial log.
 //!
-//! Once a run's outcome is committed in memory, a second JSON document appended to its entry says
-//! what was committed (the message, the status file; the logs are the attempts' log files), so that
-//! a crash before the outcomes are written out loses no outcome: the next start commits it again.
+//! A first attempt's entry is written and synced while its run waits for its `--jobs` slot
+//! ([`Journal::prepare`]); once the run has the slot, a start mark with the time is written into
+//! the room left for it at the entry's end, without a sync ([`Journal::begin`]), and the handler
+//! starts. A dispatcher that died leaves its page cache behind: within the same boot of the kernel
+//! (its `boot_id`, kept in the entry) a prepared entry without a mark is of a run that never
+//! started, and goes back to the spares at the next start. After a restart of the machine the mark
+//! may have been lost, so a prepared entry of another boot counts as a run that may have started.
+//! The handler thus still starts only after an entry that can say so is on disk, and the sync is
+//! no longer between one handler's end and the next one's start.
+//!
+//! Once a run's outcome is committed in memory, a note appended to its entry says what was
+//! committed (the message, the status file; the logs are the attempts' log files), so that a crash
+//! before the outcomes are written out loses no outcome: the next start commits it again.
 //!
 //! A journal entry whose outcome is already in the local branch is simply removed; one whose request
-//! is still in the inbox is committed again from that second document when there is one, and otherwise
-//! becomes an `abandoned` outcome, or a next attempt for an idempotent kind with retries left.
-//! Nothing else reads it.
+//! is still in the inbox is committed again from its note when there is one, and otherwise becomes
+//! an `abandoned` outcome, or a next attempt for an idempotent kind with retries left. Nothing else
+//! reads it.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::run::spare::Spares;
 
-/// A first entry's file put in its place before the run may start (see [`Journal::reserve`]).
-pub(crate) struct Reserved {
+/// A first entry written and synced before its run may start (see [`Journal::prepare`]).
+pub(crate) struct Prepared {
     path: PathBuf,
     file: File,
+    /// Where the start mark goes: the last [`MARK_ROOM`] bytes of the file as prepared.
+    mark_at: u64,
 }
 
-/// A first entry written and being synced on the journal's own thread (see [`Journal::begin`]).
-/// The handler is started meanwhile, but waits at `gate` (`spawn::Spec::gate`), which yields 1
-/// once the entry is on disk and 0 when it could not be synced.
-pub(crate) struct Syncing {
-    pub gate: io::PipeReader,
-    result: mpsc::Receiver<io::Result<()>>,
+/// The start mark ([`Journal::begin`]): a JSON document of its own after the entry's.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mark {
+    started_at: String,
 }
 
-impl Syncing {
-    /// How the sync went.
-    pub(crate) fn wait(self) -> io::Result<()> {
-        self.result
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the journal's sync thread is gone")))
-    }
-}
-
-/// An entry file to sync, the gate to open after, and where to say how it went.
-type SyncJob = (File, io::PipeWriter, mpsc::Sender<io::Result<()>>);
+/// The room left at the end of a prepared entry for its start mark.
+const MARK_ROOM: usize = 64;
 
 /// A run in flight.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -57,8 +59,12 @@ pub(crate) struct Entry {
     pub request_blob: String,
     /// 1 for the first attempt.
     pub attempt: u32,
-    /// RFC 3339.
-    pub started_at: String,
+    /// RFC 3339; `None` in a prepared entry without its start mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// The kernel's boot id when the entry was prepared (see the module's doc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     /// The dispatcher's process id, to tell a crashed run from one of this process.
     pub dispatcher_pid: u32,
     /// The outcome, once it is committed in memory (the entry's second document).
@@ -83,48 +89,66 @@ pub(crate) struct Recorded {
     pub follow_ups: Vec<(String, String)>,
 }
 
+impl Entry {
+    /// What interrupted its attempt, for the outcome of a run a stopped dispatcher left.
+    pub(crate) fn interrupted(&self) -> String {
+        match &self.started_at {
+            Some(at) => format!(
+                "the dispatcher stopped while attempt {} ran (started {at})",
+                self.attempt
+            ),
+            None => format!(
+                "the machine restarted while attempt {} was starting or running (whether its \
+                 handler started is not known: the start mark, written without a sync, may be lost)",
+                self.attempt
+            ),
+        }
+    }
+
+    /// Whether its handler may have started, as seen during the kernel's boot `boot_id`.
+    fn may_have_started(&self, boot_id: &str) -> bool {
+        self.started_at.is_some() || self.boot_id.as_deref() != Some(boot_id)
+    }
+}
+
 pub(crate) struct Journal {
     dir: PathBuf,
     /// Spare log files, and spare entry files (blank, [`ENTRY_BLOCK`] bytes).
     spares: Spares,
     entry_spares: Spares,
-    /// The thread that syncs first entries ([`Syncing`]).
-    syncer: mpsc::Sender<SyncJob>,
+    /// The kernel's boot id.
+    boot_id: String,
 }
 
 /// The length of a spare entry file: an entry no longer than this overwrites one in place.
 const ENTRY_BLOCK: u64 = 1024;
 
 impl Journal {
-    /// Opens the journal of `workdir`. Entry files still blank (reserved by a dispatcher that
-    /// stopped before their runs started) go back to the spares.
+    /// Opens the journal of `workdir`. Entries of runs that never started (blank reservations, and
+    /// prepared entries of this boot without a start mark: their dispatcher stopped before) go,
+    /// their files back to the spares.
     pub(crate) fn open(workdir: &Path) -> io::Result<Self> {
+        Self::open_at_boot(workdir, crate::failpoint::boot_id())
+    }
+
+    fn open_at_boot(workdir: &Path, boot_id: String) -> io::Result<Self> {
         let dir = workdir.join("journal");
         fs::create_dir_all(&dir)?;
         let spares = Spares::open(dir.join("spare"))?;
         let entry_spares = Spares::open_blank(dir.join("spare-entries"), ENTRY_BLOCK)?;
-        let (syncer, jobs) = mpsc::channel::<SyncJob>();
-        std::thread::Builder::new()
-            .name("journal-sync".to_owned())
-            .spawn(move || {
-                for (file, mut gate, result) in jobs {
-                    let synced = match crate::failpoint::fails("sync-entry") {
-                        true => Err(io::Error::other("fail point `sync-entry`")),
-                        false => file.sync_data(),
-                    };
-                    let _ = gate.write_all(&[u8::from(synced.is_ok())]);
-                    let _ = result.send(synced);
-                }
-            })?;
         let journal = Self {
             dir,
             spares,
             entry_spares,
-            syncer,
+            boot_id,
         };
         for path in journal.entry_files()? {
-            if is_blank(&fs::read(&path)?) {
-                journal.entry_spares.keep(&path)?;
+            let bytes = fs::read(&path)?;
+            let unstarted = is_blank(&bytes)
+                || parse_entry(&bytes).is_ok_and(|e| !e.may_have_started(&journal.boot_id));
+            if unstarted {
+                let key = path.file_stem().unwrap_or_default().to_string_lossy();
+                journal.forget(&key, true)?;
             }
         }
         Ok(journal)
@@ -203,87 +227,90 @@ impl Journal {
             .ok()
     }
 
-    /// Puts a blank file in the place of `key`'s entry and syncs the folder, so that
-    /// [`Journal::begin`] then only writes and syncs the entry's data. A run reserves its entry
-    /// while it waits for its slot, which takes the rename and the folder's sync out of the time
-    /// between one handler's end and the next one's start. `None` when `key` has an entry already
-    /// (a run recovered at a later attempt). A blank entry file says nothing: [`Journal::entries`]
-    /// skips it, and [`Journal::open`] takes back those a crash left.
-    pub(crate) fn reserve(&self, key: &str) -> io::Result<Option<Reserved>> {
-        let path = self.entry_path(key);
+    /// Writes `entry`, its key's first, and syncs it and the folder, before its run may start: a
+    /// run prepares its entry while it waits for its slot. `None` when the key has an entry already
+    /// (a run recovered at a later attempt): [`Journal::begin`] writes it then. The entry holds
+    /// this boot's id and no start time, and room for the start mark is left after it. An entry
+    /// that fits overwrites a blank spare in place, so that only its data needs syncing.
+    pub(crate) fn prepare(&self, entry: &Entry) -> io::Result<Option<Prepared>> {
+        let path = self.entry_path(&entry.key);
         if path.exists() {
             return Ok(None);
         }
-        let file = match self.entry_spares.take(&path) {
-            true => fs::OpenOptions::new().write(true).open(&path)?,
-            false => {
-                let mut file = File::create_new(&path)?;
-                file.write_all(&[b' '; ENTRY_BLOCK as usize])?;
-                file
-            }
+        let entry = Entry {
+            started_at: None,
+            boot_id: Some(self.boot_id.clone()),
+            ..entry.clone()
         };
-        File::open(&self.dir)?.sync_all()?;
-        Ok(Some(Reserved { path, file }))
+        let mut bytes = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let len = (bytes.len() + MARK_ROOM).max(ENTRY_BLOCK as usize);
+        bytes.resize(len, b' ');
+        // A spare is blank and [`ENTRY_BLOCK`] long: an entry as long keeps its size and blocks.
+        let (file, in_place) = match self.entry_spares.take(&path) {
+            true => (
+                fs::OpenOptions::new().write(true).open(&path)?,
+                len as u64 == ENTRY_BLOCK,
+            ),
+            false => (File::create_new(&path)?, false),
+        };
+        let written = file.write_all_at(&bytes, 0).and_then(|()| {
+            if crate::failpoint::fails("sync-entry") {
+                return Err(io::Error::other("fail point `sync-entry`"));
+            }
+            match in_place {
+                true => file.sync_data()?,
+                false => {
+                    file.set_len(len as u64)?;
+                    file.sync_all()?;
+                }
+            }
+            File::open(&self.dir)?.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(Some(Prepared {
+            path,
+            file,
+            mark_at: (len - MARK_ROOM) as u64,
+        }))
     }
 
     /// Gives back the entry file of a run that never started, with the log files of its key.
-    pub(crate) fn unreserve(&self, reserved: Reserved, key: &str) -> io::Result<()> {
-        drop(reserved.file);
+    pub(crate) fn unprepare(&self, prepared: Prepared, key: &str) -> io::Result<()> {
+        drop(prepared.file);
         self.forget(key, true)
     }
 
-    /// Writes `entry` durably (the file and the folder synced), into the file `reserved` for it
-    /// when there is one. A first entry is written in place: the handler starts only once it is
-    /// on disk, so an entry a crash left torn is of a run that never started, and
-    /// [`Journal::entries`] reports it as unreadable. A next attempt's entry replaces the last one
-    /// by a rename, so that a crash never loses the earlier attempts.
-    ///
-    /// An entry written over its reserved file, whose name is durable already, is synced on the
-    /// journal's thread while the handler is made ready to start (about 150 µs each on the
-    /// benchmark machine): the caller starts the handler with the returned [`Syncing`]'s gate.
-    pub(crate) fn begin(
-        &self,
-        entry: &Entry,
-        reserved: Option<Reserved>,
-    ) -> io::Result<Option<Syncing>> {
+    /// Notes that `entry`'s attempt starts now, its `started_at` set, just before its handler does.
+    /// Into the entry `prepared` for it, the start mark alone is written, not synced (see the
+    /// module's doc). Otherwise (a next attempt, or a run recovered at a later one) the whole entry
+    /// is written durably and replaces the last by a rename, so that a crash never loses the
+    /// earlier attempts.
+    pub(crate) fn begin(&self, entry: &Entry, prepared: Option<Prepared>) -> io::Result<()> {
         let path = self.entry_path(&entry.key);
+        let started_at = entry.started_at.clone().unwrap_or_default();
+        if let Some(Prepared {
+            path: at,
+            file,
+            mark_at,
+        }) = prepared
+        {
+            debug_assert_eq!(at, path);
+            let mark = serde_json::to_vec(&Mark { started_at }).map_err(io::Error::other)?;
+            debug_assert!(mark.len() <= MARK_ROOM);
+            return file.write_all_at(&mark, mark_at);
+        }
         let mut bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        if let Some(Reserved { path: at, file }) = reserved {
-            debug_assert_eq!(at, path);
-            let Some(file) = write_in_place(file, bytes)? else {
-                return Ok(None);
-            };
-            let (reader, writer) = io::pipe()?;
-            let (sender, result) = mpsc::channel();
-            if let Err(mpsc::SendError((file, _, _))) = self.syncer.send((file, writer, sender)) {
-                file.sync_data()?;
-                return Ok(None);
-            }
-            return Ok(Some(Syncing {
-                gate: reader,
-                result,
-            }));
-        }
-        if path.exists() {
-            let tmp = path.with_extension("json.tmp");
-            let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-        } else if self.entry_spares.take(&path) {
-            if let Some(file) =
-                write_in_place(fs::OpenOptions::new().write(true).open(&path)?, bytes)?
-            {
-                file.sync_data()?;
-            }
-        } else {
-            let mut file = File::create_new(&path)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-        }
-        File::open(&self.dir)?.sync_all()?;
-        Ok(None)
+        let tmp = path.with_extension("json.tmp");
+        let mut file = File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()
     }
 
     /// Forgets `key`: its entry, its outcome and the logs of all its attempts. Their files are
@@ -324,18 +351,22 @@ impl Journal {
         Ok(())
     }
 
-    /// Every entry; an unreadable one is reported, not skipped silently. A blank file is a
-    /// reservation ([`Journal::reserve`]), not an entry.
+    /// Every entry of a run that may have started; an unreadable one is reported, not skipped
+    /// silently. A blank file, or a prepared entry of this boot without its start mark, is a run
+    /// not started ([`Journal::prepare`]), not an entry.
     pub(crate) fn entries(&self) -> io::Result<Vec<Result<Entry, (PathBuf, String)>>> {
         let mut entries = Vec::new();
         for path in self.entry_files()? {
             let stem = path.file_stem().unwrap_or_default().to_string_lossy();
             let entry = match fs::read(&path) {
                 Ok(bytes) if is_blank(&bytes) => continue,
-                Ok(bytes) => parse_entry(&bytes).and_then(|entry| match entry.key == stem {
-                    true => Ok(entry),
-                    false => Err(format!("an entry of `{}`, left in a spare file", entry.key)),
-                }),
+                Ok(bytes) => match parse_entry(&bytes) {
+                    Ok(entry) if !entry.may_have_started(&self.boot_id) => continue,
+                    Ok(entry) if entry.key != stem => {
+                        Err(format!("an entry of `{}`, left in a spare file", entry.key))
+                    }
+                    parsed => parsed,
+                },
                 Err(e) => Err(e.to_string()),
             };
             entries.push(entry.map_err(|e| (path.clone(), e)));
@@ -344,31 +375,13 @@ impl Journal {
     }
 }
 
-/// Writes a first entry over a blank spare. A spare is blank, but one a crash left half-blanked may
-/// still hold another run's entry: [`Journal::entries`] tells it by its key. An entry that fits is
-/// padded with spaces to the spare's length (the note comes after them; readers skip whitespace),
-/// so the file keeps its size and blocks and only its data needs syncing: the file is returned for
-/// the caller to sync it. Otherwise it is synced whole here. Its name is the caller's to make
-/// durable.
-fn write_in_place(file: File, mut bytes: Vec<u8>) -> io::Result<Option<File>> {
-    use std::os::unix::fs::FileExt;
-    if bytes.len() as u64 <= ENTRY_BLOCK && file.metadata()?.len() == ENTRY_BLOCK {
-        bytes.resize(ENTRY_BLOCK as usize, b' ');
-        file.write_all_at(&bytes, 0)?;
-        return Ok(Some(file));
-    }
-    file.write_all_at(&bytes, 0)?;
-    file.set_len(bytes.len() as u64)?;
-    file.sync_all()?;
-    Ok(None)
-}
-
 /// An entry file of spaces (or empty): a reservation, or a spare.
 fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
 }
 
-/// An entry file: the entry, then the outcome's note when there is a whole one.
+/// An entry file: the entry, its start mark when it has one, then the outcome's note when there
+/// is a whole one.
 fn parse_entry(bytes: &[u8]) -> Result<Entry, String> {
     let mut documents =
         serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
@@ -377,212 +390,18 @@ fn parse_entry(bytes: &[u8]) -> Result<Entry, String> {
         .ok_or_else(|| "empty".to_owned())?
         .map_err(|e| e.to_string())?;
     let mut entry: Entry = serde_json::from_value(first).map_err(|e| e.to_string())?;
-    entry.outcome = documents
-        .next()
-        .and_then(Result::ok)
-        .and_then(|note| serde_json::from_value(note).ok());
+    let mut next = documents.next().and_then(Result::ok);
+    if let Some(mark) = next
+        .clone()
+        .and_then(|v| serde_json::from_value::<Mark>(v).ok())
+    {
+        entry.started_at = Some(mark.started_at);
+        next = documents.next().and_then(Result::ok);
+    }
+    entry.outcome = next.and_then(|note| serde_json::from_value(note).ok());
     Ok(entry)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry() -> Entry {
-        Entry {
-            key: "k".to_owned(),
-            request_path: "requests/k.yml".to_owned(),
-            request_blob: "0".repeat(40),
-            attempt: 1,
-            started_at: "2026-11-21T00:00:00Z".to_owned(),
-            dispatcher_pid: 1,
-            outcome: None,
-        }
-    }
-
-    fn note() -> Recorded {
-        Recorded {
-            kind: Some("echo".to_owned()),
-            state: "succeeded".to_owned(),
-            message: "dispatch: k succeeded\n".to_owned(),
-            status_json: "{}\n".to_owned(),
-            request_is_file: true,
-            logs: 1,
-            follow_ups: vec![(
-                "k.then-1".to_owned(),
-                "id: k.then-1\nkind: echo\n".to_owned(),
-            )],
-        }
-    }
-
-    #[test]
-    fn an_entry_reads_back_with_its_outcome_note_and_without_a_torn_one() {
-        let mut bytes = serde_json::to_vec(&entry()).unwrap();
-        bytes.push(b'\n');
-        assert_eq!(parse_entry(&bytes).unwrap(), entry());
-
-        let whole = [bytes.clone(), serde_json::to_vec(&note()).unwrap()].concat();
-        assert_eq!(parse_entry(&whole).unwrap().outcome, Some(note()));
-
-        let torn = &whole[..whole.len() - 5];
-        assert_eq!(
-            parse_entry(torn).unwrap(),
-            entry(),
-            "a torn note is ignored"
-        );
-        assert!(
-            parse_entry(&bytes[..bytes.len() / 2]).is_err(),
-            "a torn entry"
-        );
-    }
-
-    #[test]
-    fn an_entry_written_pretty_by_an_earlier_version_still_reads() {
-        let pretty = serde_json::to_vec_pretty(&entry()).unwrap();
-        assert_eq!(parse_entry(&pretty).unwrap(), entry());
-    }
-
-    fn entry_of(key: &str) -> Entry {
-        Entry {
-            key: key.to_owned(),
-            request_path: format!("requests/{key}.yml"),
-            ..entry()
-        }
-    }
-
-    fn inode(path: &Path) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        fs::metadata(path).unwrap().ino()
-    }
-
-    /// A journal in a fresh workdir with a run of `key` begun and its first log written.
-    fn journal_with_a_run(key: &str) -> (tempfile::TempDir, Journal, PathBuf) {
-        let workdir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(workdir.path()).unwrap();
-        journal.begin(&entry_of(key), None).unwrap();
-        let log = journal.new_log(key, 1);
-        fs::write(&log, format!("output of {key}\n")).unwrap();
-        (workdir, journal, log)
-    }
-
-    #[test]
-    fn a_finished_runs_entry_and_log_are_emptied_and_reused_by_the_next_run() {
-        let (_workdir, journal, log) = journal_with_a_run("first");
-        let inodes = [inode(&journal.entry_path("first")), inode(&log)];
-
-        journal.finish("first").unwrap();
-        assert!(!journal.entry_path("first").exists());
-        assert!(!log.exists());
-
-        let log = journal.new_log("second", 1);
-        let reserved = journal.reserve("second").unwrap();
-        assert!(
-            reserved.is_some(),
-            "a key without an entry gets one reserved"
-        );
-        journal.begin(&entry_of("second"), reserved).unwrap();
-        let mut reused = [inode(&journal.entry_path("second")), inode(&log)];
-        reused.sort_unstable();
-        let mut inodes = inodes;
-        inodes.sort_unstable();
-        assert_eq!(reused, inodes, "the second run's files are the first run's");
-        assert_eq!(fs::read(&log).unwrap(), b"", "a reused log starts empty");
-        let entry = fs::read(journal.entry_path("second")).unwrap();
-        assert_eq!(
-            entry.len() as u64,
-            ENTRY_BLOCK,
-            "the entry is written over the blank spare"
-        );
-        let entries: Vec<Entry> = journal.entries().unwrap().into_iter().flatten().collect();
-        assert_eq!(entries, vec![entry_of("second")]);
-        // The outcome's note goes after the padding and reads back.
-        journal.recorded("second", &note(), &[None]).unwrap();
-        let entries: Vec<Entry> = journal.entries().unwrap().into_iter().flatten().collect();
-        assert_eq!(entries[0].outcome, Some(note()));
-    }
-
-    #[test]
-    fn an_entry_reserved_without_a_spare_is_written_over_its_blank_in_place() {
-        let workdir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(workdir.path()).unwrap();
-        let reserved = journal.reserve("k").unwrap().expect("no entry yet");
-        if let Some(syncing) = journal.begin(&entry(), Some(reserved)).unwrap() {
-            syncing.wait().unwrap();
-        }
-        let bytes = fs::read(journal.entry_path("k")).unwrap();
-        assert_eq!(bytes.len() as u64, ENTRY_BLOCK, "the entry is not in place");
-        assert_eq!(parse_entry(&bytes).unwrap(), entry());
-    }
-
-    #[test]
-    fn a_reserved_entry_is_no_entry_and_goes_back_to_the_spares_unused() {
-        let (workdir, journal, _log) = journal_with_a_run("first");
-        journal.finish("first").unwrap();
-        assert!(
-            journal.reserve("first").unwrap().is_some(),
-            "a finished key has no entry"
-        );
-        let log = journal.new_log("second", 1);
-        let reserved = journal.reserve("second").unwrap().expect("no entry yet");
-        assert!(journal.entry_path("second").exists());
-        assert!(
-            journal.entries().unwrap().is_empty(),
-            "a blank file is not an entry, nor an unreadable one"
-        );
-        journal.unreserve(reserved, "second").unwrap();
-        assert!(!journal.entry_path("second").exists());
-        assert!(!log.exists(), "its log goes back too");
-
-        // A crash leaves `first`'s reservation: the next start takes it back.
-        drop(journal);
-        let journal = Journal::open(workdir.path()).unwrap();
-        assert!(!journal.entry_path("first").exists());
-        let spares = fs::read_dir(workdir.path().join("journal").join("spare-entries"))
-            .unwrap()
-            .count();
-        assert_eq!(spares, 2, "both reservations' files are spares");
-        let mut begun = entry_of("third");
-        begun.attempt = 2;
-        journal.begin(&begun, None).unwrap();
-        assert!(
-            journal.reserve("third").unwrap().is_none(),
-            "a key with an entry keeps it"
-        );
-        assert_eq!(journal.entries().unwrap().into_iter().flatten().count(), 1);
-    }
-
-    #[test]
-    fn an_entry_of_another_key_in_a_reused_file_is_unreadable_not_that_keys_run() {
-        let workdir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(workdir.path()).unwrap();
-        // What a crash between moving a spare into place and writing it could leave, had the
-        // spare not been emptied.
-        let mut stale = serde_json::to_vec(&entry_of("old")).unwrap();
-        stale.push(b'\n');
-        fs::write(journal.entry_path("new"), stale).unwrap();
-
-        let entries = journal.entries().unwrap();
-        assert_eq!(entries.len(), 1);
-        let (path, error) = entries[0].as_ref().unwrap_err();
-        assert_eq!(path, &journal.entry_path("new"));
-        assert!(error.contains("`old`"), "{error}");
-    }
-
-    #[test]
-    fn a_discarded_run_leaves_no_spare() {
-        let (workdir, journal, log) = journal_with_a_run("stuck");
-
-        journal.discard("stuck").unwrap();
-
-        assert!(!journal.entry_path("stuck").exists());
-        assert!(!log.exists());
-        let spares = ["journal/spare", "journal/spare-entries"]
-            .iter()
-            .map(|dir| fs::read_dir(workdir.path().join(dir)).unwrap().count())
-            .sum::<usize>();
-        assert_eq!(
-            spares, 0,
-            "the files of a run that may still hold them were recycled"
-        );
-    }
-}
+#[path = "journal_tests.rs"]
+mod tests;

@@ -18,7 +18,6 @@
 use std::cell::RefCell;
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -237,6 +236,9 @@ fn admit<'p>(plan: &'p Plan, held: &mut Held<'p>) -> Result<Option<Ready<'p>>, R
     let ready = write_read_only(&request_copy, &plan.request_bytes)
         .map_err(io(&request_copy))
         .and_then(|()| Ready::new(plan, plan.first_attempt));
+    if ready.is_ok() {
+        crate::failpoint::hit("prepared");
+    }
     // The slot is asked for even when that failed: the runs started after this one wait for this
     // one's turn to pass.
     held.slot = plan.stop.take(plan.ticket, &plan.in_flight);
@@ -275,9 +277,9 @@ fn say_running(plan: &Plan) {
     );
 }
 
-/// Attempt `number`: journals it, then runs the handler in `ready`'s working folder. The handler
-/// starts only once its journal entry is on disk; when that failed, it never started: the entry
-/// goes (a restart runs the request), and the dispatcher cannot go on. Once the handler is gone,
+/// Attempt `number`: marks its journal entry started, then runs the handler in `ready`'s working
+/// folder; when the entry could not be written, the handler never starts and the dispatcher cannot
+/// go on. Once the handler is gone,
 /// the slot and the lock are handed over unless the attempt is to be retried.
 fn attempt(
     plan: &Plan,
@@ -286,20 +288,10 @@ fn attempt(
     held: &RefCell<Held<'_>>,
 ) -> Result<Attempt, RunnerError> {
     let spec = &plan.request.route.spec;
-    let syncing = plan
-        .journal
-        .begin(
-            &journal::Entry {
-                key: plan.key.clone(),
-                request_path: plan.request_path.clone(),
-                request_blob: plan.request_blob.to_string(),
-                attempt: number,
-                started_at: rfc3339(SystemTime::now()),
-                dispatcher_pid: std::process::id(),
-                outcome: None,
-            },
-            ready.entry.take(),
-        )
+    let mut entry = journal_entry(plan, number);
+    entry.started_at = Some(rfc3339(SystemTime::now()));
+    plan.journal
+        .begin(&entry, ready.entry.take())
         .map_err(io(&plan.runs_dir))?;
     ready.started = true;
     crate::failpoint::hit("taken");
@@ -342,7 +334,6 @@ fn attempt(
         redactor: plan.redactor.clone(),
         marker: ("DISPATCH_ID".to_owned(), plan.key.clone()),
         in_flight: &plan.in_flight,
-        gate: syncing.as_ref().map(|s| s.gate.as_fd()),
         on_start: &|| held.borrow().slot.as_ref().map_or((), Slot::started),
         on_exit: &|termination, timed_out| {
             if !retry_due(plan, number, failed(termination, timed_out)) {
@@ -350,10 +341,6 @@ fn attempt(
             }
         },
     });
-    if let Some(Err(e)) = syncing.map(journal::Syncing::wait) {
-        let _ = plan.journal.discard(&plan.key);
-        return Err(io(&plan.runs_dir)(e));
-    }
     crate::failpoint::hang("stuck");
     Ok(Attempt {
         number,
@@ -404,12 +391,12 @@ fn io(path: &Path) -> impl FnOnce(io::Error) -> RunnerError {
     move |source| RunnerError::Io { path, source }
 }
 
-/// What an attempt needs before its handler starts: its journal entry's file in place (when the
-/// key has none yet), its log file and its working folder. The working folder goes when this is
-/// dropped; before the attempt is journaled (`started`), the entry and the log go back too.
+/// What an attempt needs before its handler starts: its journal entry prepared (when the key has
+/// none yet), its log file and its working folder. The working folder goes when this is dropped;
+/// before the attempt is marked started (`started`), the entry and the log go back too.
 struct Ready<'p> {
     plan: &'p Plan,
-    entry: Option<journal::Reserved>,
+    entry: Option<journal::Prepared>,
     log: PathBuf,
     work: PathBuf,
     started: bool,
@@ -426,7 +413,7 @@ impl<'p> Ready<'p> {
         };
         ready.entry = plan
             .journal
-            .reserve(&plan.key)
+            .prepare(&journal_entry(plan, attempt))
             .map_err(io(&plan.runs_dir))?;
         fresh_dir(&ready.work, plan.user.as_ref()).map_err(io(&ready.work))?;
         Ok(ready)
@@ -439,10 +426,24 @@ impl Drop for Ready<'_> {
         if !self.started {
             let journal = &self.plan.journal;
             let _ = match self.entry.take() {
-                Some(entry) => journal.unreserve(entry, &self.plan.key),
+                Some(entry) => journal.unprepare(entry, &self.plan.key),
                 None => journal.recycle_log(&self.log),
             };
         }
+    }
+}
+
+/// The journal's entry of attempt `number`, not yet started.
+fn journal_entry(plan: &Plan, number: u32) -> journal::Entry {
+    journal::Entry {
+        key: plan.key.clone(),
+        request_path: plan.request_path.clone(),
+        request_blob: plan.request_blob.to_string(),
+        attempt: number,
+        started_at: None,
+        boot_id: None,
+        dispatcher_pid: std::process::id(),
+        outcome: None,
     }
 }
 

@@ -75,8 +75,6 @@ pub(crate) struct Job<'a> {
     pub marker: (String, String),
     /// Told the handler's pid when it starts (the runner clears it while it waits to retry).
     pub in_flight: &'a InFlight,
-    /// See [`spawn::Spec::gate`].
-    pub gate: Option<BorrowedFd<'a>>,
     /// Namespaces of its own, showing these paths of the host's (see [`crate::run::isolate`]);
     /// `None`: the host's.
     pub view: Option<(&'a Isolation, Vec<Bind<'a>>)>,
@@ -154,7 +152,6 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
             output: writer.as_fd(),
             limits: &limits,
             user: job.user.as_ref(),
-            gate: job.gate,
             mounts: mounts.as_ref(),
             cgroups: &procs,
         });

@@ -74,9 +74,6 @@ pub(crate) struct Spec<'a> {
     pub limits: &'a Limits,
     /// `None`: keep the dispatcher's user.
     pub user: Option<&'a Identity>,
-    /// Confined, the child reads one byte from this before it executes the handler, and executes
-    /// it only if the byte is 1 (see `journal::Syncing`).
-    pub gate: Option<BorrowedFd<'a>>,
     /// Namespaces of its own, with this view of the file system (see [`isolate`]).
     pub mounts: Option<&'a Mounts<'a>>,
     /// `cgroup.procs` files (opened for writing) the child moves itself into first.
@@ -104,7 +101,6 @@ enum Step {
     NoNewPrivs,
     DeathSignal,
     Orphaned,
-    Gate,
     Exec,
     Network,
     Isolate,
@@ -112,7 +108,7 @@ enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 15] = [
+    const ALL: [Step; 14] = [
         Step::Stdio,
         Step::Chdir,
         Step::ProcessGroup,
@@ -123,7 +119,6 @@ impl Step {
         Step::NoNewPrivs,
         Step::DeathSignal,
         Step::Orphaned,
-        Step::Gate,
         Step::Exec,
         Step::Network,
         Step::Isolate,
@@ -142,7 +137,6 @@ impl Step {
             Step::NoNewPrivs => "set no_new_privs",
             Step::DeathSignal => "set the parent-death signal",
             Step::Orphaned => "start: the dispatcher exited",
-            Step::Gate => "start: the journal entry could not be synced",
             Step::Exec => "execute",
             Step::Network => "enter a network of its own (`network: none`)",
             Step::Isolate => "isolate",
@@ -163,8 +157,6 @@ struct Context<'a> {
     limits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
     user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     parent: libc::pid_t,
-    /// [`Spec::gate`], -1 for none.
-    gate: RawFd,
     /// [`Limits::no_network`].
     no_network: bool,
     /// [`Spec::mounts`].
@@ -230,7 +222,6 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
             )
         }),
         parent: nix::unistd::getpid().as_raw(),
-        gate: spec.gate.map_or(-1, |fd| fd.as_raw_fd()),
         no_network: spec.limits.no_network,
         mounts: spec.mounts,
         cgroups: spec.cgroups.iter().map(|fd| fd.as_raw_fd()).collect(),
@@ -426,23 +417,6 @@ unsafe fn confine_and_exec(cx: &Context) -> (Step, c_int) {
         };
         if orphaned {
             return (Step::Orphaned, libc::ESRCH);
-        }
-        // Last, so that the setup above overlaps the sync the gate waits for. Should the
-        // dispatcher die meanwhile, the parent-death signal ends the wait.
-        if cx.gate >= 0 {
-            let mut byte = 0u8;
-            let read = loop {
-                let n = libc::read(cx.gate, (&raw mut byte).cast(), 1);
-                if n >= 0 || errno() != libc::EINTR {
-                    break n;
-                }
-            };
-            if read < 0 {
-                return (Step::Gate, errno());
-            }
-            if read != 1 || byte != 1 {
-                return (Step::Gate, libc::EIO);
-            }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);

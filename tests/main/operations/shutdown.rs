@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use serde_json::Value;
 
 use super::{DEADLINE, remote_tip};
 use crate::support::{Background, DEFAULT_INDEX, Strays, World, add_kinds, log_file, wait_until};
@@ -65,13 +66,18 @@ fn sigkill_while_a_run_waits_for_its_slot_leaves_that_request_to_run_after_the_r
         world.remote_arg(),
         &["--poll-interval", "200ms", "--jobs", "1"],
     ));
-    // `behind` is taken ahead while `first` runs: its journal entry's file is put in place, blank,
-    // before it waits for the slot.
-    let reserved = world.work.join("journal").join("behind.json");
+    // `behind` is taken ahead while `first` runs: its journal entry is written and synced, without
+    // a start mark, before it waits for the slot.
+    let prepared = world.work.join("journal").join("behind.json");
+    let unmarked = |bytes: &[u8]| {
+        let mut documents = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+        let entry = documents.next().and_then(Result::ok);
+        entry.is_some_and(|e| e["key"] == "behind" && e.get("started_at").is_none())
+            && documents.next().is_none()
+    };
     let waiting = wait_until(DEADLINE, || {
         world.markers.join("started-first").exists()
-            && fs::read(&reserved)
-                .is_ok_and(|bytes| !bytes.is_empty() && bytes.iter().all(u8::is_ascii_whitespace))
+            && fs::read(&prepared).is_ok_and(|bytes| unmarked(&bytes))
     });
     assert!(
         waiting,
@@ -87,7 +93,7 @@ fn sigkill_while_a_run_waits_for_its_slot_leaves_that_request_to_run_after_the_r
     out.assert_exit(0);
     assert!(
         !out.stderr.contains("unreadable"),
-        "the blank entry was taken for a torn one:\n{out}"
+        "the prepared entry was taken for a torn one:\n{out}"
     );
     let clone = world.fresh_clone();
     assert_eq!(clone.status("first")["state"], "abandoned", "{out}");

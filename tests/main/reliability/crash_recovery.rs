@@ -1,5 +1,5 @@
-//! Crash recovery: the dispatcher SIGKILLs itself at each fail point (after a fetch, a journaled take,
-//! while a handler runs, after a commit, in a push, before outcomes in memory are written out) or fails
+//! Crash recovery: the dispatcher SIGKILLs itself at each fail point (after a fetch, with a run's
+//! journal entry prepared, a journaled take, while a handler runs, after a commit, in a push, before outcomes in memory are written out) or fails
 //! to write a pack or sync a journal entry, and a restart on the same workdir records each request
 //! exactly once, under its id, without running a non-idempotent handler twice.
 
@@ -33,6 +33,12 @@ struct Crashed {
 /// itself at `stage`; a run without the fail point. Then: each request recorded exactly once under its
 /// id, and the dispatcher's branch is the remote's.
 fn crash_then_restart(stage: &str, over_git_daemon: bool) -> Crashed {
+    crash_then_restart_on(stage, over_git_daemon, None)
+}
+
+/// [`crash_then_restart`], the restart as after a restart of the machine when `boot` is given: the
+/// kernel's boot id it sees (`GIT_DISPATCH_BOOT_ID`, test builds only).
+fn crash_then_restart_on(stage: &str, over_git_daemon: bool, boot: Option<&str>) -> Crashed {
     let world = World::new().build();
     add_kinds(
         &world,
@@ -56,7 +62,11 @@ fn crash_then_restart(stage: &str, over_git_daemon: bool) -> Crashed {
     );
     let pushed_before_restart = outcome_ids(&world, &world.remote);
 
-    world.run_via(&url, &[]).assert_exit(0);
+    let mut restart = world.run_command(&url, &["--until-empty"]);
+    if let Some(boot) = boot {
+        restart.env("GIT_DISPATCH_BOOT_ID", boot);
+    }
+    world.output(restart).assert_exit(0);
 
     let clone = world.clone_from(&url);
     let once = assert_each_recorded_once(&clone, &CRASH_FILES);
@@ -181,6 +191,55 @@ fn crash_after_a_run_was_journaled_records_it_abandoned_without_running_it() {
         "the handler ran although the crash came before it started"
     );
     crashed.assert_succeeded_once("crash-b");
+    crashed.assert_succeeded_once("crash-c");
+}
+
+#[test]
+fn crash_while_a_run_waits_for_its_slot_with_its_entry_on_disk_runs_it_once_on_restart() {
+    // The first run's journal entry is written and synced before it takes its slot; only the start
+    // mark, unsynced, comes after. Within the same boot of the machine the restart knows the run
+    // never started.
+    let crashed = crash_then_restart("prepared", false);
+    crashed.assert_nothing_pushed_before_restart();
+    for key in ["crash-a", "crash-b", "crash-c"] {
+        crashed.assert_succeeded_once(key);
+    }
+}
+
+#[test]
+fn a_run_prepared_before_a_restart_of_the_machine_is_abandoned_not_run() {
+    // After a power cut the unsynced start mark may be lost: a prepared entry of another boot may be
+    // of a run that started, so it is never run again.
+    let crashed = crash_then_restart_on("prepared", false, Some("another-boot"));
+    crashed.assert_nothing_pushed_before_restart();
+    // The run taken first died prepared; the one taken beside it may have been prepared too.
+    let mut abandoned = Vec::new();
+    for key in ["crash-a", "crash-b"] {
+        let (_, status) = crashed
+            .once
+            .values()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("no outcome for `{key}`"));
+        if status["state"] != "abandoned" {
+            crashed.assert_succeeded_once(key);
+            continue;
+        }
+        let error = status["error"].as_str().expect("abandoned has an error");
+        assert!(
+            error.contains("the machine restarted while attempt 1 was starting or running"),
+            "`{key}`: {error}"
+        );
+        assert_eq!(
+            runs(&crashed.world, key),
+            Vec::<String>::new(),
+            "`{key}`: the handler ran although the crash came before it started"
+        );
+        abandoned.push(key);
+    }
+    assert!(
+        !abandoned.is_empty(),
+        "no prepared run was taken for one that may have started"
+    );
     crashed.assert_succeeded_once("crash-c");
 }
 
