@@ -3,7 +3,11 @@
 //! fresh working directory, and retry a `failed` or `timed_out` attempt with exponential backoff
 //! while the kind has retries left.
 //! The report goes back to the daemon, which alone records outcomes. The first attempt's files (the
-//! journal entry's, the log's, the working directory) are made before the slot is waited for.
+//! journal entry's, synced, the log's, the working directory) are made before the slot is waited
+//! for, and so is the handler's process: made, confined, it waits at a gate while another thread
+//! waits for the slot and the lock and marks the attempt started, and executes the handler only
+//! then (see `sandbox::Job::admit`). Between two handlers, only the handover, the lock, the start
+//! mark and the `execve` remain.
 //!
 //! The slot and the lock are given up as soon as the last attempt's handler is gone (reaped, with
 //! every process it left), before its output is drained to the end, its cgroup's usage read, the
@@ -15,12 +19,11 @@
 //! runs. On the 1000-request benchmark's two cores, the time from the gate's opening to the
 //! handler's execution was 346 µs (median) while they competed.
 
-use std::cell::RefCell;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use git2::Oid;
@@ -162,7 +165,7 @@ fn report(plan: Plan, attempts: Vec<Attempt>, result: Result<bool, RunnerError>)
 /// gives its slot back, so the run waiting for the slot does not start a handler the dispatcher,
 /// which exits on that error, would leave behind.
 fn run(plan: &Plan, attempts: &mut Vec<Attempt>) -> Result<bool, RunnerError> {
-    let held = RefCell::new(Held::default());
+    let held = Mutex::new(Held::default());
     let result = run_holding(plan, attempts, &held);
     if result.is_err() {
         plan.stop.request();
@@ -187,35 +190,38 @@ struct Held<'p> {
 fn run_holding<'p>(
     plan: &'p Plan,
     attempts: &mut Vec<Attempt>,
-    held: &RefCell<Held<'p>>,
+    held: &Mutex<Held<'p>>,
 ) -> Result<bool, RunnerError> {
-    let Some(first) = admit(plan, &mut held.borrow_mut())? else {
-        return Ok(false);
+    let request_copy = plan.request_copy();
+    // The first attempt is made ready (its journal entry synced) before the run waits for its
+    // slot, so that the handler starts as soon as the slot is given.
+    let first = write_read_only(&request_copy, &plan.request_bytes)
+        .map_err(io(&request_copy))
+        .and_then(|()| Ready::new(plan, plan.first_attempt));
+    let mut ready = match first {
+        Ok(ready) => ready,
+        Err(e) => {
+            // The slot is asked for even so: the runs started after this one wait for this
+            // one's turn to pass.
+            let slot = plan.stop.take(plan.ticket, &plan.in_flight);
+            let taken = slot.is_some();
+            lock(held).slot = slot;
+            return if taken { Err(e) } else { Ok(false) };
+        }
     };
-    let mut first = Some(first);
+    crate::failpoint::hit("prepared");
     let mut number = plan.first_attempt;
     loop {
-        if plan.in_flight.is_abandoned() {
-            // The watchdog recorded the run while this thread was stuck: nothing more may run.
-            return Ok(true);
-        }
-        if plan.in_flight.fence_due(std::time::Instant::now()) {
-            // The claim was not renewed in time (the daemon may be held up, or was frozen):
-            // another dispatcher may take it over, so nothing more starts here.
-            return Ok(true);
-        }
-        if number == plan.first_attempt {
-            say_running(plan);
-        }
-        let mut ready = match first.take() {
-            Some(ready) => ready,
-            None => Ready::new(plan, number)?,
+        let attempt = match attempt(plan, &mut ready, number, held) {
+            Ok(attempt) => attempt,
+            Err(NotAdmitted::Stopped) => return Ok(false),
+            Err(NotAdmitted::Ended) => return Ok(true),
+            Err(NotAdmitted::Failed(e)) => return Err(e),
         };
-        let attempt = attempt(plan, &mut ready, number, held)?;
         let again = retry_due(plan, attempt.number, attempt.failed());
         if !again {
             // Handed over already when the handler ended, unless its log could not be written.
-            hand_over(plan, &mut held.borrow_mut());
+            hand_over(plan, held);
         }
         // Clean-up: the attempt's working folder goes, once the next run may have started.
         drop(ready);
@@ -224,38 +230,65 @@ fn run_holding<'p>(
             return Ok(true);
         }
         number += 1;
+        ready = Ready::new(plan, number)?;
     }
 }
 
-/// Makes the first attempt ready, then waits for the run's slot and its resource's lock, kept in
-/// `held`; `None` when a stop came first (nothing is journaled then, nothing runs).
-fn admit<'p>(plan: &'p Plan, held: &mut Held<'p>) -> Result<Option<Ready<'p>>, RunnerError> {
-    let request_copy = plan.request_copy();
-    // The first attempt is made ready while the run may still wait for its slot, so that the
-    // handler starts as soon as the slot is given.
-    let ready = write_read_only(&request_copy, &plan.request_bytes)
-        .map_err(io(&request_copy))
-        .and_then(|()| Ready::new(plan, plan.first_attempt));
-    if ready.is_ok() {
-        crate::failpoint::hit("prepared");
+/// Why an attempt's handler was not let start.
+enum NotAdmitted {
+    /// A stop, a pause or a withdrawal came before the slot or the lock: nothing is marked started.
+    Stopped,
+    /// The watchdog recorded the run while its thread was stuck, or its claim was not renewed in
+    /// time (another dispatcher may take it over): nothing more starts here.
+    Ended,
+    /// The lock or the journal could not be written: the dispatcher cannot go on.
+    Failed(RunnerError),
+}
+
+/// Lets attempt `number` start, on the thread that does so while its handler's process is made:
+/// for the first attempt, waits for the run's slot and its resource's lock (kept in `held`; a
+/// next attempt holds them already), then marks the attempt started in the journal, `prepared`
+/// for it when it is the first.
+fn admit<'p>(
+    plan: &'p Plan,
+    number: u32,
+    held: &Mutex<Held<'p>>,
+    prepared: &Mutex<Option<journal::Prepared>>,
+) -> Result<(), NotAdmitted> {
+    let first = number == plan.first_attempt;
+    if first {
+        let slot = plan.stop.take(plan.ticket, &plan.in_flight);
+        let taken = slot.is_some();
+        lock(held).slot = slot;
+        if !taken {
+            return Err(NotAdmitted::Stopped);
+        }
+        let resource = ResourceLock::acquire(&plan.lock_dir, &plan.request.resource)
+            .map_err(|e| NotAdmitted::Failed(e.into()))?;
+        lock(held).lock = Some(resource);
+        // A stop that came while the lock was waited for, or a pause or a withdrawal while the
+        // slot was.
+        if plan.stop.requested() || plan.in_flight.is_withheld() {
+            return Err(NotAdmitted::Stopped);
+        }
     }
-    // The slot is asked for even when that failed: the runs started after this one wait for this
-    // one's turn to pass.
-    held.slot = plan.stop.take(plan.ticket, &plan.in_flight);
-    if held.slot.is_none() {
-        return Ok(None);
+    if plan.in_flight.is_abandoned() || plan.in_flight.fence_due(std::time::Instant::now()) {
+        return Err(NotAdmitted::Ended);
     }
-    let ready = ready?;
-    held.lock = Some(ResourceLock::acquire(
-        &plan.lock_dir,
-        &plan.request.resource,
-    )?);
-    // A stop that came while the lock was waited for, or a pause or a withdrawal while the slot
-    // was.
-    if plan.stop.requested() || plan.in_flight.is_withheld() {
-        return Ok(None);
+    if first {
+        say_running(plan);
     }
-    Ok(Some(ready))
+    let mut entry = journal_entry(plan, number);
+    entry.started_at = Some(rfc3339(SystemTime::now()));
+    plan.journal
+        .begin(&entry, lock(prepared).take())
+        .map_err(|e| NotAdmitted::Failed(io(&plan.runs_dir)(e)))?;
+    crate::failpoint::hit("taken");
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().expect("no thread panics holding it")
 }
 
 /// Says that the run's first handler starts.
@@ -277,24 +310,25 @@ fn say_running(plan: &Plan) {
     );
 }
 
-/// Attempt `number`: marks its journal entry started, then runs the handler in `ready`'s working
-/// folder; when the entry could not be written, the handler never starts and the dispatcher cannot
-/// go on. Once the handler is gone,
-/// the slot and the lock are handed over unless the attempt is to be retried.
-fn attempt(
-    plan: &Plan,
-    ready: &mut Ready<'_>,
+/// Attempt `number`: runs the handler in `ready`'s working folder, once [`admit`] let it (which
+/// it does while the handler's process is made). Once the handler is gone, the slot and the lock
+/// are handed over unless the attempt is to be retried.
+fn attempt<'p>(
+    plan: &'p Plan,
+    ready: &mut Ready<'p>,
     number: u32,
-    held: &RefCell<Held<'_>>,
-) -> Result<Attempt, RunnerError> {
+    held: &Mutex<Held<'p>>,
+) -> Result<Attempt, NotAdmitted> {
     let spec = &plan.request.route.spec;
-    let mut entry = journal_entry(plan, number);
-    entry.started_at = Some(rfc3339(SystemTime::now()));
-    plan.journal
-        .begin(&entry, ready.entry.take())
-        .map_err(io(&plan.runs_dir))?;
-    ready.started = true;
-    crate::failpoint::hit("taken");
+    let prepared = Mutex::new(ready.entry.take());
+    let refused = Mutex::new(None);
+    let admit = || match admit(plan, number, held, &prepared) {
+        Ok(()) => true,
+        Err(why) => {
+            *lock(&refused) = Some(why);
+            false
+        }
+    };
     let log_file = ready.log.clone();
     let mut env = handler_env(&plan.request, number);
     env.extend(plan.extra_env.iter().cloned());
@@ -334,13 +368,20 @@ fn attempt(
         redactor: plan.redactor.clone(),
         marker: ("DISPATCH_ID".to_owned(), plan.key.clone()),
         in_flight: &plan.in_flight,
-        on_start: &|| held.borrow().slot.as_ref().map_or((), Slot::started),
+        admit: &admit,
+        on_start: &|| lock(held).slot.as_ref().map_or((), Slot::started),
         on_exit: &|termination, timed_out| {
             if !retry_due(plan, number, failed(termination, timed_out)) {
-                hand_over(plan, &mut held.borrow_mut());
+                hand_over(plan, held);
             }
         },
     });
+    if let Err(SandboxError::NotAdmitted) = result {
+        ready.entry = prepared.into_inner().expect("no thread panics holding it");
+        let why = refused.into_inner().expect("no thread panics holding it");
+        return Err(why.unwrap_or(NotAdmitted::Stopped));
+    }
+    ready.started = true;
     crate::failpoint::hang("stuck");
     Ok(Attempt {
         number,
@@ -357,8 +398,8 @@ fn retry_due(plan: &Plan, number: u32, failed: bool) -> bool {
 
 /// The last handler is gone: gives the lock and the slot up, so that a run waiting for them starts
 /// its handler, and lets it start before this run cleans up (see the module's comment).
-fn hand_over(plan: &Plan, held: &mut Held<'_>) {
-    *held = Held::default();
+fn hand_over(plan: &Plan, held: &Mutex<Held<'_>>) {
+    *lock(held) = Held::default();
     let _ = plan.stop.let_the_next_start(NEXT_START_BOUND);
 }
 

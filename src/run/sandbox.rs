@@ -48,6 +48,9 @@ pub(crate) enum SandboxError {
         #[source]
         source: io::Error,
     },
+    /// [`Job::admit`] said no: the handler never started.
+    #[error("the run was not admitted")]
+    NotAdmitted,
 }
 
 /// Everything one run needs.
@@ -78,6 +81,10 @@ pub(crate) struct Job<'a> {
     /// Namespaces of its own, showing these paths of the host's (see [`crate::run::isolate`]);
     /// `None`: the host's.
     pub view: Option<(&'a Isolation, Vec<Bind<'a>>)>,
+    /// Called on a thread of its own while the handler's process is made, confined, and waits to
+    /// execute the handler: whether it may (the run has its slot, and is marked started). The
+    /// handler executes only once this said yes; when it says no, it never does.
+    pub admit: &'a (dyn Fn() -> bool + Sync),
     /// Called once the handler has started.
     pub on_start: &'a dyn Fn(),
     /// Called once the handler and every process it left are gone, with how it ended and whether
@@ -139,10 +146,16 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         None => (None, None),
     };
     let procs = cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
-    let started = SystemTime::now();
-    let clock = Instant::now();
-    let spawned = {
-        let mut handlers = HANDLERS.lock().expect("no thread panics holding it");
+    let (gate, mut opener) = io::pipe().map_err(spawn_err)?;
+    // This thread makes the handler's process, which waits at the gate (this thread with it: the
+    // clone returns once it executed or exited) while the run is admitted on a thread of its own.
+    let (spawned, admitted) = std::thread::scope(|scope| {
+        let admitting = scope.spawn(|| {
+            let admitted = (job.admit)();
+            // A child that failed before the gate has closed its end: nothing to tell it then.
+            let _ = opener.write_all(&[u8::from(admitted)]);
+            admitted
+        });
         let spawned = spawn::spawn(&Spec {
             program: job.program,
             args: &args,
@@ -152,17 +165,24 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
             output: writer.as_fd(),
             limits: &limits,
             user: job.user.as_ref(),
+            gate: Some(gate.as_fd()),
             mounts: mounts.as_ref(),
             cgroups: &procs,
         });
-        if let Ok(child) = &spawned {
-            handlers.insert(child.pid.as_raw());
-        }
-        spawned
-    };
+        (spawned, admitting.join().unwrap_or(false))
+    });
+    let started = SystemTime::now();
+    let clock = Instant::now();
     // The child's ends must be closed here, or the pipes never reach end-of-file.
     drop((stdin_reader, writer));
+    if !admitted {
+        return Err(SandboxError::NotAdmitted);
+    }
     let child = spawned.map_err(spawn_err)?;
+    HANDLERS
+        .lock()
+        .expect("no thread panics holding it")
+        .insert(child.pid.as_raw());
     // Whatever way this returns, the handler's group does not outlive the run.
     let mut child = Reaped {
         child,
@@ -477,8 +497,9 @@ fn wait_exit(child: &spawn::Child) -> io::Result<Option<()>> {
 }
 
 /// Handlers started and not yet reaped by their own run: the sweep for zombies
-/// ([`reap_if_orphaned_zombie`]) leaves them to it. The lock is held from the clone until the pid is listed,
-/// and from the reap until it is not, so a sweep never sees a handler it should not reap.
+/// ([`reap_if_orphaned_zombie`]) leaves them to it. The lock is held from the reap until the pid is
+/// not listed, so a sweep never sees a handler it should not reap. Until it is listed, a handler is
+/// the child of its run's thread, which the sweep (of the main thread's children) never sees.
 static HANDLERS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-use nix::libc::{self, c_char, c_int, c_ulong, c_void};
+use nix::libc::{self, c_char, c_int, c_uint, c_ulong, c_void};
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::run::isolate::{self, MountStep, Mounts};
@@ -74,6 +74,10 @@ pub(crate) struct Spec<'a> {
     pub limits: &'a Limits,
     /// `None`: keep the dispatcher's user.
     pub user: Option<&'a Identity>,
+    /// Confined, the child reads one byte from this before it executes the handler, and executes
+    /// it only if the byte is 1: a run's process is made while the run waits for its slot (see
+    /// `sandbox::Job::admit`).
+    pub gate: Option<BorrowedFd<'a>>,
     /// Namespaces of its own, with this view of the file system (see [`isolate`]).
     pub mounts: Option<&'a Mounts<'a>>,
     /// `cgroup.procs` files (opened for writing) the child moves itself into first.
@@ -86,6 +90,12 @@ pub(crate) struct Child {
     pub pid: Pid,
     /// Readable once the process has exited (it is not reaped).
     pub pidfd: OwnedFd,
+}
+
+/// `close_range(2)` (Linux 5.9), by its system call: 0, or -1 with `errno` set.
+unsafe fn close_range(first: c_uint, last: c_uint) -> c_int {
+    // SAFETY: the system call takes three integers and touches no memory of the caller.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as c_uint) as c_int }
 }
 
 /// The steps the child takes, in order; a failure names its step.
@@ -101,6 +111,7 @@ enum Step {
     NoNewPrivs,
     DeathSignal,
     Orphaned,
+    Gate,
     Exec,
     Network,
     Isolate,
@@ -108,7 +119,7 @@ enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 15] = [
         Step::Stdio,
         Step::Chdir,
         Step::ProcessGroup,
@@ -119,6 +130,7 @@ impl Step {
         Step::NoNewPrivs,
         Step::DeathSignal,
         Step::Orphaned,
+        Step::Gate,
         Step::Exec,
         Step::Network,
         Step::Isolate,
@@ -137,6 +149,7 @@ impl Step {
             Step::NoNewPrivs => "set no_new_privs",
             Step::DeathSignal => "set the parent-death signal",
             Step::Orphaned => "start: the dispatcher exited",
+            Step::Gate => "start: the run was not admitted",
             Step::Exec => "execute",
             Step::Network => "enter a network of its own (`network: none`)",
             Step::Isolate => "isolate",
@@ -157,6 +170,8 @@ struct Context<'a> {
     limits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
     user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     parent: libc::pid_t,
+    /// [`Spec::gate`], -1 for none.
+    gate: RawFd,
     /// [`Limits::no_network`].
     no_network: bool,
     /// [`Spec::mounts`].
@@ -222,6 +237,7 @@ pub(crate) fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
             )
         }),
         parent: nix::unistd::getpid().as_raw(),
+        gate: spec.gate.map_or(-1, |fd| fd.as_raw_fd()),
         no_network: spec.limits.no_network,
         mounts: spec.mounts,
         cgroups: spec.cgroups.iter().map(|fd| fd.as_raw_fd()).collect(),
@@ -417,6 +433,31 @@ unsafe fn confine_and_exec(cx: &Context) -> (Step, c_int) {
         };
         if orphaned {
             return (Step::Orphaned, libc::ESRCH);
+        }
+        // Last, so that the setup above is done while the run waits for its slot. Should the
+        // dispatcher die meanwhile, the parent-death signal ends the wait.
+        if cx.gate >= 0 {
+            // The wait may last a whole handler's run: the copies of the dispatcher's descriptors
+            // the clone made (another run's resource lock, its output pipe) must not be held that
+            // long. The handler gets nothing but its standard input and output anyway.
+            let gate = cx.gate as c_uint;
+            if gate > 3 {
+                step!(Step::Gate, close_range(3, gate - 1));
+            }
+            step!(Step::Gate, close_range(gate + 1, c_uint::MAX));
+            let mut byte = 0u8;
+            let read = loop {
+                let n = libc::read(cx.gate, (&raw mut byte).cast(), 1);
+                if n >= 0 || errno() != libc::EINTR {
+                    break n;
+                }
+            };
+            if read < 0 {
+                return (Step::Gate, errno());
+            }
+            if read != 1 || byte != 1 {
+                return (Step::Gate, libc::EIO);
+            }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);

@@ -1,7 +1,7 @@
 //! Unit tests of `spawn`: the child is confined before it executes, as it is told.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -9,10 +9,21 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use super::*;
 
 /// Runs `script` under `sh -c` as `spawn` starts a handler, and returns its exit code and output.
-fn run(script: &str, limits: &Limits, user: Option<&Identity>) -> io::Result<(i32, String)> {
+fn run(
+    script: &str,
+    limits: &Limits,
+    user: Option<&Identity>,
+    gate: Option<u8>,
+) -> io::Result<(i32, String)> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (out_read, out_write) = nix::unistd::pipe().expect("a pipe");
     let stdin = File::open("/dev/null").expect("/dev/null");
+    let (gate_read, gate_write) = nix::unistd::pipe().expect("a pipe");
+    if let Some(byte) = gate {
+        File::from(gate_write)
+            .write_all(&[byte])
+            .expect("the gate's byte");
+    }
     let args = [OsStr::new("-c"), OsStr::new(script)];
     let env = [
         ("PATH".to_string(), "/usr/bin:/bin".to_string()),
@@ -27,6 +38,7 @@ fn run(script: &str, limits: &Limits, user: Option<&Identity>) -> io::Result<(i3
         output: out_write.as_fd(),
         limits,
         user,
+        gate: gate.map(|_| gate_read.as_fd()),
         mounts: None,
         cgroups: &[],
     };
@@ -63,7 +75,7 @@ fn the_child_is_confined_before_it_executes() {
     let script = "echo pgid=$(ps -o pgid= -p $$ 2>/dev/null || cut -d' ' -f5 /proc/$$/stat); \
                   echo pid=$$; grep NoNewPrivs /proc/self/status; echo nofile=$(ulimit -n); \
                   echo fsize=$(ulimit -f); echo core=$(ulimit -c); echo cwd=$(pwd); echo ---; env | sort";
-    let (code, out) = run(script, &limits, None).expect("spawned");
+    let (code, out) = run(script, &limits, None, None).expect("spawned");
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         field(&out, "pgid="),
@@ -111,10 +123,24 @@ fn the_child_takes_the_identity_it_is_given() {
         "echo uid=$(id -u) gid=$(id -g) groups=$(id -G)",
         &Limits::default(),
         Some(&identity),
+        None,
     )
     .expect("spawned");
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.trim(), format!("uid={uid} gid={gid} groups={gid}"));
+}
+
+#[test]
+fn a_closed_gate_keeps_the_handler_from_running_and_says_why() {
+    let (code, out) =
+        run("echo ran", &Limits::default(), None, Some(1)).expect("an open gate runs it");
+    assert_eq!((code, out.trim()), (0, "ran"));
+    let error = run("echo ran", &Limits::default(), None, Some(0))
+        .expect_err("a closed gate must not run it");
+    assert!(
+        error.to_string().contains("the run was not admitted"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -130,6 +156,7 @@ fn a_step_that_fails_is_named_and_nothing_runs() {
         output: devnull.as_fd(),
         limits: &Limits::default(),
         user: None,
+        gate: None,
         mounts: None,
         cgroups: &[],
     };

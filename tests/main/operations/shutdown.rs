@@ -87,6 +87,25 @@ fn sigkill_while_a_run_waits_for_its_slot_leaves_that_request_to_run_after_the_r
     kill(Pid::from_raw(dispatcher.pid() as i32), Signal::SIGKILL).expect("kill -KILL");
     let killed = dispatcher.wait(DEADLINE);
     assert_eq!(killed.signal, Some(9), "{killed}");
+    // `behind`'s process, made and waiting at its gate (a clone of the dispatcher, with its command
+    // line), dies with the dispatcher.
+    let workdir = world.work.to_string_lossy().into_owned();
+    let of_the_dispatcher = || {
+        fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|p| {
+                fs::read(p.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&workdir))
+            })
+            .count()
+    };
+    assert!(
+        wait_until(DEADLINE, || of_the_dispatcher() == 0),
+        "{} process(es) of the killed dispatcher are left",
+        of_the_dispatcher()
+    );
 
     fs::write(world.markers.join("go"), "").expect("let the handlers finish");
     let out = world.run(&[]);
