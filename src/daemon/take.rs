@@ -31,6 +31,13 @@ use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
 use crate::run::runner::{self, Plan};
 use crate::run::sandbox::InFlight;
 
+/// With `--jobs 1` (but not `--once`), how many runs are taken ahead of the one that runs: each
+/// makes its files and its handler's process ready, then waits for the slot. With one ahead, the
+/// next run was often not ready when the slot came: it is taken only once the run before reports,
+/// and the outcome commit, a push or a claim on the main thread could delay that past the running
+/// handler's end (in 239 of 1000 handovers of a `echo` drain, 0.73 s of it). Two cover that.
+const RUNS_AHEAD: usize = 2;
+
 /// How many waiting requests on busy resources `take` looks past for one it can start.
 const LOOKAHEAD: usize = 64;
 
@@ -99,7 +106,10 @@ impl Daemon {
             .filter(|r| !r.ended)
             .map(|r| r.request.resource.clone())
             .collect();
-        let ahead = usize::from(self.cfg.jobs == 1 && self.cfg.mode != Mode::Once);
+        let ahead = match self.cfg.jobs == 1 && self.cfg.mode != Mode::Once {
+            true => RUNS_AHEAD,
+            false => 0,
+        };
         let now = Instant::now();
         let mut wants: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
         let mut first_want = None;
