@@ -36,6 +36,12 @@ use crate::run::sandbox::InFlight;
 /// next run was often not ready when the slot came: it is taken only once the run before reports,
 /// and the outcome commit, a push or a claim on the main thread could delay that past the running
 /// handler's end (in 239 of 1000 handovers of a `echo` drain, 0.73 s of it). Two cover that.
+///
+/// With `--jobs N` above 1, N runs are taken ahead, each on a resource no other run here holds (a
+/// run waiting for a resource's lock would hold a slot that a run of another resource could use):
+/// a slot that comes free starts a run whose claim, look and process are ready, instead of taking
+/// one then. Figure 8 (400 runs of 200 ms on 40 resources, `--jobs 2`): one dispatcher 41.1–41.2 s
+/// against 44.6 s, four 11.8–12.1 s against 13.5 s.
 const RUNS_AHEAD: usize = 2;
 
 /// How many waiting requests on busy resources `take` looks past for one it can start.
@@ -106,9 +112,11 @@ impl Daemon {
             .filter(|r| !r.ended)
             .map(|r| r.request.resource.clone())
             .collect();
-        let ahead = match self.cfg.jobs == 1 && self.cfg.mode != Mode::Once {
-            true => RUNS_AHEAD,
-            false => 0,
+        // Runs taken beyond the `--jobs` slots ([`RUNS_AHEAD`]).
+        let ahead = match (self.cfg.jobs, self.cfg.mode) {
+            (_, Mode::Once) => 0,
+            (1, _) => RUNS_AHEAD,
+            (jobs, _) => jobs,
         };
         let now = Instant::now();
         let mut wants: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
@@ -169,7 +177,9 @@ impl Daemon {
                     skipped += 1;
                     waiting += 1;
                 }
-                Ok((request, _)) if ahead == 0 && busy.contains(&request.resource) => {
+                Ok((request, _))
+                    if (ahead == 0 || self.cfg.jobs > 1) && busy.contains(&request.resource) =>
+                {
                     // Its resource is taken: look further, but only so far, so that a long queue on
                     // one resource costs no more than a short one.
                     skipped += 1;
