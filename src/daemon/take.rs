@@ -31,17 +31,12 @@ use crate::outcome::{AttemptLog, Outcome, State, free_key, sanitize};
 use crate::run::runner::{self, Plan};
 use crate::run::sandbox::InFlight;
 
-/// With `--jobs 1` (but not `--once`), how many runs are taken ahead of the one that runs: each
-/// makes its files and its handler's process ready, then waits for the slot. With one ahead, the
-/// next run was often not ready when the slot came: it is taken only once the run before reports,
-/// and the outcome commit, a push or a claim on the main thread could delay that past the running
-/// handler's end (in 239 of 1000 handovers of a `echo` drain, 0.73 s of it). Two cover that.
-///
-/// With `--jobs N` above 1, N runs are taken ahead, each on a resource no other run here holds (a
-/// run waiting for a resource's lock would hold a slot that a run of another resource could use):
-/// a slot that comes free starts a run whose claim, look and process are ready, instead of taking
-/// one then. Figure 8 (400 runs of 200 ms on 40 resources, `--jobs 2`): one dispatcher 41.1–41.2 s
-/// against 44.6 s, four 11.8–12.1 s against 13.5 s.
+/// With `--jobs 1` (but not `--once`), how many runs are taken ahead of the one that runs, each
+/// with its files and its handler's process made, waiting for the slot; with `--jobs N`, N are,
+/// each on a resource no other run here holds (one waiting for a resource's lock would hold a slot
+/// another could use). With one ahead, the next run was not ready at 239 of 1000 handovers: it is
+/// taken once the run before reports, which the main thread's work can delay past the handler's
+/// end. Figures in docs/architecture.md, "Between two handlers", and docs/performance.md.
 const RUNS_AHEAD: usize = 2;
 
 /// How many waiting requests on busy resources `take` looks past for one it can start.
@@ -112,7 +107,6 @@ impl Daemon {
             .filter(|r| !r.ended)
             .map(|r| r.request.resource.clone())
             .collect();
-        // Runs taken beyond the `--jobs` slots ([`RUNS_AHEAD`]).
         let ahead = match (self.cfg.jobs, self.cfg.mode) {
             (_, Mode::Once) => 0,
             (1, _) => RUNS_AHEAD,
@@ -570,43 +564,5 @@ impl Daemon {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn taken(keys: &[&str]) -> impl Fn(&str) -> bool {
-        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-        move |k| keys.iter().any(|t| t == k)
-    }
-
-    #[test]
-    fn a_rejection_with_a_free_id_is_recorded_under_it() {
-        assert_eq!(rejected_key(Some("job-1"), "x.yml", taken(&[])), "job-1");
-    }
-
-    #[test]
-    fn a_rejection_never_takes_the_key_of_an_outcome() {
-        assert_eq!(
-            rejected_key(Some("job-1"), "x.yml", taken(&["job-1"])),
-            "job-1~1"
-        );
-        assert_eq!(
-            rejected_key(Some("job-1"), "x.yml", taken(&["job-1", "job-1~1"])),
-            "job-1~2"
-        );
-        assert_eq!(
-            rejected_key(None, "build.yml", taken(&["build"])),
-            "build~1"
-        );
-    }
-
-    #[test]
-    fn a_rejection_without_an_id_uses_the_file_stem_where_it_is_a_valid_name() {
-        assert_eq!(rejected_key(None, "build.yml", taken(&[])), "build");
-        assert_eq!(rejected_key(None, "build.yaml", taken(&[])), "build");
-        // A stem that is no valid id is made one, and suffixed so it cannot be an id submitted.
-        assert_eq!(rejected_key(None, "my build.yml", taken(&[])), "my_build~1");
-        assert_eq!(rejected_key(None, "_x.yml", taken(&[])), "x_x~1");
-        // A file whose name has no request suffix is named after the whole name.
-        assert_eq!(rejected_key(None, "notes.txt", taken(&[])), "notes.txt~1");
-    }
-}
+#[path = "take_tests.rs"]
+mod tests;
