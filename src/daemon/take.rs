@@ -80,9 +80,9 @@ impl Daemon {
     /// Takes requests in arrival order while there is room: records rejections at once, starts the
     /// rest. Returns how many requests wait (not counting running ones).
     ///
-    /// With one job, the next request is taken while the current one runs: validated, its worker
-    /// started and its request copy written, it waits for the slot, which the current run gives up
-    /// as soon as its handler is gone (see [`crate::run::runner`]). Its journal entry is written only
+    /// Runs are taken ahead of the slots ([`RUNS_AHEAD`]): validated, their workers started, their
+    /// files, journal entries and handlers' processes made, they wait for a slot, which a run gives
+    /// up as soon as its handler is gone (see [`crate::run::runner`]). A run is marked started only
     /// then, so a stop before leaves it in the inbox, untouched. That takes the work of taking a
     /// request off the time between two handlers.
     pub(super) fn take(&mut self) -> Result<usize, DaemonError> {

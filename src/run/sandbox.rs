@@ -20,19 +20,16 @@ use nix::unistd::Pid;
 use thiserror::Error;
 
 use crate::run::capture::{CappedLog, LogSummary};
-use crate::run::cgroup::{CgroupLimits, Usage};
+use crate::run::cgroup::{CgroupLimits, RunCgroup, Usage};
+use crate::run::escapees::{HANDLERS, kill_escapees};
 pub(crate) use crate::run::in_flight::InFlight;
-use crate::run::isolate::{Bind, Isolation};
+use crate::run::isolate::{Bind, Isolation, Mounts};
 use crate::run::spawn::{self, Identity, Limits, Spec};
 use crate::secrets::{RedactStream, Redactor};
 
 /// How long the output pipe is drained after the handler's group is gone, in case an escaped
 /// descendant still holds it open.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
-/// How long the search for a run's escapees may go on while it still finds some: each pass kills
-/// one more link of a chain of sessions (a few hundred microseconds), so this ends only escapees
-/// that multiply faster than they are killed.
-const ESCAPEE_SEARCH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub(crate) enum SandboxError {
@@ -121,36 +118,37 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         path: job.log_path.to_owned(),
         source,
     };
-    let mut log = CappedLog::create(job.log_path, job.log_limit).map_err(log_err)?;
-    let (reader, writer) = io::pipe().map_err(log_err)?;
-    let (stdin_reader, stdin_writer) = io::pipe().map_err(log_err)?;
-    let args: Vec<&OsStr> = job.args.iter().map(OsString::as_os_str).collect();
     let spawn_err = |source| SandboxError::Spawn {
         program: job.program.to_owned(),
         source,
     };
-    let mut limits = job.limits.clone();
-    let (mounts, cgroup) = match &job.view {
-        Some((isolation, binds)) => (
-            isolation.prepare(binds).map_err(spawn_err)?,
-            match isolation.cgroups() {
-                Ok(cgroups) => {
-                    if cgroups.limits_memory() {
-                        limits.address_space = None;
-                    }
-                    Some(cgroups.run(&job.cgroup).map_err(spawn_err)?)
-                }
-                Err(_) => None,
-            },
-        ),
-        None => (None, None),
+    let Setup {
+        mut log,
+        output: (reader, writer),
+        input: (stdin_reader, stdin_writer),
+        limits,
+        mounts,
+        cgroup,
+        gate: (gate, mut opener),
+    } = match set_up(&job) {
+        Ok(setup) => setup,
+        // The run still takes its turn ([`Job::admit`]), or the runs after it would wait for it.
+        Err(e) => {
+            return Err(if (job.admit)() {
+                e
+            } else {
+                SandboxError::NotAdmitted
+            });
+        }
     };
+    let args: Vec<&OsStr> = job.args.iter().map(OsString::as_os_str).collect();
     let procs = cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
-    let (gate, mut opener) = io::pipe().map_err(spawn_err)?;
     // This thread makes the handler's process, which waits at the gate (this thread with it: the
     // clone returns once it executed or exited) while the run is admitted on a thread of its own.
     let (spawned, admitted) = std::thread::scope(|scope| {
-        let admitting = scope.spawn(|| {
+        // The gate's end moves to the thread: should `admit` panic, it is closed, and the child
+        // reads no 1 and exits instead of waiting for good.
+        let admitting = scope.spawn(move || {
             let admitted = (job.admit)();
             // A child that failed before the gate has closed its end: nothing to tell it then.
             let _ = opener.write_all(&[u8::from(admitted)]);
@@ -327,6 +325,57 @@ fn termination(status: WaitStatus, killed_for_term: bool) -> Termination {
     }
 }
 
+/// What a run needs before its handler's process is made: the log, the output and input pipes,
+/// the limits, the view and the cgroup, and the gate.
+struct Setup<'j> {
+    log: CappedLog,
+    output: (io::PipeReader, io::PipeWriter),
+    input: (io::PipeReader, io::PipeWriter),
+    limits: Limits,
+    mounts: Option<Mounts<'j>>,
+    cgroup: Option<RunCgroup<'j>>,
+    gate: (io::PipeReader, io::PipeWriter),
+}
+
+fn set_up<'j>(job: &'j Job<'_>) -> Result<Setup<'j>, SandboxError> {
+    let log_err = |source| SandboxError::Log {
+        path: job.log_path.to_owned(),
+        source,
+    };
+    let spawn_err = |source| SandboxError::Spawn {
+        program: job.program.to_owned(),
+        source,
+    };
+    let log = CappedLog::create(job.log_path, job.log_limit).map_err(log_err)?;
+    let output = io::pipe().map_err(log_err)?;
+    let input = io::pipe().map_err(log_err)?;
+    let mut limits = job.limits.clone();
+    let (mounts, cgroup) = match &job.view {
+        Some((isolation, binds)) => (
+            isolation.prepare(binds).map_err(spawn_err)?,
+            match isolation.cgroups() {
+                Ok(cgroups) => {
+                    if cgroups.limits_memory() {
+                        limits.address_space = None;
+                    }
+                    Some(cgroups.run(&job.cgroup).map_err(spawn_err)?)
+                }
+                Err(_) => None,
+            },
+        ),
+        None => (None, None),
+    };
+    Ok(Setup {
+        log,
+        output,
+        input,
+        limits,
+        mounts,
+        cgroup,
+        gate: io::pipe().map_err(spawn_err)?,
+    })
+}
+
 /// Sends SIGTERM to the handler's process group. An isolated handler is the init of its PID
 /// namespace, which the kernel gives only the signals it has a handler for: one that leaves SIGTERM
 /// at its default action (to terminate) is killed with SIGKILL instead, which ends it as SIGTERM
@@ -496,91 +545,8 @@ fn wait_exit(child: &spawn::Child) -> io::Result<Option<()>> {
     Ok(ready.exited.then_some(()))
 }
 
-/// Handlers started and not yet reaped by their own run: the sweep for zombies
-/// ([`reap_if_orphaned_zombie`]) leaves them to it. The lock is held from the reap until the pid is
-/// not listed, so a sweep never sees a handler it should not reap. Until it is listed, a handler is
-/// the child of its run's thread, which the sweep (of the main thread's children) never sees.
-static HANDLERS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// Reaps `pid`, a child of the dispatcher, when it is a zombie that is neither a listed handler
-/// nor in the dispatcher's own process group (the `git` commands it starts, which whoever started
-/// them waits for): a descendant of a handler, re-parented to the dispatcher (a child subreaper),
-/// that exited before anything could find it by its environment. It would count against the
-/// handler user's process limit for as long as the dispatcher lives. Whether `pid` is a zombie.
-fn reap_if_orphaned_zombie(pid: i32, own_group: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // `pid (comm) state ppid pgrp ...`; the command name may hold spaces and parentheses.
-    let mut fields = stat
-        .rfind(')')
-        .map_or("", |end| &stat[end + 1..])
-        .split_whitespace();
-    if fields.next() != Some("Z") {
-        return false;
-    }
-    let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
-    let handlers = HANDLERS.lock().expect("no thread panics holding it");
-    if group.is_some_and(|g| g != own_group) && !handlers.contains(&pid) {
-        let _ = waitpid(
-            Pid::from_raw(pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
-    }
-    true
-}
-
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
-}
-
-/// Kills the processes re-parented to the dispatcher whose environment carries `marker`, and reaps them.
-/// Only the dispatcher's own children are looked at, not every process: those of its main thread,
-/// which is where the kernel re-parents orphans (to the subreaper's first live thread, its leader).
-/// Killing one re-parents its own children to the dispatcher, so the search repeats until a pass
-/// finds nothing, however deep the chain: only time bounds it ([`ESCAPEE_SEARCH`], against
-/// escapees that start new ones as fast as they are killed). The same passes reap the escapees, of
-/// any run, that already exited.
-fn kill_escapees(marker: &(String, String)) {
-    let needle = format!("\0{}={}\0", marker.0, marker.1).into_bytes();
-    let own_group = nix::unistd::getpgrp().as_raw();
-    let deadline = Instant::now() + ESCAPEE_SEARCH;
-    while Instant::now() < deadline {
-        let mut killed = 0;
-        for pid in dispatcher_children() {
-            if reap_if_orphaned_zombie(pid, own_group) {
-                continue;
-            }
-            let mut environ = vec![0u8];
-            environ.extend(std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default());
-            if environ
-                .windows(needle.len())
-                .any(|w| w == needle.as_slice())
-            {
-                let pid = Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(pid, None);
-                killed += 1;
-            }
-        }
-        if killed == 0 {
-            return;
-        }
-    }
-}
-
-/// The children of the dispatcher's main thread. Orphans are re-parented to it (the kernel's
-/// `find_new_reaper` takes the subreaper's first thread that is not exiting, the group leader), and
-/// so are the children of a thread that exits; a handler, the child of the worker thread that
-/// started it, is not an escapee. Reading every thread's list took 30 µs per request.
-fn dispatcher_children() -> Vec<i32> {
-    let path = format!("/proc/self/task/{}/children", std::process::id());
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|pid| pid.parse().ok())
-        .collect()
 }

@@ -9,7 +9,7 @@
 use std::fs;
 
 use super::{HOG, entry, index_with};
-use crate::support::{RUN_DEADLINE, Strays, World, log_file, root_or_skip};
+use crate::support::{RUN_DEADLINE, Strays, World, add_kinds, log_file, root_or_skip};
 
 /// Waits (at most 20 s, in the handler) for `file` to exist.
 fn wait_for(file: &std::path::Path) -> String {
@@ -521,4 +521,41 @@ fn at_its_timeout_an_isolated_handler_ends_as_sigterm_would_end_it() {
         log.contains("caught TERM") && trapping["exit_code"] == 3,
         "the handler that catches SIGTERM did not get it: {trapping:#}\n{log}"
     );
+}
+
+#[test]
+fn a_run_whose_view_cannot_be_made_is_failed_and_the_runs_after_it_still_start() {
+    // A `writable:` path missing on this host fails the run's setup before its handler's process
+    // is made: the run must still take its turn for the slot, or every run after it waits for ever.
+    if !root_or_skip("a_run_whose_view_cannot_be_made_is_failed_and_the_runs_after_it_still_start")
+    {
+        return;
+    }
+    let world = World::new().build();
+    let missing = world.root.join("no-such-folder");
+    add_kinds(
+        &world,
+        &[
+            (
+                "nowhere",
+                "#!/bin/sh\necho ran\n",
+                &format!("  writable: [{}]\n", missing.display()),
+            ),
+            ("fine", "#!/bin/sh\necho fine\n", ""),
+        ],
+    );
+    world.submit("first.yml", "kind: nowhere\nresource: a\n");
+    world.submit("second.yml", "kind: fine\nresource: b\n");
+    world.submit("third.yml", "kind: fine\nresource: a\n");
+
+    let out = world.run(&["--jobs", "1"]);
+    out.assert_exit(0);
+
+    let clone = world.fresh_clone();
+    let first = clone.status("first");
+    assert_eq!(first["state"], "failed", "{first:#}\n{out}");
+    let error = first["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no-such-folder"), "{error}");
+    assert_eq!(clone.status("second")["state"], "succeeded", "{out}");
+    assert_eq!(clone.status("third")["state"], "succeeded", "{out}");
 }
