@@ -90,6 +90,24 @@ pub(crate) struct Job<'a> {
     pub on_exit: &'a dyn Fn(Termination, bool),
 }
 
+impl Job<'_> {
+    /// An I/O error of the run's log, named by its path.
+    fn log_error(&self) -> impl Fn(io::Error) -> SandboxError + Copy + '_ {
+        |source| SandboxError::Log {
+            path: self.log_path.to_owned(),
+            source,
+        }
+    }
+
+    /// An error that kept the handler from starting, named by its program.
+    fn spawn_error(&self) -> impl Fn(io::Error) -> SandboxError + Copy + '_ {
+        |source| SandboxError::Spawn {
+            program: self.program.to_owned(),
+            source,
+        }
+    }
+}
+
 /// How the handler's process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Termination {
@@ -114,14 +132,7 @@ pub(crate) struct Finished {
 /// One thread does it all: it feeds standard input, copies the output into the log and watches the
 /// handler's exit (a pidfd) and its deadlines in one `poll` loop.
 pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
-    let log_err = |source| SandboxError::Log {
-        path: job.log_path.to_owned(),
-        source,
-    };
-    let spawn_err = |source| SandboxError::Spawn {
-        program: job.program.to_owned(),
-        source,
-    };
+    let (log_err, spawn_err) = (job.log_error(), job.spawn_error());
     let Setup {
         mut log,
         output: (reader, writer),
@@ -338,14 +349,7 @@ struct Setup<'j> {
 }
 
 fn set_up<'j>(job: &'j Job<'_>) -> Result<Setup<'j>, SandboxError> {
-    let log_err = |source| SandboxError::Log {
-        path: job.log_path.to_owned(),
-        source,
-    };
-    let spawn_err = |source| SandboxError::Spawn {
-        program: job.program.to_owned(),
-        source,
-    };
+    let (log_err, spawn_err) = (job.log_error(), job.spawn_error());
     let log = CappedLog::create(job.log_path, job.log_limit).map_err(log_err)?;
     let output = io::pipe().map_err(log_err)?;
     let input = io::pipe().map_err(log_err)?;
