@@ -112,6 +112,9 @@ impl Daemon {
             (1, _) => RUNS_AHEAD,
             (jobs, _) => jobs,
         };
+        // With one slot, runs taken ahead queue for it whatever their resource; with more, a run
+        // is taken only for a resource no run here holds ([`RUNS_AHEAD`]).
+        let queue_on_busy = self.cfg.jobs == 1 && ahead > 0;
         let now = Instant::now();
         let mut wants: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
         let mut first_want = None;
@@ -171,9 +174,7 @@ impl Daemon {
                     skipped += 1;
                     waiting += 1;
                 }
-                Ok((request, _))
-                    if (ahead == 0 || self.cfg.jobs > 1) && busy.contains(&request.resource) =>
-                {
+                Ok((request, _)) if !queue_on_busy && busy.contains(&request.resource) => {
                     // Its resource is taken: look further, but only so far, so that a long queue on
                     // one resource costs no more than a short one.
                     skipped += 1;

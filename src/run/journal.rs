@@ -291,7 +291,6 @@ impl Journal {
     /// earlier attempts.
     pub(crate) fn begin(&self, entry: &Entry, prepared: Option<Prepared>) -> io::Result<()> {
         let path = self.entry_path(&entry.key);
-        let started_at = entry.started_at.clone().unwrap_or_default();
         if let Some(Prepared {
             path: at,
             file,
@@ -299,6 +298,7 @@ impl Journal {
         }) = prepared
         {
             debug_assert_eq!(at, path);
+            let started_at = entry.started_at.clone().unwrap_or_default();
             let mark = serde_json::to_vec(&Mark { started_at }).map_err(io::Error::other)?;
             debug_assert!(mark.len() <= MARK_ROOM);
             return file.write_all_at(&mark, mark_at);

@@ -203,10 +203,11 @@ fn run_holding<'p>(
         Err(e) => {
             // The slot is asked for even so: the runs started after this one wait for this
             // one's turn to pass.
-            let slot = plan.stop.take(plan.ticket, &plan.in_flight);
-            let taken = slot.is_some();
-            lock(held).slot = slot;
-            return if taken { Err(e) } else { Ok(false) };
+            return if take_slot(plan, held) {
+                Err(e)
+            } else {
+                Ok(false)
+            };
         }
     };
     crate::failpoint::hit("prepared");
@@ -220,7 +221,7 @@ fn run_holding<'p>(
         };
         let again = retry_due(plan, attempt.number, attempt.failed());
         if !again {
-            // Handed over already when the handler ended, unless its log could not be written.
+            // When the handler ended, unless the run failed before or its log could not be written.
             hand_over(plan, held);
         }
         // Clean-up: the attempt's working folder goes, once the next run may have started.
@@ -257,10 +258,7 @@ fn admit<'p>(
 ) -> Result<(), NotAdmitted> {
     let first = number == plan.first_attempt;
     if first {
-        let slot = plan.stop.take(plan.ticket, &plan.in_flight);
-        let taken = slot.is_some();
-        lock(held).slot = slot;
-        if !taken {
+        if !take_slot(plan, held) {
             return Err(NotAdmitted::Stopped);
         }
         let resource = ResourceLock::acquire(&plan.lock_dir, &plan.request.resource)
@@ -285,6 +283,14 @@ fn admit<'p>(
         .map_err(|e| NotAdmitted::Failed(io(&plan.runs_dir)(e)))?;
     crate::failpoint::hit("taken");
     Ok(())
+}
+
+/// Waits for the run's turn for a slot and keeps the slot in `held`; false when a stop came first.
+fn take_slot<'p>(plan: &'p Plan, held: &Mutex<Held<'p>>) -> bool {
+    let slot = plan.stop.take(plan.ticket, &plan.in_flight);
+    let taken = slot.is_some();
+    lock(held).slot = slot;
+    taken
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -397,9 +403,14 @@ fn retry_due(plan: &Plan, number: u32, failed: bool) -> bool {
 }
 
 /// The last handler is gone: gives the lock and the slot up, so that a run waiting for them starts
-/// its handler, and lets it start before this run cleans up (see the module's comment).
+/// its handler, and lets it start before this run cleans up (see the module's comment). Nothing
+/// more happens once they are given up.
 fn hand_over(plan: &Plan, held: &Mutex<Held<'_>>) {
-    *lock(held) = Held::default();
+    let given = std::mem::take(&mut *lock(held));
+    if given.slot.is_none() && given.lock.is_none() {
+        return;
+    }
+    drop(given);
     let _ = plan.stop.let_the_next_start(NEXT_START_BOUND);
 }
 

@@ -80,7 +80,9 @@ pub(crate) struct Job<'a> {
     pub view: Option<(&'a Isolation, Vec<Bind<'a>>)>,
     /// Called on a thread of its own while the handler's process is made, confined, and waits to
     /// execute the handler: whether it may (the run has its slot, and is marked started). The
-    /// handler executes only once this said yes; when it says no, it never does.
+    /// handler executes only once this said yes; when it says no, it never does. Called exactly
+    /// once, also when the run fails before its process is made: the run takes its turn for the
+    /// slot either way, or the runs after it would wait for that turn.
     pub admit: &'a (dyn Fn() -> bool + Sync),
     /// Called once the handler has started.
     pub on_start: &'a dyn Fn(),
@@ -143,7 +145,6 @@ pub(crate) fn run(job: Job<'_>) -> Result<Finished, SandboxError> {
         gate: (gate, mut opener),
     } = match set_up(&job) {
         Ok(setup) => setup,
-        // The run still takes its turn ([`Job::admit`]), or the runs after it would wait for it.
         Err(e) => {
             return Err(if (job.admit)() {
                 e
