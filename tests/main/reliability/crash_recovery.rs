@@ -87,16 +87,21 @@ fn crash_then_restart_on(stage: &str, over_git_daemon: bool, boot: Option<&str>)
 }
 
 impl Crashed {
+    /// The status of `key`'s outcome after the restart.
+    fn status(&self, key: &str) -> &Value {
+        self.once
+            .values()
+            .find(|(k, _)| k == key)
+            .map(|(_, status)| status)
+            .unwrap_or_else(|| panic!("no outcome for `{key}`"))
+    }
+
     /// Each of `keys` succeeded once, except at most one that the crash interrupted while its handler
     /// ran: that one is `abandoned` with the crash note and was not run again.
     fn assert_at_most_one_interrupted(&self, keys: &[&str]) {
         let mut abandoned = Vec::new();
         for key in keys {
-            let (_, status) = self
-                .once
-                .values()
-                .find(|(k, _)| k == key)
-                .unwrap_or_else(|| panic!("no outcome for `{key}`"));
+            let status = self.status(key);
             if status["state"] == "abandoned" {
                 self.assert_abandoned(key);
                 abandoned.push(*key);
@@ -121,11 +126,7 @@ impl Crashed {
 
     /// `key` succeeded at its first attempt and its handler ran exactly once.
     fn assert_succeeded_once(&self, key: &str) {
-        let (_, status) = self
-            .once
-            .values()
-            .find(|(k, _)| k == key)
-            .unwrap_or_else(|| panic!("no outcome for `{key}`"));
+        let status = self.status(key);
         assert_eq!(status["state"], "succeeded", "`{key}`: {status:#}");
         assert_eq!(status["attempts"], 1, "`{key}`: {status:#}");
         assert_eq!(
@@ -138,11 +139,7 @@ impl Crashed {
     /// `key` is `abandoned` after attempt 1 with the crash in its error and at the end of its log, and
     /// its handler was not run again (the kind is not idempotent).
     fn assert_abandoned(&self, key: &str) {
-        let (_, status) = self
-            .once
-            .values()
-            .find(|(k, _)| k == key)
-            .unwrap_or_else(|| panic!("no outcome for `{key}`"));
+        let status = self.status(key);
         assert_eq!(status["state"], "abandoned", "`{key}`: {status:#}");
         assert_eq!(status["attempts"], 1, "`{key}`: {status:#}");
         let error = status["error"].as_str().expect("abandoned has an error");
@@ -215,11 +212,7 @@ fn a_run_prepared_before_a_restart_of_the_machine_is_abandoned_not_run() {
     // The run taken first died prepared; the one taken beside it may have been prepared too.
     let mut abandoned = Vec::new();
     for key in ["crash-a", "crash-b"] {
-        let (_, status) = crashed
-            .once
-            .values()
-            .find(|(k, _)| k == key)
-            .unwrap_or_else(|| panic!("no outcome for `{key}`"));
+        let status = crashed.status(key);
         if status["state"] != "abandoned" {
             crashed.assert_succeeded_once(key);
             continue;
