@@ -232,7 +232,7 @@ impl RunConfig {
                 None => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             },
             log_limit,
-            push_batch: Duration::from_secs(1),
+            push_batch: crate::failpoint::push_batch(Duration::from_secs(1)),
             run_as: resolve_run_as(args.run_as.as_deref())?,
             secrets_file: args.secrets_file.as_deref().map(absolute).transpose()?,
             secrets: Arc::new(secrets),

@@ -28,6 +28,20 @@ pub(crate) fn boot_id() -> String {
         .unwrap_or_else(|_| ulid::Ulid::generate().to_string())
 }
 
+/// How long an outcome may wait to be pushed while a backlog drains: `default`, for which
+/// `GIT_DISPATCH_PUSH_BATCH` (a duration: `1h`) stands in in test builds, so that a test can tell an
+/// outcome pushed at once from one that waits for its batch.
+pub(crate) fn push_batch(default: std::time::Duration) -> std::time::Duration {
+    #[cfg(debug_assertions)]
+    if let Some(batch) = std::env::var("GIT_DISPATCH_PUSH_BATCH")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+    {
+        return batch;
+    }
+    default
+}
+
 /// Dies here if the fail point `stage` is armed.
 #[inline]
 pub(crate) fn hit(stage: &str) {

@@ -138,7 +138,9 @@ impl Daemon {
             });
         }
         if self.gave_up.is_none()
-            && let Some(due) = self.push.next_due(self.cfg.push_batch)
+            && let Some(due) = self
+                .push
+                .next_due(self.pace(self.progress.waiting), self.cfg.push_batch)
         {
             deadline = deadline.min(due);
         }

@@ -106,9 +106,11 @@ impl PushState {
         self.counted.remove(key)
     }
 
-    /// Push now when the queue is idle or the oldest unpushed outcome waited a batch window, and
-    /// not before a failed push's backoff ran out.
-    fn due(&self, now: Instant, backlog: usize, batch: Duration) -> bool {
+    /// Push now when nothing runs here or nothing waits, or when the oldest unpushed outcome waited
+    /// a batch window; not before a failed push's backoff ran out. Requests that wait while nothing
+    /// runs here cannot start now (a `not_before`, a resource another dispatcher holds): they are no
+    /// backlog of this dispatcher's, and its outcomes do not wait for them.
+    fn due(&self, now: Instant, pace: Pace, batch: Duration) -> bool {
         if let Some(pushing) = &self.in_flight {
             // The loop looks when the push's thread says it ended (or ended without a word: a
             // panic, which the loop then resumes).
@@ -117,20 +119,42 @@ impl PushState {
         let Some(since) = self.since else {
             return false;
         };
-        now >= self.next && (backlog == 0 || now >= since + batch)
+        now >= self.next && (pace == Pace::AtOnce || now >= since + batch)
     }
 
-    /// When a push falls due if nothing else happens: at the end of the batch window, or of the
-    /// backoff if that is later. `None` when nothing waits.
-    pub(super) fn next_due(&self, batch: Duration) -> Option<Instant> {
+    /// When a push falls due if nothing else happens: at the end of the batch window (at once when
+    /// `pace` says so), or of the backoff if that is later. `None` when nothing waits.
+    pub(super) fn next_due(&self, pace: Pace, batch: Duration) -> Option<Instant> {
         if self.in_flight.is_some() {
             return None;
         }
-        self.since.map(|since| (since + batch).max(self.next))
+        self.since.map(|since| match pace {
+            Pace::AtOnce => self.next,
+            Pace::Batched => (since + batch).max(self.next),
+        })
     }
 }
 
+/// Whether outcomes wait for a batch window before they are pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pace {
+    /// This dispatcher drains a backlog: outcomes wait up to a batch window, so that draining costs
+    /// no push per request.
+    Batched,
+    /// Nothing waits, or nothing runs here: pushed at once.
+    AtOnce,
+}
+
 impl Daemon {
+    /// How outcomes are pushed now, with `backlog` requests waiting: at once when none waits or
+    /// nothing runs here (what waits cannot start now).
+    pub(super) fn pace(&self, backlog: usize) -> Pace {
+        match backlog == 0 || self.running.is_empty() {
+            true => Pace::AtOnce,
+            false => Pace::Batched,
+        }
+    }
+
     /// [`Event::Pushed`]: the push in flight handed its result over; it is taken at the next push
     /// step.
     pub(super) fn push_reported(&mut self) {
@@ -143,7 +167,10 @@ impl Daemon {
 
     /// Whether to push now; never after giving up on the remote.
     pub(super) fn push_due(&self, backlog: usize) -> bool {
-        self.gave_up.is_none() && self.push.due(Instant::now(), backlog, self.cfg.push_batch)
+        self.gave_up.is_none()
+            && self
+                .push
+                .due(Instant::now(), self.pace(backlog), self.cfg.push_batch)
     }
 
     /// Pushes what is recorded, or collects the push that ran on a thread of its own.
@@ -397,21 +424,22 @@ mod tests {
     fn nothing_unpushed_is_never_due() {
         let now = Instant::now();
         let push = PushState::new(now);
-        assert!(!push.due(now, 0, BATCH));
-        assert!(!push.due(now + BATCH * 10, 0, BATCH));
-        assert_eq!(push.next_due(BATCH), None);
+        assert!(!push.due(now, Pace::AtOnce, BATCH));
+        assert!(!push.due(now + BATCH * 10, Pace::AtOnce, BATCH));
+        assert_eq!(push.next_due(Pace::AtOnce, BATCH), None);
     }
 
     #[test]
-    fn an_idle_queue_pushes_at_once_and_a_backlog_waits_for_the_batch_window() {
+    fn at_once_pushes_at_once_and_batched_waits_for_the_batch_window() {
         let now = Instant::now();
         let mut push = PushState::new(now);
         push.since = Some(now);
-        assert!(push.due(now, 0, BATCH));
-        assert!(!push.due(now, 3, BATCH));
-        assert!(!push.due(now + BATCH / 2, 3, BATCH));
-        assert!(push.due(now + BATCH, 3, BATCH));
-        assert_eq!(push.next_due(BATCH), Some(now + BATCH));
+        assert!(push.due(now, Pace::AtOnce, BATCH));
+        assert!(!push.due(now, Pace::Batched, BATCH));
+        assert!(!push.due(now + BATCH / 2, Pace::Batched, BATCH));
+        assert!(push.due(now + BATCH, Pace::Batched, BATCH));
+        assert_eq!(push.next_due(Pace::Batched, BATCH), Some(now + BATCH));
+        assert_eq!(push.next_due(Pace::AtOnce, BATCH), Some(now));
     }
 
     #[test]
@@ -420,10 +448,11 @@ mod tests {
         let mut push = PushState::new(now);
         push.since = Some(now);
         push.next = now + BATCH * 2;
-        assert!(!push.due(now, 0, BATCH));
-        assert!(!push.due(now + BATCH, 3, BATCH));
-        assert!(push.due(now + BATCH * 2, 0, BATCH));
-        assert_eq!(push.next_due(BATCH), Some(now + BATCH * 2));
+        assert!(!push.due(now, Pace::AtOnce, BATCH));
+        assert!(!push.due(now + BATCH, Pace::Batched, BATCH));
+        assert!(push.due(now + BATCH * 2, Pace::AtOnce, BATCH));
+        assert_eq!(push.next_due(Pace::AtOnce, BATCH), Some(now + BATCH * 2));
+        assert_eq!(push.next_due(Pace::Batched, BATCH), Some(now + BATCH * 2));
     }
 
     #[test]

@@ -37,6 +37,8 @@ mod remote_outages;
 mod hostile_inbox;
 // A push on a thread of its own, collected when it reports.
 mod push_thread;
+// Outcomes pushed at once when nothing runs here.
+mod push_pace;
 
 /// How long a dispatcher process of these tests may run before it is killed and the test fails.
 const DEADLINE: Duration = Duration::from_secs(40);
