@@ -208,6 +208,11 @@ impl Ledger {
         }
     }
 
+    /// How many claims of other dispatchers are seen.
+    pub(crate) fn seen_count(&self) -> usize {
+        self.seen.len()
+    }
+
     /// The oid last seen on the claim ref `name` of another dispatcher.
     pub(crate) fn seen(&self, name: &str) -> Option<Oid> {
         self.seen.get(name).map(|s| s.oid)

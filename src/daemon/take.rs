@@ -245,6 +245,7 @@ impl Daemon {
                 }
             }
         }
+        let room = room.min(self.fair_room(fresh.len()));
         if fresh.len() > room {
             fastrand::shuffle(&mut fresh);
             fresh.truncate(room);
@@ -258,6 +259,22 @@ impl Daemon {
             self.claim(wants)?;
         }
         Ok(waiting)
+    }
+
+    /// How many of `found` resources nobody holds this dispatcher may claim now, with others about:
+    /// so many that it holds no more than its share of every resource known to have work (those
+    /// held here, those others hold, those found), so that the resources of a backlog are spread
+    /// evenly rather than by who asks first (the dispatcher with the most ran last, alone, while
+    /// the others had nothing they could take); but always enough for its idle slots, which
+    /// neither a run nor a claim waiting for its verifying look fills.
+    fn fair_room(&self, found: usize) -> usize {
+        let dispatchers = self.claims.others + 1;
+        let held = self.claims.ledger.held().count();
+        let known = held + self.claims.ledger.seen_count() + found;
+        let idle = self.cfg.jobs.saturating_sub(
+            self.running.values().filter(|r| !r.ended).count() + self.claims.unverified.len(),
+        );
+        known.div_ceil(dispatchers).saturating_sub(held).max(idle)
     }
 
     /// Adds to each claim `take` wants the requests of its resource that follow in the queue, up to

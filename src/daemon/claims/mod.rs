@@ -62,8 +62,11 @@ pub(super) struct Claims {
     /// this version cannot read, too large to read, or of another resource than its ref's.
     /// Said once each.
     unusable: HashSet<Oid>,
-    /// How many other dispatchers' heartbeats the last look showed.
+    /// How many other dispatchers are about: their heartbeats moved within a lease, as the looks
+    /// saw them (a stopped dispatcher's heartbeat stays on the remote).
     pub(super) others: usize,
+    /// Other dispatchers' heartbeat refs: the oid last seen, and since when (this clock).
+    beats: HashMap<String, (Oid, Instant)>,
     /// Set at a clean exit: the last heartbeat says `stopped`.
     stopped: bool,
     /// The boot id of the dispatcher that ran on this workdir before this one.
@@ -105,6 +108,7 @@ impl Claims {
             failures: 0,
             stopped: false,
             others: 0,
+            beats: HashMap::new(),
             read: HashMap::new(),
             unusable: HashSet::new(),
             previous,
@@ -158,9 +162,21 @@ impl Daemon {
             self.claims.beat_oid = dispatch.get(&mine).copied();
             self.claims.leftovers = self.leftovers(&mine);
         }
-        self.claims.others = dispatch
-            .keys()
-            .filter(|name| name.starts_with(protocol::DISPATCHERS) && **name != mine)
+        let beats = &mut self.claims.beats;
+        beats.retain(|name, _| dispatch.contains_key(name));
+        for (name, oid) in dispatch
+            .iter()
+            .filter(|(name, _)| name.starts_with(protocol::DISPATCHERS) && **name != mine)
+        {
+            let seen = beats.entry(name.clone()).or_insert((*oid, now));
+            if seen.0 != *oid {
+                *seen = (*oid, now);
+            }
+        }
+        let lease = self.claims.ledger.lease;
+        self.claims.others = beats
+            .values()
+            .filter(|(_, since)| now.saturating_duration_since(*since) < lease)
             .count();
         for resource in self.claims.ledger.observe(dispatch, now) {
             self.lost(&resource);

@@ -22,6 +22,8 @@ mod labels;
 mod workdir;
 // A claim push applied by the server whose report was lost.
 mod unanswered;
+// A backlog's resources shared evenly among the dispatchers.
+mod share;
 
 /// The kind every test here runs: `work`, the `Runs` handler sleeping `seconds`, the host variable
 /// passed through, and `extra` index lines.
