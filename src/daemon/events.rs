@@ -150,8 +150,8 @@ impl Daemon {
         if let Some(due) = self.due_at {
             deadline = deadline.min(due);
         }
-        // A claim extended since the last take: what it now lists waits for no deadline.
-        if std::mem::take(&mut self.claims.extended) {
+        // A claim extended or lost since the last take: what may start now waits for no deadline.
+        if std::mem::take(&mut self.claims.take_again) {
             deadline = Instant::now();
         }
         if let Some(slot) = self.schedules.next {

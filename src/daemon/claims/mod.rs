@@ -44,9 +44,10 @@ pub(super) struct Claims {
     pub(super) inherited: HashMap<String, String>,
     /// Runs stopped because their claim was fenced or lost, by key: why.
     pub(super) fenced: HashMap<String, String>,
-    /// A claim held here was extended or renewed: what it lists may start now, so the loop takes
-    /// again at once instead of waiting for its next deadline.
-    pub(in crate::daemon) extended: bool,
+    /// The loop takes again at once rather than at its next deadline: a claim held here was
+    /// extended or renewed (what it lists may start now), or a claim was lost to another
+    /// dispatcher (the slot it was for waits for another resource).
+    pub(in crate::daemon) take_again: bool,
     /// Handlers' process groups to kill, and when (the SIGTERM went already).
     kills: Vec<(Instant, u32)>,
     /// What the remote's ref of this dispatcher's heartbeat holds, as last seen or written.
@@ -101,7 +102,7 @@ impl Claims {
             unverified: HashSet::new(),
             inherited: HashMap::new(),
             fenced: HashMap::new(),
-            extended: false,
+            take_again: false,
             kills: Vec::new(),
             beat_oid: None,
             retry_at: None,

@@ -200,7 +200,7 @@ impl Daemon {
             }
             (Change::Claim { claim, made }, RefOutcome::Updated) => {
                 let resource = claim.resource.clone();
-                self.claims.extended |= !made;
+                self.claims.take_again |= !made;
                 if made {
                     self.metrics.claim("made");
                     event(
@@ -220,8 +220,15 @@ impl Daemon {
                 self.hold_runs(&resource);
             }
             (Change::Claim { claim, made: true }, RefOutcome::Lost { current }) => {
+                // Another dispatcher is about, whether or not a look showed its heartbeat yet (they
+                // all started at once): the next claims pick among the oldest at random, rather
+                // than race it for the same ones again.
+                self.claims.others = self.claims.others.max(1);
                 match current {
-                    Some(current) => self.claims.ledger.seen_taken(&update.name, current, now),
+                    Some(current) => {
+                        self.claims.ledger.seen_taken(&update.name, current, now);
+                        self.claims.take_again = true;
+                    }
                     // Taken and released meanwhile: try again after a moment, not at once.
                     None => self.claims.retry_at = Some(now + Duration::from_millis(250)),
                 }
