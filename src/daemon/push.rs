@@ -135,15 +135,6 @@ impl PushState {
     }
 }
 
-/// After a push ended: whether the next goes at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Again {
-    /// Another dispatcher pushed first; the outcomes are re-made on the new tip.
-    AtOnce,
-    /// When it falls due.
-    Later,
-}
-
 /// Whether outcomes wait for a batch window before they are pushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pace {
@@ -211,15 +202,7 @@ impl Daemon {
                 },
             };
             self.sync.end_push();
-            // Refused because another dispatcher pushed first: the outcomes are re-made on the new
-            // tip, and pushed again now rather than after the loop's next look (at the end of a
-            // drain by four dispatchers, each such turn took 100-270 ms, and their last pushes
-            // took two or three turns each).
-            if self.pushed(pushing.pending, result, Some(pushing.keys))? != Again::AtOnce
-                || self.gave_up.is_some()
-            {
-                return Ok(());
-            }
+            return self.pushed(pushing.pending, result, Some(pushing.keys));
         }
         if self.push.in_flight.is_some() {
             return Ok(());
@@ -260,17 +243,16 @@ impl Daemon {
             return Ok(());
         }
         let result = self.sync.push();
-        self.pushed(pending, result, None).map(drop)
+        self.pushed(pending, result, None)
     }
 
     /// What a push that ended means: `keys` are the counted keys it pushed (`None`: all of them).
-    /// Says whether to push again at once.
     fn pushed(
         &mut self,
         pending: usize,
         result: Result<(), SyncError>,
         keys: Option<Vec<String>>,
-    ) -> Result<Again, DaemonError> {
+    ) -> Result<(), DaemonError> {
         match result {
             Ok(()) => {
                 event("push", None, &format!("pushed {pending} outcome(s)"));
@@ -291,7 +273,7 @@ impl Daemon {
                 }
                 self.sync.reopen_if_stale();
                 self.sync.forget_notes(SPENT_NOTES);
-                Ok(Again::Later)
+                Ok(())
             }
             Err(e) if e.is_transient() => {
                 let rejected = matches!(e, SyncError::Rejected { .. });
@@ -300,7 +282,7 @@ impl Daemon {
                     // The remote records every outcome already: nothing is left to push.
                     self.push.failures = 0;
                     self.push.last_rejected = false;
-                    return Ok(Again::Later);
+                    return Ok(());
                 }
                 if moved {
                     // Another push came first: nothing failed, and the outcomes are re-made on the
@@ -313,7 +295,7 @@ impl Daemon {
                     self.push.failures = 0;
                     self.push.last_rejected = false;
                     self.push.next = Instant::now();
-                    return Ok(Again::AtOnce);
+                    return Ok(());
                 }
                 // The first refusal after failures to reach the remote (an outage while serving)
                 // counts as the first failure: the remote answers again.
@@ -335,14 +317,13 @@ impl Daemon {
                     attempt_note(self.push.failures, self.cfg.push_attempts, last, delay)
                 ));
                 if last {
-                    self.give_up(format!(
+                    return self.give_up(format!(
                         "{e}: gave up after {} attempts",
                         self.push.failures
-                    ))?;
-                    return Ok(Again::Later);
+                    ));
                 }
                 self.push.next = Instant::now() + delay;
-                Ok(Again::Later)
+                Ok(())
             }
             Err(e) => Err(e.into()),
         }
