@@ -96,6 +96,11 @@ impl Ledger {
         }
     }
 
+    /// Whether another dispatcher holds `resource`, as far as this one saw.
+    pub(crate) fn held_elsewhere(&self, resource: &str) -> bool {
+        !self.held.contains_key(resource) && self.seen.contains_key(&protocol::claim_ref(resource))
+    }
+
     fn is_fenced(&self, held: &Held, now: Instant) -> bool {
         now.saturating_duration_since(held.renewed) > self.lease / 2
     }

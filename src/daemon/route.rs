@@ -3,7 +3,7 @@
 //! whose kind the host does not define while the repository's own index lists it, is neither started
 //! nor rejected nor counted as waiting: another dispatcher takes it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use git2::Oid;
 
@@ -22,6 +22,10 @@ pub(super) struct Left {
     entries: HashSet<(String, Oid)>,
     /// The kinds (with why) already logged.
     said: HashSet<(String, String)>,
+    /// The resource of each entry checked here, by path and blob: a request on a resource another
+    /// dispatcher holds is passed over without being parsed again, and without counting toward
+    /// the look-ahead (a long queue another dispatcher holds would hide what waits behind it).
+    resources: HashMap<(String, Oid), String>,
 }
 
 impl Daemon {
@@ -32,6 +36,7 @@ impl Daemon {
         if self.left.trees != trees {
             self.left.trees = trees;
             self.left.entries.clear();
+            self.left.resources.clear();
         }
         let key = (entry.path.clone(), entry.oid);
         if self.left.entries.contains(&key) {
@@ -39,6 +44,9 @@ impl Daemon {
         }
         let checked = self.check(entry);
         let Some((kind, why)) = self.leave_reason(&checked) else {
+            if let Ok(request) = &checked {
+                self.left.resources.insert(key, request.resource.clone());
+            }
             return Some(checked);
         };
         self.left.entries.insert(key);
@@ -48,6 +56,28 @@ impl Daemon {
             ));
         }
         None
+    }
+
+    /// Whether `entry`, checked here before under the same snapshot, is on a resource another
+    /// dispatcher holds.
+    pub(super) fn held_elsewhere(&self, entry: &InboxEntry) -> bool {
+        self.left.trees == self.snapshot.as_ref().map(|s| s.trees)
+            && self
+                .left
+                .resources
+                .get(&(entry.path.clone(), entry.oid))
+                .is_some_and(|resource| self.claims.ledger.held_elsewhere(resource))
+    }
+
+    /// Forgets the resources of entries that left the inbox, once they outnumber those in it.
+    pub(super) fn forget_resources(&mut self, entries: &[InboxEntry]) {
+        if self.left.resources.len() <= entries.len() * 2 + 256 {
+            return;
+        }
+        let now: HashSet<(&str, Oid)> = entries.iter().map(|e| (e.path.as_str(), e.oid)).collect();
+        self.left
+            .resources
+            .retain(|(path, oid), _| now.contains(&(path.as_str(), *oid)));
     }
 
     /// The kind of a request this dispatcher leaves for another one, and for which one.

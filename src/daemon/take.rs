@@ -39,7 +39,9 @@ use crate::run::sandbox::InFlight;
 /// end. Figures in docs/architecture.md, "Between two handlers", and docs/performance.md.
 const RUNS_AHEAD: usize = 2;
 
-/// How many waiting requests on busy resources `take` looks past for one it can start.
+/// How many waiting requests on busy resources `take` looks past for one it can start (each is
+/// parsed and validated). Requests it checked before on resources another dispatcher holds are
+/// passed over without either and do not count ([`Daemon::held_elsewhere`]).
 const LOOKAHEAD: usize = 64;
 
 /// A request that is running: what the outcome needs besides the run's report.
@@ -93,6 +95,7 @@ impl Daemon {
             .list(&self.sync.repo, tip)
             .map_err(SyncError::from)?;
         self.metrics.queue(entries.len());
+        self.forget_resources(&entries);
         if self.blocker(tip).is_some() {
             // Nothing starts and nothing is rejected; the queue is not a backlog to push for.
             self.withhold_unstarted();
@@ -123,6 +126,11 @@ impl Daemon {
             .saturating_sub(self.running.values().filter(|r| !r.ended).count());
         let spread = if self.claims.others > 0 { 3 } else { 1 };
         let mut fresh: Vec<(usize, String, Claimed)> = Vec::new();
+        // With one slot, how many requests this walk passed that will run here (started, or of a
+        // resource held or claimed here): the runs ahead are taken in the queue's order, so a
+        // resource claimed for a request behind more of them than there is room would wait,
+        // claimed, for all of them, while another dispatcher could run it.
+        let mut ahead_here = 0;
         for (i, entry) in entries.iter().enumerate() {
             if self.running.values().any(|r| r.entry.path == entry.path) {
                 continue;
@@ -133,6 +141,10 @@ impl Daemon {
             if self.running.values().filter(|r| !r.ended).count() >= self.cfg.jobs + ahead {
                 waiting += entries[i..].len();
                 break;
+            }
+            if self.held_elsewhere(entry) {
+                waiting += 1;
+                continue;
             }
             let Some(checked) = self.check_here(entry) else {
                 continue;
@@ -186,8 +198,10 @@ impl Daemon {
                 }
                 Ok((request, secrets)) => {
                     let resource = request.resource.clone();
-                    match self.claims.ledger.may(&resource, &request.id, now) {
+                    let may = self.claims.ledger.may(&resource, &request.id, now);
+                    match may {
                         May::Start if !self.claims.unverified.contains(&resource) => {
+                            ahead_here += 1;
                             self.took_one = true;
                             busy.push(resource);
                             match self.claims.inherited.remove(&request.id) {
@@ -200,9 +214,12 @@ impl Daemon {
                         // other dispatchers about, it picks among a few of the oldest at random
                         // (below), so that they do not all race for the same one.
                         May::Claim if !wants.contains_key(&resource) => {
-                            if !fresh.iter().any(|(_, r, _)| *r == resource)
+                            let claiming = fresh.iter().any(|(_, r, _)| *r == resource);
+                            if !claiming
                                 && fresh.len() < room * spread
+                                && !(queue_on_busy && ahead_here >= room)
                             {
+                                ahead_here += 1;
                                 fresh.push((
                                     i,
                                     resource.clone(),
@@ -215,6 +232,7 @@ impl Daemon {
                                 waiting += 1;
                                 continue;
                             }
+                            ahead_here += usize::from(claiming);
                             skipped += 1;
                             waiting += 1;
                             if skipped >= LOOKAHEAD {
@@ -223,6 +241,7 @@ impl Daemon {
                             }
                         }
                         May::Claim | May::Extend => {
+                            ahead_here += 1;
                             first_want.get_or_insert(i);
                             wants.entry(resource.clone()).or_default().push(Claimed {
                                 id: request.id.clone(),
@@ -234,6 +253,7 @@ impl Daemon {
                         // Claimed and waiting for the look that follows, held by another, or
                         // fenced: it waits, and counts toward the look-ahead like a busy resource.
                         May::Start | May::HeldElsewhere | May::Fenced => {
+                            ahead_here += usize::from(may == May::Start);
                             skipped += 1;
                             waiting += 1;
                             if skipped >= LOOKAHEAD {
@@ -259,22 +279,6 @@ impl Daemon {
             self.claim(wants)?;
         }
         Ok(waiting)
-    }
-
-    /// How many of `found` resources nobody holds this dispatcher may claim now, with others about:
-    /// so many that it holds no more than its share of every resource known to have work (those
-    /// held here, those others hold, those found), so that the resources of a backlog are spread
-    /// evenly rather than by who asks first (the dispatcher with the most ran last, alone, while
-    /// the others had nothing they could take); but always enough for its idle slots, which
-    /// neither a run nor a claim waiting for its verifying look fills.
-    fn fair_room(&self, found: usize) -> usize {
-        let dispatchers = self.claims.others + 1;
-        let held = self.claims.ledger.held().count();
-        let known = held + self.claims.ledger.seen_count() + found;
-        let idle = self.cfg.jobs.saturating_sub(
-            self.running.values().filter(|r| !r.ended).count() + self.claims.unverified.len(),
-        );
-        known.div_ceil(dispatchers).saturating_sub(held).max(idle)
     }
 
     /// Adds to each claim `take` wants the requests of its resource that follow in the queue, up to

@@ -185,6 +185,22 @@ impl Daemon {
         self.note_fleet(dispatch);
     }
 
+    /// How many of `found` resources nobody holds this dispatcher may claim now, with others about:
+    /// so many that it holds no more than its share of every resource known to have work (those
+    /// held here, those others hold, those found), so that the resources of a backlog are spread
+    /// evenly rather than by who asks first (the dispatcher with the most ran last, alone, while
+    /// the others had nothing they could take); but always enough for its idle slots, which
+    /// neither a run nor a claim waiting for its verifying look fills.
+    pub(super) fn fair_room(&self, found: usize) -> usize {
+        let dispatchers = self.claims.others + 1;
+        let held = self.claims.ledger.held().count();
+        let known = held + self.claims.ledger.seen_count() + found;
+        let idle = self.cfg.jobs.saturating_sub(
+            self.running.values().filter(|r| !r.ended).count() + self.claims.unverified.len(),
+        );
+        known.div_ceil(dispatchers).saturating_sub(held).max(idle)
+    }
+
     /// The branch was looked at (and fetched if it moved) after the claims made so far.
     pub(super) fn claims_verified(&mut self) {
         self.claims.unverified.clear();

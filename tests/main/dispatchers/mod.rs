@@ -22,7 +22,7 @@ mod labels;
 mod workdir;
 // A claim push applied by the server whose report was lost.
 mod unanswered;
-// A backlog's resources shared evenly among the dispatchers.
+// A backlog shared among the dispatchers: evenly, and past a long queue another holds.
 mod share;
 
 /// The kind every test here runs: `work`, the `Runs` handler sleeping `seconds`, the host variable
