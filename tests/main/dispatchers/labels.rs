@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{add_work_kind, assert_recorded_once, submit_spread};
+use super::{add_work_kind, assert_recorded_once, submit_requests, submit_spread};
 use crate::support::fleet::{Member, Runs, outputs, tally, wait_for_outcomes};
 use crate::support::{GitDaemon, World};
 
@@ -15,17 +15,12 @@ fn a_kind_that_runs_on_gpu_is_run_only_by_the_dispatcher_labelled_gpu() {
     let daemon = GitDaemon::serve(&world);
     let mut expected = submit_spread(&world, "work", "gpu", 20, 4);
     let plain: Vec<String> = (0..10).map(|i| format!("plain-{i:02}")).collect();
-    let yaml: Vec<String> = plain
-        .iter()
-        .map(|id| format!("kind: echo\nid: {id}\n"))
-        .collect();
-    let names: Vec<String> = plain.iter().map(|id| format!("{id}.yml")).collect();
-    let files: Vec<(&str, &[u8])> = names
-        .iter()
-        .zip(&yaml)
-        .map(|(name, y)| (name.as_str(), y.as_bytes()))
-        .collect();
-    world.submit_many(&files);
+    submit_requests(
+        &world,
+        plain
+            .iter()
+            .map(|id| (id.as_str(), format!("kind: echo\nid: {id}\n"))),
+    );
     expected.extend(plain.iter().map(|id| (id.clone(), "echo".to_owned())));
 
     let options = ["--lease", "4s", "--jobs", "2"];

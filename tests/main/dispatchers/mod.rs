@@ -47,28 +47,37 @@ fn submit_spread(
     n: usize,
     resources: usize,
 ) -> HashMap<String, String> {
-    let requests: Vec<(String, String, String)> = (0..n)
+    let requests: Vec<(String, String)> = (0..n)
         .map(|i| {
-            let id = format!("{prefix}-{i:03}");
-            let resource = format!("res-{:02}", i % resources);
-            let yaml = format!("kind: {kind}\nid: {id}\nresource: {resource}\n");
-            (id, resource, yaml)
+            (
+                format!("{prefix}-{i:03}"),
+                format!("res-{:02}", i % resources),
+            )
         })
         .collect();
-    let names: Vec<String> = requests
-        .iter()
-        .map(|(id, ..)| format!("{id}.yml"))
+    submit_requests(
+        world,
+        requests.iter().map(|(id, resource)| {
+            (
+                id.as_str(),
+                format!("kind: {kind}\nid: {id}\nresource: {resource}\n"),
+            )
+        }),
+    );
+    requests.into_iter().collect()
+}
+
+/// Submits each `(id, yaml)` as `requests/ID.yml`, all in one commit.
+fn submit_requests<'a>(world: &World, requests: impl IntoIterator<Item = (&'a str, String)>) {
+    let requests: Vec<(String, String)> = requests
+        .into_iter()
+        .map(|(id, yaml)| (format!("{id}.yml"), yaml))
         .collect();
     let files: Vec<(&str, &[u8])> = requests
         .iter()
-        .zip(&names)
-        .map(|((_, _, yaml), name)| (name.as_str(), yaml.as_bytes()))
+        .map(|(name, yaml)| (name.as_str(), yaml.as_bytes()))
         .collect();
     world.submit_many(&files);
-    requests
-        .into_iter()
-        .map(|(id, resource, _)| (id, resource))
-        .collect()
 }
 
 /// Every id of `ids` has exactly one outcome commit (`Dispatch-Id` trailer) and a status file on the

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{add_work_kind, assert_recorded_once, submit_spread};
+use super::{add_work_kind, assert_recorded_once, submit_requests, submit_spread};
 use crate::support::fleet::{Member, Runs, outputs, tally, wait_for_outcomes};
 use crate::support::{GitDaemon, World, wait_until};
 
@@ -69,36 +69,39 @@ fn three_dispatchers_each_run_a_third_of_a_backlog_of_30_resources() {
     );
 }
 
-/// Submits `ids` of kind `work`, each on its own resource when `resource` is `None`.
+/// Submits `ids` of kind `work` in one commit, each on its own resource when `resource` is `None`.
 fn submit_work(world: &World, ids: &[String], resource: Option<&str>) {
-    let yaml: Vec<String> = ids
-        .iter()
-        .map(|id| {
+    submit_requests(
+        world,
+        ids.iter().map(|id| {
             let resource = resource.unwrap_or(id);
-            format!("kind: work\nid: {id}\nresource: {resource}\n")
-        })
-        .collect();
-    let names: Vec<String> = ids.iter().map(|id| format!("{id}.yml")).collect();
-    let files: Vec<(&str, &[u8])> = names
-        .iter()
-        .zip(&yaml)
-        .map(|(name, y)| (name.as_str(), y.as_bytes()))
-        .collect();
-    world.submit_many(&files);
+            (
+                id.as_str(),
+                format!("kind: work\nid: {id}\nresource: {resource}\n"),
+            )
+        }),
+    );
 }
 
-#[test]
-fn requests_behind_a_long_queue_another_dispatcher_holds_are_run_by_an_idle_one() {
+/// A world whose `work` kind sleeps `seconds`, served by `git daemon`, and one dispatcher `d1`
+/// with `--jobs 1`.
+fn one_slot(seconds: &str) -> (World, Runs, GitDaemon, Vec<Member>) {
     let world = World::new().build();
     let runs = Runs::new(&world);
-    add_work_kind(&world, &runs, "1", "");
+    add_work_kind(&world, &runs, seconds, "");
     let daemon = GitDaemon::serve(&world);
-    let mut fleet = vec![Member::start(
+    let fleet = vec![Member::start(
         &world,
         &daemon.url(),
         "d1",
         &["--lease", "8s", "--jobs", "1"],
     )];
+    (world, runs, daemon, fleet)
+}
+
+#[test]
+fn requests_behind_a_long_queue_another_dispatcher_holds_are_run_by_an_idle_one() {
+    let (world, runs, daemon, mut fleet) = one_slot("1");
     // 80 requests of a second each on one resource, which d1 claims and runs one after another.
     let long: Vec<String> = (0..80).map(|i| format!("long-{i:02}")).collect();
     submit_work(&world, &long, Some("queue"));
@@ -147,16 +150,7 @@ fn requests_behind_a_long_queue_another_dispatcher_holds_are_run_by_an_idle_one(
 
 #[test]
 fn with_one_slot_no_resource_is_claimed_for_a_request_behind_a_queue_held_here() {
-    let world = World::new().build();
-    let runs = Runs::new(&world);
-    add_work_kind(&world, &runs, "0.3", "");
-    let daemon = GitDaemon::serve(&world);
-    let mut fleet = vec![Member::start(
-        &world,
-        &daemon.url(),
-        "d1",
-        &["--lease", "8s", "--jobs", "1"],
-    )];
+    let (world, runs, daemon, mut fleet) = one_slot("0.3");
     // One commit: 30 requests on one resource, then one on its own (arrival order: by name).
     let mut ids: Vec<String> = (0..30).map(|i| format!("long-{i:02}")).collect();
     submit_work(&world, &ids, Some("queue"));
