@@ -29,8 +29,8 @@ pub(crate) fn boot_id() -> String {
 }
 
 /// How long an outcome may wait to be pushed while a backlog drains: `default`, for which
-/// `GIT_DISPATCH_PUSH_BATCH` (a duration: `1h`) stands in in test builds, so that a test can tell an
-/// outcome pushed at once from one that waits for its batch.
+/// `GIT_DISPATCH_PUSH_BATCH` (a duration: `1h`; ignored when it is not one) stands in in debug
+/// builds, so that a test can tell an outcome pushed at once from one that waits for its batch.
 pub(crate) fn push_batch(default: std::time::Duration) -> std::time::Duration {
     #[cfg(debug_assertions)]
     if let Some(batch) = std::env::var("GIT_DISPATCH_PUSH_BATCH")

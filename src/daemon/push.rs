@@ -106,10 +106,8 @@ impl PushState {
         self.counted.remove(key)
     }
 
-    /// Push now when nothing runs here or nothing waits, or when the oldest unpushed outcome waited
-    /// a batch window; not before a failed push's backoff ran out. Requests that wait while nothing
-    /// runs here cannot start now (a `not_before`, a resource another dispatcher holds): they are no
-    /// backlog of this dispatcher's, and its outcomes do not wait for them.
+    /// Push now when [`Pace::AtOnce`], or when the oldest unpushed outcome waited a batch window;
+    /// not before a failed push's backoff ran out.
     fn due(&self, now: Instant, pace: Pace, batch: Duration) -> bool {
         if let Some(pushing) = &self.in_flight {
             // The loop looks when the push's thread says it ended (or ended without a word: a
@@ -141,15 +139,17 @@ pub(super) enum Pace {
     /// This dispatcher drains a backlog: outcomes wait up to a batch window, so that draining costs
     /// no push per request.
     Batched,
-    /// Nothing waits, or nothing runs here: pushed at once.
+    /// Nothing waits, or nothing runs here nor waits for a claim's verifying look: what waits
+    /// cannot start here now (a `not_before`, a resource another dispatcher holds), and outcomes
+    /// do not wait for it.
     AtOnce,
 }
 
 impl Daemon {
-    /// How outcomes are pushed now, with `backlog` requests waiting: at once when none waits or
-    /// nothing runs here (what waits cannot start now).
+    /// How outcomes are pushed now, with `backlog` requests waiting ([`Pace`]). A claim waiting
+    /// for its look is work about to start here: the push would hold that look up.
     pub(super) fn pace(&self, backlog: usize) -> Pace {
-        match backlog == 0 || self.running.is_empty() {
+        match backlog == 0 || (self.running.is_empty() && self.claims.unverified.is_empty()) {
             true => Pace::AtOnce,
             false => Pace::Batched,
         }

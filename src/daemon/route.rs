@@ -22,10 +22,11 @@ pub(super) struct Left {
     entries: HashSet<(String, Oid)>,
     /// The kinds (with why) already logged.
     said: HashSet<(String, String)>,
-    /// The resource of each entry checked here, by path and blob: a request on a resource another
-    /// dispatcher holds is passed over without being parsed again, and without counting toward
-    /// the look-ahead (a long queue another dispatcher holds would hide what waits behind it).
-    resources: HashMap<(String, Oid), String>,
+    /// The resource of each request found waiting on a resource another dispatcher held, by blob
+    /// (a request's resource is of its content and the snapshot alone): while another holds it,
+    /// the request is passed over without being parsed again, and without counting toward the
+    /// look-ahead (a long queue another dispatcher holds would hide what waits behind it).
+    resources: HashMap<Oid, String>,
 }
 
 impl Daemon {
@@ -44,9 +45,6 @@ impl Daemon {
         }
         let checked = self.check(entry);
         let Some((kind, why)) = self.leave_reason(&checked) else {
-            if let Ok(request) = &checked {
-                self.left.resources.insert(key, request.resource.clone());
-            }
             return Some(checked);
         };
         self.left.entries.insert(key);
@@ -58,26 +56,32 @@ impl Daemon {
         None
     }
 
-    /// Whether `entry`, checked here before under the same snapshot, is on a resource another
-    /// dispatcher holds.
+    /// `entry` waited on `resource`, which another dispatcher holds (found so after every check
+    /// that can hold a request back or reject it).
+    pub(super) fn waits_elsewhere(&mut self, entry: &InboxEntry, resource: &str) {
+        if self.left.trees == self.snapshot.as_ref().map(|s| s.trees) {
+            self.left.resources.insert(entry.oid, resource.to_owned());
+        }
+    }
+
+    /// Whether `entry` was found waiting on a resource another dispatcher holds, under the same
+    /// snapshot, and another still holds it.
     pub(super) fn held_elsewhere(&self, entry: &InboxEntry) -> bool {
         self.left.trees == self.snapshot.as_ref().map(|s| s.trees)
             && self
                 .left
                 .resources
-                .get(&(entry.path.clone(), entry.oid))
+                .get(&entry.oid)
                 .is_some_and(|resource| self.claims.ledger.held_elsewhere(resource))
     }
 
-    /// Forgets the resources of entries that left the inbox, once they outnumber those in it.
+    /// Forgets the resources of requests that left the inbox, once they outnumber those in it.
     pub(super) fn forget_resources(&mut self, entries: &[InboxEntry]) {
         if self.left.resources.len() <= entries.len() * 2 + 256 {
             return;
         }
-        let now: HashSet<(&str, Oid)> = entries.iter().map(|e| (e.path.as_str(), e.oid)).collect();
-        self.left
-            .resources
-            .retain(|(path, oid), _| now.contains(&(path.as_str(), *oid)));
+        let now: HashSet<Oid> = entries.iter().map(|e| e.oid).collect();
+        self.left.resources.retain(|oid, _| now.contains(oid));
     }
 
     /// The kind of a request this dispatcher leaves for another one, and for which one.

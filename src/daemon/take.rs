@@ -124,7 +124,7 @@ impl Daemon {
         // Resources nobody holds, as candidates for new claims: one per free slot.
         let room = (self.cfg.jobs + ahead)
             .saturating_sub(self.running.values().filter(|r| !r.ended).count());
-        let spread = if self.claims.others > 0 { 3 } else { 1 };
+        let spread = if self.others_about() > 0 { 3 } else { 1 };
         let mut fresh: Vec<(usize, String, Claimed)> = Vec::new();
         // With one slot, how many requests this walk passed that will run here (started, or of a
         // resource held or claimed here): the runs ahead are taken in the queue's order, so a
@@ -254,6 +254,9 @@ impl Daemon {
                         // fenced: it waits, and counts toward the look-ahead like a busy resource.
                         May::Start | May::HeldElsewhere | May::Fenced => {
                             ahead_here += usize::from(may == May::Start);
+                            if may == May::HeldElsewhere {
+                                self.waits_elsewhere(entry, &resource);
+                            }
                             skipped += 1;
                             waiting += 1;
                             if skipped >= LOOKAHEAD {

@@ -185,6 +185,16 @@ impl Daemon {
         self.note_fleet(dispatch);
     }
 
+    /// How many other dispatchers share the work: those whose heartbeat moved within a lease, once
+    /// a claim of another is seen (heartbeats left by dispatchers that stopped, first seen at a
+    /// start, count as moved until a lease has passed).
+    pub(super) fn others_about(&self) -> usize {
+        match self.claims.ledger.seen_count() {
+            0 => 0,
+            _ => self.claims.others,
+        }
+    }
+
     /// How many of `found` resources nobody holds this dispatcher may claim now, with others about:
     /// so many that it holds no more than its share of every resource known to have work (those
     /// held here, those others hold, those found), so that the resources of a backlog are spread
@@ -192,7 +202,7 @@ impl Daemon {
     /// the others had nothing they could take); but always enough for its idle slots, which
     /// neither a run nor a claim waiting for its verifying look fills.
     pub(super) fn fair_room(&self, found: usize) -> usize {
-        let dispatchers = self.claims.others + 1;
+        let dispatchers = self.others_about() + 1;
         let held = self.claims.ledger.held().count();
         let known = held + self.claims.ledger.seen_count() + found;
         let idle = self.cfg.jobs.saturating_sub(
