@@ -22,21 +22,37 @@ fn three_dispatchers_each_run_a_third_of_a_backlog_of_30_resources() {
         .iter()
         .map(|id| Member::start(&world, &daemon.url(), id, &["--lease", "4s", "--jobs", "2"]))
         .collect();
-    // Every dispatcher has written its heartbeat, and looked at the others' (it looks every 200
-    // ms), before the backlog comes.
+    // Every dispatcher has written its heartbeat, then rewritten it (every quarter of the lease,
+    // in the turn of its loop after a look at the remote): it has looked since all three were
+    // there, before the backlog comes.
     let watch = world.clone_from(&daemon.url());
-    let beats = || {
+    let beats = || -> std::collections::BTreeMap<String, String> {
         watch
             .git(&["ls-remote", "origin", "refs/dispatch/dispatchers/*"])
             .lines()
-            .count()
+            .filter_map(|line| line.split_once('\t'))
+            .map(|(oid, name)| (name.to_owned(), oid.to_owned()))
+            .collect()
     };
+    let mut first = beats();
     assert!(
-        wait_until(Duration::from_secs(30), || beats() == FLEET.len()),
+        wait_until(Duration::from_secs(30), || {
+            first = beats();
+            first.len() == FLEET.len()
+        }),
         "not every dispatcher wrote its heartbeat:\n{}",
         outputs(&fleet)
     );
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let now = beats();
+            first
+                .iter()
+                .all(|(name, oid)| now.get(name).is_some_and(|o| o != oid))
+        }),
+        "not every dispatcher rewrote its heartbeat:\n{}",
+        outputs(&fleet)
+    );
     // 30 resources of 3 requests each: a claim lists a resource's three at once.
     let resource_of = submit_spread(&world, "work", "s", 90, 30);
     assert!(
