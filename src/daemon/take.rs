@@ -268,7 +268,11 @@ impl Daemon {
                 }
             }
         }
-        let room = room.min(self.fair_room(fresh.len()));
+        // Only a take that found resources nobody holds asks what its share leaves.
+        let room = match fresh.is_empty() {
+            true => room,
+            false => room.min(self.fair_room(fresh.len())),
+        };
         if fresh.len() > room {
             fastrand::shuffle(&mut fresh);
             fresh.truncate(room);
